@@ -1,0 +1,28 @@
+{
+  "targets": [
+    {
+      "target_name": "vublk_native",
+      "sources": [
+        "native/addon.cc",
+        "native/unix-socket.cc",
+        "native/fd-watcher.cc",
+        "native/memfd.cc",
+        "native/guest-memory.cc",
+        "native/split-virtqueue.cc",
+        "native/uring.cc",
+        "native/session.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "<@(extra_cflags)"],
+      "ldflags": ["<@(extra_ldflags)"],
+      "libraries": ["-l:liburing.a"]
+    }
+  ],
+  "variables": {
+    "extra_cflags%": [],
+    "extra_ldflags%": []
+  }
+}

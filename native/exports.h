@@ -1,0 +1,11 @@
+// Each file registers its own exports.
+#pragma once
+
+#include <napi.h>
+
+namespace vublk {
+void InitUnixSocket(Napi::Env env, Napi::Object exports);
+void InitFdWatcher(Napi::Env env, Napi::Object exports);
+void InitMemfd(Napi::Env env, Napi::Object exports);
+void InitSession(Napi::Env env, Napi::Object exports);
+}  // namespace vublk

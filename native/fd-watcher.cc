@@ -1,0 +1,92 @@
+// FdWatcher: one uv_poll per fd, readable events only. Spurious wake-ups are
+// the caller's to tolerate (reads return EAGAIN).
+#include <uv.h>
+
+#include "errno-error.h"
+#include "exports.h"
+#include "js-callback.h"
+
+namespace vublk {
+
+namespace {
+
+class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "FdWatcher",
+                       {InstanceMethod<&FdWatcher::Start>("start"),
+                        InstanceMethod<&FdWatcher::Stop>("stop"),
+                        InstanceMethod<&FdWatcher::Close>("close")});
+  }
+
+  explicit FdWatcher(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FdWatcher>(info) {
+    Napi::Env env = info.Env();
+    int fd = static_cast<int>(argInt(info, 0));
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    uv_loop_t* loop;
+    napi_get_uv_event_loop(env, &loop);
+    handle_ = new uv_poll_t;
+    int rc = uv_poll_init(loop, handle_, fd);
+    if (rc != 0) {
+      delete handle_;
+      handle_ = nullptr;
+      throwErrno(env, -rc, "uv_poll_init");
+    }
+    handle_->data = this;
+  }
+
+  ~FdWatcher() override { closeHandle(); }
+
+ private:
+  void closeHandle() {
+    if (!handle_) return;
+    uv_poll_stop(handle_);
+    handle_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(handle_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+    handle_ = nullptr;
+    if (!self_.IsEmpty()) self_.Reset();
+  }
+
+  static void OnPoll(uv_poll_t* h, int status, int events) {
+    auto* self = static_cast<FdWatcher*>(h->data);
+    if (!self) return;
+    (void)status;  // errors (e.g. a hang-up) surface as reads that fail
+    (void)events;
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    callJs(env, self->callback_, self->Value(), {});
+  }
+
+  Napi::Value Start(const Napi::CallbackInfo& info) {
+    if (handle_) {
+      uv_poll_start(handle_, UV_READABLE | UV_DISCONNECT, OnPoll);
+      // A started watcher keeps its JS object alive.
+      if (self_.IsEmpty()) self_ = Napi::Persistent(Value());
+    }
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stop(const Napi::CallbackInfo& info) {
+    if (handle_) uv_poll_stop(handle_);
+    if (!self_.IsEmpty()) self_.Reset();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    closeHandle();
+    return info.Env().Undefined();
+  }
+
+  Napi::FunctionReference callback_;
+  Napi::ObjectReference self_;
+  uv_poll_t* handle_ = nullptr;
+};
+
+}  // namespace
+
+void InitFdWatcher(Napi::Env env, Napi::Object exports) {
+  exports.Set("FdWatcher", FdWatcher::Define(env));
+}
+
+}  // namespace vublk

@@ -1,0 +1,68 @@
+// Guest memory table of one frontend connection: the regions QEMU shared with
+// SET_MEM_TABLE / ADD_MEM_REG, mapped into this process.
+//
+// A region's slot number is its "bufId": JS names memory as (bufId, offset)
+// and never sees a pointer. Every translation is bounds-checked here.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace vublk {
+
+struct Region {
+  uint64_t gpa = 0;   // guest-physical start
+  uint64_t size = 0;  // bytes
+  uint64_t uva = 0;   // frontend's user address (ring addresses use it)
+  uint8_t* host = nullptr;  // our mapping of gpa
+  void* mapBase = nullptr;  // what mmap returned (host - mmapOffset)
+  size_t mapLen = 0;
+  bool active = false;
+};
+
+// One piece of a translated guest range: lies wholly inside one region.
+struct GuestSpan {
+  uint32_t bufId;
+  uint64_t offset;  // within the region
+  uint64_t len;
+};
+
+class GuestMemory {
+ public:
+  // VHOST_USER_MAX_RAM_SLOTS, the most CONFIGURE_MEM_SLOTS lets a frontend add.
+  static constexpr unsigned kMaxRegions = 509;
+
+  GuestMemory() = default;
+  ~GuestMemory() { clear(); }
+  GuestMemory(const GuestMemory&) = delete;
+  GuestMemory& operator=(const GuestMemory&) = delete;
+
+  // Maps the region and returns its bufId. The fd is always closed, mapped or
+  // not. On a bad region returns -1 and sets err to the rule it broke.
+  int add(int fd, uint64_t gpa, uint64_t size, uint64_t uva, uint64_t mmapOffset,
+          std::string& err);
+  bool remove(uint64_t gpa, uint64_t size);
+  void clear();
+  unsigned count() const { return count_; }
+
+  // The span of [gpa, gpa+len) that starts at gpa and stays in one region.
+  // Returns false if gpa is not in guest memory.
+  bool translateGpa(uint64_t gpa, uint64_t len, GuestSpan* out) const;
+  // Host pointer for [uva, uva+len) if it lies wholly inside one region.
+  uint8_t* translateUva(uint64_t uva, uint64_t len) const;
+  // Host pointer for (bufId, offset, len) if it lies inside that region.
+  uint8_t* bufPtr(uint32_t bufId, uint64_t offset, uint64_t len) const;
+  // Copies guest-physical bytes, across region boundaries; false if unmapped.
+  bool copyFromGpa(uint64_t gpa, void* dst, size_t len) const;
+  const Region* region(uint32_t bufId) const {
+    return bufId < kMaxRegions && regions_[bufId].active ? &regions_[bufId] : nullptr;
+  }
+
+ private:
+  Region regions_[kMaxRegions];
+  unsigned count_ = 0;
+  mutable unsigned lastHit_ = 0;  // translation cache: most lookups hit the same region
+};
+
+}  // namespace vublk

@@ -1,0 +1,525 @@
+// Session: one frontend connection's data plane, as a JS object. It owns the
+// guest memory maps, the virtqueues with their kick/call/err eventfds, and an
+// io_uring for the disk. JS decides everything; this file moves bytes:
+//
+//   kick eventfd ---> pop chains ---> onChains(q, n, segs)       one call per batch
+//   JS submit(n) ---> io_uring SQEs                              one call per batch
+//   uring eventfd --> reap CQEs  ---> onCompletions(n)           one call per batch
+//   JS pushUsed(q, n) -> status bytes, used ring, call eventfd   one call per batch
+//
+// Shared arrays (layouts in src/native/binding.ts) carry every batch, so no
+// JS object is made per request.
+#include <unistd.h>
+#include <uv.h>
+
+#include <memory>
+#include <vector>
+
+#include "errno-error.h"
+#include "exports.h"
+#include "guest-memory.h"
+#include "js-callback.h"
+#include "split-virtqueue.h"
+#include "uring.h"
+
+namespace vublk {
+
+namespace {
+
+constexpr unsigned kOpStride = 6;
+constexpr unsigned kIovStride = 3;
+constexpr unsigned kCqeStride = 2;
+constexpr unsigned kUsedStride = 5;
+constexpr unsigned kOpReadv = 0;
+constexpr unsigned kOpWritev = 1;
+constexpr unsigned kOpFsync = 2;
+constexpr unsigned kOpFlagFixed = 1;
+constexpr unsigned kIovMax = 1024;
+constexpr unsigned kMaxQueues = 64;
+
+struct SharedArray {
+  Napi::Reference<Napi::TypedArray> ref;
+  void* data = nullptr;
+  size_t length = 0;  // elements
+};
+
+void closeFd(int& fd) {
+  if (fd >= 0) close(fd);
+  fd = -1;
+}
+
+class Session;
+
+struct Vring {
+  SplitVirtqueue vq;
+  int kickFd = -1;
+  int callFd = -1;
+  int errFd = -1;
+  bool enabled = false;
+  bool started = false;
+  bool paused = false;
+  uv_poll_t* kickPoll = nullptr;
+  Session* session = nullptr;
+  unsigned index = 0;
+};
+
+void closePoll(uv_poll_t*& p) {
+  if (!p) return;
+  uv_poll_stop(p);
+  p->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(p),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
+  p = nullptr;
+}
+
+class Session : public Napi::ObjectWrap<Session> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(
+        env, "Session",
+        {InstanceMethod<&Session::AddRegion>("addRegion"),
+         InstanceMethod<&Session::RemoveRegion>("removeRegion"),
+         InstanceMethod<&Session::ClearRegions>("clearRegions"),
+         InstanceMethod<&Session::RegionCount>("regionCount"),
+         InstanceMethod<&Session::SetVringNum>("setVringNum"),
+         InstanceMethod<&Session::SetVringAddr>("setVringAddr"),
+         InstanceMethod<&Session::SetVringBase>("setVringBase"),
+         InstanceMethod<&Session::StopVring>("stopVring"),
+         InstanceMethod<&Session::SetVringKick>("setVringKick"),
+         InstanceMethod<&Session::SetVringCall>("setVringCall"),
+         InstanceMethod<&Session::SetVringErr>("setVringErr"),
+         InstanceMethod<&Session::SetVringEnabled>("setVringEnabled"),
+         InstanceMethod<&Session::SetEventIdx>("setEventIdx"),
+         InstanceMethod<&Session::SetIndirect>("setIndirect"),
+         InstanceMethod<&Session::StartVring>("startVring"),
+         InstanceMethod<&Session::PauseVring>("pauseVring"),
+         InstanceMethod<&Session::PollVring>("pollVring"),
+         InstanceMethod<&Session::VringStarted>("vringStarted"),
+         InstanceMethod<&Session::PushUsed>("pushUsed"),
+         InstanceMethod<&Session::WriteGuest>("writeGuest"),
+         InstanceMethod<&Session::Submit>("submit"),
+         InstanceMethod<&Session::Destroy>("destroy")});
+  }
+
+  explicit Session(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Session>(info) {
+    Napi::Env env = info.Env();
+    int64_t queues = argInt(info, 0);
+    int64_t maxQueueSize = argInt(info, 1);
+    diskFd_ = static_cast<int>(argInt(info, 2));
+    int64_t entries = argInt(info, 3);
+    if (queues < 1 || queues > kMaxQueues) throw Napi::RangeError::New(env, "queues out of range");
+    if (maxQueueSize < 1 || maxQueueSize > kMaxQueueSize)
+      throw Napi::RangeError::New(env, "maxQueueSize out of range");
+    if (entries < 1 || entries > 32768) throw Napi::RangeError::New(env, "uringEntries out of range");
+    maxQueueSize_ = static_cast<unsigned>(maxQueueSize);
+
+    Napi::Object arrays = info[4].As<Napi::Object>();
+    bind(env, arrays, "chains", napi_float64_array, chains_);
+    bind(env, arrays, "headers", napi_uint8_array, headers_);
+    bind(env, arrays, "segs", napi_float64_array, segs_);
+    bind(env, arrays, "sqOps", napi_float64_array, sqOps_);
+    bind(env, arrays, "sqIovs", napi_float64_array, sqIovs_);
+    bind(env, arrays, "cqes", napi_float64_array, cqes_);
+    bind(env, arrays, "used", napi_float64_array, used_);
+    unsigned maxChains = static_cast<unsigned>(chains_.length / kChainStride);
+    if (headers_.length < static_cast<size_t>(maxChains) * kHeaderBytes)
+      throw Napi::RangeError::New(env, "headers array too small for chains");
+    if (segs_.length / kSegStride < kMaxChainSegs)
+      throw Napi::RangeError::New(env, "segs array smaller than one chain's worth");
+    batch_.chains = static_cast<double*>(chains_.data);
+    batch_.headers = static_cast<uint8_t*>(headers_.data);
+    batch_.segs = static_cast<double*>(segs_.data);
+    batch_.maxChains = maxChains;
+    batch_.maxSegs = static_cast<unsigned>(segs_.length / kSegStride);
+    iovScratch_.resize(sqIovs_.length / kIovStride);
+
+    Napi::Object cbs = info[5].As<Napi::Object>();
+    callbacks_ = Napi::Persistent(cbs);
+    onChains_ = Napi::Persistent(cbs.Get("onChains").As<Napi::Function>());
+    onCompletions_ = Napi::Persistent(cbs.Get("onCompletions").As<Napi::Function>());
+    onViolation_ = Napi::Persistent(cbs.Get("onViolation").As<Napi::Function>());
+
+    int rc = uring_.init(static_cast<unsigned>(entries));
+    if (rc < 0) throwErrno(env, -rc, "io_uring_queue_init");
+    napi_get_uv_event_loop(env, &loop_);
+    uringPoll_ = new uv_poll_t;
+    uv_poll_init(loop_, uringPoll_, uring_.eventFd());
+    uringPoll_->data = this;
+    uv_poll_start(uringPoll_, UV_READABLE, OnUringEvent);
+
+    vrings_.resize(static_cast<size_t>(queues));
+    for (size_t i = 0; i < vrings_.size(); i++) {
+      vrings_[i] = std::make_unique<Vring>();
+      vrings_[i]->session = this;
+      vrings_[i]->index = static_cast<unsigned>(i);
+    }
+    // The uring poll keeps this object alive until destroy().
+    self_ = Napi::Persistent(Value());
+  }
+
+  ~Session() override { teardown(); }
+
+ private:
+  void bind(Napi::Env env, Napi::Object arrays, const char* name, napi_typedarray_type type,
+            SharedArray& out) {
+    Napi::Value v = arrays.Get(name);
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
+      throw Napi::TypeError::New(env, std::string("arrays.") + name + " has the wrong type");
+    Napi::TypedArray ta = v.As<Napi::TypedArray>();
+    out.ref = Napi::Persistent(ta);
+    out.data = static_cast<uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    out.length = ta.ElementLength();
+  }
+
+  Vring& vring(const Napi::CallbackInfo& info) {
+    int64_t q = argInt(info, 0);
+    if (destroyed_) throw Napi::Error::New(info.Env(), "session is destroyed");
+    if (q < 0 || static_cast<size_t>(q) >= vrings_.size())
+      throw Napi::RangeError::New(info.Env(), "queue index out of range");
+    return *vrings_[static_cast<size_t>(q)];
+  }
+
+  void teardown() {
+    if (destroyed_) return;
+    destroyed_ = true;
+    for (auto& v : vrings_) {
+      closePoll(v->kickPoll);
+      closeFd(v->kickFd);
+      closeFd(v->callFd);
+      closeFd(v->errFd);
+      v->started = false;
+    }
+    closePoll(uringPoll_);
+    mem_.clear();
+  }
+
+  // --- memory ---
+  Napi::Value AddRegion(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    int fd = static_cast<int>(argInt(info, 0));
+    if (destroyed_) {
+      if (fd >= 0) close(fd);
+      throw Napi::Error::New(env, "session is destroyed");
+    }
+    std::string err;
+    int id = mem_.add(fd, argU64(info, 1), argU64(info, 2), argU64(info, 3), argU64(info, 4), err);
+    if (id < 0) throw Napi::Error::New(env, err);
+    return Napi::Number::New(env, id);
+  }
+
+  Napi::Value RemoveRegion(const Napi::CallbackInfo& info) {
+    bool ok = !destroyed_ && mem_.remove(argU64(info, 0), argU64(info, 1));
+    return Napi::Boolean::New(info.Env(), ok);
+  }
+
+  Napi::Value ClearRegions(const Napi::CallbackInfo& info) {
+    for (auto& v : vrings_) v->vq.unmap();
+    mem_.clear();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value RegionCount(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), mem_.count());
+  }
+
+  // --- vrings ---
+  Napi::Value SetVringNum(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    int64_t num = argInt(info, 1);
+    if (num < 1 || num > maxQueueSize_ || (num & (num - 1)))
+      throw Napi::RangeError::New(info.Env(), "ring size out of range");
+    v.vq.setNum(static_cast<uint16_t>(num));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetVringAddr(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    v.vq.setAddr(argU64(info, 1), argU64(info, 2), argU64(info, 3));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetVringBase(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    v.vq.setBase(static_cast<uint16_t>(argInt(info, 1)));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value StopVring(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    closePoll(v.kickPoll);
+    closeFd(v.kickFd);
+    closeFd(v.callFd);
+    v.started = false;
+    v.vq.unmap();
+    return Napi::Number::New(info.Env(), v.vq.lastAvail());
+  }
+
+  void setFd(const Napi::CallbackInfo& info, int Vring::*field) {
+    int fd = static_cast<int>(argInt(info, 1));
+    if (destroyed_) {
+      if (fd >= 0) close(fd);
+      throw Napi::Error::New(info.Env(), "session is destroyed");
+    }
+    Vring& v = vring(info);
+    if (field == &Vring::kickFd) closePoll(v.kickPoll);
+    closeFd(v.*field);
+    v.*field = fd;
+  }
+
+  Napi::Value SetVringKick(const Napi::CallbackInfo& info) {
+    setFd(info, &Vring::kickFd);
+    vring(info).started = false;
+    return info.Env().Undefined();
+  }
+  Napi::Value SetVringCall(const Napi::CallbackInfo& info) {
+    setFd(info, &Vring::callFd);
+    return info.Env().Undefined();
+  }
+  Napi::Value SetVringErr(const Napi::CallbackInfo& info) {
+    setFd(info, &Vring::errFd);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetVringEnabled(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    v.enabled = info[1].ToBoolean();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetEventIdx(const Napi::CallbackInfo& info) {
+    for (auto& v : vrings_) v->vq.setEventIdx(info[0].ToBoolean());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetIndirect(const Napi::CallbackInfo& info) {
+    for (auto& v : vrings_) v->vq.setIndirect(info[0].ToBoolean());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value StartVring(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Vring& v = vring(info);
+    if (v.kickFd < 0) throw Napi::Error::New(env, "ring has no kick fd");
+    std::string err;
+    if (!v.vq.map(mem_, err)) throw Napi::Error::New(env, err);
+    if (!v.kickPoll) {
+      v.kickPoll = new uv_poll_t;
+      int rc = uv_poll_init(loop_, v.kickPoll, v.kickFd);
+      if (rc != 0) {
+        delete v.kickPoll;
+        v.kickPoll = nullptr;
+        throwErrno(env, -rc, "uv_poll_init");
+      }
+      v.kickPoll->data = &v;
+      uv_poll_start(v.kickPoll, UV_READABLE, OnKick);
+    }
+    v.started = true;
+    return env.Undefined();
+  }
+
+  Napi::Value PauseVring(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    v.paused = info[1].ToBoolean();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value PollVring(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    deliver(v);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value VringStarted(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), vring(info).started);
+  }
+
+  Napi::Value PushUsed(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Vring& v = vring(info);
+    int64_t n = argInt(info, 1);
+    if (n < 0 || static_cast<size_t>(n) * kUsedStride > used_.length)
+      throw Napi::RangeError::New(env, "pushUsed: count out of range");
+    if (!v.vq.mapped()) throw Napi::Error::New(env, "pushUsed: ring is not running");
+    const double* u = static_cast<const double*>(used_.data);
+    for (int64_t i = 0; i < n; i++, u += kUsedStride) {
+      double head = u[0];
+      if (!(head >= 0 && head < v.vq.num())) throw Napi::RangeError::New(env, "pushUsed: bad head");
+      if (u[2] >= 0) {
+        uint8_t* status = mem_.bufPtr(static_cast<uint32_t>(u[2]), static_cast<uint64_t>(u[3]), 1);
+        if (!status) throw Napi::RangeError::New(env, "pushUsed: status byte outside guest memory");
+        *status = static_cast<uint8_t>(u[4]);
+      }
+      v.vq.addUsed(static_cast<uint32_t>(head), static_cast<uint32_t>(u[1]));
+    }
+    if (v.vq.publish() && v.callFd >= 0) {
+      uint64_t one = 1;
+      ssize_t w;
+      do {
+        w = write(v.callFd, &one, sizeof one);
+      } while (w < 0 && errno == EINTR);
+    }
+    return env.Undefined();
+  }
+
+  Napi::Value WriteGuest(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    uint32_t bufId = static_cast<uint32_t>(argU64(info, 0));
+    uint64_t off = argU64(info, 1);
+    Napi::Uint8Array data = info[2].As<Napi::Uint8Array>();
+    uint8_t* dst = mem_.bufPtr(bufId, off, data.ByteLength());
+    if (!dst) throw Napi::RangeError::New(env, "writeGuest: outside guest memory");
+    memcpy(dst, data.Data(), data.ByteLength());
+    return env.Undefined();
+  }
+
+  // --- io_uring ---
+  Napi::Value Submit(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    int64_t n = argInt(info, 0);
+    if (n < 0 || static_cast<size_t>(n) * kOpStride > sqOps_.length)
+      throw Napi::RangeError::New(env, "submit: count out of range");
+    const double* ops = static_cast<const double*>(sqOps_.data);
+    const double* iovs = static_cast<const double*>(sqIovs_.data);
+    size_t maxIovs = iovScratch_.size();
+    // Check every op before queuing any, so a bad one leaves nothing half-done.
+    for (int64_t k = 0; k < n; k++) {
+      const double* op = ops + k * kOpStride;
+      unsigned opcode = static_cast<unsigned>(op[0]);
+      if (opcode == kOpFsync) continue;
+      if (opcode != kOpReadv && opcode != kOpWritev)
+        throw Napi::RangeError::New(env, "submit: unknown opcode");
+      double start = op[3], count = op[4];
+      if (!(start >= 0 && count >= 1 && count <= kIovMax && start + count <= maxIovs))
+        throw Napi::RangeError::New(env, "submit: iovec range out of bounds");
+      if (!(op[2] >= 0)) throw Napi::RangeError::New(env, "submit: negative file offset");
+      for (size_t m = static_cast<size_t>(start); m < static_cast<size_t>(start + count); m++) {
+        const double* iv = iovs + m * kIovStride;
+        uint8_t* p = iv[0] >= 0 && iv[1] >= 0 && iv[2] >= 0
+                         ? mem_.bufPtr(static_cast<uint32_t>(iv[0]), static_cast<uint64_t>(iv[1]),
+                                       static_cast<uint64_t>(iv[2]))
+                         : nullptr;
+        if (!p) throw Napi::RangeError::New(env, "submit: iovec outside guest memory");
+        iovScratch_[m] = iovec{p, static_cast<size_t>(iv[2])};
+      }
+    }
+    int64_t queued = 0;
+    for (; queued < n; queued++) {
+      const double* op = ops + queued * kOpStride;
+      unsigned opcode = static_cast<unsigned>(op[0]);
+      uint64_t userData = static_cast<uint64_t>(op[1]);
+      uint64_t off = static_cast<uint64_t>(op[2]);
+      const iovec* iov = iovScratch_.data() + static_cast<size_t>(op[3]);
+      unsigned cnt = static_cast<unsigned>(op[4]);
+      bool ok = opcode == kOpFsync   ? uring_.prepFsync(diskFd_, userData)
+                : opcode == kOpReadv ? uring_.prepReadv(diskFd_, iov, cnt, off, userData)
+                                     : uring_.prepWritev(diskFd_, iov, cnt, off, userData);
+      if (!ok) break;
+    }
+    int rc = uring_.submit();
+    if (rc < 0 && rc != -EBUSY && rc != -EAGAIN) throwErrno(env, -rc, "io_uring_submit");
+    return Napi::Number::New(env, static_cast<double>(queued));
+  }
+
+  Napi::Value Destroy(const Napi::CallbackInfo& info) {
+    teardown();
+    if (!self_.IsEmpty()) self_.Reset();
+    return info.Env().Undefined();
+  }
+
+  // --- event handlers ---
+  static void OnKick(uv_poll_t* h, int, int) {
+    auto* v = static_cast<Vring*>(h->data);
+    if (!v) return;
+    uint64_t val;
+    while (read(v->kickFd, &val, sizeof val) < 0 && errno == EINTR) {
+    }
+    Napi::HandleScope scope(v->session->Env());
+    v->session->deliver(*v);
+  }
+
+  // Pops and hands chains to JS, batch by batch, until the ring is empty or
+  // JS pauses it. Re-entry (JS polling from inside onChains) is a no-op: the
+  // outer loop keeps popping.
+  void deliver(Vring& v) {
+    if (delivering_) return;
+    delivering_ = true;
+    Napi::Env env = Env();
+    while (!destroyed_ && v.started && v.enabled && !v.paused) {
+      batch_.nChains = 0;
+      batch_.nSegs = 0;
+      std::string err;
+      bool ok = v.vq.pop(mem_, batch_, err);
+      if (batch_.nChains > 0) {
+        callJs(env, onChains_, callbacks_.Value(),
+               {Napi::Number::New(env, v.index), Napi::Number::New(env, batch_.nChains),
+                Napi::Number::New(env, batch_.nSegs)});
+      }
+      if (!ok) {
+        closePoll(v.kickPoll);
+        v.started = false;
+        if (!destroyed_) {
+          callJs(env, onViolation_, callbacks_.Value(),
+                 {Napi::Number::New(env, v.index), Napi::String::New(env, err)});
+        }
+        break;
+      }
+      if (batch_.nChains == 0) break;
+    }
+    delivering_ = false;
+  }
+
+  static void OnUringEvent(uv_poll_t* h, int, int) {
+    auto* s = static_cast<Session*>(h->data);
+    if (!s) return;
+    Napi::Env env = s->Env();
+    Napi::HandleScope scope(env);
+    s->uring_.ackEvent();
+    unsigned max = static_cast<unsigned>(s->cqes_.length / kCqeStride);
+    while (!s->destroyed_) {
+      unsigned n = s->uring_.reap(static_cast<double*>(s->cqes_.data), max);
+      if (n == 0) break;
+      callJs(env, s->onCompletions_, s->callbacks_.Value(), {Napi::Number::New(env, n)});
+    }
+  }
+
+  GuestMemory mem_;
+  std::vector<std::unique_ptr<Vring>> vrings_;
+  Uring uring_;
+  uv_loop_t* loop_ = nullptr;
+  uv_poll_t* uringPoll_ = nullptr;
+  int diskFd_ = -1;
+  unsigned maxQueueSize_ = 0;
+  bool destroyed_ = false;
+  bool delivering_ = false;
+  PopBatch batch_{};
+  SharedArray chains_, headers_, segs_, sqOps_, sqIovs_, cqes_, used_;
+  std::vector<iovec> iovScratch_;
+  Napi::ObjectReference callbacks_;
+  Napi::ObjectReference self_;
+  Napi::FunctionReference onChains_, onCompletions_, onViolation_;
+};
+
+}  // namespace
+
+void InitSession(Napi::Env env, Napi::Object exports) {
+  exports.Set("Session", Session::Define(env));
+  Napi::Object c = Napi::Object::New(env);
+  c.Set("CHAIN_STRIDE", kChainStride);
+  c.Set("SEG_STRIDE", kSegStride);
+  c.Set("OP_STRIDE", kOpStride);
+  c.Set("IOV_STRIDE", kIovStride);
+  c.Set("CQE_STRIDE", kCqeStride);
+  c.Set("USED_STRIDE", kUsedStride);
+  c.Set("SEG_WRITE", kSegWrite);
+  c.Set("OP_READV", kOpReadv);
+  c.Set("OP_WRITEV", kOpWritev);
+  c.Set("OP_FSYNC", kOpFsync);
+  c.Set("OP_FLAG_FIXED", kOpFlagFixed);
+  c.Set("MAX_CHAIN_DESCS", kMaxChainDescs);
+  c.Set("MAX_CHAIN_SEGS", kMaxChainSegs);
+  exports.Set("constants", c);
+}
+
+}  // namespace vublk

@@ -1,0 +1,97 @@
+// Device side of one VIRTIO 1.x split virtqueue (VIRTIO 1.2 §2.7).
+//
+//   descriptor table          available ring (driver writes)   used ring (device writes)
+//   +------+-----+-----+----+ +-------+-----+---------+------+ +-------+-----+-----------+-------+
+//   | addr | len |flags|next| | flags | idx | ring[n] | used | | flags | idx | ring[n]   | avail |
+//   |  u64 | u32 | u16 | u16| |  u16  | u16 |   u16   | event| |  u16  | u16 | {id,len}  | event |
+//   +------+-----+-----+----+ +-------+-----+---------+------+ +-------+-----+-----------+-------+
+//
+// Nothing read from guest memory is trusted: indices are range-checked, chain
+// walks count descriptors to catch loops, and every addr+len is translated
+// through GuestMemory. A broken rule returns false with the rule in `err`.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "guest-memory.h"
+
+namespace vublk {
+
+// Where popped chains are written: arrays shared with JS (see binding.ts).
+struct PopBatch {
+  double* chains;    // [head, firstSeg, segCount, headerLen] per chain
+  uint8_t* headers;  // 16 bytes per chain
+  double* segs;      // [bufId, offset, len, flags] per segment
+  unsigned maxChains;
+  unsigned maxSegs;
+  unsigned nChains = 0;
+  unsigned nSegs = 0;
+};
+
+constexpr unsigned kChainStride = 4;
+constexpr unsigned kSegStride = 4;
+constexpr unsigned kHeaderBytes = 16;
+constexpr unsigned kSegWrite = 1;
+// Longest chain we walk (QEMU's VIRTQUEUE_MAX_SIZE); also bounds an indirect table.
+constexpr unsigned kMaxChainDescs = 1024;
+// A chain whose descriptors translate to more memory spans than this is refused.
+constexpr unsigned kMaxChainSegs = 2048;
+constexpr unsigned kMaxQueueSize = 32768;
+
+class SplitVirtqueue {
+ public:
+  void setNum(uint16_t num) { num_ = num; }
+  uint16_t num() const { return num_; }
+  void setAddr(uint64_t descUva, uint64_t usedUva, uint64_t availUva) {
+    descUva_ = descUva;
+    usedUva_ = usedUva;
+    availUva_ = availUva;
+    mapped_ = false;
+  }
+  void setBase(uint16_t idx) {
+    lastAvail_ = idx;
+    usedIdx_ = idx;
+    publishedIdx_ = idx;
+  }
+  uint16_t lastAvail() const { return lastAvail_; }
+  void setEventIdx(bool on) { eventIdx_ = on; }
+  void setIndirect(bool on) { indirect_ = on; }
+
+  // Translates the ring addresses through the memory table (again after a
+  // memory table change). False if a ring does not lie in guest memory.
+  bool map(const GuestMemory& mem, std::string& err);
+  void unmap() { mapped_ = false; }
+  bool mapped() const { return mapped_; }
+
+  // Pops available chains into batch until it is full or the ring is empty.
+  // Returns false on a broken rule (err says which); chains popped before
+  // the bad one stay in the batch.
+  bool pop(const GuestMemory& mem, PopBatch& batch, std::string& err);
+  // True if the driver has made chains available that we have not popped.
+  bool hasAvailable() const;
+
+  // Adds one used element; publish() makes a batch of them visible.
+  void addUsed(uint32_t head, uint32_t len);
+  // Publishes added elements and says whether the driver wants an interrupt.
+  bool publish();
+
+ private:
+  bool walkChain(const GuestMemory& mem, uint16_t head, PopBatch& batch, std::string& err);
+  bool addSpan(const GuestMemory& mem, uint64_t addr, uint32_t len, bool write, PopBatch& batch,
+               unsigned firstSeg, unsigned& headerLen, std::string& err);
+
+  uint16_t num_ = 0;
+  uint64_t descUva_ = 0, usedUva_ = 0, availUva_ = 0;
+  uint8_t* desc_ = nullptr;
+  uint8_t* avail_ = nullptr;
+  uint8_t* used_ = nullptr;
+  bool mapped_ = false;
+  bool eventIdx_ = false;
+  bool indirect_ = false;
+  uint16_t lastAvail_ = 0;
+  uint16_t usedIdx_ = 0;       // next used slot, private until publish()
+  uint16_t publishedIdx_ = 0;  // used->idx as the driver last saw it
+};
+
+}  // namespace vublk

@@ -1,0 +1,96 @@
+#include "uring.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace vublk {
+
+int Uring::init(unsigned entries) {
+  io_uring_params p{};
+  // A completion queue four times the submission queue: in-flight requests
+  // outlive their submission entries.
+  p.flags = IORING_SETUP_CQSIZE;
+  p.cq_entries = entries * 4;
+  int rc = io_uring_queue_init_params(entries, &ring_, &p);
+  if (rc < 0) return rc;
+  ready_ = true;
+  entries_ = entries;
+  eventFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (eventFd_ < 0) return -errno;
+  rc = io_uring_register_eventfd(&ring_, eventFd_);
+  if (rc < 0) return rc;
+  return 0;
+}
+
+Uring::~Uring() {
+  if (ready_) io_uring_queue_exit(&ring_);
+  if (eventFd_ >= 0) close(eventFd_);
+}
+
+io_uring_sqe* Uring::sqe() {
+  io_uring_sqe* s = io_uring_get_sqe(&ring_);
+  if (!s) {
+    io_uring_submit(&ring_);
+    s = io_uring_get_sqe(&ring_);
+  }
+  return s;
+}
+
+bool Uring::prepReadv(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData) {
+  io_uring_sqe* s = sqe();
+  if (!s) return false;
+  io_uring_prep_readv(s, fd, iov, n, off);
+  io_uring_sqe_set_data64(s, userData);
+  return true;
+}
+
+bool Uring::prepWritev(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData) {
+  io_uring_sqe* s = sqe();
+  if (!s) return false;
+  io_uring_prep_writev(s, fd, iov, n, off);
+  io_uring_sqe_set_data64(s, userData);
+  return true;
+}
+
+bool Uring::prepFsync(int fd, uint64_t userData) {
+  io_uring_sqe* s = sqe();
+  if (!s) return false;
+  io_uring_prep_fsync(s, fd, IORING_FSYNC_DATASYNC);
+  io_uring_sqe_set_data64(s, userData);
+  return true;
+}
+
+int Uring::submit() {
+  int rc;
+  do {
+    rc = io_uring_submit(&ring_);
+  } while (rc == -EINTR);
+  return rc;
+}
+
+void Uring::ackEvent() {
+  uint64_t v;
+  while (read(eventFd_, &v, sizeof v) < 0 && errno == EINTR) {
+  }
+}
+
+unsigned Uring::reap(double* out, unsigned max) {
+  io_uring_cqe* cqes[64];
+  unsigned total = 0;
+  while (total < max) {
+    unsigned want = max - total < 64 ? max - total : 64;
+    unsigned got = io_uring_peek_batch_cqe(&ring_, cqes, want);
+    if (got == 0) break;
+    for (unsigned i = 0; i < got; i++) {
+      out[2 * (total + i)] = static_cast<double>(io_uring_cqe_get_data64(cqes[i]));
+      out[2 * (total + i) + 1] = cqes[i]->res;
+    }
+    io_uring_cq_advance(&ring_, got);
+    total += got;
+  }
+  return total;
+}
+
+}  // namespace vublk

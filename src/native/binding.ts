@@ -1,0 +1,181 @@
+// The only module that loads the native addon. Everything else imports the
+// typed interface declared here. Native functions take plain positional
+// arguments; options are validated and normalised in src/ before they get here.
+//
+// Native errors have one shape: an Error with {code, errno, syscall}.
+
+import path from 'node:path';
+
+/** Thrown by native calls that fail in a system call. */
+export interface NativeError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+/** Result of recvMsg. bytes: >0 read, 0 end of stream, -1 would block. */
+export interface RecvResult {
+  bytes: number;
+  /** File descriptors received with these bytes. The caller owns them. */
+  fds: number[];
+  /** True when the sender passed more fds than maxFds: all were closed. */
+  fdsTruncated: boolean;
+}
+
+/** Watches one fd with uv_poll. The callback may be called spuriously. */
+export interface FdWatcher {
+  /** Start (or restart) watching for readability. */
+  start(): void;
+  stop(): void;
+  /** Stop for good; the fd is NOT closed. */
+  close(): void;
+}
+
+/**
+ * Shared arrays between a Session and JS. They are allocated by JS once per
+ * session and handed to the constructor; native reads and writes them in
+ * place, so no objects are created per request. Layouts (all Float64, so every
+ * value up to 2^53 is exact):
+ *
+ *   chains[i*CHAIN_STRIDE + ...]  : head, firstSeg, segCount, headerLen
+ *   headers[i*16 .. i*16+16]      : first readable bytes of chain i (Uint8)
+ *   segs[j*SEG_STRIDE + ...]      : bufId, offset, len, flags(SEG_WRITE)
+ *   sqOps[k*OP_STRIDE + ...]      : opcode, userData, fileOffset, iovStart, iovCount, flags
+ *   sqIovs[m*IOV_STRIDE + ...]    : bufId, offset, len
+ *   cqes[n*CQE_STRIDE + ...]      : userData, res (negative errno on failure)
+ *   used[u*USED_STRIDE + ...]     : head, len, statusBufId, statusOffset, status
+ */
+export interface SessionArrays {
+  chains: Float64Array;
+  headers: Uint8Array;
+  segs: Float64Array;
+  sqOps: Float64Array;
+  sqIovs: Float64Array;
+  cqes: Float64Array;
+  used: Float64Array;
+}
+
+export interface SessionCallbacks {
+  /** A batch of chains popped from queue q after a kick: nChains, nSegs in arrays. */
+  onChains(q: number, nChains: number, nSegs: number): void;
+  /** A batch of io_uring completions: n entries in arrays.cqes. */
+  onCompletions(n: number): void;
+  /** The guest broke a ring rule on queue q; the queue has stopped itself. */
+  onViolation(q: number, message: string): void;
+}
+
+/**
+ * One frontend connection's data plane: its guest memory table, its split
+ * virtqueues and its io_uring. Addresses handed to JS are (bufId, offset)
+ * pairs; native checks each against the buffer's bounds before use.
+ */
+export interface Session {
+  // --- guest memory (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG) ---
+  /** Maps fd (always closed by this call) and returns the region's bufId. Throws Error(message) on a bad region. */
+  addRegion(fd: number, gpa: number, size: number, uva: number, mmapOffset: number): number;
+  /** Unmaps the region with exactly this gpa and size; returns false if none. */
+  removeRegion(gpa: number, size: number): boolean;
+  /** Unmaps every region. Caller ensures no I/O is in flight on them. */
+  clearRegions(): void;
+  regionCount(): number;
+
+  // --- virtqueues (index q < queues given to the constructor) ---
+  setVringNum(q: number, num: number): void;
+  /** User addresses from SET_VRING_ADDR; translated when the ring starts. */
+  setVringAddr(q: number, descUva: number, usedUva: number, availUva: number): void;
+  setVringBase(q: number, lastAvailIdx: number): void;
+  /** Stops the ring (no more pops), closes its kick and call fds, returns last_avail_idx. */
+  stopVring(q: number): number;
+  /** fd -1 means none. The session owns fds passed here. */
+  setVringKick(q: number, fd: number): void;
+  setVringCall(q: number, fd: number): void;
+  setVringErr(q: number, fd: number): void;
+  setVringEnabled(q: number, enabled: boolean): void;
+  setEventIdx(eventIdx: boolean): void;
+  /** Whether VIRTIO_RING_F_INDIRECT_DESC was negotiated (indirect tables allowed). */
+  setIndirect(indirect: boolean): void;
+  /**
+   * Starts popping if the ring has a kick fd, is enabled and not paused.
+   * Translates ring addresses; throws Error(message) if they do not lie in guest memory.
+   */
+  startVring(q: number): void;
+  /** Temporarily stop popping (e.g. while the memory table changes). */
+  pauseVring(q: number, paused: boolean): void;
+  /** Pops what is available now (after unpause); may call onChains synchronously. */
+  pollVring(q: number): void;
+  vringStarted(q: number): boolean;
+
+  /** Writes status bytes, fills used entries and notifies the guest: n entries in arrays.used. */
+  pushUsed(q: number, n: number): void;
+  /** Copies bytes into guest memory at (bufId, offset); throws if out of bounds. */
+  writeGuest(bufId: number, offset: number, data: Uint8Array): void;
+
+  // --- io_uring ---
+  /** Submits n ops from arrays.sqOps/sqIovs; returns how many were queued. Throws on a bad iovec. */
+  submit(n: number): number;
+  /** Closes everything: rings, fds, maps, the uring. Idempotent. */
+  destroy(): void;
+}
+
+export interface SessionConstructor {
+  new (
+    queues: number,
+    maxQueueSize: number,
+    diskFd: number,
+    uringEntries: number,
+    arrays: SessionArrays,
+    callbacks: SessionCallbacks,
+  ): Session;
+}
+
+export interface NativeBinding {
+  // sockets (all fds non-blocking, close-on-exec)
+  listenUnix(path: string, backlog: number): number;
+  connectUnix(path: string): number;
+  /** Returns the new fd, or -1 if no connection is pending. */
+  acceptUnix(listenFd: number): number;
+  recvMsg(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): RecvResult;
+  /** Sends all bytes with fds attached to the first byte; waits at most timeoutMs. */
+  sendMsg(fd: number, buf: Uint8Array, fds: number[], timeoutMs: number): void;
+  closeFd(fd: number): void;
+  FdWatcher: new (fd: number, onReadable: () => void) => FdWatcher;
+
+  // memfd / eventfd / mmap (used by the in-repo frontend and tests)
+  memfdCreate(name: string, size: number): number;
+  /** Maps fd shared read-write; the ArrayBuffer unmaps when collected. */
+  mapShared(fd: number, size: number, offset: number): ArrayBuffer;
+  eventfdCreate(): number;
+  /** Returns the counter, or 0 if it would block. */
+  eventfdRead(fd: number): number;
+  eventfdWrite(fd: number, value: number): void;
+
+  Session: SessionConstructor;
+
+  /** Constants shared with native. */
+  constants: {
+    CHAIN_STRIDE: number;
+    SEG_STRIDE: number;
+    OP_STRIDE: number;
+    IOV_STRIDE: number;
+    CQE_STRIDE: number;
+    USED_STRIDE: number;
+    SEG_WRITE: number;
+    OP_READV: number;
+    OP_WRITEV: number;
+    OP_FSYNC: number;
+    OP_FLAG_FIXED: number;
+    MAX_CHAIN_DESCS: number;
+    /** segs must hold at least this many segments: one chain's worst case. */
+    MAX_CHAIN_SEGS: number;
+  };
+}
+
+function load(): NativeBinding {
+  // dist/src/native/binding.js -> repo root is three levels up.
+  const root = path.resolve(__dirname, '..', '..', '..');
+  const variant = process.env.VUBLK_NATIVE_BUILD === 'asan' ? 'build-asan' : 'build';
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require(path.join(root, variant, 'Release', 'vublk_native.node')) as NativeBinding;
+}
+
+export const native: NativeBinding = load();
