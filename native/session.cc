@@ -34,6 +34,7 @@ constexpr unsigned kOpReadv = 0;
 constexpr unsigned kOpWritev = 1;
 constexpr unsigned kOpFsync = 2;
 constexpr unsigned kOpFlagFixed = 1;
+constexpr unsigned kOpFlagDsync = 2;
 constexpr unsigned kIovMax = 1024;
 constexpr unsigned kMaxQueues = 64;
 
@@ -414,7 +415,8 @@ class Session : public Napi::ObjectWrap<Session> {
       unsigned cnt = static_cast<unsigned>(op[4]);
       bool ok = opcode == kOpFsync   ? uring_.prepFsync(diskFd_, userData)
                 : opcode == kOpReadv ? uring_.prepReadv(diskFd_, iov, cnt, off, userData)
-                                     : uring_.prepWritev(diskFd_, iov, cnt, off, userData);
+                                     : uring_.prepWritev(diskFd_, iov, cnt, off, userData,
+                                                       static_cast<unsigned>(op[5]) & kOpFlagDsync);
       if (!ok) break;
     }
     int rc = uring_.submit();
@@ -517,6 +519,7 @@ void InitSession(Napi::Env env, Napi::Object exports) {
   c.Set("OP_WRITEV", kOpWritev);
   c.Set("OP_FSYNC", kOpFsync);
   c.Set("OP_FLAG_FIXED", kOpFlagFixed);
+  c.Set("OP_FLAG_DSYNC", kOpFlagDsync);
   c.Set("MAX_CHAIN_DESCS", kMaxChainDescs);
   c.Set("MAX_CHAIN_SEGS", kMaxChainSegs);
   exports.Set("constants", c);

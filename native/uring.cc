@@ -46,10 +46,12 @@ bool Uring::prepReadv(int fd, const iovec* iov, unsigned n, uint64_t off, uint64
   return true;
 }
 
-bool Uring::prepWritev(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData) {
+bool Uring::prepWritev(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData,
+                       bool dsync) {
   io_uring_sqe* s = sqe();
   if (!s) return false;
   io_uring_prep_writev(s, fd, iov, n, off);
+  if (dsync) s->rw_flags = RWF_DSYNC;
   io_uring_sqe_set_data64(s, userData);
   return true;
 }

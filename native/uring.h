@@ -19,7 +19,9 @@ class Uring {
   // Each prep returns false when the submission queue is full even after
   // submitting what it holds.
   bool prepReadv(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData);
-  bool prepWritev(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData);
+  // dsync: RWF_DSYNC, for a guest that turned the write cache off.
+  bool prepWritev(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData,
+                  bool dsync);
   bool prepFsync(int fd, uint64_t userData);
   // Submits what is queued; returns submitted count or -errno.
   int submit();

@@ -164,6 +164,8 @@ export interface NativeBinding {
     OP_WRITEV: number;
     OP_FSYNC: number;
     OP_FLAG_FIXED: number;
+    /** Write with RWF_DSYNC (the guest turned its write cache off). */
+    OP_FLAG_DSYNC: number;
     MAX_CHAIN_DESCS: number;
     /** segs must hold at least this many segments: one chain's worst case. */
     MAX_CHAIN_SEGS: number;

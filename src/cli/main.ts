@@ -1,0 +1,100 @@
+// `vublk` entry point: options, disk, device, server, signals.
+
+import path from 'node:path';
+import { parseOptions, usageText, DEFAULT_DISK_BYTES, DEFAULT_DISK_PATH, type Options } from './options';
+import { ensureDefaultImage, openHostDisk, closeHostDisk } from '../disk/host-disk';
+import { BlkDevice } from '../device/blk-device';
+import { VhostUserServer } from '../daemon/server';
+import { isVublkError } from '../errors';
+import { log, setLogLevel } from '../log';
+import { featureNames } from '../virtio/constants';
+import { qemuCommandLine } from './qemu-command';
+
+export interface Running {
+  server: VhostUserServer;
+  device: BlkDevice;
+  stop(): Promise<void>;
+}
+
+/** Starts serving; throws a VublkError naming the problem. */
+export function startDaemon(opts: Options): Running {
+  setLogLevel(opts.logLevel);
+  let diskPath = opts.disk;
+  if (diskPath === undefined) {
+    diskPath = DEFAULT_DISK_PATH;
+    if (ensureDefaultImage(diskPath, DEFAULT_DISK_BYTES)) {
+      log.info('created default disk image', { path: path.resolve(diskPath), bytes: DEFAULT_DISK_BYTES });
+    }
+  }
+  const disk = openHostDisk(diskPath, opts.readOnly);
+  let device: BlkDevice;
+  const server = (() => {
+    try {
+      device = new BlkDevice(disk, opts);
+      const s = new VhostUserServer(path.resolve(opts.socket), device);
+      s.start();
+      return s;
+    } catch (err) {
+      closeHostDisk(disk);
+      throw err;
+    }
+  })();
+  log.info('serving', {
+    disk: disk.path,
+    kind: disk.kind,
+    bytes: disk.sizeBytes,
+    socket: server.socketPath,
+    queues: opts.queues,
+    queueSize: opts.queueSize,
+    logicalBlockSize: opts.logicalBlockSize,
+    readOnly: device!.blkDisk.readOnly,
+    features: featureNames(device!.features).join(','),
+  });
+  let stopping: Promise<void> | undefined;
+  return {
+    server,
+    device: device!,
+    stop() {
+      stopping ??= server.stop().then(() => closeHostDisk(disk));
+      return stopping;
+    },
+  };
+}
+
+export function main(argv: string[]): void {
+  let opts: Options;
+  try {
+    opts = parseOptions(argv);
+  } catch (err) {
+    process.stderr.write(`vublk: error: ${(err as Error).message}\n`);
+    process.stderr.write('Try "vublk --help".\n');
+    process.exit(2);
+  }
+  if (opts.help) {
+    process.stdout.write(usageText());
+    return;
+  }
+  let running: Running;
+  try {
+    running = startDaemon(opts);
+  } catch (err) {
+    if (isVublkError(err)) {
+      process.stderr.write(`vublk: error: ${err.message}\n`);
+      process.exit(1);
+    }
+    throw err;
+  }
+  process.stdout.write(`Attach a QEMU guest with:\n  ${qemuCommandLine(running.server.socketPath, opts.queues)}\n`);
+  const shutdown = (signal: string) => {
+    log.info('shutting down', { signal });
+    running.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error('shutdown failed', { error: err as Error });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+}

@@ -1,0 +1,87 @@
+// The virtio-blk device vublk presents: what it offers (features, config
+// space, queue limits) for one host disk. Connections come and go; the device
+// and its disk stay for the daemon's life.
+
+import { BlkConfig, encodeConfig, makeBlkConfig, readConfig, applyConfigWrite, BLK_CONFIG_SIZE } from '../blk/config-space';
+import { deriveSegMax, deviceFeatures } from '../blk/features';
+import type { BlkDisk } from '../blk/blk-handler';
+import type { HostDisk } from '../disk/host-disk';
+import { ProtocolFeature, featureBit } from '../vhost-user/protocol';
+import { SECTOR_SIZE } from '../virtio/constants';
+
+export interface BlkDeviceOptions {
+  queues: number;
+  queueSize: number;
+  readOnly: boolean;
+  serial: string;
+  logicalBlockSize: number;
+}
+
+/** Protocol features this backend implements. */
+export const PROTOCOL_FEATURES =
+  featureBit(ProtocolFeature.MQ) |
+  featureBit(ProtocolFeature.REPLY_ACK) |
+  featureBit(ProtocolFeature.CONFIG) |
+  featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
+  featureBit(ProtocolFeature.BACKEND_REQ);
+
+export class BlkDevice {
+  readonly features: bigint;
+  readonly protocolFeatures = PROTOCOL_FEATURES;
+  readonly queues: number;
+  readonly maxQueueSize: number;
+  readonly serial: string;
+  readonly blkDisk: BlkDisk;
+  private readonly config: BlkConfig;
+  private readonly configBytes = new Uint8Array(BLK_CONFIG_SIZE);
+
+  constructor(
+    readonly disk: HostDisk,
+    opts: BlkDeviceOptions,
+  ) {
+    this.queues = opts.queues;
+    this.maxQueueSize = opts.queueSize;
+    this.serial = opts.serial;
+    const readOnly = opts.readOnly || disk.readOnly;
+    this.features = deviceFeatures({ readOnly, queues: opts.queues });
+    // Whole logical blocks only: a trailing partial block is not exposed.
+    const lbs = opts.logicalBlockSize;
+    const capacitySectors = Math.floor(disk.sizeBytes / lbs) * (lbs / SECTOR_SIZE);
+    this.config = makeBlkConfig({
+      capacitySectors,
+      logicalBlockSize: lbs,
+      physicalBlockSize: Math.max(disk.physicalBlockSize, lbs),
+      queues: opts.queues,
+      segMax: deriveSegMax(opts.queueSize),
+    });
+    encodeConfig(this.config, this.configBytes);
+    this.blkDisk = { capacitySectors: this.config.capacity, readOnly, logicalBlockSize: lbs };
+  }
+
+  get capacitySectors(): number {
+    return this.config.capacity;
+  }
+
+  /** True while the guest has the volatile write cache on. */
+  writeback(): boolean {
+    return this.config.writeback !== 0;
+  }
+
+  /** GET_CONFIG: a window of the config space, or null if out of range. */
+  readConfig(offset: number, size: number): Uint8Array | null {
+    return readConfig(this.configBytes, offset, size);
+  }
+
+  /** SET_CONFIG from the driver: only the writeback byte may change. */
+  writeConfig(offset: number, data: Uint8Array): boolean {
+    if (!applyConfigWrite(this.config, offset, data)) return false;
+    encodeConfig(this.config, this.configBytes);
+    return true;
+  }
+
+  /** A new connection starts with the device's initial writeback mode. */
+  resetConfig(): void {
+    this.config.writeback = 1;
+    encodeConfig(this.config, this.configBytes);
+  }
+}

@@ -1,0 +1,517 @@
+// One frontend connection, backend side: reads vhost-user messages, runs one
+// handler per message (named after it), and owns the connection's data plane
+// (a native Session plus the virtio-blk handler).
+//
+// Lifecycle:
+//   open -> messages ... -> close(reason)
+//   close: stop reading, pause every ring, wait for in-flight I/O to drain,
+//          destroy the session (unmaps memory, closes eventfds), close the
+//          socket, then report `closed` to the server.
+// `broken` is sticky: once a rule is broken (logged once) nothing more is
+// read from this frontend.
+
+import { native, type Session } from '../native/binding';
+import { BlkHandler, allocateArrays, type HandlerArrays } from '../blk/blk-handler';
+import type { BlkDevice } from '../device/blk-device';
+import { log } from '../log';
+import { ProtocolViolation } from '../errors';
+import { MessageReader } from './message-reader';
+import {
+  type Message,
+  decodeAddMemReg,
+  decodeBackendReqFd,
+  decodeConfig,
+  decodeEmpty,
+  decodeMemTable,
+  decodeRemMemReg,
+  decodeU64,
+  decodeVringAddr,
+  decodeVringFile,
+  decodeVringState,
+  encodeConfigReply,
+  encodeU64Reply,
+  encodeVringStateReply,
+  needsReply,
+} from './message';
+import {
+  MAX_MEM_SLOTS,
+  ProtocolFeature,
+  Request,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  featureBit,
+  requestName,
+} from './protocol';
+import { violation } from './violation';
+import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, hasFeature } from '../virtio/constants';
+
+/** Replies must not block the daemon on a frontend that stopped reading. */
+const SEND_TIMEOUT_MS = 1000;
+const URING_ENTRIES_MAX = 4096;
+
+type Handler = (msg: Message) => void | Promise<void>;
+
+export class BackendConnection {
+  readonly id: number;
+  private readonly watcher: InstanceType<typeof native.FdWatcher>;
+  private readonly reader: MessageReader;
+  private readonly arrays: HandlerArrays;
+  private readonly handler: BlkHandler;
+  private readonly session: Session;
+  private readonly handlers: Map<number, Handler>;
+  private ackedFeatures = 0n;
+  private featuresSet = false;
+  private ackedProtocolFeatures = 0n;
+  private backendReqFd = -1;
+  private busy = false;
+  private closing: Promise<void> | undefined;
+  broken = false;
+
+  constructor(
+    private fd: number,
+    id: number,
+    private readonly device: BlkDevice,
+    private readonly onClosed: (conn: BackendConnection) => void,
+  ) {
+    this.id = id;
+    this.reader = new MessageReader({
+      recv: (buf, off, len, maxFds) => native.recvMsg(this.fd, buf, off, len, maxFds),
+      closeFd: (f) => native.closeFd(f),
+    });
+    this.arrays = allocateArrays(device.maxQueueSize);
+    this.handler = new BlkHandler(this.arrays, {
+      queues: device.queues,
+      maxQueueSize: device.maxQueueSize,
+      disk: device.blkDisk,
+      serial: device.serial,
+      writeback: () => device.writeback(),
+      onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
+    });
+    const entries = Math.min(URING_ENTRIES_MAX, nextPow2(device.queues * device.maxQueueSize));
+    this.session = new native.Session(device.queues, device.maxQueueSize, device.disk.fd, entries, this.arrays, {
+      onChains: (q, n) => this.handler.onChains(q, n),
+      onCompletions: (n) => this.handler.onCompletions(n),
+      onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
+    });
+    const session = this.session;
+    this.handler.attach({
+      submit: (n) => session.submit(n),
+      pushUsed: (q, n) => {
+        // A ring stopped under in-flight requests cannot take used entries:
+        // that is the frontend's doing (it reset the ring), not a crash.
+        try {
+          session.pushUsed(q, n);
+        } catch (err) {
+          this.breakConnection(`queue ${q}: cannot complete requests: ${(err as Error).message}`);
+        }
+      },
+      writeGuest: (bufId, off, data) => session.writeGuest(bufId, off, data),
+    });
+    device.resetConfig();
+    this.handlers = this.handlerTable();
+    this.watcher = new native.FdWatcher(fd, () => this.pump());
+    this.watcher.start();
+  }
+
+  // ------------------------------------------------------------ messages
+
+  private handlerTable(): Map<number, Handler> {
+    const h = new Map<number, Handler>();
+    h.set(Request.GET_FEATURES, (m) => this.getFeatures(m));
+    h.set(Request.SET_FEATURES, (m) => this.setFeatures(m));
+    h.set(Request.GET_PROTOCOL_FEATURES, (m) => this.getProtocolFeatures(m));
+    h.set(Request.SET_PROTOCOL_FEATURES, (m) => this.setProtocolFeatures(m));
+    h.set(Request.SET_OWNER, (m) => decodeEmpty(m));
+    h.set(Request.RESET_OWNER, (m) => this.resetOwner(m));
+    h.set(Request.SET_MEM_TABLE, (m) => this.setMemTable(m));
+    h.set(Request.GET_MAX_MEM_SLOTS, (m) => this.getMaxMemSlots(m));
+    h.set(Request.ADD_MEM_REG, (m) => this.addMemReg(m));
+    h.set(Request.REM_MEM_REG, (m) => this.remMemReg(m));
+    h.set(Request.SET_VRING_NUM, (m) => this.setVringNum(m));
+    h.set(Request.SET_VRING_ADDR, (m) => this.setVringAddr(m));
+    h.set(Request.SET_VRING_BASE, (m) => this.setVringBase(m));
+    h.set(Request.GET_VRING_BASE, (m) => this.getVringBase(m));
+    h.set(Request.SET_VRING_KICK, (m) => this.setVringKick(m));
+    h.set(Request.SET_VRING_CALL, (m) => this.setVringCall(m));
+    h.set(Request.SET_VRING_ERR, (m) => this.setVringErr(m));
+    h.set(Request.SET_VRING_ENABLE, (m) => this.setVringEnable(m));
+    h.set(Request.GET_QUEUE_NUM, (m) => this.getQueueNum(m));
+    h.set(Request.GET_CONFIG, (m) => this.getConfig(m));
+    h.set(Request.SET_CONFIG, (m) => this.setConfig(m));
+    h.set(Request.SET_BACKEND_REQ_FD, (m) => this.setBackendReqFd(m));
+    return h;
+  }
+
+  /** Reads and handles messages until the socket would block or a handler waits. */
+  private pump(): void {
+    if (this.busy || this.broken || this.closing) return;
+    for (;;) {
+      let msg: Message | 'again' | 'eof';
+      try {
+        msg = this.reader.read();
+      } catch (err) {
+        this.breakConnection(describe(err));
+        return;
+      }
+      if (msg === 'again') return;
+      if (msg === 'eof') {
+        void this.close('frontend disconnected');
+        return;
+      }
+      let result: void | Promise<void>;
+      try {
+        result = this.dispatch(msg);
+      } catch (err) {
+        closeAll(msg.fds);
+        this.breakConnection(`${requestName(msg.request)}: ${describe(err)}`);
+        return;
+      }
+      if (result instanceof Promise) {
+        // Wait (e.g. for in-flight I/O to drain); the frontend waits for our reply.
+        this.busy = true;
+        this.watcher.stop();
+        const m = msg;
+        result.then(
+          () => {
+            this.busy = false;
+            if (this.broken || this.closing) return;
+            this.ack(m);
+            this.watcher.start();
+            this.pump();
+          },
+          (err: unknown) => {
+            this.busy = false;
+            closeAll(m.fds);
+            this.breakConnection(`${requestName(m.request)}: ${describe(err)}`);
+          },
+        );
+        return;
+      }
+      this.ack(msg);
+      if (this.broken || this.closing) return;
+    }
+  }
+
+  private dispatch(msg: Message): void | Promise<void> {
+    const handle = this.handlers.get(msg.request);
+    if (handle === undefined) throw violation(`unknown or unsupported request ${msg.request}`);
+    log.debug('message', { conn: this.id, request: requestName(msg.request), size: msg.size, fds: msg.fds.length });
+    const result = handle(msg);
+    // Whatever fds a handler did not hand on are closed here.
+    if (!(result instanceof Promise)) closeAll(msg.fds);
+    return result;
+  }
+
+  /** REPLY_ACK: a u64 0 for messages that have no reply of their own. */
+  private ack(msg: Message): void {
+    if (!needsReply(msg) || hasReply(msg.request)) return;
+    if ((this.ackedProtocolFeatures & featureBit(ProtocolFeature.REPLY_ACK)) === 0n) return;
+    this.send(encodeU64Reply(msg.request, 0));
+  }
+
+  private send(bytes: Uint8Array): void {
+    native.sendMsg(this.fd, bytes, [], SEND_TIMEOUT_MS);
+  }
+
+  private queueIndex(index: number, what: string): number {
+    if (index >= this.device.queues) {
+      throw violation(`${what} names queue ${index}, but there are ${this.device.queues}`);
+    }
+    return index;
+  }
+
+  // ------------------------------------------------------------ handlers
+
+  private getFeatures(msg: Message): void {
+    decodeEmpty(msg);
+    this.send(encodeU64Reply(msg.request, this.device.features));
+  }
+
+  private setFeatures(msg: Message): void {
+    const value = decodeU64(msg);
+    const extra = value & ~this.device.features;
+    if (extra !== 0n) throw violation(`SET_FEATURES acks features never offered: 0x${extra.toString(16)}`);
+    this.ackedFeatures = value;
+    this.featuresSet = true;
+    this.session.setEventIdx(hasFeature(value, VIRTIO_RING_F_EVENT_IDX));
+    this.session.setIndirect(hasFeature(value, VIRTIO_RING_F_INDIRECT_DESC));
+  }
+
+  private getProtocolFeatures(msg: Message): void {
+    decodeEmpty(msg);
+    this.send(encodeU64Reply(msg.request, this.device.protocolFeatures));
+  }
+
+  private setProtocolFeatures(msg: Message): void {
+    const value = decodeU64(msg);
+    const extra = value & ~this.device.protocolFeatures;
+    if (extra !== 0n) throw violation(`SET_PROTOCOL_FEATURES acks features never offered: 0x${extra.toString(16)}`);
+    this.ackedProtocolFeatures = value;
+  }
+
+  private async resetOwner(msg: Message): Promise<void> {
+    decodeEmpty(msg);
+    await this.stopAllRings();
+    this.ackedFeatures = 0n;
+    this.featuresSet = false;
+  }
+
+  private getMaxMemSlots(msg: Message): void {
+    decodeEmpty(msg);
+    this.send(encodeU64Reply(msg.request, MAX_MEM_SLOTS));
+  }
+
+  /** Replaces the whole memory table, after I/O on the old one has drained. */
+  private async setMemTable(msg: Message): Promise<void> {
+    const table = decodeMemTable(msg);
+    const running = await this.quiesce();
+    try {
+      this.session.clearRegions();
+      for (let i = 0; i < table.regions.length; i++) {
+        const r = table.regions[i]!;
+        msg.fds[i] = -1; // addRegion closes it, mapped or not
+        try {
+          this.session.addRegion(r.fd, r.gpa, r.size, r.uva, r.mmapOffset);
+        } catch (err) {
+          throw violation(`SET_MEM_TABLE region ${i}: ${describe(err)}`);
+        }
+      }
+    } finally {
+      closeAll(msg.fds);
+    }
+    this.resume(running);
+  }
+
+  private addMemReg(msg: Message): void {
+    const r = decodeAddMemReg(msg);
+    msg.fds.length = 0; // addRegion closes it, mapped or not
+    try {
+      this.session.addRegion(r.fd, r.gpa, r.size, r.uva, r.mmapOffset);
+    } catch (err) {
+      throw violation(`ADD_MEM_REG: ${describe(err)}`);
+    }
+  }
+
+  private async remMemReg(msg: Message): Promise<void> {
+    const r = decodeRemMemReg(msg);
+    closeAll(msg.fds);
+    const running = await this.quiesce();
+    if (!this.session.removeRegion(r.gpa, r.size)) {
+      throw violation(`REM_MEM_REG names no mapped region (gpa 0x${r.gpa.toString(16)} size ${r.size})`);
+    }
+    this.resume(running);
+  }
+
+  private setVringNum(msg: Message): void {
+    const s = decodeVringState(msg);
+    const q = this.queueIndex(s.index, 'SET_VRING_NUM');
+    if (s.num < 1 || s.num > this.device.maxQueueSize || (s.num & (s.num - 1)) !== 0) {
+      throw violation(`SET_VRING_NUM ${s.num} is not a power of two in 1..${this.device.maxQueueSize}`);
+    }
+    this.session.setVringNum(q, s.num);
+  }
+
+  private setVringAddr(msg: Message): void {
+    const a = decodeVringAddr(msg);
+    const q = this.queueIndex(a.index, 'SET_VRING_ADDR');
+    this.session.setVringAddr(q, a.desc, a.used, a.avail);
+    if (this.session.vringStarted(q)) this.startRing(q, 'SET_VRING_ADDR');
+  }
+
+  private setVringBase(msg: Message): void {
+    const s = decodeVringState(msg);
+    const q = this.queueIndex(s.index, 'SET_VRING_BASE');
+    if (s.num > 0xffff) throw violation(`SET_VRING_BASE ${s.num} does not fit a split ring's 16-bit index`);
+    if (this.session.vringStarted(q)) throw violation('SET_VRING_BASE on a running ring');
+    this.session.setVringBase(q, s.num);
+  }
+
+  /** Stops the ring once its in-flight requests complete; replies with its index. */
+  private async getVringBase(msg: Message): Promise<void> {
+    const s = decodeVringState(msg);
+    const q = this.queueIndex(s.index, 'GET_VRING_BASE');
+    this.session.pauseVring(q, true);
+    await this.handler.whenIdle(q);
+    if (this.broken || this.closing) return;
+    const base = this.session.stopVring(q);
+    this.session.pauseVring(q, false);
+    this.send(encodeVringStateReply(msg.request, q, base));
+  }
+
+  private setVringKick(msg: Message): void {
+    const f = decodeVringFile(msg);
+    const q = this.queueIndex(f.index, 'SET_VRING_KICK');
+    if (f.fd < 0) throw violation('SET_VRING_KICK without an fd: polling mode is not supported');
+    msg.fds.length = 0;
+    this.session.setVringKick(q, f.fd);
+    // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled when started;
+    // with it, SET_VRING_ENABLE decides.
+    if (!this.protocolFeaturesAcked()) this.session.setVringEnabled(q, true);
+    this.startRing(q, 'SET_VRING_KICK');
+  }
+
+  private startRing(q: number, what: string): void {
+    try {
+      this.session.startVring(q);
+    } catch (err) {
+      throw violation(`${what}: queue ${q}: ${describe(err)}`);
+    }
+    this.session.pollVring(q);
+  }
+
+  private setVringCall(msg: Message): void {
+    const f = decodeVringFile(msg);
+    const q = this.queueIndex(f.index, 'SET_VRING_CALL');
+    msg.fds.length = 0;
+    this.session.setVringCall(q, f.fd);
+  }
+
+  private setVringErr(msg: Message): void {
+    const f = decodeVringFile(msg);
+    const q = this.queueIndex(f.index, 'SET_VRING_ERR');
+    msg.fds.length = 0;
+    this.session.setVringErr(q, f.fd);
+  }
+
+  private setVringEnable(msg: Message): void {
+    const s = decodeVringState(msg);
+    const q = this.queueIndex(s.index, 'SET_VRING_ENABLE');
+    if (s.num > 1) throw violation(`SET_VRING_ENABLE ${s.num} is neither 0 nor 1`);
+    if (!this.protocolFeaturesAcked() && this.featuresSet) {
+      throw violation('SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES');
+    }
+    this.session.setVringEnabled(q, s.num === 1);
+    if (s.num === 1 && this.session.vringStarted(q)) this.session.pollVring(q);
+  }
+
+  private getQueueNum(msg: Message): void {
+    decodeEmpty(msg);
+    this.send(encodeU64Reply(msg.request, this.device.queues));
+  }
+
+  private getConfig(msg: Message): void {
+    const c = decodeConfig(msg);
+    const window = this.device.readConfig(c.offset, c.size);
+    if (window === null) throw violation(`GET_CONFIG window ${c.offset}+${c.size} is out of range`);
+    this.send(encodeConfigReply(c.offset, c.flags, window));
+  }
+
+  private setConfig(msg: Message): void {
+    const c = decodeConfig(msg);
+    if (!this.device.writeConfig(c.offset, c.data)) {
+      // Read-only fields: refuse the write, keep the connection (QEMU logs it).
+      log.warn('SET_CONFIG refused: only the writeback byte is writable', {
+        conn: this.id,
+        offset: c.offset,
+        size: c.size,
+      });
+      return;
+    }
+    log.info('guest set the write cache mode', { conn: this.id, writeback: this.device.writeback() });
+  }
+
+  private setBackendReqFd(msg: Message): void {
+    const fd = decodeBackendReqFd(msg);
+    msg.fds.length = 0;
+    if (this.backendReqFd >= 0) native.closeFd(this.backendReqFd);
+    this.backendReqFd = fd;
+  }
+
+  // ------------------------------------------------------------ rings
+
+  private protocolFeaturesAcked(): boolean {
+    return (this.ackedFeatures & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
+  }
+
+  /** Pauses every running ring and waits until nothing is in flight. Returns the paused rings. */
+  private async quiesce(): Promise<number[]> {
+    const running: number[] = [];
+    for (let q = 0; q < this.device.queues; q++) {
+      if (this.session.vringStarted(q)) {
+        this.session.pauseVring(q, true);
+        running.push(q);
+      }
+    }
+    await this.handler.whenIdle();
+    return running;
+  }
+
+  /** Re-translates and restarts rings after a memory table change. */
+  private resume(running: number[]): void {
+    for (const q of running) {
+      this.session.pauseVring(q, false);
+      this.startRing(q, 'memory table change');
+    }
+  }
+
+  private async stopAllRings(): Promise<void> {
+    await this.quiesce();
+    for (let q = 0; q < this.device.queues; q++) {
+      this.session.stopVring(q);
+      this.session.pauseVring(q, false);
+    }
+  }
+
+  // ------------------------------------------------------------ teardown
+
+  /** A rule was broken: log it once and disconnect. */
+  breakConnection(rule: string): void {
+    if (this.broken) return;
+    this.broken = true;
+    log.warn('disconnecting frontend: protocol violation', { conn: this.id, rule });
+    void this.close('protocol violation');
+  }
+
+  /** Stops reading, drains in-flight I/O, releases everything. Idempotent. */
+  close(reason: string): Promise<void> {
+    if (this.closing) return this.closing;
+    this.closing = (async () => {
+      this.watcher.stop();
+      this.reader.discard();
+      for (let q = 0; q < this.device.queues; q++) this.session.pauseVring(q, true);
+      const inflight = this.handler.inflight();
+      if (inflight > 0) log.info('draining in-flight requests', { conn: this.id, inflight });
+      await this.handler.whenIdle();
+      this.watcher.close();
+      this.session.destroy();
+      this.handler.abandonAll();
+      if (this.backendReqFd >= 0) native.closeFd(this.backendReqFd);
+      this.backendReqFd = -1;
+      native.closeFd(this.fd);
+      this.fd = -1;
+      log.info('frontend connection closed', { conn: this.id, reason });
+      this.onClosed(this);
+    })();
+    return this.closing;
+  }
+}
+
+function hasReply(request: number): boolean {
+  switch (request) {
+    case Request.GET_FEATURES:
+    case Request.GET_PROTOCOL_FEATURES:
+    case Request.GET_VRING_BASE:
+    case Request.GET_QUEUE_NUM:
+    case Request.GET_CONFIG:
+    case Request.GET_MAX_MEM_SLOTS:
+      return true;
+    default:
+      return false;
+  }
+}
+
+function closeAll(fds: number[]): void {
+  for (const f of fds) if (f >= 0) native.closeFd(f);
+  fds.length = 0;
+}
+
+function describe(err: unknown): string {
+  if (err instanceof ProtocolViolation) return err.rule;
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
+
+function nextPow2(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
