@@ -1,0 +1,228 @@
+// Command line parsing. Pure: reads nothing from disk, creates nothing. Every
+// problem is a UsageError whose message is one line naming the option.
+
+import { MAX_QUEUES } from '../blk/features';
+import { UsageError } from '../errors';
+import { LOG_LEVELS, type LogLevel, isLogLevel } from '../log';
+import { VIRTIO_BLK_ID_BYTES } from '../virtio/constants';
+
+export const DEFAULT_DISK_PATH = './vublk-disk.img';
+/** Size of the sparse image created when --disk is omitted. */
+export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
+export const DEFAULT_SOCKET_PATH = './vublk.sock';
+export const DEFAULT_QUEUES = 1;
+export const DEFAULT_QUEUE_SIZE = 256;
+export const MIN_QUEUE_SIZE = 2;
+export const MAX_QUEUE_SIZE = 1024;
+export const DEFAULT_SERIAL = 'vublk';
+export const DEFAULT_LOGICAL_BLOCK_SIZE = 512;
+export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
+/** sizeof(sockaddr_un.sun_path) on Linux is 108, one byte of which is the NUL. */
+export const MAX_SOCKET_PATH_BYTES = 107;
+
+export interface Options {
+  /** Host disk (image file or block device); undefined when --disk was omitted. */
+  disk: string | undefined;
+  /** True when --disk was omitted: the daemon creates DEFAULT_DISK_PATH, a sparse DEFAULT_DISK_BYTES image. */
+  defaultDisk: boolean;
+  socket: string;
+  queues: number;
+  queueSize: number;
+  readOnly: boolean;
+  serial: string;
+  logicalBlockSize: 512 | 4096;
+  logLevel: LogLevel;
+  /** --help was given: print usageText() and exit 0; other options are not validated. */
+  help: boolean;
+}
+
+interface OptionSpec {
+  name: string;
+  /** Placeholder for the value in the usage text; undefined for flags. */
+  arg: string | undefined;
+  help: string;
+}
+
+const SPECS: readonly OptionSpec[] = [
+  {
+    name: 'disk',
+    arg: 'PATH',
+    help: `image file or block device to serve (default: create ${DEFAULT_DISK_PATH}, a sparse 1 GiB image)`,
+  },
+  { name: 'socket', arg: 'PATH', help: `vhost-user socket to listen on (default ${DEFAULT_SOCKET_PATH})` },
+  { name: 'queues', arg: 'N', help: `number of request queues, 1..${MAX_QUEUES} (default ${DEFAULT_QUEUES})` },
+  {
+    name: 'queue-size',
+    arg: 'N',
+    help: `descriptors per queue, a power of two ${MIN_QUEUE_SIZE}..${MAX_QUEUE_SIZE} (default ${DEFAULT_QUEUE_SIZE})`,
+  },
+  { name: 'read-only', arg: undefined, help: 'present the disk read-only (writes fail with IOERR)' },
+  {
+    name: 'serial',
+    arg: 'ID',
+    help: `serial number reported to the guest, printable ASCII, at most ${VIRTIO_BLK_ID_BYTES} bytes (default "${DEFAULT_SERIAL}")`,
+  },
+  {
+    name: 'logical-block-size',
+    arg: '512|4096',
+    help: `block size the guest sees (default ${DEFAULT_LOGICAL_BLOCK_SIZE})`,
+  },
+  { name: 'log-level', arg: LOG_LEVELS.join('|'), help: `log verbosity (default ${DEFAULT_LOG_LEVEL})` },
+  { name: 'help', arg: undefined, help: 'print this help and exit' },
+];
+
+/** The --help text: a usage line, then one line per option. */
+export function usageText(): string {
+  const lines = ['usage: vublk [options]', '', 'Serve a disk to a QEMU guest as a vhost-user-blk device.', ''];
+  const heads = SPECS.map((s) => (s.arg === undefined ? `--${s.name}` : `--${s.name} ${s.arg}`));
+  const width = Math.max(...heads.map((h) => h.length));
+  SPECS.forEach((s, i) => {
+    lines.push(`  ${(heads[i] ?? '').padEnd(width)}  ${s.help}`);
+  });
+  return lines.join('\n') + '\n';
+}
+
+function show(value: string): string {
+  return JSON.stringify(value);
+}
+
+function parseInteger(name: string, raw: string, min: number, max: number, what: string): number {
+  const n = /^[0-9]{1,10}$/.test(raw) ? Number(raw) : NaN;
+  if (!(n >= min && n <= max)) {
+    throw new UsageError(`--${name} expects ${what}, got ${show(raw)}`);
+  }
+  return n;
+}
+
+function parseQueueSize(raw: string): number {
+  const what = `a power of two between ${MIN_QUEUE_SIZE} and ${MAX_QUEUE_SIZE}`;
+  const n = parseInteger('queue-size', raw, MIN_QUEUE_SIZE, MAX_QUEUE_SIZE, what);
+  if ((n & (n - 1)) !== 0) throw new UsageError(`--queue-size expects ${what}, got ${show(raw)}`);
+  return n;
+}
+
+function parseSerial(raw: string): string {
+  if (raw.length > VIRTIO_BLK_ID_BYTES || !/^[\x20-\x7e]*$/.test(raw)) {
+    throw new UsageError(
+      `--serial expects at most ${VIRTIO_BLK_ID_BYTES} printable ASCII characters, got ${show(raw)}`,
+    );
+  }
+  return raw;
+}
+
+function parseLogicalBlockSize(raw: string): 512 | 4096 {
+  if (raw === '512') return 512;
+  if (raw === '4096') return 4096;
+  throw new UsageError(`--logical-block-size expects 512 or 4096, got ${show(raw)}`);
+}
+
+function parseLogLevel(raw: string): LogLevel {
+  if (isLogLevel(raw)) return raw;
+  throw new UsageError(`--log-level expects one of ${LOG_LEVELS.join(', ')}, got ${show(raw)}`);
+}
+
+function parsePath(name: string, raw: string): string {
+  if (raw === '') throw new UsageError(`--${name} expects a path, got ""`);
+  if (raw.includes('\0')) throw new UsageError(`--${name} expects a path without NUL bytes, got ${show(raw)}`);
+  return raw;
+}
+
+function parseSocketPath(raw: string): string {
+  const path = parsePath('socket', raw);
+  const bytes = Buffer.byteLength(path, 'utf8');
+  if (bytes > MAX_SOCKET_PATH_BYTES) {
+    throw new UsageError(
+      `--socket expects a path of at most ${MAX_SOCKET_PATH_BYTES} bytes (a Unix socket address limit), got ${bytes} bytes`,
+    );
+  }
+  return path;
+}
+
+/**
+ * Parse the arguments after the program name (process.argv.slice(2)).
+ * Accepts `--opt value` and `--opt=value`. Unknown options, stray
+ * arguments, missing values and repeated options are errors. When --help
+ * (or -h) appears anywhere as an argument, the rest is not validated and
+ * the defaults are returned with help set.
+ */
+export function parseOptions(argv: readonly string[]): Options {
+  const opts: Options = {
+    disk: undefined,
+    defaultDisk: true,
+    socket: DEFAULT_SOCKET_PATH,
+    queues: DEFAULT_QUEUES,
+    queueSize: DEFAULT_QUEUE_SIZE,
+    readOnly: false,
+    serial: DEFAULT_SERIAL,
+    logicalBlockSize: DEFAULT_LOGICAL_BLOCK_SIZE,
+    logLevel: DEFAULT_LOG_LEVEL,
+    help: false,
+  };
+  if (argv.some((a) => a === '--help' || a === '-h')) {
+    opts.help = true;
+    return opts;
+  }
+
+  const seen = new Set<string>();
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i] ?? '';
+    if (!arg.startsWith('--') || arg === '--') {
+      throw new UsageError(`unexpected argument ${show(arg)} (options start with "--"; see --help)`);
+    }
+    const eq = arg.indexOf('=');
+    const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
+    const spec = SPECS.find((s) => s.name === name);
+    if (spec === undefined) throw new UsageError(`unknown option ${show(`--${name}`)} (see --help)`);
+    if (seen.has(name)) throw new UsageError(`--${name} given more than once`);
+    seen.add(name);
+
+    let value = '';
+    if (spec.arg === undefined) {
+      if (eq >= 0) throw new UsageError(`--${name} takes no value, got ${show(arg.slice(eq + 1))}`);
+    } else if (eq >= 0) {
+      value = arg.slice(eq + 1);
+    } else {
+      const next = argv[i + 1];
+      if (next === undefined) throw new UsageError(`--${name} expects a value (${spec.arg})`);
+      if (next.startsWith('--')) {
+        throw new UsageError(
+          `--${name} expects a value (${spec.arg}), got option ${show(next)}; write --${name}=VALUE for a value starting with "--"`,
+        );
+      }
+      value = next;
+      i++;
+    }
+
+    switch (name) {
+      case 'disk':
+        opts.disk = parsePath('disk', value);
+        opts.defaultDisk = false;
+        break;
+      case 'socket':
+        opts.socket = parseSocketPath(value);
+        break;
+      case 'queues':
+        opts.queues = parseInteger('queues', value, 1, MAX_QUEUES, `an integer between 1 and ${MAX_QUEUES}`);
+        break;
+      case 'queue-size':
+        opts.queueSize = parseQueueSize(value);
+        break;
+      case 'read-only':
+        opts.readOnly = true;
+        break;
+      case 'serial':
+        opts.serial = parseSerial(value);
+        break;
+      case 'logical-block-size':
+        opts.logicalBlockSize = parseLogicalBlockSize(value);
+        break;
+      case 'log-level':
+        opts.logLevel = parseLogLevel(value);
+        break;
+      default:
+        // SPECS and this switch list the same names; reaching here is a bug.
+        throw new Error(`option --${name} has no parser`);
+    }
+  }
+  return opts;
+}

@@ -1,0 +1,171 @@
+import t from 'tap';
+import { UsageError } from '../../src/errors';
+import { parseOptions, usageText } from '../../src/cli/options';
+
+/** Whatever parseOptions throws for argv, or undefined when it does not throw. */
+function thrown(argv: string[]): unknown {
+  try {
+    parseOptions(argv);
+  } catch (err) {
+    return err;
+  }
+  return undefined;
+}
+
+t.test('defaults', (t) => {
+  t.same(parseOptions([]), {
+    disk: undefined,
+    defaultDisk: true,
+    socket: './vublk.sock',
+    queues: 1,
+    queueSize: 256,
+    readOnly: false,
+    serial: 'vublk',
+    logicalBlockSize: 512,
+    logLevel: 'info',
+    help: false,
+  });
+  t.end();
+});
+
+t.test('every option, both spellings', (t) => {
+  const expected = {
+    disk: '/dev/nvme0n1',
+    defaultDisk: false,
+    socket: '/run/vublk/vm1.sock',
+    queues: 4,
+    queueSize: 1024,
+    readOnly: true,
+    serial: 'disk 01',
+    logicalBlockSize: 4096,
+    logLevel: 'debug',
+    help: false,
+  };
+  t.same(
+    parseOptions([
+      '--disk',
+      '/dev/nvme0n1',
+      '--socket',
+      '/run/vublk/vm1.sock',
+      '--queues',
+      '4',
+      '--queue-size',
+      '1024',
+      '--read-only',
+      '--serial',
+      'disk 01',
+      '--logical-block-size',
+      '4096',
+      '--log-level',
+      'debug',
+    ]),
+    expected,
+  );
+  t.same(
+    parseOptions([
+      '--disk=/dev/nvme0n1',
+      '--socket=/run/vublk/vm1.sock',
+      '--queues=4',
+      '--queue-size=1024',
+      '--read-only',
+      '--serial=disk 01',
+      '--logical-block-size=4096',
+      '--log-level=debug',
+    ]),
+    expected,
+  );
+  t.equal(parseOptions(['--disk=a=b']).disk, 'a=b', 'only the first = splits');
+  t.equal(parseOptions(['--disk=--odd']).disk, '--odd', '= allows a value starting with --');
+  t.equal(parseOptions(['--serial=']).serial, '', 'empty serial');
+  t.equal(parseOptions(['--serial', '12345678901234567890']).serial, '12345678901234567890', '20 bytes');
+  t.equal(parseOptions(['--queues', '64']).queues, 64);
+  t.equal(parseOptions(['--queue-size', '2']).queueSize, 2);
+  t.equal(parseOptions(['--logical-block-size', '512']).logicalBlockSize, 512);
+  for (const level of ['error', 'warn', 'info', 'debug']) {
+    t.equal(parseOptions([`--log-level=${level}`]).logLevel, level);
+  }
+  t.equal(parseOptions(['--socket', 'x'.repeat(107)]).socket.length, 107);
+  t.end();
+});
+
+t.test('--help wins', (t) => {
+  t.equal(parseOptions(['--help']).help, true);
+  t.equal(parseOptions(['-h']).help, true);
+  t.equal(parseOptions(['--queues', 'zero', '--help']).help, true, 'other options are not validated');
+  const text = usageText();
+  for (const opt of [
+    '--disk',
+    '--socket',
+    '--queues',
+    '--queue-size',
+    '--read-only',
+    '--serial',
+    '--logical-block-size',
+    '--log-level',
+    '--help',
+  ]) {
+    t.equal(text.split('\n').filter((l) => l.trimStart().startsWith(`${opt} `)).length, 1, `one line for ${opt}`);
+  }
+  t.end();
+});
+
+t.test('error messages', (t) => {
+  const cases: Array<[string[], string]> = [
+    [['--queues', 'x'], '--queues expects an integer between 1 and 64, got "x"'],
+    [['--queues', '0'], '--queues expects an integer between 1 and 64, got "0"'],
+    [['--queues', '65'], '--queues expects an integer between 1 and 64, got "65"'],
+    [['--queues=-1'], '--queues expects an integer between 1 and 64, got "-1"'],
+    [['--queues', '1.5'], '--queues expects an integer between 1 and 64, got "1.5"'],
+    [['--queues', '0x4'], '--queues expects an integer between 1 and 64, got "0x4"'],
+    [['--queues', ' 4'], '--queues expects an integer between 1 and 64, got " 4"'],
+    [['--queues='], '--queues expects an integer between 1 and 64, got ""'],
+    [['--queue-size', '3'], '--queue-size expects a power of two between 2 and 1024, got "3"'],
+    [['--queue-size', '1'], '--queue-size expects a power of two between 2 and 1024, got "1"'],
+    [['--queue-size', '2048'], '--queue-size expects a power of two between 2 and 1024, got "2048"'],
+    [['--queue-size', 'big'], '--queue-size expects a power of two between 2 and 1024, got "big"'],
+    [
+      ['--serial', '123456789012345678901'],
+      '--serial expects at most 20 printable ASCII characters, got "123456789012345678901"',
+    ],
+    [['--serial', 'caf\u00e9'], '--serial expects at most 20 printable ASCII characters, got "caf\u00e9"'],
+    [['--serial', 'a\tb'], '--serial expects at most 20 printable ASCII characters, got "a\\tb"'],
+    [['--logical-block-size', '1024'], '--logical-block-size expects 512 or 4096, got "1024"'],
+    [['--logical-block-size=4k'], '--logical-block-size expects 512 or 4096, got "4k"'],
+    [['--log-level', 'trace'], '--log-level expects one of error, warn, info, debug, got "trace"'],
+    [['--log-level', 'INFO'], '--log-level expects one of error, warn, info, debug, got "INFO"'],
+    [['--disk='], '--disk expects a path, got ""'],
+    [['--socket='], '--socket expects a path, got ""'],
+    [['--disk', 'a\0b'], '--disk expects a path without NUL bytes, got "a\\u0000b"'],
+    [
+      ['--socket', 'x'.repeat(108)],
+      '--socket expects a path of at most 107 bytes (a Unix socket address limit), got 108 bytes',
+    ],
+    [['--disk'], '--disk expects a value (PATH)'],
+    [['--queues'], '--queues expects a value (N)'],
+    [['--log-level'], '--log-level expects a value (error|warn|info|debug)'],
+    [
+      ['--disk', '--read-only'],
+      '--disk expects a value (PATH), got option "--read-only"; write --disk=VALUE for a value starting with "--"',
+    ],
+    [['--read-only=yes'], '--read-only takes no value, got "yes"'],
+    [['--read-only='], '--read-only takes no value, got ""'],
+    [['--bogus'], 'unknown option "--bogus" (see --help)'],
+    [['--bogus=1'], 'unknown option "--bogus" (see --help)'],
+    [['--Disk', 'x'], 'unknown option "--Disk" (see --help)'],
+    [['disk.img'], 'unexpected argument "disk.img" (options start with "--"; see --help)'],
+    [['-q', '4'], 'unexpected argument "-q" (options start with "--"; see --help)'],
+    [['--'], 'unexpected argument "--" (options start with "--"; see --help)'],
+    [['--queues', '2', 'extra'], 'unexpected argument "extra" (options start with "--"; see --help)'],
+    [['--queues', '2', '--queues', '2'], '--queues given more than once'],
+    [['--read-only', '--read-only'], '--read-only given more than once'],
+    [['--disk=a', '--disk', 'b'], '--disk given more than once'],
+  ];
+  for (const [argv, message] of cases) {
+    const err = thrown(argv);
+    t.type(err, UsageError, `${JSON.stringify(argv)} is a UsageError`);
+    t.equal((err as UsageError | undefined)?.code, 'E_USAGE');
+    t.equal((err as Error | undefined)?.message, message, JSON.stringify(argv));
+    t.notMatch((err as Error | undefined)?.message ?? '', /\n/, 'one line');
+  }
+  t.end();
+});
