@@ -1,0 +1,149 @@
+// Runs the vublk daemon as a child process for tests, the way users run it
+// (node bin/vublk.js ...). With VUBLK_TEST_ASAN=1 the child loads the
+// AddressSanitizer build of the addon, and stop() fails on any ASan report.
+
+import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export const repoRoot = path.resolve(__dirname, '..', '..', '..');
+export const vublkBin = path.join(repoRoot, 'bin', 'vublk.js');
+
+export interface VublkProcess {
+  child: ChildProcess;
+  socket: string;
+  /** Everything the daemon wrote to stderr so far. */
+  stderr(): string;
+  stdout(): string;
+  /** Resolves when a stderr line matches, rejects after timeoutMs. */
+  waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
+  /** SIGTERM (or the given signal) and wait for exit. */
+  stop(signal?: NodeJS.Signals): Promise<{ code: number | null; signal: NodeJS.Signals | null; stderr: string }>;
+}
+
+export function asanEnabled(): boolean {
+  return process.env.VUBLK_TEST_ASAN === '1';
+}
+
+function asanEnv(): NodeJS.ProcessEnv {
+  const lib = execFileSync('gcc', ['-print-file-name=libasan.so']).toString().trim();
+  return {
+    LD_PRELOAD: lib,
+    VUBLK_NATIVE_BUILD: 'asan',
+    // node itself leaks by design at exit; we look for memory errors.
+    ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1',
+    UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
+  };
+}
+
+export function tmpDir(prefix = 'vublk-test-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+/** A sparse raw image of `bytes` in dir. */
+export function makeImage(dir: string, bytes = 64 * 1024 * 1024, name = 'disk.img'): string {
+  const file = path.join(dir, name);
+  fs.closeSync(fs.openSync(file, 'w'));
+  fs.truncateSync(file, bytes);
+  return file;
+}
+
+function exists(p: string): boolean {
+  try {
+    fs.lstatSync(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Starts vublk and waits until it serves (socket exists and the start line is logged). */
+export async function startVublk(
+  args: string[],
+  opts: { cwd?: string; socket?: string; timeoutMs?: number } = {},
+): Promise<VublkProcess> {
+  const socketIdx = args.indexOf('--socket');
+  const socket = opts.socket ?? (socketIdx >= 0 ? path.resolve(opts.cwd ?? '.', args[socketIdx + 1] ?? '') : '');
+  const env = { ...process.env, ...(asanEnabled() ? asanEnv() : {}) };
+  const child = spawn(process.execPath, [vublkBin, ...args], { cwd: opts.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  let out = '';
+  const waiters: Array<{ re: RegExp; resolve: (l: string) => void }> = [];
+  child.stderr!.on('data', (d: Buffer) => {
+    err += d.toString();
+    for (const w of [...waiters]) {
+      const line = err.split('\n').find((l) => w.re.test(l));
+      if (line !== undefined) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(line);
+      }
+    }
+  });
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.on('exit', (code, signal) => resolve({ code, signal })),
+  );
+  const proc: VublkProcess = {
+    child,
+    socket,
+    stderr: () => err,
+    stdout: () => out,
+    waitForLog(re, timeoutMs = 10000) {
+      const line = err.split('\n').find((l) => re.test(l));
+      if (line !== undefined) return Promise.resolve(line);
+      return new Promise((resolve, reject) => {
+        const w = { re, resolve };
+        waiters.push(w);
+        const timer = setTimeout(() => {
+          waiters.splice(waiters.indexOf(w), 1);
+          reject(new Error(`vublk did not log ${re} within ${timeoutMs} ms; stderr:\n${err}`));
+        }, timeoutMs);
+        const orig = w.resolve;
+        w.resolve = (l) => {
+          clearTimeout(timer);
+          orig(l);
+        };
+      });
+    },
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+      const r = await exited;
+      if (/AddressSanitizer|UndefinedBehaviorSanitizer|runtime error:/.test(err)) {
+        throw new Error(`sanitizer report from vublk:\n${err}`);
+      }
+      return { ...r, stderr: err };
+    },
+  };
+  const deadline = Date.now() + (opts.timeoutMs ?? 15000);
+  await Promise.race([
+    proc.waitForLog(/vublk: info: serving /, opts.timeoutMs ?? 15000),
+    exited.then((r) => {
+      throw new Error(`vublk exited (${r.code ?? r.signal}) before serving; stderr:\n${err}`);
+    }),
+  ]);
+  while (socket !== '' && !exists(socket)) {
+    if (Date.now() > deadline) throw new Error(`socket ${socket} never appeared`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return proc;
+}
+
+/** Runs vublk to completion (for start-up failures). */
+export function runVublk(args: string[], opts: { cwd?: string; timeoutMs?: number } = {}) {
+  return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [vublkBin, ...args], { cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 15000);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout: out, stderr: err });
+    });
+  });
+}
