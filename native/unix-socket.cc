@@ -90,7 +90,7 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   if (maxFds > kMaxFdsPerMsg) maxFds = kMaxFdsPerMsg;
 
   iovec iov{buf.Data() + off, static_cast<size_t>(len)};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMsg)];
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMsg)] = {};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -108,6 +108,8 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
     else throwErrno(env, errno, "recvmsg");
   }
   std::vector<int> fds;
+  // On failure the kernel leaves msg_controllen as we set it: nothing to parse.
+  if (n < 0) msg.msg_controllen = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
     size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);

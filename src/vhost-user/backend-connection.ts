@@ -87,9 +87,11 @@ export class BackendConnection {
       onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
     });
     const entries = Math.min(URING_ENTRIES_MAX, nextPow2(device.queues * device.maxQueueSize));
+    // Native calls these from the event loop: nothing may escape them, or a
+    // bug on one connection would take the daemon down.
     this.session = new native.Session(device.queues, device.maxQueueSize, device.disk.fd, entries, this.arrays, {
-      onChains: (q, n) => this.handler.onChains(q, n),
-      onCompletions: (n) => this.handler.onCompletions(n),
+      onChains: (q, n) => this.guard(() => this.handler.onChains(q, n)),
+      onCompletions: (n) => this.guard(() => this.handler.onCompletions(n)),
       onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
     });
     const session = this.session;
@@ -175,6 +177,7 @@ export class BackendConnection {
             this.busy = false;
             if (this.broken || this.closing) return;
             this.ack(m);
+            if (this.closing) return;
             this.watcher.start();
             this.pump();
           },
@@ -208,8 +211,14 @@ export class BackendConnection {
     this.send(encodeU64Reply(msg.request, 0));
   }
 
+  /** A frontend that cannot take a reply is gone: close, never throw. */
   private send(bytes: Uint8Array): void {
-    native.sendMsg(this.fd, bytes, [], SEND_TIMEOUT_MS);
+    if (this.closing) return;
+    try {
+      native.sendMsg(this.fd, bytes, [], SEND_TIMEOUT_MS);
+    } catch (err) {
+      void this.close(`cannot send reply: ${describe(err)}`);
+    }
   }
 
   private queueIndex(index: number, what: string): number {
@@ -448,6 +457,15 @@ export class BackendConnection {
     for (let q = 0; q < this.device.queues; q++) {
       this.session.stopVring(q);
       this.session.pauseVring(q, false);
+    }
+  }
+
+  private guard(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      log.error('internal error on the data path', { conn: this.id, error: err as Error });
+      this.breakConnection(`internal error: ${describe(err)}`);
     }
   }
 

@@ -1,0 +1,55 @@
+import t from 'tap';
+import {
+  BackendRequest,
+  CONFIG_HDR_SIZE,
+  Flags,
+  HEADER_SIZE,
+  MAX_CONFIG_SIZE,
+  MAX_FDS_PER_MESSAGE,
+  MAX_MEM_SLOTS,
+  MAX_PAYLOAD_SIZE,
+  MEMORY_BASELINE_NREGIONS,
+  ProtocolFeature,
+  Request,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VRING_IDX_MASK,
+  VRING_NOFD_MASK,
+  backendRequestName,
+  featureBit,
+  requestName,
+} from '../../src/vhost-user/protocol';
+
+t.test('request codes match vhost-user.rst', async (tt) => {
+  const spec: Record<string, number> = {
+    GET_FEATURES: 1, SET_FEATURES: 2, SET_OWNER: 3, RESET_OWNER: 4, SET_MEM_TABLE: 5, SET_LOG_BASE: 6,
+    SET_LOG_FD: 7, SET_VRING_NUM: 8, SET_VRING_ADDR: 9, SET_VRING_BASE: 10, GET_VRING_BASE: 11,
+    SET_VRING_KICK: 12, SET_VRING_CALL: 13, SET_VRING_ERR: 14, GET_PROTOCOL_FEATURES: 15,
+    SET_PROTOCOL_FEATURES: 16, GET_QUEUE_NUM: 17, SET_VRING_ENABLE: 18, SEND_RARP: 19, NET_SET_MTU: 20,
+    SET_BACKEND_REQ_FD: 21, IOTLB_MSG: 22, SET_VRING_ENDIAN: 23, GET_CONFIG: 24, SET_CONFIG: 25,
+    CREATE_CRYPTO_SESSION: 26, CLOSE_CRYPTO_SESSION: 27, POSTCOPY_ADVISE: 28, POSTCOPY_LISTEN: 29,
+    POSTCOPY_END: 30, GET_INFLIGHT_FD: 31, SET_INFLIGHT_FD: 32, GPU_SET_SOCKET: 33, RESET_DEVICE: 34,
+    VRING_KICK: 35, GET_MAX_MEM_SLOTS: 36, ADD_MEM_REG: 37, REM_MEM_REG: 38, SET_STATUS: 39, GET_STATUS: 40,
+  };
+  tt.same({ ...Request }, spec);
+  tt.ok(Object.isFrozen(Request));
+  for (let code = 1; code <= 40; code++) tt.equal(Request[requestName(code) as keyof typeof Request], code);
+  tt.equal(requestName(0), 'UNKNOWN(0)');
+  tt.equal(requestName(41), 'UNKNOWN(41)');
+  tt.equal(requestName(-1), 'UNKNOWN(-1)');
+  tt.equal(requestName(1.5), 'UNKNOWN(1.5)');
+  tt.equal(BackendRequest.CONFIG_CHANGE_MSG, 2);
+  tt.equal(backendRequestName(2), 'CONFIG_CHANGE_MSG');
+  tt.equal(backendRequestName(99), 'UNKNOWN(99)');
+});
+
+t.test('flags, feature bits and limits', async (tt) => {
+  tt.same([Flags.VERSION, Flags.VERSION_MASK, Flags.REPLY, Flags.NEED_REPLY], [1, 3, 4, 8]);
+  tt.same(
+    [ProtocolFeature.MQ, ProtocolFeature.LOG_SHMFD, ProtocolFeature.REPLY_ACK, ProtocolFeature.BACKEND_REQ, ProtocolFeature.CONFIG, ProtocolFeature.INFLIGHT_SHMFD, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS],
+    [0, 1, 3, 5, 9, 12, 15, 16],
+  );
+  tt.equal(featureBit(VHOST_USER_F_PROTOCOL_FEATURES), 0x4000_0000n);
+  tt.equal(featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS), 0x8000n);
+  tt.same([HEADER_SIZE, VRING_IDX_MASK, VRING_NOFD_MASK, MEMORY_BASELINE_NREGIONS, MAX_MEM_SLOTS], [12, 0xff, 0x100, 8, 509]);
+  tt.same([CONFIG_HDR_SIZE, MAX_CONFIG_SIZE, MAX_FDS_PER_MESSAGE, MAX_PAYLOAD_SIZE], [12, 256, 8, 268]);
+});
