@@ -9,6 +9,7 @@
 //
 // Shared arrays (layouts in src/native/binding.ts) carry every batch, so no
 // JS object is made per request.
+#include <sys/mman.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -36,6 +37,10 @@ constexpr unsigned kOpFsync = 2;
 constexpr unsigned kOpFlagFixed = 1;
 constexpr unsigned kOpFlagDsync = 2;
 constexpr unsigned kIovMax = 1024;
+constexpr unsigned kCopyStride = 5;
+// bufId naming the session's bounce arena (guest regions are 0..508).
+constexpr uint32_t kBounceBufId = 1024;
+constexpr uint64_t kMaxBounceBytes = 1ull << 32;
 constexpr unsigned kMaxQueues = 64;
 
 struct SharedArray {
@@ -99,6 +104,7 @@ class Session : public Napi::ObjectWrap<Session> {
          InstanceMethod<&Session::PushUsed>("pushUsed"),
          InstanceMethod<&Session::WriteGuest>("writeGuest"),
          InstanceMethod<&Session::Submit>("submit"),
+         InstanceMethod<&Session::Copy>("copy"),
          InstanceMethod<&Session::Destroy>("destroy")});
   }
 
@@ -108,13 +114,16 @@ class Session : public Napi::ObjectWrap<Session> {
     int64_t maxQueueSize = argInt(info, 1);
     diskFd_ = static_cast<int>(argInt(info, 2));
     int64_t entries = argInt(info, 3);
+    uint64_t bounceBytes = argU64(info, 4);
     if (queues < 1 || queues > kMaxQueues) throw Napi::RangeError::New(env, "queues out of range");
     if (maxQueueSize < 1 || maxQueueSize > kMaxQueueSize)
       throw Napi::RangeError::New(env, "maxQueueSize out of range");
     if (entries < 1 || entries > 32768) throw Napi::RangeError::New(env, "uringEntries out of range");
     maxQueueSize_ = static_cast<unsigned>(maxQueueSize);
 
-    Napi::Object arrays = info[4].As<Napi::Object>();
+    if (bounceBytes == 0 || bounceBytes > kMaxBounceBytes || bounceBytes % 4096)
+      throw Napi::RangeError::New(env, "bounceBytes must be a multiple of 4096 in 4096..4 GiB");
+    Napi::Object arrays = info[5].As<Napi::Object>();
     bind(env, arrays, "chains", napi_float64_array, chains_);
     bind(env, arrays, "headers", napi_uint8_array, headers_);
     bind(env, arrays, "segs", napi_float64_array, segs_);
@@ -122,6 +131,7 @@ class Session : public Napi::ObjectWrap<Session> {
     bind(env, arrays, "sqIovs", napi_float64_array, sqIovs_);
     bind(env, arrays, "cqes", napi_float64_array, cqes_);
     bind(env, arrays, "used", napi_float64_array, used_);
+    bind(env, arrays, "copies", napi_float64_array, copies_);
     unsigned maxChains = static_cast<unsigned>(chains_.length / kChainStride);
     if (headers_.length < static_cast<size_t>(maxChains) * kHeaderBytes)
       throw Napi::RangeError::New(env, "headers array too small for chains");
@@ -134,11 +144,19 @@ class Session : public Napi::ObjectWrap<Session> {
     batch_.maxSegs = static_cast<unsigned>(segs_.length / kSegStride);
     iovScratch_.resize(sqIovs_.length / kIovStride);
 
-    Napi::Object cbs = info[5].As<Napi::Object>();
+    Napi::Object cbs = info[6].As<Napi::Object>();
     callbacks_ = Napi::Persistent(cbs);
     onChains_ = Napi::Persistent(cbs.Get("onChains").As<Napi::Function>());
     onCompletions_ = Napi::Persistent(cbs.Get("onCompletions").As<Napi::Function>());
     onViolation_ = Napi::Persistent(cbs.Get("onViolation").As<Napi::Function>());
+
+    // Bounce arena: page aligned (so any O_DIRECT memory alignment holds),
+    // reserved lazily: only pages that bounce I/O touches cost memory.
+    void* arena = mmap(nullptr, bounceBytes, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (arena == MAP_FAILED) throwErrno(env, errno, "mmap");
+    bounce_ = static_cast<uint8_t*>(arena);
+    bounceLen_ = bounceBytes;
 
     int rc = uring_.init(static_cast<unsigned>(entries));
     if (rc < 0) throwErrno(env, -rc, "io_uring_queue_init");
@@ -192,6 +210,24 @@ class Session : public Napi::ObjectWrap<Session> {
     }
     closePoll(uringPoll_);
     mem_.clear();
+    if (bounce_) munmap(bounce_, bounceLen_);
+    bounce_ = nullptr;
+  }
+
+  // Host pointer for (bufId, offset, len): a guest region or the bounce
+  // arena, bounds-checked; nullptr if it lies outside.
+  uint8_t* ptr(double bufId, double offset, double len) const {
+    // Range-check the doubles before any cast: an out-of-range cast is UB.
+    constexpr double kLimit = 9007199254740992.0;  // 2^53
+    if (!(bufId >= 0 && bufId <= kBounceBufId && offset >= 0 && offset <= kLimit && len >= 0 &&
+          len <= kLimit))
+      return nullptr;
+    uint64_t off = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(len);
+    if (bufId == kBounceBufId) {
+      if (!bounce_ || off > bounceLen_ || n > bounceLen_ - off) return nullptr;
+      return bounce_ + off;
+    }
+    return mem_.bufPtr(static_cast<uint32_t>(bufId), off, n);
   }
 
   // --- memory ---
@@ -345,8 +381,10 @@ class Session : public Napi::ObjectWrap<Session> {
     for (int64_t i = 0; i < n; i++, u += kUsedStride) {
       double head = u[0];
       if (!(head >= 0 && head < v.vq.num())) throw Napi::RangeError::New(env, "pushUsed: bad head");
+      if (!(u[1] >= 0 && u[1] <= UINT32_MAX))
+        throw Napi::RangeError::New(env, "pushUsed: bad used length");
       if (u[2] >= 0) {
-        uint8_t* status = mem_.bufPtr(static_cast<uint32_t>(u[2]), static_cast<uint64_t>(u[3]), 1);
+        uint8_t* status = u[2] < kBounceBufId ? ptr(u[2], u[3], 1) : nullptr;
         if (!status) throw Napi::RangeError::New(env, "pushUsed: status byte outside guest memory");
         *status = static_cast<uint8_t>(u[4]);
       }
@@ -387,21 +425,20 @@ class Session : public Napi::ObjectWrap<Session> {
     // Check every op before queuing any, so a bad one leaves nothing half-done.
     for (int64_t k = 0; k < n; k++) {
       const double* op = ops + k * kOpStride;
-      unsigned opcode = static_cast<unsigned>(op[0]);
-      if (opcode == kOpFsync) continue;
-      if (opcode != kOpReadv && opcode != kOpWritev)
+      if (!(op[0] == kOpReadv || op[0] == kOpWritev || op[0] == kOpFsync))
         throw Napi::RangeError::New(env, "submit: unknown opcode");
+      if (!(op[1] >= 0 && op[1] <= 9007199254740992.0 && op[5] >= 0 && op[5] <= 255))
+        throw Napi::RangeError::New(env, "submit: bad userData or flags");
+      if (op[0] == kOpFsync) continue;
       double start = op[3], count = op[4];
       if (!(start >= 0 && count >= 1 && count <= kIovMax && start + count <= maxIovs))
         throw Napi::RangeError::New(env, "submit: iovec range out of bounds");
-      if (!(op[2] >= 0)) throw Napi::RangeError::New(env, "submit: negative file offset");
+      if (!(op[2] >= 0 && op[2] <= 9007199254740992.0))
+        throw Napi::RangeError::New(env, "submit: file offset out of range");
       for (size_t m = static_cast<size_t>(start); m < static_cast<size_t>(start + count); m++) {
         const double* iv = iovs + m * kIovStride;
-        uint8_t* p = iv[0] >= 0 && iv[1] >= 0 && iv[2] >= 0
-                         ? mem_.bufPtr(static_cast<uint32_t>(iv[0]), static_cast<uint64_t>(iv[1]),
-                                       static_cast<uint64_t>(iv[2]))
-                         : nullptr;
-        if (!p) throw Napi::RangeError::New(env, "submit: iovec outside guest memory");
+        uint8_t* p = ptr(iv[0], iv[1], iv[2]);
+        if (!p) throw Napi::RangeError::New(env, "submit: iovec outside guest memory and bounce arena");
         iovScratch_[m] = iovec{p, static_cast<size_t>(iv[2])};
       }
     }
@@ -422,6 +459,28 @@ class Session : public Napi::ObjectWrap<Session> {
     int rc = uring_.submit();
     if (rc < 0 && rc != -EBUSY && rc != -EAGAIN) throwErrno(env, -rc, "io_uring_submit");
     return Napi::Number::New(env, static_cast<double>(queued));
+  }
+
+  // copy(n): n copies [srcBufId, srcOffset, dstBufId, dstOffset, len] from
+  // arrays.copies, between guest memory and the bounce arena. All are
+  // checked before any is done.
+  Napi::Value Copy(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    int64_t n = argInt(info, 0);
+    if (n < 0 || static_cast<size_t>(n) * kCopyStride > copies_.length)
+      throw Napi::RangeError::New(env, "copy: count out of range");
+    const double* c = static_cast<const double*>(copies_.data);
+    for (int64_t k = 0; k < n; k++) {
+      const double* e = c + k * kCopyStride;
+      if (!ptr(e[0], e[1], e[4]) || !ptr(e[2], e[3], e[4]))
+        throw Napi::RangeError::New(env, "copy: range outside guest memory and bounce arena");
+    }
+    for (int64_t k = 0; k < n; k++) {
+      const double* e = c + k * kCopyStride;
+      memmove(ptr(e[2], e[3], e[4]), ptr(e[0], e[1], e[4]), static_cast<size_t>(e[4]));
+    }
+    return env.Undefined();
   }
 
   Napi::Value Destroy(const Napi::CallbackInfo& info) {
@@ -496,7 +555,9 @@ class Session : public Napi::ObjectWrap<Session> {
   bool destroyed_ = false;
   bool delivering_ = false;
   PopBatch batch_{};
-  SharedArray chains_, headers_, segs_, sqOps_, sqIovs_, cqes_, used_;
+  SharedArray chains_, headers_, segs_, sqOps_, sqIovs_, cqes_, used_, copies_;
+  uint8_t* bounce_ = nullptr;
+  uint64_t bounceLen_ = 0;
   std::vector<iovec> iovScratch_;
   Napi::ObjectReference callbacks_;
   Napi::ObjectReference self_;
@@ -522,6 +583,8 @@ void InitSession(Napi::Env env, Napi::Object exports) {
   c.Set("OP_FLAG_DSYNC", kOpFlagDsync);
   c.Set("MAX_CHAIN_DESCS", kMaxChainDescs);
   c.Set("MAX_CHAIN_SEGS", kMaxChainSegs);
+  c.Set("COPY_STRIDE", kCopyStride);
+  c.Set("BOUNCE_BUF_ID", kBounceBufId);
   exports.Set("constants", c);
 }
 

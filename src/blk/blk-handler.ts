@@ -16,6 +16,7 @@
 import { BlkRequest, DataDirection, IOV_STRIDE, checkRequest, encodeSerial } from './request';
 import { splitChain, SEG_STRIDE } from './split-chain';
 import { statusForErrno } from './status';
+import { BouncePool } from './bounce-pool';
 import {
   SECTOR_SIZE,
   VIRTIO_BLK_ID_BYTES,
@@ -38,6 +39,9 @@ export const OP_READV = 0;
 export const OP_WRITEV = 1;
 export const OP_FSYNC = 2;
 export const OP_FLAG_DSYNC = 2;
+export const COPY_STRIDE = 5;
+/** bufId of the session's bounce arena (guest regions are below it). */
+export const BOUNCE_BUF_ID = 1024;
 
 /** The arrays a handler shares with its data plane. */
 export interface HandlerArrays {
@@ -48,6 +52,7 @@ export interface HandlerArrays {
   sqIovs: Float64Array;
   cqes: Float64Array;
   used: Float64Array;
+  copies: Float64Array;
 }
 
 /** What the handler asks of the transport. */
@@ -57,6 +62,8 @@ export interface DataPlane {
   /** Publishes n used entries from arrays.used on queue q and notifies. */
   pushUsed(q: number, n: number): void;
   writeGuest(bufId: number, offset: number, data: Uint8Array): void;
+  /** Performs n copies from arrays.copies, in order. */
+  copy(n: number): void;
 }
 
 export interface BlkDisk {
@@ -74,12 +81,22 @@ export interface BlkHandlerOptions {
   writeback: () => boolean;
   /** A chain broke a rule: the connection must be closed. */
   onViolation: (q: number, rule: string) => void;
+  /** Bytes in the bounce arena (see allocateArrays/Session). */
+  bounceBytes: number;
+  /**
+   * O_DIRECT memory alignment of the host disk: a request whose iovecs are
+   * not all aligned to it (address and length) goes through a bounce buffer.
+   */
+  memAlign: number;
 }
 
 /** Sizes of the shared arrays: one batch of chains, ops, completions. */
 export const BATCH_CHAINS = 256;
 export const BATCH_SEGS = 8192;
 export const BATCH_CQES = 256;
+export const BATCH_COPIES = 4096;
+/** Default bounce arena: reserved address space, touched only as used. */
+export const DEFAULT_BOUNCE_BYTES = 64 * 1024 * 1024;
 
 export function allocateArrays(maxQueueSize: number): HandlerArrays {
   const usedEntries = Math.max(maxQueueSize, BATCH_CHAINS, BATCH_CQES);
@@ -91,6 +108,7 @@ export function allocateArrays(maxQueueSize: number): HandlerArrays {
     sqIovs: new Float64Array(BATCH_SEGS * SQ_IOV_STRIDE),
     cqes: new Float64Array(BATCH_CQES * CQE_STRIDE),
     used: new Float64Array(usedEntries * USED_STRIDE),
+    copies: new Float64Array(BATCH_COPIES * COPY_STRIDE),
   };
 }
 
@@ -125,6 +143,12 @@ export class BlkHandler {
   private nIovs = 0;
   /** Queues with used entries waiting for flushUsed(). */
   private readonly dirty: number[] = [];
+  private readonly bounce: BouncePool;
+  /** Requests waiting for bounce space, oldest first, as (queue, head). */
+  private readonly waiting: number[] = [];
+  private nCopies = 0;
+  /** Host address of each region's first byte, modulo 4096 (its mmap phase). */
+  private readonly regionPhase = new Float64Array(BOUNCE_BUF_ID);
 
   constructor(
     private readonly arrays: HandlerArrays,
@@ -134,6 +158,17 @@ export class BlkHandler {
     this.slotCapacity = Math.min(2048, 2 * opts.maxQueueSize + 64);
     for (let q = 0; q < opts.queues; q++) this.queues.push(new QueueState(opts.maxQueueSize));
     this.serialBytes = encodeSerial(opts.serial);
+    this.bounce = new BouncePool(opts.bounceBytes);
+  }
+
+  /** Records where a guest region starts relative to a page (mmap_offset mod 4096). */
+  setRegionPhase(bufId: number, phase: number): void {
+    this.regionPhase[bufId] = phase % 4096;
+  }
+
+  /** Bytes of the bounce arena in use (tests). */
+  get bounceInUse(): number {
+    return this.bounce.inUse;
   }
 
   attach(plane: DataPlane): void {
@@ -195,6 +230,7 @@ export class BlkHandler {
       state.inflight++;
       this.start(q, req);
     }
+    this.flushCopies();
     this.submitQueued();
     this.flushUsed();
   }
@@ -211,13 +247,13 @@ export class BlkHandler {
       case VIRTIO_BLK_T_OUT:
         if (req.dataLen === 0) {
           this.finish(q, req, VIRTIO_BLK_S_OK);
+        } else if (this.needsBounce(req)) {
+          this.startBounced(q, req);
         } else if (req.iovCount > IOV_MAX) {
           // TODO(alignment issue): split the I/O instead of failing it.
           this.finish(q, req, VIRTIO_BLK_S_IOERR);
         } else {
-          const write = req.type === VIRTIO_BLK_T_OUT;
-          const flags = write && !this.opts.writeback() ? OP_FLAG_DSYNC : 0;
-          this.queueOp(q, req, write ? OP_WRITEV : OP_READV, req.sector * SECTOR_SIZE, flags);
+          this.queueRw(q, req);
         }
         return;
       case VIRTIO_BLK_T_FLUSH:
@@ -228,6 +264,93 @@ export class BlkHandler {
         return;
       default:
         this.finish(q, req, VIRTIO_BLK_S_IOERR);
+    }
+  }
+
+  private queueRw(q: number, req: BlkRequest): void {
+    const write = req.type === VIRTIO_BLK_T_OUT;
+    const flags = write && !this.opts.writeback() ? OP_FLAG_DSYNC : 0;
+    this.queueOp(q, req, write ? OP_WRITEV : OP_READV, req.sector * SECTOR_SIZE, flags);
+  }
+
+  /** True when O_DIRECT would refuse an iovec's address or length. */
+  private needsBounce(req: BlkRequest): boolean {
+    const align = this.opts.memAlign;
+    const iovs = req.iovs;
+    for (let i = 0; i < req.iovCount; i++) {
+      const k = i * IOV_STRIDE;
+      const bufId = iovs[k] as number;
+      if (((this.regionPhase[bufId] as number) + (iovs[k + 1] as number)) % align !== 0) return true;
+      if ((iovs[k + 2] as number) % align !== 0) return true;
+    }
+    return false;
+  }
+
+  /**
+   * The whole request goes through one page-aligned bounce buffer: writes
+   * copy the guest's data in first, reads copy it out on completion. Without
+   * room in the arena now, the request waits for a completion to free some.
+   */
+  private startBounced(q: number, req: BlkRequest): void {
+    if (req.dataLen > this.bounce.size) {
+      this.finish(q, req, VIRTIO_BLK_S_IOERR);
+      return;
+    }
+    const off = this.bounce.alloc(req.dataLen);
+    if (off < 0) {
+      this.waiting.push(q, req.head);
+      return;
+    }
+    req.bounceOffset = off;
+    if (req.type === VIRTIO_BLK_T_OUT) this.copyIovs(req, true);
+    this.queueRw(q, req);
+  }
+
+  /** Queues copies between the request's iovecs and its bounce buffer. */
+  private copyIovs(req: BlkRequest, toBounce: boolean): void {
+    let pos = req.bounceOffset;
+    for (let i = 0; i < req.iovCount; i++) {
+      const k = i * IOV_STRIDE;
+      const bufId = req.iovs[k] as number;
+      const off = req.iovs[k + 1] as number;
+      const len = req.iovs[k + 2] as number;
+      if (toBounce) this.addCopy(bufId, off, BOUNCE_BUF_ID, pos, len);
+      else this.addCopy(BOUNCE_BUF_ID, pos, bufId, off, len);
+      pos += len;
+    }
+  }
+
+  private addCopy(srcBuf: number, srcOff: number, dstBuf: number, dstOff: number, len: number): void {
+    if (this.nCopies * COPY_STRIDE >= this.arrays.copies.length) this.flushCopies();
+    const c = this.nCopies * COPY_STRIDE;
+    const a = this.arrays.copies;
+    a[c] = srcBuf;
+    a[c + 1] = srcOff;
+    a[c + 2] = dstBuf;
+    a[c + 3] = dstOff;
+    a[c + 4] = len;
+    this.nCopies++;
+  }
+
+  private flushCopies(): void {
+    if (this.nCopies === 0) return;
+    const n = this.nCopies;
+    this.nCopies = 0;
+    this.plane?.copy(n);
+  }
+
+  /** Starts waiting bounced requests, oldest first, while the arena has room. */
+  private startWaiting(): void {
+    while (this.waiting.length > 0) {
+      const q = this.waiting[0] as number;
+      const head = this.waiting[1] as number;
+      const req = (this.queues[q] as QueueState).slots[head] as BlkRequest;
+      const off = this.bounce.alloc(req.dataLen);
+      if (off < 0) return;
+      this.waiting.splice(0, 2);
+      req.bounceOffset = off;
+      if (req.type === VIRTIO_BLK_T_OUT) this.copyIovs(req, true);
+      this.queueRw(q, req);
     }
   }
 
@@ -248,20 +371,32 @@ export class BlkHandler {
 
   private queueOp(q: number, req: BlkRequest, opcode: number, offset: number, flags: number): void {
     const { sqOps, sqIovs } = this.arrays;
+    const iovCount = opcode === OP_FSYNC ? 0 : req.bounceOffset >= 0 ? 1 : req.iovCount;
+    // Ops started from completions (waiting requests) can add to a batch:
+    // submit what is queued first if either array would overflow.
+    if ((this.nOps + 1) * OP_STRIDE > sqOps.length || (this.nIovs + iovCount) * SQ_IOV_STRIDE > sqIovs.length) {
+      this.flushCopies();
+      this.submitQueued();
+    }
     const o = this.nOps * OP_STRIDE;
     sqOps[o] = opcode;
     sqOps[o + 1] = q * this.maxQueueSize + req.head;
     sqOps[o + 2] = offset;
     sqOps[o + 3] = this.nIovs;
-    sqOps[o + 4] = opcode === OP_FSYNC ? 0 : req.iovCount;
+    sqOps[o + 4] = iovCount;
     sqOps[o + 5] = flags;
-    if (opcode !== OP_FSYNC) {
+    if (opcode === OP_FSYNC) {
+      // no data
+    } else if (req.bounceOffset >= 0) {
+      const k = this.nIovs * SQ_IOV_STRIDE;
+      sqIovs[k] = BOUNCE_BUF_ID;
+      sqIovs[k + 1] = req.bounceOffset;
+      sqIovs[k + 2] = req.dataLen;
+    } else {
       sqIovs.set(req.iovs.subarray(0, req.iovCount * IOV_STRIDE), this.nIovs * SQ_IOV_STRIDE);
-      this.nIovs += req.iovCount;
     }
+    this.nIovs += iovCount;
     this.nOps++;
-    // The op arrays hold one batch of chains: each chain adds at most one op,
-    // and its iovecs are at most its segments, so neither can overflow.
   }
 
   private submitQueued(): void {
@@ -285,6 +420,11 @@ export class BlkHandler {
     for (let i = 0; i < n; i++) {
       this.complete(cqes[i * CQE_STRIDE] as number, cqes[i * CQE_STRIDE + 1] as number);
     }
+    this.startWaiting();
+    // Copy-outs of bounced reads (queued by complete) run before their
+    // used entries are published, and before any op reuses their space.
+    this.flushCopies();
+    this.submitQueued();
     this.flushUsed();
   }
 
@@ -298,6 +438,12 @@ export class BlkHandler {
     // A short transfer is an error: the guest asked for every byte.
     if (status === VIRTIO_BLK_S_OK && req.type !== VIRTIO_BLK_T_FLUSH && res !== req.dataLen) {
       status = VIRTIO_BLK_S_IOERR;
+    }
+    if (req.bounceOffset >= 0) {
+      if (status === VIRTIO_BLK_S_OK && req.type === VIRTIO_BLK_T_IN) this.copyIovs(req, false);
+      // Safe to reuse at once: queued copies and ops run in order.
+      this.bounce.release(req.bounceOffset, req.dataLen);
+      req.bounceOffset = -1;
     }
     this.finish(q, req, status);
   }
@@ -338,6 +484,8 @@ export class BlkHandler {
 
   /** Fails and forgets everything in flight (the data plane is gone). */
   abandonAll(): void {
+    this.waiting.length = 0;
+    this.nCopies = 0;
     for (const state of this.queues) {
       state.busy.fill(0);
       state.inflight = 0;

@@ -87,6 +87,8 @@ export class BlkRequest {
   writableLen = 0;
   /** Status the request completes with; filled in by the request handler. */
   status = 0;
+  /** Offset of this request's bounce buffer in the bounce arena, or -1. */
+  bounceOffset = -1;
 
   constructor(capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_REQUEST_CAPACITY) {
@@ -111,6 +113,7 @@ export class BlkRequest {
     this.statusOffset = 0;
     this.writableLen = 0;
     this.status = 0;
+    this.bounceOffset = -1;
   }
 }
 

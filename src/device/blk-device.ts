@@ -32,6 +32,12 @@ export class BlkDevice {
   readonly maxQueueSize: number;
   readonly serial: string;
   readonly blkDisk: BlkDisk;
+  /**
+   * O_DIRECT memory alignment. 512 holds on every Linux block device and file
+   * system (dma_alignment defaults to 511); a finer probe comes with the
+   * alignment layer.
+   */
+  readonly memAlign = 512;
   private readonly config: BlkConfig;
   private readonly configBytes = new Uint8Array(BLK_CONFIG_SIZE);
 

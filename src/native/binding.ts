@@ -44,6 +44,10 @@ export interface FdWatcher {
  *   sqIovs[m*IOV_STRIDE + ...]    : bufId, offset, len
  *   cqes[n*CQE_STRIDE + ...]      : userData, res (negative errno on failure)
  *   used[u*USED_STRIDE + ...]     : head, len, statusBufId, statusOffset, status
+ *   copies[c*COPY_STRIDE + ...]   : srcBufId, srcOffset, dstBufId, dstOffset, len
+ *
+ * bufId BOUNCE_BUF_ID names the session's bounce arena (page aligned);
+ * smaller bufIds name guest memory regions.
  */
 export interface SessionArrays {
   chains: Float64Array;
@@ -53,6 +57,7 @@ export interface SessionArrays {
   sqIovs: Float64Array;
   cqes: Float64Array;
   used: Float64Array;
+  copies: Float64Array;
 }
 
 export interface SessionCallbacks {
@@ -113,6 +118,8 @@ export interface Session {
   // --- io_uring ---
   /** Submits n ops from arrays.sqOps/sqIovs; returns how many were queued. Throws on a bad iovec. */
   submit(n: number): number;
+  /** Performs n copies from arrays.copies (guest memory <-> bounce arena). Throws if any is out of bounds. */
+  copy(n: number): void;
   /** Closes everything: rings, fds, maps, the uring. Idempotent. */
   destroy(): void;
 }
@@ -123,6 +130,8 @@ export interface SessionConstructor {
     maxQueueSize: number,
     diskFd: number,
     uringEntries: number,
+    /** Size of the bounce arena (multiple of 4096); reserved, not touched. */
+    bounceBytes: number,
     arrays: SessionArrays,
     callbacks: SessionCallbacks,
   ): Session;
@@ -169,6 +178,8 @@ export interface NativeBinding {
     MAX_CHAIN_DESCS: number;
     /** segs must hold at least this many segments: one chain's worst case. */
     MAX_CHAIN_SEGS: number;
+    COPY_STRIDE: number;
+    BOUNCE_BUF_ID: number;
   };
 }
 

@@ -11,13 +11,14 @@
 // read from this frontend.
 
 import { native, type Session } from '../native/binding';
-import { BlkHandler, allocateArrays, type HandlerArrays } from '../blk/blk-handler';
+import { BlkHandler, DEFAULT_BOUNCE_BYTES, allocateArrays, type HandlerArrays } from '../blk/blk-handler';
 import type { BlkDevice } from '../device/blk-device';
 import { log } from '../log';
 import { ProtocolViolation } from '../errors';
 import { MessageReader } from './message-reader';
 import {
   type Message,
+  type MemRegionWithFd,
   decodeAddMemReg,
   decodeBackendReqFd,
   decodeConfig,
@@ -85,11 +86,13 @@ export class BackendConnection {
       serial: device.serial,
       writeback: () => device.writeback(),
       onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
+      bounceBytes: DEFAULT_BOUNCE_BYTES,
+      memAlign: device.memAlign,
     });
     const entries = Math.min(URING_ENTRIES_MAX, nextPow2(device.queues * device.maxQueueSize));
     // Native calls these from the event loop: nothing may escape them, or a
     // bug on one connection would take the daemon down.
-    this.session = new native.Session(device.queues, device.maxQueueSize, device.disk.fd, entries, this.arrays, {
+    this.session = new native.Session(device.queues, device.maxQueueSize, device.disk.fd, entries, DEFAULT_BOUNCE_BYTES, this.arrays, {
       onChains: (q, n) => this.guard(() => this.handler.onChains(q, n)),
       onCompletions: (n) => this.guard(() => this.handler.onCompletions(n)),
       onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
@@ -107,6 +110,7 @@ export class BackendConnection {
         }
       },
       writeGuest: (bufId, off, data) => session.writeGuest(bufId, off, data),
+      copy: (n) => session.copy(n),
     });
     device.resetConfig();
     this.handlers = this.handlerTable();
@@ -278,11 +282,7 @@ export class BackendConnection {
       for (let i = 0; i < table.regions.length; i++) {
         const r = table.regions[i]!;
         msg.fds[i] = -1; // addRegion closes it, mapped or not
-        try {
-          this.session.addRegion(r.fd, r.gpa, r.size, r.uva, r.mmapOffset);
-        } catch (err) {
-          throw violation(`SET_MEM_TABLE region ${i}: ${describe(err)}`);
-        }
+        this.addRegion(r, `SET_MEM_TABLE region ${i}`);
       }
     } finally {
       closeAll(msg.fds);
@@ -293,11 +293,19 @@ export class BackendConnection {
   private addMemReg(msg: Message): void {
     const r = decodeAddMemReg(msg);
     msg.fds.length = 0; // addRegion closes it, mapped or not
+    this.addRegion(r, 'ADD_MEM_REG');
+  }
+
+  private addRegion(r: MemRegionWithFd, what: string): void {
+    let bufId: number;
     try {
-      this.session.addRegion(r.fd, r.gpa, r.size, r.uva, r.mmapOffset);
+      bufId = this.session.addRegion(r.fd, r.gpa, r.size, r.uva, r.mmapOffset);
     } catch (err) {
-      throw violation(`ADD_MEM_REG: ${describe(err)}`);
+      throw violation(`${what}: ${describe(err)}`);
     }
+    // Our mapping starts page aligned at file offset 0: the region's first
+    // byte sits mmap_offset into a page.
+    this.handler.setRegionPhase(bufId, r.mmapOffset);
   }
 
   private async remMemReg(msg: Message): Promise<void> {
