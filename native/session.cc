@@ -64,6 +64,7 @@ struct Vring {
   bool enabled = false;
   bool started = false;
   bool paused = false;
+  bool pollPending = false;
   uv_poll_t* kickPoll = nullptr;
   Session* session = nullptr;
   unsigned index = 0;
@@ -162,7 +163,12 @@ class Session : public Napi::ObjectWrap<Session> {
     if (rc < 0) throwErrno(env, -rc, "io_uring_queue_init");
     napi_get_uv_event_loop(env, &loop_);
     uringPoll_ = new uv_poll_t;
-    uv_poll_init(loop_, uringPoll_, uring_.eventFd());
+    rc = uv_poll_init(loop_, uringPoll_, uring_.eventFd());
+    if (rc != 0) {
+      delete uringPoll_;
+      uringPoll_ = nullptr;
+      throwErrno(env, -rc, "uv_poll_init");
+    }
     uringPoll_->data = this;
     uv_poll_start(uringPoll_, UV_READABLE, OnUringEvent);
 
@@ -209,6 +215,8 @@ class Session : public Napi::ObjectWrap<Session> {
       v->started = false;
     }
     closePoll(uringPoll_);
+    // Waits for (or cancels) any I/O still in flight before memory goes.
+    uring_.close();
     mem_.clear();
     if (bounce_) munmap(bounce_, bounceLen_);
     bounce_ = nullptr;
@@ -457,7 +465,7 @@ class Session : public Napi::ObjectWrap<Session> {
       if (!ok) break;
     }
     int rc = uring_.submit();
-    if (rc < 0 && rc != -EBUSY && rc != -EAGAIN) throwErrno(env, -rc, "io_uring_submit");
+    if (rc < 0) throwErrno(env, -rc, "io_uring_submit");
     return Napi::Number::New(env, static_cast<double>(queued));
   }
 
@@ -504,8 +512,28 @@ class Session : public Napi::ObjectWrap<Session> {
   // JS pauses it. Re-entry (JS polling from inside onChains) is a no-op: the
   // outer loop keeps popping.
   void deliver(Vring& v) {
-    if (delivering_) return;
+    if (delivering_) {
+      // JS asked from inside a delivery: the shared batch arrays are in use.
+      // Note it; the outer delivery pops this ring when it is done.
+      v.pollPending = true;
+      return;
+    }
     delivering_ = true;
+    deliverOne(v);
+    for (bool again = true; again;) {
+      again = false;
+      for (auto& other : vrings_) {
+        if (other->pollPending && !destroyed_) {
+          other->pollPending = false;
+          deliverOne(*other);
+          again = true;
+        }
+      }
+    }
+    delivering_ = false;
+  }
+
+  void deliverOne(Vring& v) {
     Napi::Env env = Env();
     while (!destroyed_ && v.started && v.enabled && !v.paused) {
       batch_.nChains = 0;
@@ -528,7 +556,6 @@ class Session : public Napi::ObjectWrap<Session> {
       }
       if (batch_.nChains == 0) break;
     }
-    delivering_ = false;
   }
 
   static void OnUringEvent(uv_poll_t* h, int, int) {

@@ -24,9 +24,13 @@ int Uring::init(unsigned entries) {
   return 0;
 }
 
-Uring::~Uring() {
+Uring::~Uring() { close(); }
+
+void Uring::close() {
   if (ready_) io_uring_queue_exit(&ring_);
-  if (eventFd_ >= 0) close(eventFd_);
+  ready_ = false;
+  if (eventFd_ >= 0) ::close(eventFd_);
+  eventFd_ = -1;
 }
 
 io_uring_sqe* Uring::sqe() {
@@ -65,11 +69,32 @@ bool Uring::prepFsync(int fd, uint64_t userData) {
 }
 
 int Uring::submit() {
-  int rc;
-  do {
-    rc = io_uring_submit(&ring_);
-  } while (rc == -EINTR);
-  return rc;
+  for (unsigned idle = 0; io_uring_sq_ready(&ring_) > 0;) {
+    int rc = io_uring_submit(&ring_);
+    if (rc > 0 || rc == -EINTR) {
+      idle = 0;
+      continue;
+    }
+    if (++idle > 1000) return -EAGAIN;  // no progress: give up rather than spin
+    if (rc == 0) continue;
+    if (rc != -EBUSY && rc != -EAGAIN) return rc;
+    // The completion side is full: move completions aside, then retry.
+    io_uring_cqe* cqe;
+    unsigned head, n = 0;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      stash_.emplace_back(io_uring_cqe_get_data64(cqe), cqe->res);
+      n++;
+    }
+    io_uring_cq_advance(&ring_, n);
+    if (n == 0) io_uring_get_events(&ring_);  // flush the kernel's overflow list
+  }
+  if (stashHead_ < stash_.size()) {
+    // Wake our own completion poll so stashed completions get delivered.
+    uint64_t one = 1;
+    ssize_t w = write(eventFd_, &one, sizeof one);
+    (void)w;
+  }
+  return 0;
 }
 
 void Uring::ackEvent() {
@@ -81,6 +106,16 @@ void Uring::ackEvent() {
 unsigned Uring::reap(double* out, unsigned max) {
   io_uring_cqe* cqes[64];
   unsigned total = 0;
+  while (total < max && stashHead_ < stash_.size()) {
+    out[2 * total] = static_cast<double>(stash_[stashHead_].first);
+    out[2 * total + 1] = stash_[stashHead_].second;
+    stashHead_++;
+    total++;
+  }
+  if (stashHead_ == stash_.size()) {
+    stash_.clear();
+    stashHead_ = 0;
+  }
   while (total < max) {
     unsigned want = max - total < 64 ? max - total : 64;
     unsigned got = io_uring_peek_batch_cqe(&ring_, cqes, want);

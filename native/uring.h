@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace vublk {
 
@@ -23,10 +25,15 @@ class Uring {
   bool prepWritev(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData,
                   bool dsync);
   bool prepFsync(int fd, uint64_t userData);
-  // Submits what is queued; returns submitted count or -errno.
+  // Submits everything queued. When the kernel pushes back (-EBUSY/-EAGAIN:
+  // its completion queue is full), completions are moved to a stash to make
+  // room, so every prepared SQE is consumed before this returns: their
+  // iovecs live only until then. Returns 0 or -errno.
   int submit();
-  // Reaps up to max completions into (userData, res) pairs.
+  // Reaps up to max completions (stashed ones first) into (userData, res) pairs.
   unsigned reap(double* out, unsigned max);
+  // Releases the ring and its eventfd now (also done by the destructor).
+  void close();
   // Drains the eventfd counter (call before reaping).
   void ackEvent();
   unsigned entries() const { return entries_; }
@@ -37,6 +44,8 @@ class Uring {
   bool ready_ = false;
   int eventFd_ = -1;
   unsigned entries_ = 0;
+  std::vector<std::pair<uint64_t, int32_t>> stash_;
+  size_t stashHead_ = 0;
 };
 
 }  // namespace vublk

@@ -103,11 +103,17 @@ function ensureNative() {
   }
 }
 
+// Serving compiles the daemon only (src/), so a test file being edited can
+// never stop `npm start`; testing compiles everything.
 function ensureTypeScript() {
-  if (outdated('dist/.built', ['src', 'test', 'bench', 'tsconfig.json'])) {
-    fs.rmSync(path.join(root, 'dist'), { recursive: true, force: true });
-    run('npx', ['tsc', '-p', 'tsconfig.json']);
-    fs.writeFileSync(path.join(root, 'dist/.built'), '');
+  const [marker, config, sources] =
+    mode === 'test'
+      ? ['dist/.built-all', 'tsconfig.json', ['src', 'test', 'bench', 'tsconfig.json']]
+      : ['dist/.built-src', 'tsconfig.build.json', ['src', 'tsconfig.json', 'tsconfig.build.json']];
+  if (outdated(marker, sources)) {
+    if (mode === 'test') fs.rmSync(path.join(root, 'dist'), { recursive: true, force: true });
+    run('npx', ['tsc', '-p', config]);
+    fs.writeFileSync(path.join(root, marker), '');
   }
 }
 

@@ -112,6 +112,15 @@ export function allocateArrays(maxQueueSize: number): HandlerArrays {
   };
 }
 
+/**
+ * Iovecs a request slot starts with: what typical requests need (Linux
+ * sends one segment per page or per contiguous run). A longer chain grows its
+ * head's slot once, up to MAX_REQUEST_IOVS (what native can deliver for one
+ * chain), so memory stays proportional to what the guest really sends.
+ */
+const SLOT_IOVS = 64;
+const MAX_REQUEST_IOVS = 2048;
+
 /** Per-queue state: request slots by chain head, and used entries not yet pushed. */
 class QueueState {
   readonly slots: BlkRequest[];
@@ -133,11 +142,6 @@ export class BlkHandler {
   private readonly queues: QueueState[] = [];
   private readonly serialBytes: Uint8Array;
   private readonly maxQueueSize: number;
-  /**
-   * Data iovecs one request can carry. Linux keeps to seg_max (queue size - 2)
-   * segments; the slack covers descriptors split at memory-region boundaries.
-   */
-  private readonly slotCapacity: number;
   private plane: DataPlane | undefined;
   private nOps = 0;
   private nIovs = 0;
@@ -155,7 +159,6 @@ export class BlkHandler {
     private readonly opts: BlkHandlerOptions,
   ) {
     this.maxQueueSize = opts.maxQueueSize;
-    this.slotCapacity = Math.min(2048, 2 * opts.maxQueueSize + 64);
     for (let q = 0; q < opts.queues; q++) this.queues.push(new QueueState(opts.maxQueueSize));
     this.serialBytes = encodeSerial(opts.serial);
     this.bounce = new BouncePool(opts.bounceBytes);
@@ -219,8 +222,13 @@ export class BlkHandler {
         this.opts.onViolation(q, `Guest made chain head ${head} available while it is in flight`);
         break;
       }
-      const req = state.slots[head] ?? (state.slots[head] = new BlkRequest(this.slotCapacity));
-      const broken = splitChain(segs, firstSeg, segCount, headers, i * 16, headerLen, req);
+      let req = state.slots[head] ?? (state.slots[head] = new BlkRequest(SLOT_IOVS));
+      let broken = splitChain(segs, firstSeg, segCount, headers, i * 16, headerLen, req);
+      if (broken !== null && req.iovNeeded > req.capacity && req.iovNeeded <= MAX_REQUEST_IOVS) {
+        // A long chain: this head gets a slot that can carry it, once.
+        req = state.slots[head] = new BlkRequest(MAX_REQUEST_IOVS);
+        broken = splitChain(segs, firstSeg, segCount, headers, i * 16, headerLen, req);
+      }
       if (broken !== null) {
         this.opts.onViolation(q, broken);
         break;
@@ -393,7 +401,10 @@ export class BlkHandler {
       sqIovs[k + 1] = req.bounceOffset;
       sqIovs[k + 2] = req.dataLen;
     } else {
-      sqIovs.set(req.iovs.subarray(0, req.iovCount * IOV_STRIDE), this.nIovs * SQ_IOV_STRIDE);
+      const src = req.iovs;
+      const n = req.iovCount * IOV_STRIDE;
+      const base = this.nIovs * SQ_IOV_STRIDE;
+      for (let k = 0; k < n; k++) sqIovs[base + k] = src[k] as number;
     }
     this.nIovs += iovCount;
     this.nOps++;
@@ -405,9 +416,15 @@ export class BlkHandler {
     const n = this.nOps;
     this.nOps = 0;
     this.nIovs = 0;
-    const taken = plane === undefined ? 0 : plane.submit(n);
-    // The ring has room for every request in flight; anything not taken is
-    // failed rather than left hanging.
+    let taken = 0;
+    try {
+      taken = plane === undefined ? 0 : plane.submit(n);
+    } catch {
+      // The ring refused the batch (the data plane logs why): fail the ops
+      // below rather than leave their requests in flight forever.
+      taken = 0;
+    }
+    // Ops not taken complete with EIO, never hang.
     for (let k = taken; k < n; k++) {
       const userData = this.arrays.sqOps[k * OP_STRIDE + 1] as number;
       this.complete(userData, -5 /* EIO */);

@@ -89,6 +89,8 @@ export class BlkRequest {
   status = 0;
   /** Offset of this request's bounce buffer in the bounce arena, or -1. */
   bounceOffset = -1;
+  /** When splitChain refused the chain for want of capacity: the iovecs it needed. */
+  iovNeeded = 0;
 
   constructor(capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_REQUEST_CAPACITY) {
@@ -114,6 +116,7 @@ export class BlkRequest {
     this.writableLen = 0;
     this.status = 0;
     this.bounceOffset = -1;
+    this.iovNeeded = 0;
   }
 }
 

@@ -219,6 +219,7 @@ export function splitChain(
   if (needed > req.capacity) {
     const n = needed;
     req.iovCount = 0;
+    req.iovNeeded = n;
     return `chain has ${n} data segments, more than the ${req.capacity} this request can carry`;
   }
   req.writableLen = direction === DataDirection.Writable ? req.dataLen + 1 : 1;

@@ -8,6 +8,7 @@ import type { BlkDisk } from '../blk/blk-handler';
 import type { HostDisk } from '../disk/host-disk';
 import { ProtocolFeature, featureBit } from '../vhost-user/protocol';
 import { SECTOR_SIZE } from '../virtio/constants';
+import { DiskError } from '../errors';
 
 export interface BlkDeviceOptions {
   queues: number;
@@ -49,6 +50,14 @@ export class BlkDevice {
     this.maxQueueSize = opts.queueSize;
     this.serial = opts.serial;
     const readOnly = opts.readOnly || disk.readOnly;
+    if (disk.logicalBlockSize > opts.logicalBlockSize) {
+      throw new DiskError(
+        `disk ${disk.path} needs ${disk.logicalBlockSize}-byte aligned O_DIRECT I/O; ` +
+          `--logical-block-size ${opts.logicalBlockSize} on such a host is not supported yet ` +
+          `(use --logical-block-size ${disk.logicalBlockSize})`,
+        { path: disk.path },
+      );
+    }
     this.features = deviceFeatures({ readOnly, queues: opts.queues });
     // Whole logical blocks only: a trailing partial block is not exposed.
     const lbs = opts.logicalBlockSize;
@@ -62,6 +71,8 @@ export class BlkDevice {
     });
     encodeConfig(this.config, this.configBytes);
     this.blkDisk = { capacitySectors: this.config.capacity, readOnly, logicalBlockSize: lbs };
+    // The write cache mode (CONFIG_WCE) belongs to the device, not to a
+    // connection: a QEMU that reconnects does not repeat the guest's choice.
   }
 
   get capacitySectors(): number {
@@ -85,9 +96,4 @@ export class BlkDevice {
     return true;
   }
 
-  /** A new connection starts with the device's initial writeback mode. */
-  resetConfig(): void {
-    this.config.writeback = 1;
-    encodeConfig(this.config, this.configBytes);
-  }
 }

@@ -43,11 +43,18 @@ import {
   requestName,
 } from './protocol';
 import { violation } from './violation';
-import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, hasFeature } from '../virtio/constants';
+import {
+  VIRTIO_BLK_F_CONFIG_WCE,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  hasFeature,
+} from '../virtio/constants';
 
 /** Replies must not block the daemon on a frontend that stopped reading. */
 const SEND_TIMEOUT_MS = 1000;
 const URING_ENTRIES_MAX = 4096;
+/** How long a closing connection waits for in-flight I/O before it gives up. */
+const DRAIN_TIMEOUT_MS = 30_000;
 
 type Handler = (msg: Message) => void | Promise<void>;
 
@@ -64,6 +71,8 @@ export class BackendConnection {
   private ackedProtocolFeatures = 0n;
   private backendReqFd = -1;
   private busy = false;
+  /** The message being handled was refused without breaking the connection. */
+  private refused = false;
   private closing: Promise<void> | undefined;
   broken = false;
 
@@ -99,7 +108,14 @@ export class BackendConnection {
     });
     const session = this.session;
     this.handler.attach({
-      submit: (n) => session.submit(n),
+      submit: (n) => {
+        try {
+          return session.submit(n);
+        } catch (err) {
+          log.error('io_uring submission failed', { conn: this.id, error: err as Error });
+          throw err;
+        }
+      },
       pushUsed: (q, n) => {
         // A ring stopped under in-flight requests cannot take used entries:
         // that is the frontend's doing (it reset the ring), not a crash.
@@ -112,7 +128,6 @@ export class BackendConnection {
       writeGuest: (bufId, off, data) => session.writeGuest(bufId, off, data),
       copy: (n) => session.copy(n),
     });
-    device.resetConfig();
     this.handlers = this.handlerTable();
     this.watcher = new native.FdWatcher(fd, () => this.pump());
     this.watcher.start();
@@ -210,9 +225,11 @@ export class BackendConnection {
 
   /** REPLY_ACK: a u64 0 for messages that have no reply of their own. */
   private ack(msg: Message): void {
+    const refused = this.refused;
+    this.refused = false;
     if (!needsReply(msg) || hasReply(msg.request)) return;
     if ((this.ackedProtocolFeatures & featureBit(ProtocolFeature.REPLY_ACK)) === 0n) return;
-    this.send(encodeU64Reply(msg.request, 0));
+    this.send(encodeU64Reply(msg.request, refused ? 1 : 0));
   }
 
   /** A frontend that cannot take a reply is gone: close, never throw. */
@@ -414,13 +431,16 @@ export class BackendConnection {
 
   private setConfig(msg: Message): void {
     const c = decodeConfig(msg);
-    if (!this.device.writeConfig(c.offset, c.data)) {
-      // Read-only fields: refuse the write, keep the connection (QEMU logs it).
-      log.warn('SET_CONFIG refused: only the writeback byte is writable', {
+    const wce = hasFeature(this.ackedFeatures, VIRTIO_BLK_F_CONFIG_WCE);
+    if (!wce || !this.device.writeConfig(c.offset, c.data)) {
+      // Refused, not a violation: the frontend is told (REPLY_ACK 1) and QEMU
+      // reports it to the guest; the connection stays.
+      log.warn('SET_CONFIG refused: only the writeback byte is writable, with CONFIG_WCE', {
         conn: this.id,
         offset: c.offset,
         size: c.size,
       });
+      this.refused = true;
       return;
     }
     log.info('guest set the write cache mode', { conn: this.id, writeback: this.device.writeback() });
@@ -496,7 +516,19 @@ export class BackendConnection {
       for (let q = 0; q < this.device.queues; q++) this.session.pauseVring(q, true);
       const inflight = this.handler.inflight();
       if (inflight > 0) log.info('draining in-flight requests', { conn: this.id, inflight });
-      await this.handler.whenIdle();
+      const drained = await Promise.race([
+        this.handler.whenIdle().then(() => true),
+        new Promise<false>((r) => setTimeout(() => r(false), DRAIN_TIMEOUT_MS).unref()),
+      ]);
+      if (!drained) {
+        // Destroying the session below still waits for the kernel's I/O
+        // (io_uring exit) before guest memory is unmapped.
+        log.error('in-flight requests did not drain; closing anyway', {
+          conn: this.id,
+          inflight: this.handler.inflight(),
+          timeoutMs: DRAIN_TIMEOUT_MS,
+        });
+      }
       this.watcher.close();
       this.session.destroy();
       this.handler.abandonAll();

@@ -23,6 +23,10 @@ export interface QsdOptions {
   writable?: boolean;
   /** Logical block size the export reports (default 512). */
   logicalBlockSize?: number;
+  /** Serve this existing image instead of creating a sparse one. */
+  image?: string;
+  /** qemu's aio engine for the file (default: qemu's own, threads). */
+  aio?: 'threads' | 'native' | 'io_uring';
 }
 
 export class Qsd {
@@ -32,17 +36,19 @@ export class Qsd {
   private proc: ChildProcess | undefined;
   private stderr = '';
 
-  private constructor(dir: string) {
+  private constructor(dir: string, image?: string) {
     this.dir = dir;
-    this.image = path.join(dir, 'disk.img');
+    this.image = image ?? path.join(dir, 'disk.img');
     this.socket = path.join(dir, 'vhost.sock');
   }
 
   /** Creates a sparse image and starts the export; resolves once the socket exists. */
   static async start(opts: QsdOptions = {}): Promise<Qsd> {
-    const q = new Qsd(fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-qsd-')));
-    fs.writeFileSync(q.image, '');
-    fs.truncateSync(q.image, opts.size ?? 64 << 20);
+    const q = new Qsd(fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-qsd-')), opts.image);
+    if (opts.image === undefined) {
+      fs.writeFileSync(q.image, '');
+      fs.truncateSync(q.image, opts.size ?? 64 << 20);
+    }
     const exportOpts = [
       'type=vhost-user-blk',
       'id=e0',
@@ -55,7 +61,12 @@ export class Qsd {
     if (opts.logicalBlockSize) exportOpts.push(`logical-block-size=${opts.logicalBlockSize}`);
     q.proc = spawn(
       QSD,
-      ['--blockdev', `driver=file,node-name=f0,filename=${q.image},cache.direct=on`, '--export', exportOpts.join(',')],
+      [
+        '--blockdev',
+        `driver=file,node-name=f0,filename=${q.image},cache.direct=on${opts.aio ? `,aio=${opts.aio}` : ''}`,
+        '--export',
+        exportOpts.join(','),
+      ],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     q.proc.stderr?.on('data', (d: Buffer) => (q.stderr += d.toString()));
