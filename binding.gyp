@@ -10,7 +10,8 @@
         "native/guest-memory.cc",
         "native/split-virtqueue.cc",
         "native/uring.cc",
-        "native/session.cc"
+        "native/session.cc",
+        "native/disk-probe.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

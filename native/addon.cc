@@ -11,6 +11,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vublk::InitFdWatcher(env, exports);
   vublk::InitMemfd(env, exports);
   vublk::InitSession(env, exports);
+  vublk::InitDiskProbe(env, exports);
   return exports;
 }
 

@@ -8,4 +8,5 @@ void InitUnixSocket(Napi::Env env, Napi::Object exports);
 void InitFdWatcher(Napi::Env env, Napi::Object exports);
 void InitMemfd(Napi::Env env, Napi::Object exports);
 void InitSession(Napi::Env env, Napi::Object exports);
+void InitDiskProbe(Napi::Env env, Napi::Object exports);
 }  // namespace vublk

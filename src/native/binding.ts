@@ -137,6 +137,18 @@ export interface SessionConstructor {
   ): Session;
 }
 
+/** What the kernel says about a disk fd (statx STATX_DIOALIGN, block ioctls). */
+export interface DiskProbe {
+  dioMemAlign: number;
+  dioOffsetAlign: number;
+  blockDevice: boolean;
+  logicalBlock: number;
+  physicalBlock: number;
+  ioMin: number;
+  ioOpt: number;
+  sizeBytes: number;
+}
+
 export interface NativeBinding {
   // sockets (all fds non-blocking, close-on-exec)
   listenUnix(path: string, backlog: number): number;
@@ -159,6 +171,11 @@ export interface NativeBinding {
   eventfdWrite(fd: number, value: number): void;
 
   Session: SessionConstructor;
+
+  // host disk probing (direct-I/O rules); 0 where the kernel does not say
+  probeDisk(fd: number): DiskProbe;
+  /** 0 if an O_DIRECT pread(length, offset) into memory memOffset past a 64 KiB boundary works, else -errno. */
+  trialRead(fd: number, length: number, offset: number, memOffset: number): number;
 
   /** Constants shared with native. */
   constants: {
