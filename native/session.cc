@@ -41,6 +41,8 @@ constexpr unsigned kCopyStride = 5;
 // bufId naming the session's bounce arena (guest regions are 0..508).
 constexpr uint32_t kBounceBufId = 1024;
 constexpr uint64_t kMaxBounceBytes = 1ull << 32;
+// Largest fixed buffer io_uring takes; larger regions are registered in chunks.
+constexpr uint64_t kFixedChunk = 1ull << 30;
 constexpr unsigned kMaxQueues = 64;
 
 struct SharedArray {
@@ -106,6 +108,8 @@ class Session : public Napi::ObjectWrap<Session> {
          InstanceMethod<&Session::WriteGuest>("writeGuest"),
          InstanceMethod<&Session::Submit>("submit"),
          InstanceMethod<&Session::Copy>("copy"),
+         InstanceMethod<&Session::RegisterBuffers>("registerBuffers"),
+         InstanceMethod<&Session::UnregisterBuffers>("unregisterBuffers"),
          InstanceMethod<&Session::Destroy>("destroy")});
   }
 
@@ -253,11 +257,16 @@ class Session : public Napi::ObjectWrap<Session> {
   }
 
   Napi::Value RemoveRegion(const Napi::CallbackInfo& info) {
+    // Fixed buffers point into the mapping being removed: drop them first.
+    uring_.unregisterBuffers();
+    fixedBase_.clear();
     bool ok = !destroyed_ && mem_.remove(argU64(info, 0), argU64(info, 1));
     return Napi::Boolean::New(info.Env(), ok);
   }
 
   Napi::Value ClearRegions(const Napi::CallbackInfo& info) {
+    uring_.unregisterBuffers();
+    fixedBase_.clear();
     for (auto& v : vrings_) v->vq.unmap();
     mem_.clear();
     return info.Env().Undefined();
@@ -443,6 +452,11 @@ class Session : public Napi::ObjectWrap<Session> {
         throw Napi::RangeError::New(env, "submit: iovec range out of bounds");
       if (!(op[2] >= 0 && op[2] <= 9007199254740992.0))
         throw Napi::RangeError::New(env, "submit: file offset out of range");
+      if ((static_cast<unsigned>(op[5]) & kOpFlagFixed) &&
+          (count != 1 || fixedIndex(iovs[static_cast<size_t>(start) * kIovStride],
+                                    iovs[static_cast<size_t>(start) * kIovStride + 1],
+                                    iovs[static_cast<size_t>(start) * kIovStride + 2]) < 0))
+        throw Napi::RangeError::New(env, "submit: FIXED op is not one iovec in one registered buffer");
       for (size_t m = static_cast<size_t>(start); m < static_cast<size_t>(start + count); m++) {
         const double* iv = iovs + m * kIovStride;
         uint8_t* p = ptr(iv[0], iv[1], iv[2]);
@@ -458,10 +472,21 @@ class Session : public Napi::ObjectWrap<Session> {
       uint64_t off = static_cast<uint64_t>(op[2]);
       const iovec* iov = iovScratch_.data() + static_cast<size_t>(op[3]);
       unsigned cnt = static_cast<unsigned>(op[4]);
-      bool ok = opcode == kOpFsync   ? uring_.prepFsync(diskFd_, userData)
-                : opcode == kOpReadv ? uring_.prepReadv(diskFd_, iov, cnt, off, userData)
-                                     : uring_.prepWritev(diskFd_, iov, cnt, off, userData,
-                                                       static_cast<unsigned>(op[5]) & kOpFlagDsync);
+      unsigned flags = static_cast<unsigned>(op[5]);
+      bool dsync = flags & kOpFlagDsync;
+      bool ok;
+      if (opcode == kOpFsync) {
+        ok = uring_.prepFsync(diskFd_, userData);
+      } else if (flags & kOpFlagFixed) {
+        const double* iv = iovs + static_cast<size_t>(op[3]) * kIovStride;
+        ok = uring_.prepFixed(opcode == kOpWritev, diskFd_, iov->iov_base,
+                              static_cast<unsigned>(iov->iov_len), off,
+                              static_cast<unsigned>(fixedIndex(iv[0], iv[1], iv[2])), userData, dsync);
+      } else if (opcode == kOpReadv) {
+        ok = uring_.prepReadv(diskFd_, iov, cnt, off, userData);
+      } else {
+        ok = uring_.prepWritev(diskFd_, iov, cnt, off, userData, dsync);
+      }
       if (!ok) break;
     }
     int rc = uring_.submit();
@@ -489,6 +514,50 @@ class Session : public Napi::ObjectWrap<Session> {
       memmove(ptr(e[2], e[3], e[4]), ptr(e[0], e[1], e[4]), static_cast<size_t>(e[4]));
     }
     return env.Undefined();
+  }
+
+  // Registers every guest region with io_uring as fixed buffers, in chunks of
+  // at most kFixedChunk (the kernel's limit per buffer is 1 GiB). Returns the
+  // number of fixed buffers; throws {code, errno} if the kernel refuses
+  // (e.g. RLIMIT_MEMLOCK), leaving none registered. The caller has drained
+  // I/O on the previous table.
+  Napi::Value RegisterBuffers(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    std::vector<iovec> iov;
+    fixedBase_.assign(GuestMemory::kMaxRegions, -1);
+    for (uint32_t id = 0; id < GuestMemory::kMaxRegions; id++) {
+      const Region* r = mem_.region(id);
+      if (!r) continue;
+      fixedBase_[id] = static_cast<int>(iov.size());
+      for (uint64_t off = 0; off < r->size; off += kFixedChunk) {
+        uint64_t len = r->size - off < kFixedChunk ? r->size - off : kFixedChunk;
+        iov.push_back(iovec{r->host + off, static_cast<size_t>(len)});
+      }
+    }
+    int rc = uring_.registerBuffers(iov.data(), static_cast<unsigned>(iov.size()));
+    if (rc < 0) {
+      fixedBase_.clear();
+      throwErrno(env, -rc, "io_uring_register_buffers");
+    }
+    return Napi::Number::New(env, static_cast<double>(iov.size()));
+  }
+
+  Napi::Value UnregisterBuffers(const Napi::CallbackInfo& info) {
+    uring_.unregisterBuffers();
+    fixedBase_.clear();
+    return info.Env().Undefined();
+  }
+
+  // Fixed buffer index for (bufId, offset, len), or -1 if it is not inside
+  // one registered chunk.
+  int fixedIndex(double bufId, double offset, double len) const {
+    if (fixedBase_.empty() || !(bufId >= 0 && bufId < GuestMemory::kMaxRegions)) return -1;
+    int base = fixedBase_[static_cast<size_t>(bufId)];
+    if (base < 0 || !(offset >= 0 && len > 0)) return -1;
+    uint64_t off = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(len);
+    if (off / kFixedChunk != (off + n - 1) / kFixedChunk) return -1;
+    return base + static_cast<int>(off / kFixedChunk);
   }
 
   Napi::Value Destroy(const Napi::CallbackInfo& info) {
@@ -585,6 +654,7 @@ class Session : public Napi::ObjectWrap<Session> {
   SharedArray chains_, headers_, segs_, sqOps_, sqIovs_, cqes_, used_, copies_;
   uint8_t* bounce_ = nullptr;
   uint64_t bounceLen_ = 0;
+  std::vector<int> fixedBase_;  // first fixed buffer index per bufId, -1 if none
   std::vector<iovec> iovScratch_;
   Napi::ObjectReference callbacks_;
   Napi::ObjectReference self_;

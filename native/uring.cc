@@ -68,6 +68,33 @@ bool Uring::prepFsync(int fd, uint64_t userData) {
   return true;
 }
 
+bool Uring::prepFixed(bool write, int fd, void* buf, unsigned len, uint64_t off, unsigned index,
+                      uint64_t userData, bool dsync) {
+  io_uring_sqe* s = sqe();
+  if (!s) return false;
+  if (write) {
+    io_uring_prep_write_fixed(s, fd, buf, len, off, static_cast<int>(index));
+    if (dsync) s->rw_flags = RWF_DSYNC;
+  } else {
+    io_uring_prep_read_fixed(s, fd, buf, len, off, static_cast<int>(index));
+  }
+  io_uring_sqe_set_data64(s, userData);
+  return true;
+}
+
+int Uring::registerBuffers(const iovec* iov, unsigned n) {
+  unregisterBuffers();
+  if (n == 0) return 0;
+  int rc = io_uring_register_buffers(&ring_, iov, n);
+  if (rc == 0) buffersRegistered_ = true;
+  return rc;
+}
+
+void Uring::unregisterBuffers() {
+  if (buffersRegistered_ && ready_) io_uring_unregister_buffers(&ring_);
+  buffersRegistered_ = false;
+}
+
 int Uring::submit() {
   for (unsigned idle = 0; io_uring_sq_ready(&ring_) > 0;) {
     int rc = io_uring_submit(&ring_);

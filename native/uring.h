@@ -25,6 +25,12 @@ class Uring {
   bool prepWritev(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData,
                   bool dsync);
   bool prepFsync(int fd, uint64_t userData);
+  // READ_FIXED / WRITE_FIXED on registered buffer `index` (buf must lie in it).
+  bool prepFixed(bool write, int fd, void* buf, unsigned len, uint64_t off, unsigned index,
+                 uint64_t userData, bool dsync);
+  // Registers buffers as fixed buffers; 0 or -errno. Replaces any earlier set.
+  int registerBuffers(const iovec* iov, unsigned n);
+  void unregisterBuffers();
   // Submits everything queued. When the kernel pushes back (-EBUSY/-EAGAIN:
   // its completion queue is full), completions are moved to a stash to make
   // room, so every prepared SQE is consumed before this returns: their
@@ -44,6 +50,7 @@ class Uring {
   bool ready_ = false;
   int eventFd_ = -1;
   unsigned entries_ = 0;
+  bool buffersRegistered_ = false;
   std::vector<std::pair<uint64_t, int32_t>> stash_;
   size_t stashHead_ = 0;
 };

@@ -17,6 +17,9 @@ import { BlkRequest, DataDirection, IOV_STRIDE, checkRequest, encodeSerial } fro
 import { splitChain, SEG_STRIDE } from './split-chain';
 import { statusForErrno } from './status';
 import { BouncePool } from './bounce-pool';
+import { QueueCounters } from './counters';
+import { ELEM, RwPlan, buildVector, cutPieces, planBounceLayout, planRw, splitPoints, type HostRules } from '../align/rw-plan';
+import { LockMode, RangeLock } from '../align/range-lock';
 import {
   SECTOR_SIZE,
   VIRTIO_BLK_ID_BYTES,
@@ -26,7 +29,6 @@ import {
   VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
-  IOV_MAX,
 } from '../virtio/constants';
 
 /** Layout constants shared with the addon (see src/native/binding.ts). */
@@ -38,6 +40,7 @@ export const USED_STRIDE = 5;
 export const OP_READV = 0;
 export const OP_WRITEV = 1;
 export const OP_FSYNC = 2;
+export const OP_FLAG_FIXED = 1;
 export const OP_FLAG_DSYNC = 2;
 export const COPY_STRIDE = 5;
 /** bufId of the session's bounce arena (guest regions are below it). */
@@ -83,11 +86,8 @@ export interface BlkHandlerOptions {
   onViolation: (q: number, rule: string) => void;
   /** Bytes in the bounce arena (see allocateArrays/Session). */
   bounceBytes: number;
-  /**
-   * O_DIRECT memory alignment of the host disk: a request whose iovecs are
-   * not all aligned to it (address and length) goes through a bounce buffer.
-   */
-  memAlign: number;
+  /** The host disk's O_DIRECT rules (src/disk/probe.ts). */
+  rules: HostRules;
 }
 
 /** Sizes of the shared arrays: one batch of chains, ops, completions. */
@@ -112,6 +112,23 @@ export function allocateArrays(maxQueueSize: number): HandlerArrays {
   };
 }
 
+const EIO = 5;
+/** userData = slotId * OPS_PER_SLOT + op index: a request has at most this many ops at once. */
+const OPS_PER_SLOT = 16;
+/** Most ops one request may be split into (IOV_MAX elements each). */
+const MAX_OPS = OPS_PER_SLOT;
+const PHASE_IDLE = 0;
+const PHASE_RMW_READ = 1;
+const PHASE_MAIN = 2;
+const PHASE_DONE = 3;
+/** io_uring's largest fixed buffer: regions are registered in chunks of this. */
+const FIXED_CHUNK = 2 ** 30;
+
+/** Does guest memory [offset, offset+len) of a region lie in one registered chunk? */
+function fitsFixedChunk(offset: number, len: number): boolean {
+  return Math.floor(offset / FIXED_CHUNK) === Math.floor((offset + len - 1) / FIXED_CHUNK);
+}
+
 /**
  * Iovecs a request slot starts with: what typical requests need (Linux
  * sends one segment per page or per contiguous run). A longer chain grows its
@@ -129,6 +146,7 @@ class QueueState {
   pendingCount = 0;
   inflight = 0;
   idleWaiters: Array<() => void> = [];
+  readonly counters = new QueueCounters();
 
   constructor(maxQueueSize: number) {
     // Slots are made on a head's first use: a guest rarely uses every head.
@@ -148,11 +166,19 @@ export class BlkHandler {
   /** Queues with used entries waiting for flushUsed(). */
   private readonly dirty: number[] = [];
   private readonly bounce: BouncePool;
-  /** Requests waiting for bounce space, oldest first, as (queue, head). */
+  /** Requests waiting for bounce space, oldest first, by slot id. */
   private readonly waiting: number[] = [];
   private nCopies = 0;
   /** Host address of each region's first byte, modulo 4096 (its mmap phase). */
   private readonly regionPhase = new Float64Array(BOUNCE_BUF_ID);
+  /** Serialises writes that share host blocks with a read-modify-write. */
+  private readonly lock: RangeLock;
+  /** Guest memory is registered with io_uring (fixed buffers may be used). */
+  private registered = false;
+  /** Scratch: the vector of the op being built, and where to split it. */
+  private readonly vec = new Float64Array((MAX_REQUEST_IOVS + 2) * ELEM);
+  private readonly cuts: number[] = [];
+  private readonly phaseOf = (bufId: number): number => this.regionPhase[bufId] ?? 0;
 
   constructor(
     private readonly arrays: HandlerArrays,
@@ -162,6 +188,22 @@ export class BlkHandler {
     for (let q = 0; q < opts.queues; q++) this.queues.push(new QueueState(opts.maxQueueSize));
     this.serialBytes = encodeSerial(opts.serial);
     this.bounce = new BouncePool(opts.bounceBytes);
+    this.lock = new RangeLock((slotId) => this.issueRw(this.slot(slotId)));
+  }
+
+  /** Whether guest memory is registered as io_uring fixed buffers now. */
+  setRegistered(on: boolean): void {
+    this.registered = on;
+  }
+
+  /** Per-queue counters (live objects). */
+  counters(): readonly QueueCounters[] {
+    return this.queues.map((s) => s.counters);
+  }
+
+  private slot(slotId: number): BlkRequest {
+    const q = Math.floor(slotId / this.maxQueueSize);
+    return (this.queues[q] as QueueState).slots[slotId - q * this.maxQueueSize] as BlkRequest;
   }
 
   /** Records where a guest region starts relative to a page (mmap_offset mod 4096). */
@@ -234,6 +276,8 @@ export class BlkHandler {
         break;
       }
       req.head = head;
+      req.queue = q;
+      req.slotId = q * this.maxQueueSize + head;
       state.busy[head] = 1;
       state.inflight++;
       this.start(q, req);
@@ -255,17 +299,14 @@ export class BlkHandler {
       case VIRTIO_BLK_T_OUT:
         if (req.dataLen === 0) {
           this.finish(q, req, VIRTIO_BLK_S_OK);
-        } else if (this.needsBounce(req)) {
-          this.startBounced(q, req);
-        } else if (req.iovCount > IOV_MAX) {
-          // TODO(alignment issue): split the I/O instead of failing it.
-          this.finish(q, req, VIRTIO_BLK_S_IOERR);
         } else {
-          this.queueRw(q, req);
+          this.startRw(req);
         }
         return;
       case VIRTIO_BLK_T_FLUSH:
-        this.queueOp(q, req, OP_FSYNC, 0, 0);
+        req.pendingOps = 1;
+        req.opExpect[0] = 0;
+        this.queueOp(req, 0, OP_FSYNC, 0, 0, 0, 0);
         return;
       case VIRTIO_BLK_T_GET_ID:
         this.finish(q, req, this.writeSerial(req));
@@ -275,57 +316,205 @@ export class BlkHandler {
     }
   }
 
-  private queueRw(q: number, req: BlkRequest): void {
+  // ------------------------------------------------------------ reads and writes
+
+  /** Plans the host I/O, then takes the range lock (writes) and issues it. */
+  private startRw(req: BlkRequest): void {
     const write = req.type === VIRTIO_BLK_T_OUT;
-    const flags = write && !this.opts.writeback() ? OP_FLAG_DSYNC : 0;
-    this.queueOp(q, req, write ? OP_WRITEV : OP_READV, req.sector * SECTOR_SIZE, flags);
-  }
-
-  /** True when O_DIRECT would refuse an iovec's address or length. */
-  private needsBounce(req: BlkRequest): boolean {
-    const align = this.opts.memAlign;
-    const iovs = req.iovs;
-    for (let i = 0; i < req.iovCount; i++) {
-      const k = i * IOV_STRIDE;
-      const bufId = iovs[k] as number;
-      if (((this.regionPhase[bufId] as number) + (iovs[k + 1] as number)) % align !== 0) return true;
-      if ((iovs[k + 2] as number) % align !== 0) return true;
-    }
-    return false;
-  }
-
-  /**
-   * The whole request goes through one page-aligned bounce buffer: writes
-   * copy the guest's data in first, reads copy it out on completion. Without
-   * room in the arena now, the request waits for a completion to free some.
-   */
-  private startBounced(q: number, req: BlkRequest): void {
-    if (req.dataLen > this.bounce.size) {
-      this.finish(q, req, VIRTIO_BLK_S_IOERR);
+    const plan = req.plan ?? (req.plan = new RwPlan(req.capacity));
+    planRw(plan, req.sector * SECTOR_SIZE, req.dataLen, write, req.iovs, req.iovCount, this.opts.rules, this.phaseOf);
+    req.error = 0;
+    req.phase = PHASE_IDLE;
+    req.lockHeld = false;
+    if (!write) {
+      this.issueRw(req);
       return;
     }
-    const off = this.bounce.alloc(req.dataLen);
+    req.lockHeld = true;
+    const mode = plan.rmw ? LockMode.RMW : LockMode.WRITE;
+    if (!this.lock.acquire(req.slotId, plan.aStart, plan.aEnd, mode)) {
+      (this.queues[req.queue] as QueueState).counters.overlapWaits++;
+      return; // issued by the lock's grant callback
+    }
+    this.issueRw(req);
+  }
+
+  /** Reserves bounce space, then starts the read-modify-write reads or the main I/O. */
+  private issueRw(req: BlkRequest): void {
+    const plan = req.plan as RwPlan;
+    if (plan.bounceLen > 0) {
+      if (plan.bounceLen > this.bounce.size) {
+        this.endRw(req, -EIO);
+        return;
+      }
+      const off = this.bounce.alloc(plan.bounceLen);
+      if (off < 0) {
+        this.waiting.push(req.slotId); // retried when a completion frees space
+        return;
+      }
+      req.bounceOffset = off;
+    }
+    const c = (this.queues[req.queue] as QueueState).counters;
+    if (plan.collapse > 0) c.iovCollapses++;
+    if (!plan.rmw) {
+      this.mainPhase(req);
+      return;
+    }
+    // Read-modify-write, step 1: read the partial head and tail blocks.
+    c.rmwCycles++;
+    req.phase = PHASE_RMW_READ;
+    const A = this.opts.rules.offsetAlign;
+    let ops = 0;
+    if (plan.head) this.queueBounceOp(req, ops++, OP_READV, plan.aStart, req.bounceOffset + plan.headOff, A);
+    if (plan.tail) this.queueBounceOp(req, ops++, OP_READV, plan.aEnd - A, req.bounceOffset + plan.tailOff, A);
+    req.pendingOps = ops;
+  }
+
+  /** The read or write of [aStart, aEnd), after any RMW reads. */
+  private mainPhase(req: BlkRequest): void {
+    const plan = req.plan as RwPlan;
+    const A = this.opts.rules.offsetAlign;
+    const base = req.bounceOffset;
+    req.phase = PHASE_MAIN;
+    if (plan.write) {
+      // Patch the guest's bytes into the bounce buffers before the write.
+      if (plan.head) this.copyGuest(req, 0, plan.headGuestEnd, base + plan.headOff + (plan.pos - plan.aStart), true);
+      if (plan.tail) {
+        const into = base + plan.tailOff + (plan.pos + plan.tailGuestStart - (plan.aEnd - A));
+        this.copyGuest(req, plan.tailGuestStart, plan.len, into, true);
+      }
+      this.copyMiddle(req, true);
+    }
+    let n = buildVector(plan, BOUNCE_BUF_ID, base, A, this.vec);
+    const opcode = plan.write ? OP_WRITEV : OP_READV;
+    const flags = plan.write && !this.opts.writeback() ? OP_FLAG_DSYNC : 0;
+    if (plan.split) {
+      let ops = splitPoints(this.vec, n, plan.aStart, A, this.cuts);
+      if (ops === 0 || ops > MAX_OPS) {
+        // No host-aligned place to cut: bounce the whole middle instead.
+        plan.split = false;
+        this.forceMiddleBounce(req);
+        if (req.plan === undefined || req.phase === PHASE_DONE) return;
+        n = buildVector(plan, BOUNCE_BUF_ID, req.bounceOffset, A, this.vec);
+      } else {
+        (this.queues[req.queue] as QueueState).counters.ioSplits++;
+        let off = plan.aStart;
+        for (let o = 0; o < ops; o++) {
+          const from = this.cuts[o] as number;
+          const to = o + 1 < ops ? (this.cuts[o + 1] as number) : n;
+          let bytes = 0;
+          for (let i = from; i < to; i++) bytes += this.vec[i * ELEM + 2] as number;
+          this.queueVecOp(req, o, opcode, off, from, to - from, bytes, flags);
+          off += bytes;
+        }
+        req.pendingOps = ops;
+        return;
+      }
+    }
+    let fixed = 0;
+    if (n === 1 && this.registered && !plan.bounced && fitsFixedChunk(this.vec[1] as number, this.vec[2] as number)) {
+      fixed = OP_FLAG_FIXED;
+    }
+    this.queueVecOp(req, 0, opcode, plan.aStart, 0, n, plan.aEnd - plan.aStart, flags | fixed);
+    req.pendingOps = 1;
+  }
+
+  /** Re-plans a split request to put its middle through one bounce buffer. */
+  private forceMiddleBounce(req: BlkRequest): void {
+    const plan = req.plan as RwPlan;
+    if (req.bounceOffset >= 0) this.bounce.release(req.bounceOffset, plan.bounceLen);
+    req.bounceOffset = -1;
+    plan.midBounce = true;
+    plan.collapse = 0;
+    planBounceLayout(plan, this.opts.rules.offsetAlign);
+    if (plan.bounceLen > this.bounce.size) {
+      this.endRw(req, -EIO);
+      return;
+    }
+    const off = this.bounce.alloc(plan.bounceLen);
     if (off < 0) {
-      this.waiting.push(q, req.head);
+      // Rare (a guest ignoring seg_max with odd segment sizes): fail rather
+      // than hold a half-started request.
+      this.endRw(req, -EIO);
       return;
     }
     req.bounceOffset = off;
-    if (req.type === VIRTIO_BLK_T_OUT) this.copyIovs(req, true);
-    this.queueRw(q, req);
+    if (plan.write) this.copyMiddle(req, true);
   }
 
-  /** Queues copies between the request's iovecs and its bounce buffer. */
-  private copyIovs(req: BlkRequest, toBounce: boolean): void {
-    let pos = req.bounceOffset;
-    for (let i = 0; i < req.iovCount; i++) {
-      const k = i * IOV_STRIDE;
-      const bufId = req.iovs[k] as number;
-      const off = req.iovs[k + 1] as number;
-      const len = req.iovs[k + 2] as number;
-      if (toBounce) this.addCopy(bufId, off, BOUNCE_BUF_ID, pos, len);
-      else this.addCopy(BOUNCE_BUF_ID, pos, bufId, off, len);
+  /** Copies the middle bounce or collapse buffer from/to guest memory. */
+  private copyMiddle(req: BlkRequest, toBounce: boolean): void {
+    const plan = req.plan as RwPlan;
+    const at = req.bounceOffset + plan.midOff;
+    if (plan.midBounce) {
+      if (plan.midEnd > plan.midStart) this.copyGuest(req, plan.midStart - plan.pos, plan.midEnd - plan.pos, at, toBounce);
+    } else if (plan.collapse > 0) {
+      let pos = at;
+      for (let i = 0; i < plan.collapse; i++) {
+        const k = i * ELEM;
+        const len = plan.pieces[k + 2] as number;
+        if (toBounce) this.addCopy(plan.pieces[k] as number, plan.pieces[k + 1] as number, BOUNCE_BUF_ID, pos, len);
+        else this.addCopy(BOUNCE_BUF_ID, pos, plan.pieces[k] as number, plan.pieces[k + 1] as number, len);
+        pos += len;
+      }
+      (this.queues[req.queue] as QueueState).counters.bytesBounced += plan.collapseLen;
+    }
+  }
+
+  /** Copies guest bytes [from, to) of the request to/from the bounce arena at `at`. */
+  private copyGuest(req: BlkRequest, from: number, to: number, at: number, toBounce: boolean): void {
+    if (to <= from) return;
+    const n = cutPieces(req.iovs, req.iovCount, from, to, this.vec, 0);
+    let pos = at;
+    for (let i = 0; i < n; i++) {
+      const k = i * ELEM;
+      const len = this.vec[k + 2] as number;
+      if (toBounce) this.addCopy(this.vec[k] as number, this.vec[k + 1] as number, BOUNCE_BUF_ID, pos, len);
+      else this.addCopy(BOUNCE_BUF_ID, pos, this.vec[k] as number, this.vec[k + 1] as number, len);
       pos += len;
     }
+    (this.queues[req.queue] as QueueState).counters.bytesBounced += to - from;
+  }
+
+  /** All ops of the current phase are done: next phase, or the end. */
+  private opsDone(req: BlkRequest): void {
+    if (req.type === VIRTIO_BLK_T_FLUSH) {
+      this.finish(req.queue, req, req.error < 0 ? statusForErrno(req.error) : VIRTIO_BLK_S_OK);
+      return;
+    }
+    if (req.phase === PHASE_RMW_READ && req.error === 0) {
+      this.mainPhase(req);
+      return;
+    }
+    const plan = req.plan as RwPlan;
+    if (req.error === 0 && !plan.write) {
+      // Copy out what the bounce buffers hold for the guest.
+      const base = req.bounceOffset;
+      const A = this.opts.rules.offsetAlign;
+      if (plan.head) this.copyGuest(req, 0, plan.headGuestEnd, base + plan.headOff + (plan.pos - plan.aStart), false);
+      if (plan.tail) {
+        const from = base + plan.tailOff + (plan.pos + plan.tailGuestStart - (plan.aEnd - A));
+        this.copyGuest(req, plan.tailGuestStart, plan.len, from, false);
+      }
+      this.copyMiddle(req, false);
+    }
+    this.endRw(req, req.error);
+  }
+
+  /** Releases bounce space and the range lock, then completes the request. */
+  private endRw(req: BlkRequest, res: number): void {
+    const plan = req.plan as RwPlan;
+    req.phase = PHASE_DONE;
+    if (req.bounceOffset >= 0) {
+      // Safe to reuse at once: queued copies and ops run in order.
+      this.bounce.release(req.bounceOffset, plan.bounceLen);
+      req.bounceOffset = -1;
+    }
+    const held = req.lockHeld;
+    req.lockHeld = false;
+    this.finish(req.queue, req, res < 0 ? statusForErrno(res) : VIRTIO_BLK_S_OK);
+    // After finish: a grant may start another request at once.
+    if (held) this.lock.release(req.slotId);
   }
 
   private addCopy(srcBuf: number, srcOff: number, dstBuf: number, dstOff: number, len: number): void {
@@ -347,18 +536,20 @@ export class BlkHandler {
     this.plane?.copy(n);
   }
 
-  /** Starts waiting bounced requests, oldest first, while the arena has room. */
+  /** Starts requests that wait for bounce space, oldest first, while there is room. */
   private startWaiting(): void {
     while (this.waiting.length > 0) {
-      const q = this.waiting[0] as number;
-      const head = this.waiting[1] as number;
-      const req = (this.queues[q] as QueueState).slots[head] as BlkRequest;
-      const off = this.bounce.alloc(req.dataLen);
-      if (off < 0) return;
-      this.waiting.splice(0, 2);
-      req.bounceOffset = off;
-      if (req.type === VIRTIO_BLK_T_OUT) this.copyIovs(req, true);
-      this.queueRw(q, req);
+      const req = this.slot(this.waiting[0] as number);
+      const plan = req.plan as RwPlan;
+      if (plan.bounceLen <= this.bounce.size && this.bounce.size - this.bounce.inUse < plan.bounceLen) return;
+      this.waiting.shift();
+      const before = this.waiting.length;
+      this.issueRw(req);
+      if (this.waiting.length > before) {
+        // Fragmentation: it went back to the end; put it first again and stop.
+        this.waiting.unshift(this.waiting.pop() as number);
+        return;
+      }
     }
   }
 
@@ -377,37 +568,64 @@ export class BlkHandler {
     return VIRTIO_BLK_S_OK;
   }
 
-  private queueOp(q: number, req: BlkRequest, opcode: number, offset: number, flags: number): void {
+  /** Queues one op whose iovecs are elements [from, from+count) of this.vec. */
+  private queueVecOp(
+    req: BlkRequest,
+    opIdx: number,
+    opcode: number,
+    offset: number,
+    from: number,
+    count: number,
+    bytes: number,
+    flags: number,
+  ): void {
+    this.reserveOp(count);
+    const base = this.nIovs * SQ_IOV_STRIDE;
+    const src = from * ELEM;
+    const n = count * ELEM;
+    const sqIovs = this.arrays.sqIovs;
+    for (let k = 0; k < n; k++) sqIovs[base + k] = this.vec[src + k] as number;
+    this.queueOp(req, opIdx, opcode, offset, count, bytes, flags);
+  }
+
+  /** Queues one op on a single bounce-arena range. */
+  private queueBounceOp(req: BlkRequest, opIdx: number, opcode: number, offset: number, at: number, len: number): void {
+    this.reserveOp(1);
+    const k = this.nIovs * SQ_IOV_STRIDE;
+    const sqIovs = this.arrays.sqIovs;
+    sqIovs[k] = BOUNCE_BUF_ID;
+    sqIovs[k + 1] = at;
+    sqIovs[k + 2] = len;
+    this.queueOp(req, opIdx, opcode, offset, 1, len, 0);
+  }
+
+  /** Makes room in the op arrays for one op of `iovs` iovecs. */
+  private reserveOp(iovs: number): void {
     const { sqOps, sqIovs } = this.arrays;
-    const iovCount = opcode === OP_FSYNC ? 0 : req.bounceOffset >= 0 ? 1 : req.iovCount;
-    // Ops started from completions (waiting requests) can add to a batch:
-    // submit what is queued first if either array would overflow.
-    if ((this.nOps + 1) * OP_STRIDE > sqOps.length || (this.nIovs + iovCount) * SQ_IOV_STRIDE > sqIovs.length) {
+    if ((this.nOps + 1) * OP_STRIDE > sqOps.length || (this.nIovs + iovs) * SQ_IOV_STRIDE > sqIovs.length) {
+      // Copies first: a write's data must be in its bounce buffer before it is submitted.
       this.flushCopies();
       this.submitQueued();
     }
+  }
+
+  /** Appends the op; its iovecs were just written at this.nIovs. */
+  private queueOp(req: BlkRequest, opIdx: number, opcode: number, offset: number, iovs: number, bytes: number, flags: number): void {
+    if (opcode === OP_FSYNC) this.reserveOp(0);
+    const sqOps = this.arrays.sqOps;
     const o = this.nOps * OP_STRIDE;
     sqOps[o] = opcode;
-    sqOps[o + 1] = q * this.maxQueueSize + req.head;
+    sqOps[o + 1] = req.slotId * OPS_PER_SLOT + opIdx;
     sqOps[o + 2] = offset;
     sqOps[o + 3] = this.nIovs;
-    sqOps[o + 4] = iovCount;
+    sqOps[o + 4] = iovs;
     sqOps[o + 5] = flags;
-    if (opcode === OP_FSYNC) {
-      // no data
-    } else if (req.bounceOffset >= 0) {
-      const k = this.nIovs * SQ_IOV_STRIDE;
-      sqIovs[k] = BOUNCE_BUF_ID;
-      sqIovs[k + 1] = req.bounceOffset;
-      sqIovs[k + 2] = req.dataLen;
-    } else {
-      const src = req.iovs;
-      const n = req.iovCount * IOV_STRIDE;
-      const base = this.nIovs * SQ_IOV_STRIDE;
-      for (let k = 0; k < n; k++) sqIovs[base + k] = src[k] as number;
-    }
-    this.nIovs += iovCount;
+    req.opExpect[opIdx] = opcode === OP_FSYNC ? 0 : bytes;
+    this.nIovs += iovs;
     this.nOps++;
+    const c = (this.queues[req.queue] as QueueState).counters;
+    if ((flags & OP_FLAG_FIXED) !== 0) c.fixedOps++;
+    else c.plainOps++;
   }
 
   private submitQueued(): void {
@@ -446,28 +664,24 @@ export class BlkHandler {
   }
 
   private complete(userData: number, res: number): void {
-    const q = Math.floor(userData / this.maxQueueSize);
-    const head = userData - q * this.maxQueueSize;
+    const slotId = Math.floor(userData / OPS_PER_SLOT);
+    const opIdx = userData - slotId * OPS_PER_SLOT;
+    const q = Math.floor(slotId / this.maxQueueSize);
+    const head = slotId - q * this.maxQueueSize;
     const state = this.queues[q];
     if (state === undefined || state.busy[head] !== 1) return; // not ours: ignore
     const req = state.slots[head] as BlkRequest;
-    let status = statusForErrno(res);
+    if (req.pendingOps <= 0) return;
     // A short transfer is an error: the guest asked for every byte.
-    if (status === VIRTIO_BLK_S_OK && req.type !== VIRTIO_BLK_T_FLUSH && res !== req.dataLen) {
-      status = VIRTIO_BLK_S_IOERR;
-    }
-    if (req.bounceOffset >= 0) {
-      if (status === VIRTIO_BLK_S_OK && req.type === VIRTIO_BLK_T_IN) this.copyIovs(req, false);
-      // Safe to reuse at once: queued copies and ops run in order.
-      this.bounce.release(req.bounceOffset, req.dataLen);
-      req.bounceOffset = -1;
-    }
-    this.finish(q, req, status);
+    if (req.error === 0 && res !== req.opExpect[opIdx]) req.error = res < 0 ? res : -EIO;
+    if (--req.pendingOps === 0) this.opsDone(req);
   }
 
   /** The one completion funnel: status byte + used entry, slot released. */
   private finish(q: number, req: BlkRequest, status: number): void {
     const state = this.queues[q] as QueueState;
+    state.counters.requests++;
+    if (status !== VIRTIO_BLK_S_OK) state.counters.errors++;
     const u = state.pendingCount * USED_STRIDE;
     const p = state.pendingUsed;
     p[u] = req.head;
@@ -503,6 +717,7 @@ export class BlkHandler {
   abandonAll(): void {
     this.waiting.length = 0;
     this.nCopies = 0;
+    this.lock.clear();
     for (const state of this.queues) {
       state.busy.fill(0);
       state.inflight = 0;

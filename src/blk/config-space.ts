@@ -189,6 +189,9 @@ export interface BlkConfigParams {
   segMax: number;
   /** Start in write-back mode (the guest flushes). Default true. */
   writeback?: boolean;
+  /** Host I/O sizes in bytes: minimum (e.g. the O_DIRECT alignment) and optimal; 0/absent if unknown. */
+  minIoBytes?: number;
+  optIoBytes?: number;
 }
 
 /** The config space vublk presents for these parameters. */
@@ -210,8 +213,10 @@ export function makeBlkConfig(p: BlkConfigParams): BlkConfig {
     blkSize: lbs,
     physicalBlockExp: Math.log2(blocksPerPhysical),
     alignmentOffset: 0,
-    minIoSize: blocksPerPhysical,
-    optIoSize: 0,
+    // In logical blocks. Below one physical block a guest write costs a
+    // read-modify-write on the host, so the minimum is at least that.
+    minIoSize: Math.min(0xffff, Math.max(blocksPerPhysical, Math.ceil((p.minIoBytes ?? 0) / lbs))),
+    optIoSize: Math.floor((p.optIoBytes ?? 0) / lbs),
     writeback: p.writeback === false ? 0 : 1,
     numQueues: p.queues,
   };

@@ -18,6 +18,7 @@ import {
   VIRTIO_BLK_T_SECURE_ERASE,
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../virtio/constants';
+import type { RwPlan } from '../align/rw-plan';
 
 /** Numbers per iovec in BlkRequest.iovs: bufId, offset, len. */
 export const IOV_STRIDE = 3;
@@ -91,6 +92,22 @@ export class BlkRequest {
   bounceOffset = -1;
   /** When splitChain refused the chain for want of capacity: the iovecs it needed. */
   iovNeeded = 0;
+
+  // Set by the handler while the request is in flight:
+  /** Queue index and slot id (queue * maxQueueSize + head). */
+  queue = 0;
+  slotId = 0;
+  /** How a read/write maps onto host I/O (made on first use, reused). */
+  plan: RwPlan | undefined;
+  /** Disk ops of the current phase not yet completed, and what each must return. */
+  pendingOps = 0;
+  readonly opExpect = new Float64Array(16);
+  /** First failure (negative errno) of any op, or 0. */
+  error = 0;
+  /** Handler phase (idle, RMW read, main I/O, done). */
+  phase = 0;
+  /** Holds a range in the handler's range lock. */
+  lockHeld = false;
 
   constructor(capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_REQUEST_CAPACITY) {

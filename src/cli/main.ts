@@ -39,6 +39,15 @@ export function startDaemon(opts: Options): Running {
       throw err;
     }
   })();
+  const r = disk.rules;
+  log.info('host disk direct I/O', {
+    offsetAlign: r.offsetAlign,
+    memAlign: r.memAlign,
+    physicalBlock: r.physicalBlock,
+    ioMin: r.ioMin,
+    ioOpt: r.ioOpt,
+    source: r.source,
+  });
   log.info('serving', {
     disk: disk.path,
     kind: disk.kind,
@@ -95,6 +104,8 @@ export function main(argv: string[]): void {
       },
     );
   };
+  // SIGUSR1: log the current connection's counters (bounces, RMW cycles, ...).
+  process.on('SIGUSR1', () => running.server.connection?.logCounters('SIGUSR1'));
   process.on('SIGINT', () => shutdown('SIGINT'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));
 }

@@ -8,7 +8,7 @@ import type { BlkDisk } from '../blk/blk-handler';
 import type { HostDisk } from '../disk/host-disk';
 import { ProtocolFeature, featureBit } from '../vhost-user/protocol';
 import { SECTOR_SIZE } from '../virtio/constants';
-import { DiskError } from '../errors';
+import type { HostRules } from '../align/rw-plan';
 
 export interface BlkDeviceOptions {
   queues: number;
@@ -33,12 +33,10 @@ export class BlkDevice {
   readonly maxQueueSize: number;
   readonly serial: string;
   readonly blkDisk: BlkDisk;
-  /**
-   * O_DIRECT memory alignment. 512 holds on every Linux block device and file
-   * system (dma_alignment defaults to 511); a finer probe comes with the
-   * alignment layer.
-   */
-  readonly memAlign = 512;
+  /** The host's O_DIRECT rules the alignment layer works to. */
+  get rules(): HostRules {
+    return this.disk.rules;
+  }
   private readonly config: BlkConfig;
   private readonly configBytes = new Uint8Array(BLK_CONFIG_SIZE);
 
@@ -50,22 +48,18 @@ export class BlkDevice {
     this.maxQueueSize = opts.queueSize;
     this.serial = opts.serial;
     const readOnly = opts.readOnly || disk.readOnly;
-    if (disk.logicalBlockSize > opts.logicalBlockSize) {
-      throw new DiskError(
-        `disk ${disk.path} needs ${disk.logicalBlockSize}-byte aligned O_DIRECT I/O; ` +
-          `--logical-block-size ${opts.logicalBlockSize} on such a host is not supported yet ` +
-          `(use --logical-block-size ${disk.logicalBlockSize})`,
-        { path: disk.path },
-      );
-    }
     this.features = deviceFeatures({ readOnly, queues: opts.queues });
-    // Whole logical blocks only: a trailing partial block is not exposed.
+    // Whole blocks only, guest and host: a trailing partial block is not
+    // exposed (O_DIRECT could not reach it).
     const lbs = opts.logicalBlockSize;
-    const capacitySectors = Math.floor(disk.sizeBytes / lbs) * (lbs / SECTOR_SIZE);
+    const unit = Math.max(lbs, disk.rules.offsetAlign);
+    const capacitySectors = Math.floor(disk.sizeBytes / unit) * (unit / SECTOR_SIZE);
     this.config = makeBlkConfig({
       capacitySectors,
       logicalBlockSize: lbs,
-      physicalBlockSize: Math.max(disk.physicalBlockSize, lbs),
+      physicalBlockSize: Math.max(disk.rules.physicalBlock, lbs),
+      minIoBytes: Math.max(disk.rules.ioMin, disk.rules.offsetAlign),
+      optIoBytes: disk.rules.ioOpt,
       queues: opts.queues,
       segMax: deriveSegMax(opts.queueSize),
     });

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { DiskError } from '../errors';
-import { SECTOR_SIZE } from '../virtio/constants';
+import { probeDirectIo, type DirectIoRules } from './probe';
 
 export interface HostDisk {
   path: string;
@@ -12,29 +12,13 @@ export interface HostDisk {
   sizeBytes: number;
   kind: 'file' | 'block';
   readOnly: boolean;
-  /** Smallest I/O unit the host takes (bytes). */
-  logicalBlockSize: number;
-  /** Host physical block (bytes): what topology tells the guest to align to. */
-  physicalBlockSize: number;
+  /** O_DIRECT rules and block sizes, probed at open. */
+  rules: DirectIoRules;
 }
 
 function errnoOf(err: unknown): { code: string; errno: number | undefined } {
   const e = err as NodeJS.ErrnoException;
   return { code: e.code ?? 'EUNKNOWN', errno: typeof e.errno === 'number' ? -e.errno : undefined };
-}
-
-/** Reads a number from /sys/dev/block/MAJ:MIN/<rel>; undefined if absent. */
-function sysfsNumber(rdev: number, rel: string): number | undefined {
-  // Linux dev_t: major in bits 8..19 (and 32..43), minor in 0..7 and 20..31.
-  const major = ((rdev >> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
-  const minor = (rdev & 0xff) | ((rdev >> 12) & ~0xff);
-  try {
-    const text = fs.readFileSync(`/sys/dev/block/${major}:${minor}/${rel}`, 'utf8').trim();
-    const n = Number(text);
-    return Number.isSafeInteger(n) ? n : undefined;
-  } catch {
-    return undefined;
-  }
 }
 
 /** Creates a sparse image of `bytes` at `file` unless something is there already. */
@@ -80,28 +64,21 @@ export function openHostDisk(file: string, readOnly: boolean): HostDisk {
     const why = code === 'EINVAL' ? 'EINVAL (does the file system support O_DIRECT?)' : code;
     throw new DiskError(`cannot open disk ${file} with O_DIRECT: ${why}`, { errno, syscall: 'open', path: abs });
   }
-  let sizeBytes: number;
-  let logical = SECTOR_SIZE;
-  let physical: number;
-  if (kind === 'block') {
-    const sectors = sysfsNumber(st.rdev, 'size');
-    logical = sysfsNumber(st.rdev, 'queue/logical_block_size') ?? SECTOR_SIZE;
-    physical = sysfsNumber(st.rdev, 'queue/physical_block_size') ?? logical;
-    if (sectors === undefined) {
-      fs.closeSync(fd);
-      throw new DiskError(`cannot read the size of block device ${file} from sysfs`, { path: abs });
-    }
-    sizeBytes = sectors * SECTOR_SIZE;
-  } else {
-    sizeBytes = st.size;
-    // The file system's block: aligning guest I/O to it avoids partial-block work.
-    physical = Math.min(Math.max(st.blksize, SECTOR_SIZE), 65536);
-  }
-  if (sizeBytes < SECTOR_SIZE) {
+  let rules: DirectIoRules;
+  try {
+    rules = probeDirectIo(fd, file, st.blksize);
+  } catch (err) {
     fs.closeSync(fd);
-    throw new DiskError(`cannot use disk ${file}: it is ${sizeBytes} bytes, smaller than one sector`, { path: abs });
+    throw err;
   }
-  return { path: abs, fd, sizeBytes, kind, readOnly, logicalBlockSize: logical, physicalBlockSize: physical };
+  const sizeBytes = kind === 'block' ? rules.sizeBytes : st.size;
+  if (sizeBytes < rules.offsetAlign) {
+    fs.closeSync(fd);
+    throw new DiskError(`cannot use disk ${file}: it is ${sizeBytes} bytes, smaller than one ${rules.offsetAlign}-byte block`, {
+      path: abs,
+    });
+  }
+  return { path: abs, fd, sizeBytes, kind, readOnly, rules };
 }
 
 export function closeHostDisk(disk: HostDisk): void {

@@ -47,7 +47,9 @@ export interface FdWatcher {
  *   copies[c*COPY_STRIDE + ...]   : srcBufId, srcOffset, dstBufId, dstOffset, len
  *
  * bufId BOUNCE_BUF_ID names the session's bounce arena (page aligned);
- * smaller bufIds name guest memory regions.
+ * smaller bufIds name guest memory regions. An op with OP_FLAG_FIXED has one
+ * iovec inside one registered 1 GiB chunk of a region and uses READ_FIXED /
+ * WRITE_FIXED.
  */
 export interface SessionArrays {
   chains: Float64Array;
@@ -120,6 +122,12 @@ export interface Session {
   submit(n: number): number;
   /** Performs n copies from arrays.copies (guest memory <-> bounce arena). Throws if any is out of bounds. */
   copy(n: number): void;
+  /**
+   * Registers every guest region as io_uring fixed buffers (1 GiB chunks);
+   * returns how many. Throws {code, errno} when the kernel refuses (RLIMIT_MEMLOCK).
+   */
+  registerBuffers(): number;
+  unregisterBuffers(): void;
   /** Closes everything: rings, fds, maps, the uring. Idempotent. */
   destroy(): void;
 }

@@ -73,6 +73,7 @@ export class BackendConnection {
   private busy = false;
   /** The message being handled was refused without breaking the connection. */
   private refused = false;
+  private registrationWarned = false;
   private closing: Promise<void> | undefined;
   broken = false;
 
@@ -96,7 +97,7 @@ export class BackendConnection {
       writeback: () => device.writeback(),
       onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
       bounceBytes: DEFAULT_BOUNCE_BYTES,
-      memAlign: device.memAlign,
+      rules: device.rules,
     });
     const entries = Math.min(URING_ENTRIES_MAX, nextPow2(device.queues * device.maxQueueSize));
     // Native calls these from the event loop: nothing may escape them, or a
@@ -304,13 +305,53 @@ export class BackendConnection {
     } finally {
       closeAll(msg.fds);
     }
+    this.registerMemory();
     this.resume(running);
   }
 
-  private addMemReg(msg: Message): void {
+  private async addMemReg(msg: Message): Promise<void> {
     const r = decodeAddMemReg(msg);
     msg.fds.length = 0; // addRegion closes it, mapped or not
-    this.addRegion(r, 'ADD_MEM_REG');
+    // Fixed buffers are re-registered, so I/O on the old set must drain first.
+    const running = await this.quiesce();
+    try {
+      this.addRegion(r, 'ADD_MEM_REG');
+    } catch (err) {
+      native.closeFd(r.fd);
+      throw err;
+    }
+    this.registerMemory();
+    this.resume(running);
+  }
+
+  /**
+   * Registers guest memory with io_uring as fixed buffers (REGISTERED_BUF).
+   * Called with I/O drained. A refusal (e.g. RLIMIT_MEMLOCK) is one warning;
+   * the device keeps serving with plain operations.
+   */
+  private registerMemory(): void {
+    this.handler.setRegistered(false);
+    if (this.session.regionCount() === 0) return;
+    try {
+      const buffers = this.session.registerBuffers();
+      this.handler.setRegistered(true);
+      log.debug('guest memory registered as io_uring fixed buffers', { conn: this.id, buffers });
+    } catch (err) {
+      if (!this.registrationWarned) {
+        this.registrationWarned = true;
+        log.warn('cannot register guest memory with io_uring; using plain reads and writes', {
+          conn: this.id,
+          error: err as Error,
+        });
+      }
+    }
+  }
+
+  /** Logs the per-queue counters, one line per queue. */
+  logCounters(reason: string): void {
+    this.handler.counters().forEach((c, q) => {
+      log.info('counters', { conn: this.id, queue: q, reason, ...c });
+    });
   }
 
   private addRegion(r: MemRegionWithFd, what: string): void {
@@ -329,9 +370,11 @@ export class BackendConnection {
     const r = decodeRemMemReg(msg);
     closeAll(msg.fds);
     const running = await this.quiesce();
+    this.handler.setRegistered(false);
     if (!this.session.removeRegion(r.gpa, r.size)) {
       throw violation(`REM_MEM_REG names no mapped region (gpa 0x${r.gpa.toString(16)} size ${r.size})`);
     }
+    this.registerMemory();
     this.resume(running);
   }
 
@@ -530,6 +573,7 @@ export class BackendConnection {
         });
       }
       this.watcher.close();
+      this.logCounters('closed');
       this.session.destroy();
       this.handler.abandonAll();
       if (this.backendReqFd >= 0) native.closeFd(this.backendReqFd);
