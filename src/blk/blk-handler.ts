@@ -278,6 +278,7 @@ export class BlkHandler {
       req.head = head;
       req.queue = q;
       req.slotId = q * this.maxQueueSize + head;
+      req.registered = this.registered;
       state.busy[head] = 1;
       state.inflight++;
       this.start(q, req);
@@ -323,6 +324,8 @@ export class BlkHandler {
     const write = req.type === VIRTIO_BLK_T_OUT;
     const plan = req.plan ?? (req.plan = new RwPlan(req.capacity));
     planRw(plan, req.sector * SECTOR_SIZE, req.dataLen, write, req.iovs, req.iovCount, this.opts.rules, this.phaseOf);
+    // A bounce buffer replaces guest iovecs: the hint no longer holds.
+    if (plan.bounced) req.registered = false;
     req.error = 0;
     req.phase = PHASE_IDLE;
     req.lockHeld = false;
@@ -412,7 +415,7 @@ export class BlkHandler {
       }
     }
     let fixed = 0;
-    if (n === 1 && this.registered && !plan.bounced && fitsFixedChunk(this.vec[1] as number, this.vec[2] as number)) {
+    if (n === 1 && req.registered && fitsFixedChunk(this.vec[1] as number, this.vec[2] as number)) {
       fixed = OP_FLAG_FIXED;
     }
     this.queueVecOp(req, 0, opcode, plan.aStart, 0, n, plan.aEnd - plan.aStart, flags | fixed);
@@ -426,6 +429,7 @@ export class BlkHandler {
     req.bounceOffset = -1;
     plan.midBounce = true;
     plan.collapse = 0;
+    req.registered = false;
     planBounceLayout(plan, this.opts.rules.offsetAlign);
     if (plan.bounceLen > this.bounce.size) {
       this.endRw(req, -EIO);

@@ -108,6 +108,12 @@ export class BlkRequest {
   phase = 0;
   /** Holds a range in the handler's range lock. */
   lockHeld = false;
+  /**
+   * REGISTERED_BUF hint: true only while every iovec of the I/O lies in
+   * registered guest memory. Set when the chain is split (merging keeps it),
+   * cleared by any step that substitutes a bounce buffer.
+   */
+  registered = false;
 
   constructor(capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_REQUEST_CAPACITY) {
