@@ -1,10 +1,11 @@
 // vublk against qemu-storage-daemon, side by side in one run, on the same
 // image, through the same in-repo frontend: 4 KiB random reads at QD 32.
-// Rounds alternate between the two back-ends so drift on a shared machine
-// hits both; the result is the ratio of their median IOPS.
+// Rounds alternate between the back-ends so drift on a shared machine hits
+// all of them; the result is each one's median IOPS and its ratio to qsd.
+// Back-ends: vublk (fixed buffers), vublk-plain (--no-fixed-buffers), qsd.
 //
 //   node dist/bench/compare-randread.js [--seconds 5] [--rounds 3] [--qd 32] [--queues 1]
-//                                       [--image PATH] [--image-mib 1024]
+//        [--image PATH] [--image-mib 1024] [--backends vublk,vublk-plain,qsd] [--bs 4096]
 
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -38,24 +39,31 @@ async function main(): Promise<void> {
     execFileSync('dd', ['if=/dev/urandom', `of=${image}`, 'bs=1M', `count=${mib}`, 'oflag=direct', 'status=none']);
   }
   image = path.resolve(image);
-  const results: Record<string, number[]> = { vublk: [], qsd: [] };
+  const bi = process.argv.indexOf('--backends');
+  const backends = (bi >= 0 ? (process.argv[bi + 1] as string) : 'vublk,vublk-plain,qsd').split(',');
+  const bs = arg('bs', 4096);
+  const results: Record<string, number[]> = {};
+  for (const b of backends) results[b] = [];
   for (let r = 0; r < rounds; r++) {
-    for (const backend of ['vublk', 'qsd'] as const) {
+    for (const backend of backends) {
       const socket = path.join(dir, `${backend}.sock`);
       let stop: () => Promise<unknown>;
-      if (backend === 'vublk') {
-        const v = await startVublk(['--disk', image, '--socket', socket, '--queues', String(queues)]);
+      if (backend === 'vublk' || backend === 'vublk-plain') {
+        const extra = backend === 'vublk-plain' ? ['--no-fixed-buffers'] : [];
+        const v = await startVublk(['--disk', image, '--socket', socket, '--queues', String(queues), ...extra]);
         stop = () => v.stop();
-      } else {
+      } else if (backend === 'qsd') {
         const q = await Qsd.start({ image, queues, aio: 'io_uring' });
         fs.symlinkSync(q.socket, socket);
         stop = async () => {
           await q.stop();
           fs.unlinkSync(socket);
         };
+      } else {
+        throw new Error(`unknown backend ${backend}`);
       }
       try {
-        const res = await runRandRead({ socket, seconds, qd, bs: 4096, queues });
+        const res = await runRandRead({ socket, seconds, qd, bs, queues });
         if (res.errors > 0) throw new Error(`${backend}: ${res.errors} requests failed`);
         results[backend]!.push(res.iops);
         process.stderr.write(`round ${r + 1} ${backend}: ${Math.round(res.iops)} IOPS (p99 ${res.latency_us.p99} us)\n`);
@@ -64,20 +72,16 @@ async function main(): Promise<void> {
       }
     }
   }
-  const v = median(results.vublk!);
-  const q = median(results.qsd!);
+  const medians: Record<string, number> = {};
+  for (const b of backends) medians[b] = Math.round(median(results[b]!));
+  const ratios: Record<string, number> = {};
+  if (medians.qsd) for (const b of backends) ratios[`${b}/qsd`] = Number((medians[b]! / medians.qsd).toFixed(2));
+  if (medians.vublk && medians['vublk-plain']) {
+    ratios['vublk/vublk-plain'] = Number((medians.vublk / medians['vublk-plain']).toFixed(2));
+  }
   process.stdout.write(
-    JSON.stringify({
-      test: '4k randread',
-      qd,
-      queues,
-      seconds,
-      rounds,
-      vublk_iops: Math.round(v),
-      qsd_iops: Math.round(q),
-      ratio_vublk_over_qsd: Number((v / q).toFixed(2)),
-      all: results,
-    }) + '\n',
+    JSON.stringify({ test: `${bs / 1024}k randread`, qd, queues, seconds, rounds, median_iops: medians, ratios, all: results }) +
+      '\n',
   );
   if (given < 0) fs.rmSync(dir, { recursive: true, force: true });
 }

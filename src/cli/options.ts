@@ -32,6 +32,8 @@ export interface Options {
   serial: string;
   logicalBlockSize: 512 | 4096;
   logLevel: LogLevel;
+  /** Register guest memory as io_uring fixed buffers (off: --no-fixed-buffers). */
+  fixedBuffers: boolean;
   /** --help was given: print usageText() and exit 0; other options are not validated. */
   help: boolean;
 }
@@ -68,6 +70,11 @@ const SPECS: readonly OptionSpec[] = [
     help: `block size the guest sees (default ${DEFAULT_LOGICAL_BLOCK_SIZE})`,
   },
   { name: 'log-level', arg: LOG_LEVELS.join('|'), help: `log verbosity (default ${DEFAULT_LOG_LEVEL})` },
+  {
+    name: 'no-fixed-buffers',
+    arg: undefined,
+    help: 'do not register guest memory with io_uring (plain reads and writes; for comparison)',
+  },
   { name: 'help', arg: undefined, help: 'print this help and exit' },
 ];
 
@@ -156,6 +163,7 @@ export function parseOptions(argv: readonly string[]): Options {
     serial: DEFAULT_SERIAL,
     logicalBlockSize: DEFAULT_LOGICAL_BLOCK_SIZE,
     logLevel: DEFAULT_LOG_LEVEL,
+    fixedBuffers: true,
     help: false,
   };
   if (argv.some((a) => a === '--help' || a === '-h')) {
@@ -218,6 +226,9 @@ export function parseOptions(argv: readonly string[]): Options {
         break;
       case 'log-level':
         opts.logLevel = parseLogLevel(value);
+        break;
+      case 'no-fixed-buffers':
+        opts.fixedBuffers = false;
         break;
       default:
         // SPECS and this switch list the same names; reaching here is a bug.

@@ -16,6 +16,8 @@ export interface BlkDeviceOptions {
   readOnly: boolean;
   serial: string;
   logicalBlockSize: number;
+  /** Register guest memory as io_uring fixed buffers. */
+  fixedBuffers: boolean;
 }
 
 /** Protocol features this backend implements. */
@@ -32,6 +34,7 @@ export class BlkDevice {
   readonly queues: number;
   readonly maxQueueSize: number;
   readonly serial: string;
+  readonly fixedBuffers: boolean;
   readonly blkDisk: BlkDisk;
   /** The host's O_DIRECT rules the alignment layer works to. */
   get rules(): HostRules {
@@ -47,6 +50,7 @@ export class BlkDevice {
     this.queues = opts.queues;
     this.maxQueueSize = opts.queueSize;
     this.serial = opts.serial;
+    this.fixedBuffers = opts.fixedBuffers;
     const readOnly = opts.readOnly || disk.readOnly;
     this.features = deviceFeatures({ readOnly, queues: opts.queues });
     // Whole blocks only, guest and host: a trailing partial block is not

@@ -331,7 +331,7 @@ export class BackendConnection {
    */
   private registerMemory(): void {
     this.handler.setRegistered(false);
-    if (this.session.regionCount() === 0) return;
+    if (!this.device.fixedBuffers || this.session.regionCount() === 0) return;
     try {
       const buffers = this.session.registerBuffers();
       this.handler.setRegistered(true);

@@ -23,6 +23,7 @@ t.test('defaults', (t) => {
     serial: 'vublk',
     logicalBlockSize: 512,
     logLevel: 'info',
+    fixedBuffers: true,
     help: false,
   });
   t.end();
@@ -39,6 +40,7 @@ t.test('every option, both spellings', (t) => {
     serial: 'disk 01',
     logicalBlockSize: 4096,
     logLevel: 'debug',
+    fixedBuffers: false,
     help: false,
   };
   t.same(
@@ -58,6 +60,7 @@ t.test('every option, both spellings', (t) => {
       '4096',
       '--log-level',
       'debug',
+      '--no-fixed-buffers',
     ]),
     expected,
   );
@@ -71,6 +74,7 @@ t.test('every option, both spellings', (t) => {
       '--serial=disk 01',
       '--logical-block-size=4096',
       '--log-level=debug',
+      '--no-fixed-buffers',
     ]),
     expected,
   );
