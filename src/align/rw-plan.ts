@@ -206,30 +206,35 @@ export function planBounceLayout(plan: RwPlan, A: number): void {
  * element count written to out.
  */
 export function buildVector(plan: RwPlan, bounceBuf: number, bounceBase: number, A: number, out: Float64Array): number {
-  let n = 0;
-  const put = (bufId: number, off: number, len: number): void => {
-    const o = n * ELEM;
-    out[o] = bufId;
-    out[o + 1] = off;
-    out[o + 2] = len;
-    n++;
-  };
-  if (plan.head) put(bounceBuf, bounceBase + plan.headOff, A);
+  let o = 0;
+  if (plan.head) {
+    out[o++] = bounceBuf;
+    out[o++] = bounceBase + plan.headOff;
+    out[o++] = A;
+  }
   if (plan.midBounce) {
-    if (plan.midEnd > plan.midStart) put(bounceBuf, bounceBase + plan.midOff, plan.midEnd - plan.midStart);
+    if (plan.midEnd > plan.midStart) {
+      out[o++] = bounceBuf;
+      out[o++] = bounceBase + plan.midOff;
+      out[o++] = plan.midEnd - plan.midStart;
+    }
   } else {
     let i = 0;
     if (plan.collapse > 0) {
-      put(bounceBuf, bounceBase + plan.midOff, plan.collapseLen);
+      out[o++] = bounceBuf;
+      out[o++] = bounceBase + plan.midOff;
+      out[o++] = plan.collapseLen;
       i = plan.collapse;
     }
-    for (; i < plan.nPieces; i++) {
-      const k = i * ELEM;
-      put(plan.pieces[k] as number, plan.pieces[k + 1] as number, plan.pieces[k + 2] as number);
-    }
+    const p = plan.pieces;
+    for (let k = i * ELEM, end = plan.nPieces * ELEM; k < end; k++) out[o++] = p[k] as number;
   }
-  if (plan.tail) put(bounceBuf, bounceBase + plan.tailOff, A);
-  return n;
+  if (plan.tail) {
+    out[o++] = bounceBuf;
+    out[o++] = bounceBase + plan.tailOff;
+    out[o++] = A;
+  }
+  return o / ELEM;
 }
 
 /**
