@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "errno-error.h"
@@ -70,11 +71,37 @@ Napi::Value TrialRead(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, n < 0 ? -e : 0);
 }
 
+// trialReadv(fd, segLen, count) -> 0 if an O_DIRECT preadv at offset 0 of
+// `count` segments of segLen bytes each (each in its own 64 KiB-aligned
+// buffer) works; else -errno. Finds whether segment lengths need only the
+// memory alignment (newer kernels) or the offset alignment (Linux 6.1 block
+// devices check every segment's length against the logical block size).
+Napi::Value TrialReadv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(argInt(info, 0));
+  uint64_t segLen = argU64(info, 1), count = argU64(info, 2);
+  constexpr uint64_t kSlot = 65536;
+  if (segLen == 0 || segLen > kSlot || count == 0 || count > 128)
+    throw Napi::RangeError::New(env, "trialReadv: bad size");
+  void* buf = nullptr;
+  if (posix_memalign(&buf, kSlot, kSlot * count) != 0) throwErrno(env, ENOMEM, "posix_memalign");
+  iovec iov[128];
+  for (uint64_t i = 0; i < count; i++) iov[i] = iovec{static_cast<char*>(buf) + i * kSlot, segLen};
+  ssize_t n;
+  do {
+    n = preadv(fd, iov, static_cast<int>(count), 0);
+  } while (n < 0 && errno == EINTR);
+  int e = errno;
+  free(buf);
+  return Napi::Number::New(env, n < 0 ? -e : 0);
+}
+
 }  // namespace
 
 void InitDiskProbe(Napi::Env env, Napi::Object exports) {
   exports.Set("probeDisk", Napi::Function::New(env, ProbeDisk));
   exports.Set("trialRead", Napi::Function::New(env, TrialRead));
+  exports.Set("trialReadv", Napi::Function::New(env, TrialReadv));
 }
 
 }  // namespace vublk

@@ -26,8 +26,14 @@ import { BOUNCE_GRANULE } from '../blk/bounce-pool';
 export interface HostRules {
   /** File offset and length alignment for O_DIRECT (bytes). */
   offsetAlign: number;
-  /** Memory address and iovec length alignment for O_DIRECT (bytes). */
+  /** Memory address alignment for O_DIRECT (bytes). */
   memAlign: number;
+  /**
+   * Length alignment of each iovec (bytes): memAlign where the kernel allows
+   * it, offsetAlign where it checks segments against the logical block
+   * (statx documents dio_offset_align as applying to segment lengths).
+   */
+  lenAlign: number;
 }
 
 /** Element triple stride in vectors: bufId, offset, len. */
@@ -132,6 +138,7 @@ export function planRw(
 ): void {
   const A = rules.offsetAlign;
   const M = rules.memAlign;
+  const L = rules.lenAlign;
   const end = pos + len;
   plan.pos = pos;
   plan.len = len;
@@ -155,7 +162,7 @@ export function planRw(
   for (let i = 0; i < plan.nPieces; i++) {
     const k = i * ELEM;
     const addr = phase(plan.pieces[k] as number) + (plan.pieces[k + 1] as number);
-    if (addr % M !== 0 || (plan.pieces[k + 2] as number) % M !== 0) {
+    if (addr % M !== 0 || (plan.pieces[k + 2] as number) % L !== 0) {
       plan.midBounce = true;
       break;
     }

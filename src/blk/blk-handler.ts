@@ -178,6 +178,8 @@ export class BlkHandler {
   /** Scratch: the vector of the op being built, and where to split it. */
   private readonly vec = new Float64Array((MAX_REQUEST_IOVS + 2) * ELEM);
   private readonly cuts: number[] = [];
+  /** userData of ops the ring did not take; failed in settle(). */
+  private readonly refused: number[] = [];
   private readonly phaseOf = (bufId: number): number => this.regionPhase[bufId] ?? 0;
 
   constructor(
@@ -252,8 +254,6 @@ export class BlkHandler {
   onChains(q: number, nChains: number): void {
     const { chains, segs, headers } = this.arrays;
     const state = this.queue(q);
-    this.nOps = 0;
-    this.nIovs = 0;
     for (let i = 0; i < nChains; i++) {
       const c = i * CHAIN_STRIDE;
       const head = chains[c] as number;
@@ -283,9 +283,7 @@ export class BlkHandler {
       state.inflight++;
       this.start(q, req);
     }
-    this.flushCopies();
-    this.submitQueued();
-    this.flushUsed();
+    this.settle();
   }
 
   /** Decides what one request needs: a disk op, or an immediate status. */
@@ -324,6 +322,19 @@ export class BlkHandler {
     const write = req.type === VIRTIO_BLK_T_OUT;
     const plan = req.plan ?? (req.plan = new RwPlan(req.capacity));
     planRw(plan, req.sector * SECTOR_SIZE, req.dataLen, write, req.iovs, req.iovCount, this.opts.rules, this.phaseOf);
+    if (plan.split) {
+      // Split only where every op can start host-aligned; else bounce the
+      // whole middle. Decided now, before any bounce space is reserved.
+      const A = this.opts.rules.offsetAlign;
+      const n = buildVector(plan, BOUNCE_BUF_ID, 0, A, this.vec);
+      const ops = splitPoints(this.vec, n, plan.aStart, A, this.cuts);
+      if (ops === 0 || ops > MAX_OPS) {
+        plan.split = false;
+        plan.midBounce = true;
+        plan.collapse = 0;
+        planBounceLayout(plan, A);
+      }
+    }
     // A bounce buffer replaces guest iovecs: the hint no longer holds.
     if (plan.bounced) req.registered = false;
     req.error = 0;
@@ -367,10 +378,10 @@ export class BlkHandler {
     c.rmwCycles++;
     req.phase = PHASE_RMW_READ;
     const A = this.opts.rules.offsetAlign;
-    let ops = 0;
-    if (plan.head) this.queueBounceOp(req, ops++, OP_READV, plan.aStart, req.bounceOffset + plan.headOff, A);
-    if (plan.tail) this.queueBounceOp(req, ops++, OP_READV, plan.aEnd - A, req.bounceOffset + plan.tailOff, A);
-    req.pendingOps = ops;
+    req.pendingOps = (plan.head ? 1 : 0) + (plan.tail ? 1 : 0);
+    let op = 0;
+    if (plan.head) this.queueBounceOp(req, op++, OP_READV, plan.aStart, req.bounceOffset + plan.headOff, A);
+    if (plan.tail) this.queueBounceOp(req, op, OP_READV, plan.aEnd - A, req.bounceOffset + plan.tailOff, A);
   }
 
   /** The read or write of [aStart, aEnd), after any RMW reads. */
@@ -392,58 +403,28 @@ export class BlkHandler {
     const opcode = plan.write ? OP_WRITEV : OP_READV;
     const flags = plan.write && !this.opts.writeback() ? OP_FLAG_DSYNC : 0;
     if (plan.split) {
-      let ops = splitPoints(this.vec, n, plan.aStart, A, this.cuts);
-      if (ops === 0 || ops > MAX_OPS) {
-        // No host-aligned place to cut: bounce the whole middle instead.
-        plan.split = false;
-        this.forceMiddleBounce(req);
-        if (req.plan === undefined || req.phase === PHASE_DONE) return;
-        n = buildVector(plan, BOUNCE_BUF_ID, req.bounceOffset, A, this.vec);
-      } else {
-        (this.queues[req.queue] as QueueState).counters.ioSplits++;
-        let off = plan.aStart;
-        for (let o = 0; o < ops; o++) {
-          const from = this.cuts[o] as number;
-          const to = o + 1 < ops ? (this.cuts[o + 1] as number) : n;
-          let bytes = 0;
-          for (let i = from; i < to; i++) bytes += this.vec[i * ELEM + 2] as number;
-          this.queueVecOp(req, o, opcode, off, from, to - from, bytes, flags);
-          off += bytes;
-        }
-        req.pendingOps = ops;
-        return;
+      // Feasible by construction (startRw checked the same cuts).
+      const ops = splitPoints(this.vec, n, plan.aStart, A, this.cuts);
+      (this.queues[req.queue] as QueueState).counters.ioSplits++;
+      req.pendingOps = ops;
+      let off = plan.aStart;
+      for (let o = 0; o < ops; o++) {
+        const from = this.cuts[o] as number;
+        const to = o + 1 < ops ? (this.cuts[o + 1] as number) : n;
+        let bytes = 0;
+        for (let i = from; i < to; i++) bytes += this.vec[i * ELEM + 2] as number;
+        // queueVecOp copies this.vec at once; nothing it calls rebuilds it.
+        this.queueVecOp(req, o, opcode, off, from, to - from, bytes, flags);
+        off += bytes;
       }
+      return;
     }
     let fixed = 0;
     if (n === 1 && req.registered && fitsFixedChunk(this.vec[1] as number, this.vec[2] as number)) {
       fixed = OP_FLAG_FIXED;
     }
-    this.queueVecOp(req, 0, opcode, plan.aStart, 0, n, plan.aEnd - plan.aStart, flags | fixed);
     req.pendingOps = 1;
-  }
-
-  /** Re-plans a split request to put its middle through one bounce buffer. */
-  private forceMiddleBounce(req: BlkRequest): void {
-    const plan = req.plan as RwPlan;
-    if (req.bounceOffset >= 0) this.bounce.release(req.bounceOffset, plan.bounceLen);
-    req.bounceOffset = -1;
-    plan.midBounce = true;
-    plan.collapse = 0;
-    req.registered = false;
-    planBounceLayout(plan, this.opts.rules.offsetAlign);
-    if (plan.bounceLen > this.bounce.size) {
-      this.endRw(req, -EIO);
-      return;
-    }
-    const off = this.bounce.alloc(plan.bounceLen);
-    if (off < 0) {
-      // Rare (a guest ignoring seg_max with odd segment sizes): fail rather
-      // than hold a half-started request.
-      this.endRw(req, -EIO);
-      return;
-    }
-    req.bounceOffset = off;
-    if (plan.write) this.copyMiddle(req, true);
+    this.queueVecOp(req, 0, opcode, plan.aStart, 0, n, plan.aEnd - plan.aStart, flags | fixed);
   }
 
   /** Copies the middle bounce or collapse buffer from/to guest memory. */
@@ -646,11 +627,29 @@ export class BlkHandler {
       // below rather than leave their requests in flight forever.
       taken = 0;
     }
-    // Ops not taken complete with EIO, never hang.
-    for (let k = taken; k < n; k++) {
-      const userData = this.arrays.sqOps[k * OP_STRIDE + 1] as number;
-      this.complete(userData, -5 /* EIO */);
+    // Ops not taken complete with EIO, never hang, but later (settle()):
+    // completing them here could start other requests in the middle of
+    // queueing an op and overwrite its scratch vector.
+    for (let k = taken; k < n; k++) this.refused.push(this.arrays.sqOps[k * OP_STRIDE + 1] as number);
+  }
+
+  /**
+   * Ends every callback: starts what waits for bounce space, runs copies,
+   * submits, fails refused ops (which may start more work), and publishes
+   * used entries once nothing else is pending.
+   */
+  private settle(): void {
+    for (;;) {
+      this.startWaiting();
+      // Copy-ins before the writes that read them; copy-outs of bounced
+      // reads before their used entries and before their space is reused.
+      this.flushCopies();
+      this.submitQueued();
+      if (this.refused.length === 0) break;
+      const refused = this.refused.splice(0, this.refused.length);
+      for (const userData of refused) this.complete(userData, -EIO);
     }
+    this.flushUsed();
   }
 
   /** A batch of disk op completions (called by the data plane). */
@@ -659,12 +658,7 @@ export class BlkHandler {
     for (let i = 0; i < n; i++) {
       this.complete(cqes[i * CQE_STRIDE] as number, cqes[i * CQE_STRIDE + 1] as number);
     }
-    this.startWaiting();
-    // Copy-outs of bounced reads (queued by complete) run before their
-    // used entries are published, and before any op reuses their space.
-    this.flushCopies();
-    this.submitQueued();
-    this.flushUsed();
+    this.settle();
   }
 
   private complete(userData: number, res: number): void {

@@ -43,6 +43,7 @@ export function startDaemon(opts: Options): Running {
   log.info('host disk direct I/O', {
     offsetAlign: r.offsetAlign,
     memAlign: r.memAlign,
+    lenAlign: r.lenAlign,
     physicalBlock: r.physicalBlock,
     ioMin: r.ioMin,
     ioOpt: r.ioOpt,

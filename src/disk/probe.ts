@@ -51,6 +51,10 @@ export function probeDirectIo(fd: number, path: string, fileBlockSize: number): 
     source = 'trial';
   }
   if (memAlign === 0) memAlign = trialMemAlign(fd, offsetAlign);
+  // Segment lengths: memAlign if the kernel takes a vector of memAlign-sized
+  // segments adding up to one offsetAlign block, else offsetAlign.
+  let lenAlign = offsetAlign;
+  if (memAlign < offsetAlign && native.trialReadv(fd, memAlign, offsetAlign / memAlign) === 0) lenAlign = memAlign;
   if (!isPow2(offsetAlign) || !isPow2(memAlign) || offsetAlign > 65536) {
     throw new DiskError(
       `disk ${path} reports unusable O_DIRECT alignment (offset ${offsetAlign}, memory ${memAlign})`,
@@ -62,6 +66,7 @@ export function probeDirectIo(fd: number, path: string, fileBlockSize: number): 
   return {
     offsetAlign,
     memAlign,
+    lenAlign,
     physicalBlock: Math.max(physical, offsetAlign),
     ioMin: p.ioMin,
     ioOpt: p.ioOpt,

@@ -184,6 +184,8 @@ export interface NativeBinding {
   probeDisk(fd: number): DiskProbe;
   /** 0 if an O_DIRECT pread(length, offset) into memory memOffset past a 64 KiB boundary works, else -errno. */
   trialRead(fd: number, length: number, offset: number, memOffset: number): number;
+  /** 0 if an O_DIRECT preadv at offset 0 of `count` segments of segLen bytes works, else -errno. */
+  trialReadv(fd: number, segLen: number, count: number): number;
 
   /** Constants shared with native. */
   constants: {
