@@ -96,12 +96,23 @@ Napi::Value TrialReadv(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, n < 0 ? -e : 0);
 }
 
+// fallocate(fd, mode, offset, length) -> 0 or -errno (probing only: the
+// data path uses io_uring).
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  int fd = static_cast<int>(argInt(info, 0));
+  int mode = static_cast<int>(argInt(info, 1));
+  uint64_t off = argU64(info, 2), len = argU64(info, 3);
+  int rc = fallocate(fd, mode, static_cast<off_t>(off), static_cast<off_t>(len));
+  return Napi::Number::New(info.Env(), rc == 0 ? 0 : -errno);
+}
+
 }  // namespace
 
 void InitDiskProbe(Napi::Env env, Napi::Object exports) {
   exports.Set("probeDisk", Napi::Function::New(env, ProbeDisk));
   exports.Set("trialRead", Napi::Function::New(env, TrialRead));
   exports.Set("trialReadv", Napi::Function::New(env, TrialReadv));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate));
 }
 
 }  // namespace vublk

@@ -34,12 +34,20 @@ constexpr unsigned kUsedStride = 5;
 constexpr unsigned kOpReadv = 0;
 constexpr unsigned kOpWritev = 1;
 constexpr unsigned kOpFsync = 2;
+// fallocate: fileOffset = op[2], length = op[3], mode = op[4].
+constexpr unsigned kOpFallocate = 3;
+constexpr int kFallocPunch = 0x01 | 0x02;  // FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+constexpr int kFallocZero = 0x01 | 0x10;   // FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE
 constexpr unsigned kOpFlagFixed = 1;
 constexpr unsigned kOpFlagDsync = 2;
 constexpr unsigned kIovMax = 1024;
 constexpr unsigned kCopyStride = 5;
 // bufId naming the session's bounce arena (guest regions are 0..508).
 constexpr uint32_t kBounceBufId = 1024;
+// bufId of a read-only buffer of zeroes: the source for writes and copies of
+// zeroes (WRITE_ZEROES fallback, zero-patched RMW blocks).
+constexpr uint32_t kZeroBufId = 1025;
+constexpr uint64_t kZeroBytes = 1 << 20;
 constexpr uint64_t kMaxBounceBytes = 1ull << 32;
 // Largest fixed buffer io_uring takes; larger regions are registered in chunks.
 constexpr uint64_t kFixedChunk = 1ull << 30;
@@ -106,6 +114,7 @@ class Session : public Napi::ObjectWrap<Session> {
          InstanceMethod<&Session::VringStarted>("vringStarted"),
          InstanceMethod<&Session::PushUsed>("pushUsed"),
          InstanceMethod<&Session::WriteGuest>("writeGuest"),
+         InstanceMethod<&Session::ReadGuest>("readGuest"),
          InstanceMethod<&Session::Submit>("submit"),
          InstanceMethod<&Session::Copy>("copy"),
          InstanceMethod<&Session::RegisterBuffers>("registerBuffers"),
@@ -162,6 +171,10 @@ class Session : public Napi::ObjectWrap<Session> {
     if (arena == MAP_FAILED) throwErrno(env, errno, "mmap");
     bounce_ = static_cast<uint8_t*>(arena);
     bounceLen_ = bounceBytes;
+    // Never written: every page maps the kernel's zero page.
+    void* z = mmap(nullptr, kZeroBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (z == MAP_FAILED) throwErrno(env, errno, "mmap");
+    zeroes_ = static_cast<uint8_t*>(z);
 
     int rc = uring_.init(static_cast<unsigned>(entries));
     if (rc < 0) throwErrno(env, -rc, "io_uring_queue_init");
@@ -224,6 +237,8 @@ class Session : public Napi::ObjectWrap<Session> {
     mem_.clear();
     if (bounce_) munmap(bounce_, bounceLen_);
     bounce_ = nullptr;
+    if (zeroes_) munmap(zeroes_, kZeroBytes);
+    zeroes_ = nullptr;
   }
 
   // Host pointer for (bufId, offset, len): a guest region or the bounce
@@ -231,10 +246,14 @@ class Session : public Napi::ObjectWrap<Session> {
   uint8_t* ptr(double bufId, double offset, double len) const {
     // Range-check the doubles before any cast: an out-of-range cast is UB.
     constexpr double kLimit = 9007199254740992.0;  // 2^53
-    if (!(bufId >= 0 && bufId <= kBounceBufId && offset >= 0 && offset <= kLimit && len >= 0 &&
+    if (!(bufId >= 0 && bufId <= kZeroBufId && offset >= 0 && offset <= kLimit && len >= 0 &&
           len <= kLimit))
       return nullptr;
     uint64_t off = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(len);
+    if (bufId == kZeroBufId) {
+      if (!zeroes_ || off > kZeroBytes || n > kZeroBytes - off) return nullptr;
+      return zeroes_ + off;
+    }
     if (bufId == kBounceBufId) {
       if (!bounce_ || off > bounceLen_ || n > bounceLen_ - off) return nullptr;
       return bounce_ + off;
@@ -429,6 +448,21 @@ class Session : public Napi::ObjectWrap<Session> {
     return env.Undefined();
   }
 
+  // readGuest(bufId, offset, dst): copies dst.length bytes of guest memory
+  // into dst; throws if out of bounds. (DISCARD/WRITE_ZEROES segment lists.)
+  Napi::Value ReadGuest(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    Napi::Uint8Array dst = info[2].As<Napi::Uint8Array>();
+    double bufId = info[0].As<Napi::Number>().DoubleValue();
+    uint8_t* src = bufId < kBounceBufId ? ptr(bufId, info[1].As<Napi::Number>().DoubleValue(),
+                                              static_cast<double>(dst.ByteLength()))
+                                        : nullptr;
+    if (!src) throw Napi::RangeError::New(env, "readGuest: outside guest memory");
+    memcpy(dst.Data(), src, dst.ByteLength());
+    return env.Undefined();
+  }
+
   // --- io_uring ---
   Napi::Value Submit(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -442,11 +476,17 @@ class Session : public Napi::ObjectWrap<Session> {
     // Check every op before queuing any, so a bad one leaves nothing half-done.
     for (int64_t k = 0; k < n; k++) {
       const double* op = ops + k * kOpStride;
-      if (!(op[0] == kOpReadv || op[0] == kOpWritev || op[0] == kOpFsync))
+      if (!(op[0] == kOpReadv || op[0] == kOpWritev || op[0] == kOpFsync || op[0] == kOpFallocate))
         throw Napi::RangeError::New(env, "submit: unknown opcode");
       if (!(op[1] >= 0 && op[1] <= 9007199254740992.0 && op[5] >= 0 && op[5] <= 255))
         throw Napi::RangeError::New(env, "submit: bad userData or flags");
       if (op[0] == kOpFsync) continue;
+      if (op[0] == kOpFallocate) {
+        if (!(op[2] >= 0 && op[2] <= 9007199254740992.0 && op[3] > 0 && op[3] <= 9007199254740992.0 &&
+              (op[4] == kFallocPunch || op[4] == kFallocZero)))
+          throw Napi::RangeError::New(env, "submit: bad fallocate range or mode");
+        continue;
+      }
       double start = op[3], count = op[4];
       if (!(start >= 0 && count >= 1 && count <= kIovMax && start + count <= maxIovs))
         throw Napi::RangeError::New(env, "submit: iovec range out of bounds");
@@ -461,6 +501,8 @@ class Session : public Napi::ObjectWrap<Session> {
         const double* iv = iovs + m * kIovStride;
         uint8_t* p = ptr(iv[0], iv[1], iv[2]);
         if (!p) throw Napi::RangeError::New(env, "submit: iovec outside guest memory and bounce arena");
+        if (op[0] == kOpReadv && iv[0] == kZeroBufId)
+          throw Napi::RangeError::New(env, "submit: cannot read into the zero buffer");
         iovScratch_[m] = iovec{p, static_cast<size_t>(iv[2])};
       }
     }
@@ -470,13 +512,16 @@ class Session : public Napi::ObjectWrap<Session> {
       unsigned opcode = static_cast<unsigned>(op[0]);
       uint64_t userData = static_cast<uint64_t>(op[1]);
       uint64_t off = static_cast<uint64_t>(op[2]);
-      const iovec* iov = iovScratch_.data() + static_cast<size_t>(op[3]);
+      const iovec* iov = opcode == kOpFallocate ? nullptr : iovScratch_.data() + static_cast<size_t>(op[3]);
       unsigned cnt = static_cast<unsigned>(op[4]);
       unsigned flags = static_cast<unsigned>(op[5]);
       bool dsync = flags & kOpFlagDsync;
       bool ok;
       if (opcode == kOpFsync) {
         ok = uring_.prepFsync(diskFd_, userData);
+      } else if (opcode == kOpFallocate) {
+        ok = uring_.prepFallocate(diskFd_, static_cast<int>(op[4]), off, static_cast<uint64_t>(op[3]),
+                                  userData);
       } else if (flags & kOpFlagFixed) {
         const double* iv = iovs + static_cast<size_t>(op[3]) * kIovStride;
         ok = uring_.prepFixed(opcode == kOpWritev, diskFd_, iov->iov_base,
@@ -506,7 +551,7 @@ class Session : public Napi::ObjectWrap<Session> {
     const double* c = static_cast<const double*>(copies_.data);
     for (int64_t k = 0; k < n; k++) {
       const double* e = c + k * kCopyStride;
-      if (!ptr(e[0], e[1], e[4]) || !ptr(e[2], e[3], e[4]))
+      if (!ptr(e[0], e[1], e[4]) || !ptr(e[2], e[3], e[4]) || e[2] == kZeroBufId)
         throw Napi::RangeError::New(env, "copy: range outside guest memory and bounce arena");
     }
     for (int64_t k = 0; k < n; k++) {
@@ -654,6 +699,7 @@ class Session : public Napi::ObjectWrap<Session> {
   SharedArray chains_, headers_, segs_, sqOps_, sqIovs_, cqes_, used_, copies_;
   uint8_t* bounce_ = nullptr;
   uint64_t bounceLen_ = 0;
+  uint8_t* zeroes_ = nullptr;
   std::vector<int> fixedBase_;  // first fixed buffer index per bufId, -1 if none
   std::vector<iovec> iovScratch_;
   Napi::ObjectReference callbacks_;
@@ -682,6 +728,11 @@ void InitSession(Napi::Env env, Napi::Object exports) {
   c.Set("MAX_CHAIN_SEGS", kMaxChainSegs);
   c.Set("COPY_STRIDE", kCopyStride);
   c.Set("BOUNCE_BUF_ID", kBounceBufId);
+  c.Set("ZERO_BUF_ID", kZeroBufId);
+  c.Set("ZERO_BYTES", static_cast<double>(kZeroBytes));
+  c.Set("OP_FALLOCATE", kOpFallocate);
+  c.Set("FALLOC_PUNCH", kFallocPunch);
+  c.Set("FALLOC_ZERO", kFallocZero);
   exports.Set("constants", c);
 }
 

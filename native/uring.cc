@@ -68,6 +68,14 @@ bool Uring::prepFsync(int fd, uint64_t userData) {
   return true;
 }
 
+bool Uring::prepFallocate(int fd, int mode, uint64_t off, uint64_t len, uint64_t userData) {
+  io_uring_sqe* s = sqe();
+  if (!s) return false;
+  io_uring_prep_fallocate(s, fd, mode, static_cast<off_t>(off), static_cast<off_t>(len));
+  io_uring_sqe_set_data64(s, userData);
+  return true;
+}
+
 bool Uring::prepFixed(bool write, int fd, void* buf, unsigned len, uint64_t off, unsigned index,
                       uint64_t userData, bool dsync) {
   io_uring_sqe* s = sqe();

@@ -25,6 +25,7 @@ class Uring {
   bool prepWritev(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData,
                   bool dsync);
   bool prepFsync(int fd, uint64_t userData);
+  bool prepFallocate(int fd, int mode, uint64_t off, uint64_t len, uint64_t userData);
   // READ_FIXED / WRITE_FIXED on registered buffer `index` (buf must lie in it).
   bool prepFixed(bool write, int fd, void* buf, unsigned len, uint64_t off, unsigned index,
                  uint64_t userData, bool dsync);

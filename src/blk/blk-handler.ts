@@ -20,6 +20,7 @@ import { BouncePool } from './bounce-pool';
 import { QueueCounters } from './counters';
 import { ELEM, RwPlan, buildVector, cutPieces, planBounceLayout, planRw, splitPoints, type HostRules } from '../align/rw-plan';
 import { LockMode, RangeLock } from '../align/range-lock';
+import { SegmentList, parseSegments, segmentBytes, type ZeroDiscardLimits } from './discard-zeroes';
 import {
   SECTOR_SIZE,
   VIRTIO_BLK_ID_BYTES,
@@ -29,6 +30,8 @@ import {
   VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
+  VIRTIO_BLK_T_DISCARD,
+  VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../virtio/constants';
 
 /** Layout constants shared with the addon (see src/native/binding.ts). */
@@ -40,6 +43,13 @@ export const USED_STRIDE = 5;
 export const OP_READV = 0;
 export const OP_WRITEV = 1;
 export const OP_FSYNC = 2;
+export const OP_FALLOCATE = 3;
+/** fallocate modes (KEEP_SIZE | PUNCH_HOLE, KEEP_SIZE | ZERO_RANGE), as native checks them. */
+export const FALLOC_PUNCH = 0x03;
+export const FALLOC_ZERO = 0x11;
+/** bufId of native's read-only buffer of zeroes, and its size. */
+export const ZERO_BUF_ID = 1025;
+export const ZERO_BYTES = 1 << 20;
 export const OP_FLAG_FIXED = 1;
 export const OP_FLAG_DSYNC = 2;
 export const COPY_STRIDE = 5;
@@ -67,12 +77,17 @@ export interface DataPlane {
   writeGuest(bufId: number, offset: number, data: Uint8Array): void;
   /** Performs n copies from arrays.copies, in order. */
   copy(n: number): void;
+  /** Copies guest memory at (bufId, offset) into dst (DISCARD/WRITE_ZEROES segment lists). */
+  readGuest(bufId: number, offset: number, dst: Uint8Array): void;
 }
 
 export interface BlkDisk {
   capacitySectors: number;
   readOnly: boolean;
   logicalBlockSize: number;
+  /** DISCARD / WRITE_ZEROES offered. */
+  discard?: boolean;
+  writeZeroes?: boolean;
 }
 
 export interface BlkHandlerOptions {
@@ -88,6 +103,8 @@ export interface BlkHandlerOptions {
   bounceBytes: number;
   /** The host disk's O_DIRECT rules (src/disk/probe.ts). */
   rules: HostRules;
+  /** DISCARD / WRITE_ZEROES limits (what the config space offered). */
+  zeroDiscard?: ZeroDiscardLimits;
 }
 
 /** Sizes of the shared arrays: one batch of chains, ops, completions. */
@@ -113,6 +130,18 @@ export function allocateArrays(maxQueueSize: number): HandlerArrays {
 }
 
 const EIO = 5;
+const EOPNOTSUPP = 95;
+/** Op indices of a DISCARD/WRITE_ZEROES segment: head block, tail block, middle, sync. */
+const OP_HEAD = 0;
+const OP_TAIL = 1;
+const OP_MIDDLE = 2;
+const OP_SYNC = 3;
+const PHASE_SYNC = 4;
+/** How the aligned middle of a WRITE_ZEROES is done, best first. */
+const MID_PUNCH = 0;
+const MID_ZERO_RANGE = 1;
+const MID_WRITE = 2;
+const EMPTY_IOVS = new Float64Array(0);
 /** userData = slotId * OPS_PER_SLOT + op index: a request has at most this many ops at once. */
 const OPS_PER_SLOT = 16;
 /** Most ops one request may be split into (IOV_MAX elements each). */
@@ -180,6 +209,8 @@ export class BlkHandler {
   private readonly cuts: number[] = [];
   /** userData of ops the ring did not take; failed in settle(). */
   private readonly refused: number[] = [];
+  /** The host file system answered EOPNOTSUPP to ZERO_RANGE once: write zeroes instead. */
+  private zeroRangeWorks = true;
   private readonly phaseOf = (bufId: number): number => this.regionPhase[bufId] ?? 0;
 
   constructor(
@@ -190,7 +221,7 @@ export class BlkHandler {
     for (let q = 0; q < opts.queues; q++) this.queues.push(new QueueState(opts.maxQueueSize));
     this.serialBytes = encodeSerial(opts.serial);
     this.bounce = new BouncePool(opts.bounceBytes);
-    this.lock = new RangeLock((slotId) => this.issueRw(this.slot(slotId)));
+    this.lock = new RangeLock((slotId) => this.issue(this.slot(slotId)));
   }
 
   /** Whether guest memory is registered as io_uring fixed buffers now. */
@@ -306,6 +337,10 @@ export class BlkHandler {
         req.pendingOps = 1;
         req.opExpect[0] = 0;
         this.queueOp(req, 0, OP_FSYNC, 0, 0, 0, 0);
+        return;
+      case VIRTIO_BLK_T_DISCARD:
+      case VIRTIO_BLK_T_WRITE_ZEROES:
+        this.startZeroDiscard(req);
         return;
       case VIRTIO_BLK_T_GET_ID:
         this.finish(q, req, this.writeSerial(req));
@@ -462,7 +497,17 @@ export class BlkHandler {
   }
 
   /** All ops of the current phase are done: next phase, or the end. */
+  /** Issues a request whose range lock was just granted (or needed none). */
+  private issue(req: BlkRequest): void {
+    if (req.type === VIRTIO_BLK_T_IN || req.type === VIRTIO_BLK_T_OUT) this.issueRw(req);
+    else this.issueZero(req);
+  }
+
   private opsDone(req: BlkRequest): void {
+    if (req.type === VIRTIO_BLK_T_DISCARD || req.type === VIRTIO_BLK_T_WRITE_ZEROES) {
+      this.zeroOpsDone(req);
+      return;
+    }
     if (req.type === VIRTIO_BLK_T_FLUSH) {
       this.finish(req.queue, req, req.error < 0 ? statusForErrno(req.error) : VIRTIO_BLK_S_OK);
       return;
@@ -529,12 +574,214 @@ export class BlkHandler {
       if (plan.bounceLen <= this.bounce.size && this.bounce.size - this.bounce.inUse < plan.bounceLen) return;
       this.waiting.shift();
       const before = this.waiting.length;
-      this.issueRw(req);
+      this.issue(req);
       if (this.waiting.length > before) {
         // Fragmentation: it went back to the end; put it first again and stop.
         this.waiting.unshift(this.waiting.pop() as number);
         return;
       }
+    }
+  }
+
+  // ------------------------------------------------------------ DISCARD and WRITE_ZEROES
+
+  /** Reads and checks the segment list, then runs the segments one by one. */
+  private startZeroDiscard(req: BlkRequest): void {
+    const limits = this.opts.zeroDiscard;
+    const plane = this.plane;
+    if (limits === undefined || plane === undefined) {
+      this.finish(req.queue, req, VIRTIO_BLK_S_IOERR);
+      return;
+    }
+    const list = req.segments ?? (req.segments = new SegmentList(Math.max(1, limits.maxSegments)));
+    if (req.dataLen > list.raw.length) {
+      this.finish(req.queue, req, VIRTIO_BLK_S_IOERR);
+      return;
+    }
+    let pos = 0;
+    for (let i = 0; i < req.iovCount; i++) {
+      const k = i * IOV_STRIDE;
+      const len = req.iovs[k + 2] as number;
+      plane.readGuest(req.iovs[k] as number, req.iovs[k + 1] as number, list.raw.subarray(pos, pos + len));
+      pos += len;
+    }
+    const fail = parseSegments(req.type, req.dataLen, list, limits);
+    if (fail >= 0) {
+      this.finish(req.queue, req, fail);
+      return;
+    }
+    req.error = 0;
+    this.nextSegment(req);
+  }
+
+  /**
+   * Starts the next segment (or finishes the request): head | aligned middle
+   * | tail over host blocks. DISCARD touches only the aligned middle (it is
+   * advisory: neighbouring data stays); WRITE_ZEROES zeroes the partial head
+   * and tail blocks by read-modify-write, under the range lock like a write.
+   */
+  private nextSegment(req: BlkRequest): void {
+    const list = req.segments as SegmentList;
+    const discard = req.type === VIRTIO_BLK_T_DISCARD;
+    while (list.next < list.count) {
+      const { pos, len } = segmentBytes(list, list.next);
+      const plan = req.plan ?? (req.plan = new RwPlan(req.capacity));
+      planRw(plan, pos, len, true, EMPTY_IOVS, 0, this.opts.rules, this.phaseOf);
+      const empty = discard ? plan.midEnd <= plan.midStart : len === 0;
+      if (empty) {
+        list.next++;
+        continue;
+      }
+      req.phase = PHASE_IDLE;
+      req.midUnsupported = false;
+      req.midMode = discard || list.unmap[list.next] === 1 ? MID_PUNCH : this.zeroRangeWorks ? MID_ZERO_RANGE : MID_WRITE;
+      req.lockHeld = true;
+      const rmw = !discard && (plan.head || plan.tail);
+      const start = discard ? plan.midStart : plan.aStart;
+      const end = discard ? plan.midEnd : plan.aEnd;
+      if (!this.lock.acquire(req.slotId, start, end, rmw ? LockMode.RMW : LockMode.WRITE)) {
+        (this.queues[req.queue] as QueueState).counters.overlapWaits++;
+        return; // issued by the grant callback
+      }
+      this.issueZero(req);
+      return;
+    }
+    this.finish(req.queue, req, VIRTIO_BLK_S_OK);
+  }
+
+  private issueZero(req: BlkRequest): void {
+    const plan = req.plan as RwPlan;
+    if (req.type === VIRTIO_BLK_T_DISCARD) {
+      req.phase = PHASE_MAIN;
+      req.pendingOps = 1;
+      this.queueFallocate(req, FALLOC_PUNCH, plan.midStart, plan.midEnd - plan.midStart);
+      return;
+    }
+    if (plan.bounceLen > 0) {
+      const off = this.bounce.alloc(plan.bounceLen);
+      if (off < 0) {
+        this.waiting.push(req.slotId);
+        return;
+      }
+      req.bounceOffset = off;
+    }
+    if (!(plan.head || plan.tail)) {
+      this.zeroPhase(req);
+      return;
+    }
+    const A = this.opts.rules.offsetAlign;
+    (this.queues[req.queue] as QueueState).counters.rmwCycles++;
+    req.phase = PHASE_RMW_READ;
+    req.pendingOps = (plan.head ? 1 : 0) + (plan.tail ? 1 : 0);
+    if (plan.head) this.queueBounceOp(req, OP_HEAD, OP_READV, plan.aStart, req.bounceOffset + plan.headOff, A);
+    if (plan.tail) this.queueBounceOp(req, OP_TAIL, OP_READV, plan.aEnd - A, req.bounceOffset + plan.tailOff, A);
+  }
+
+  /** Writes the zero-patched head/tail blocks and zeroes the aligned middle. */
+  private zeroPhase(req: BlkRequest): void {
+    const plan = req.plan as RwPlan;
+    const A = this.opts.rules.offsetAlign;
+    const base = req.bounceOffset;
+    const dsync = this.opts.writeback() ? 0 : OP_FLAG_DSYNC;
+    req.phase = PHASE_MAIN;
+    req.pendingOps = (plan.head ? 1 : 0) + (plan.tail ? 1 : 0) + (plan.midEnd > plan.midStart ? 1 : 0);
+    if (plan.head) {
+      this.addCopy(ZERO_BUF_ID, 0, BOUNCE_BUF_ID, base + plan.headOff + (plan.pos - plan.aStart), plan.headGuestEnd);
+      this.queueBounceOp(req, OP_HEAD, OP_WRITEV, plan.aStart, base + plan.headOff, A, dsync);
+    }
+    if (plan.tail) {
+      const at = base + plan.tailOff + (plan.pos + plan.tailGuestStart - (plan.aEnd - A));
+      this.addCopy(ZERO_BUF_ID, 0, BOUNCE_BUF_ID, at, plan.len - plan.tailGuestStart);
+      this.queueBounceOp(req, OP_TAIL, OP_WRITEV, plan.aEnd - A, base + plan.tailOff, A, dsync);
+    }
+    if (plan.midEnd > plan.midStart) this.queueMiddleZero(req);
+  }
+
+  /** The aligned middle of a WRITE_ZEROES, by the best mode still possible. */
+  private queueMiddleZero(req: BlkRequest): void {
+    const plan = req.plan as RwPlan;
+    const len = plan.midEnd - plan.midStart;
+    if (req.midMode === MID_PUNCH) {
+      this.queueFallocate(req, FALLOC_PUNCH, plan.midStart, len);
+    } else if (req.midMode === MID_ZERO_RANGE) {
+      this.queueFallocate(req, FALLOC_ZERO, plan.midStart, len);
+    } else {
+      // Writes of zeroes from native's zero buffer, repeated (segments <= 1 GiB).
+      const n = Math.ceil(len / ZERO_BYTES);
+      this.reserveOp(n);
+      const sqIovs = this.arrays.sqIovs;
+      let k = this.nIovs * SQ_IOV_STRIDE;
+      for (let i = 0; i < n; i++) {
+        sqIovs[k++] = ZERO_BUF_ID;
+        sqIovs[k++] = 0;
+        sqIovs[k++] = Math.min(ZERO_BYTES, len - i * ZERO_BYTES);
+      }
+      const dsync = this.opts.writeback() ? 0 : OP_FLAG_DSYNC;
+      this.queueOp(req, OP_MIDDLE, OP_WRITEV, plan.midStart, n, len, dsync);
+    }
+  }
+
+  private queueFallocate(req: BlkRequest, mode: number, offset: number, len: number): void {
+    this.reserveOp(0);
+    const sqOps = this.arrays.sqOps;
+    const o = this.nOps * OP_STRIDE;
+    sqOps[o] = OP_FALLOCATE;
+    sqOps[o + 1] = req.slotId * OPS_PER_SLOT + OP_MIDDLE;
+    sqOps[o + 2] = offset;
+    sqOps[o + 3] = len;
+    sqOps[o + 4] = mode;
+    sqOps[o + 5] = 0;
+    req.opExpect[OP_MIDDLE] = 0;
+    this.nOps++;
+    (this.queues[req.queue] as QueueState).counters.plainOps++;
+  }
+
+  private zeroOpsDone(req: BlkRequest): void {
+    const plan = req.plan as RwPlan;
+    if (req.error !== 0) {
+      this.endSegment(req);
+      this.finish(req.queue, req, statusForErrno(req.error));
+      return;
+    }
+    if (req.phase === PHASE_RMW_READ) {
+      this.zeroPhase(req);
+      return;
+    }
+    if (req.midUnsupported) {
+      req.midUnsupported = false;
+      if (req.type === VIRTIO_BLK_T_WRITE_ZEROES && req.midMode !== MID_WRITE) {
+        // The file system cannot: fall back (tmpfs has no ZERO_RANGE; a
+        // device may refuse unmap). The contract is zeroes, so write them.
+        if (req.midMode === MID_ZERO_RANGE) this.zeroRangeWorks = false;
+        req.midMode = req.midMode === MID_PUNCH && this.zeroRangeWorks ? MID_ZERO_RANGE : MID_WRITE;
+        req.pendingOps = 1;
+        this.queueMiddleZero(req);
+        return;
+      }
+      // DISCARD is advisory: a host that cannot punch holes did its part.
+    }
+    if (req.phase === PHASE_MAIN && !this.opts.writeback() && req.type === VIRTIO_BLK_T_WRITE_ZEROES && req.midMode !== MID_WRITE && plan.midEnd > plan.midStart) {
+      // Write-through: fallocate is not durable until the file is synced.
+      req.phase = PHASE_SYNC;
+      req.pendingOps = 1;
+      this.queueOp(req, OP_SYNC, OP_FSYNC, 0, 0, 0, 0);
+      return;
+    }
+    this.endSegment(req);
+    (req.segments as SegmentList).next++;
+    this.nextSegment(req);
+  }
+
+  /** Releases the segment's bounce space and range. */
+  private endSegment(req: BlkRequest): void {
+    const plan = req.plan as RwPlan;
+    if (req.bounceOffset >= 0) {
+      this.bounce.release(req.bounceOffset, plan.bounceLen);
+      req.bounceOffset = -1;
+    }
+    if (req.lockHeld) {
+      req.lockHeld = false;
+      this.lock.release(req.slotId);
     }
   }
 
@@ -574,14 +821,14 @@ export class BlkHandler {
   }
 
   /** Queues one op on a single bounce-arena range. */
-  private queueBounceOp(req: BlkRequest, opIdx: number, opcode: number, offset: number, at: number, len: number): void {
+  private queueBounceOp(req: BlkRequest, opIdx: number, opcode: number, offset: number, at: number, len: number, flags = 0): void {
     this.reserveOp(1);
     const k = this.nIovs * SQ_IOV_STRIDE;
     const sqIovs = this.arrays.sqIovs;
     sqIovs[k] = BOUNCE_BUF_ID;
     sqIovs[k + 1] = at;
     sqIovs[k + 2] = len;
-    this.queueOp(req, opIdx, opcode, offset, 1, len, 0);
+    this.queueOp(req, opIdx, opcode, offset, 1, len, flags);
   }
 
   /** Makes room in the op arrays for one op of `iovs` iovecs. */
@@ -671,7 +918,11 @@ export class BlkHandler {
     const req = state.slots[head] as BlkRequest;
     if (req.pendingOps <= 0) return;
     // A short transfer is an error: the guest asked for every byte.
-    if (req.error === 0 && res !== req.opExpect[opIdx]) req.error = res < 0 ? res : -EIO;
+    if (opIdx === OP_MIDDLE && res === -EOPNOTSUPP && (req.type === VIRTIO_BLK_T_DISCARD || req.type === VIRTIO_BLK_T_WRITE_ZEROES)) {
+      req.midUnsupported = true; // retried another way in zeroOpsDone
+    } else if (req.error === 0 && res !== req.opExpect[opIdx]) {
+      req.error = res < 0 ? res : -EIO;
+    }
     if (--req.pendingOps === 0) this.opsDone(req);
   }
 

@@ -192,6 +192,16 @@ export interface BlkConfigParams {
   /** Host I/O sizes in bytes: minimum (e.g. the O_DIRECT alignment) and optimal; 0/absent if unknown. */
   minIoBytes?: number;
   optIoBytes?: number;
+  /** DISCARD / WRITE_ZEROES limits in bytes (0/absent: not offered) and segments per request. */
+  maxDiscardBytes?: number;
+  discardAlignBytes?: number;
+  maxWriteZeroesBytes?: number;
+  writeZeroesMayUnmap?: boolean;
+  maxSegments?: number;
+}
+
+function sectors(bytes: number | undefined): number {
+  return Math.min(0xffffffff, Math.floor((bytes ?? 0) / SECTOR_SIZE));
 }
 
 /** The config space vublk presents for these parameters. */
@@ -219,5 +229,12 @@ export function makeBlkConfig(p: BlkConfigParams): BlkConfig {
     optIoSize: Math.floor((p.optIoBytes ?? 0) / lbs),
     writeback: p.writeback === false ? 0 : 1,
     numQueues: p.queues,
+    // Sector counts are in 512-byte units whatever the logical block size.
+    maxDiscardSectors: sectors(p.maxDiscardBytes),
+    maxDiscardSeg: p.maxDiscardBytes ? (p.maxSegments ?? 1) : 0,
+    discardSectorAlignment: p.maxDiscardBytes ? sectors(p.discardAlignBytes) : 0,
+    maxWriteZeroesSectors: sectors(p.maxWriteZeroesBytes),
+    maxWriteZeroesSeg: p.maxWriteZeroesBytes ? (p.maxSegments ?? 1) : 0,
+    writeZeroesMayUnmap: p.maxWriteZeroesBytes && p.writeZeroesMayUnmap ? 1 : 0,
   };
 }

@@ -1,6 +1,8 @@
 // The feature set vublk offers, and limits derived from the queue size.
 
 import {
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_WRITE_ZEROES,
   IOV_MAX,
   VHOST_USER_F_PROTOCOL_FEATURES,
   VIRTIO_BLK_F_BLK_SIZE,
@@ -39,12 +41,23 @@ const BASE_FEATURES = featureMask([
 
 const RO_FEATURE = featureMask([VIRTIO_BLK_F_RO]);
 
-/** Features offered by GET_FEATURES. GEOMETRY, DISCARD and WRITE_ZEROES are not offered yet. */
-export function deviceFeatures(opts: { readOnly: boolean; queues: number }): bigint {
+/**
+ * Features offered by GET_FEATURES. DISCARD and WRITE_ZEROES only when the
+ * host disk supports them (src/disk/discard-probe.ts). GEOMETRY is not offered.
+ */
+export function deviceFeatures(opts: {
+  readOnly: boolean;
+  queues: number;
+  discard?: boolean;
+  writeZeroes?: boolean;
+}): bigint {
   if (!Number.isInteger(opts.queues) || opts.queues < 1 || opts.queues > MAX_QUEUES) {
     throw new RangeError(`queues must be an integer between 1 and ${MAX_QUEUES}, got ${opts.queues}`);
   }
-  return opts.readOnly ? BASE_FEATURES | RO_FEATURE : BASE_FEATURES;
+  let f = opts.readOnly ? BASE_FEATURES | RO_FEATURE : BASE_FEATURES;
+  if (opts.discard === true && !opts.readOnly) f |= featureMask([VIRTIO_BLK_F_DISCARD]);
+  if (opts.writeZeroes === true && !opts.readOnly) f |= featureMask([VIRTIO_BLK_F_WRITE_ZEROES]);
+  return f;
 }
 
 /**

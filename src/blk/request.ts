@@ -19,6 +19,7 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../virtio/constants';
 import type { RwPlan } from '../align/rw-plan';
+import type { SegmentList } from './discard-zeroes';
 
 /** Numbers per iovec in BlkRequest.iovs: bufId, offset, len. */
 export const IOV_STRIDE = 3;
@@ -114,6 +115,11 @@ export class BlkRequest {
    * cleared by any step that substitutes a bounce buffer.
    */
   registered = false;
+  /** DISCARD / WRITE_ZEROES: the segment list (made on first use). */
+  segments: SegmentList | undefined;
+  /** How the current segment's aligned middle is zeroed, and whether that was refused. */
+  midMode = 0;
+  midUnsupported = false;
 
   constructor(capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_REQUEST_CAPACITY) {
@@ -150,6 +156,9 @@ export interface DiskLimits {
   readOnly: boolean;
   /** Logical block size the guest was told (blk_size); IN/OUT must be multiples. Default 512. */
   logicalBlockSize?: number;
+  /** DISCARD / WRITE_ZEROES were offered (their segments are checked by the handler). */
+  discard?: boolean;
+  writeZeroes?: boolean;
 }
 
 /**
@@ -180,6 +189,11 @@ export function checkRequest(
       return -1;
     case VIRTIO_BLK_T_GET_ID:
       return req.dataLen > 0 ? -1 : VIRTIO_BLK_S_IOERR;
+    case VIRTIO_BLK_T_DISCARD:
+    case VIRTIO_BLK_T_WRITE_ZEROES:
+      // A read-only disk refuses them like writes, offered or not.
+      if (disk.readOnly) return VIRTIO_BLK_S_IOERR;
+      return (req.type === VIRTIO_BLK_T_DISCARD ? disk.discard : disk.writeZeroes) === true ? -1 : VIRTIO_BLK_S_UNSUPP;
     default:
       // DISCARD, WRITE_ZEROES, GET_LIFETIME, SECURE_ERASE are not offered yet;
       // anything else is unknown. Both are UNSUPP, never a protocol error.

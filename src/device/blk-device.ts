@@ -9,6 +9,13 @@ import type { HostDisk } from '../disk/host-disk';
 import { ProtocolFeature, featureBit } from '../vhost-user/protocol';
 import { SECTOR_SIZE } from '../virtio/constants';
 import type { HostRules } from '../align/rw-plan';
+import type { ZeroDiscardLimits } from '../blk/discard-zeroes';
+
+/**
+ * Segments per DISCARD / WRITE_ZEROES request (max_*_seg). Linux merges
+ * discards up to this many ranges; each one is a separate host operation.
+ */
+const ZERO_DISCARD_SEGMENTS = 64;
 
 export interface BlkDeviceOptions {
   queues: number;
@@ -36,6 +43,7 @@ export class BlkDevice {
   readonly serial: string;
   readonly fixedBuffers: boolean;
   readonly blkDisk: BlkDisk;
+  readonly zeroDiscardLimits: ZeroDiscardLimits;
   /** The host's O_DIRECT rules the alignment layer works to. */
   get rules(): HostRules {
     return this.disk.rules;
@@ -52,7 +60,8 @@ export class BlkDevice {
     this.serial = opts.serial;
     this.fixedBuffers = opts.fixedBuffers;
     const readOnly = opts.readOnly || disk.readOnly;
-    this.features = deviceFeatures({ readOnly, queues: opts.queues });
+    const zd = disk.discard;
+    this.features = deviceFeatures({ readOnly, queues: opts.queues, discard: zd.discard, writeZeroes: zd.writeZeroes });
     // Whole blocks only, guest and host: a trailing partial block is not
     // exposed (O_DIRECT could not reach it).
     const lbs = opts.logicalBlockSize;
@@ -66,9 +75,27 @@ export class BlkDevice {
       optIoBytes: disk.rules.ioOpt,
       queues: opts.queues,
       segMax: deriveSegMax(opts.queueSize),
+      maxDiscardBytes: readOnly || !zd.discard ? 0 : zd.maxDiscardBytes,
+      discardAlignBytes: zd.discardAlign,
+      maxWriteZeroesBytes: readOnly || !zd.writeZeroes ? 0 : zd.maxWriteZeroesBytes,
+      writeZeroesMayUnmap: zd.mayUnmap,
+      maxSegments: ZERO_DISCARD_SEGMENTS,
     });
+    this.zeroDiscardLimits = {
+      capacitySectors: this.config.capacity,
+      maxDiscardSectors: this.config.maxDiscardSectors ?? 0,
+      maxWriteZeroesSectors: this.config.maxWriteZeroesSectors ?? 0,
+      maxSegments: ZERO_DISCARD_SEGMENTS,
+      mayUnmap: (this.config.writeZeroesMayUnmap ?? 0) === 1,
+    };
     encodeConfig(this.config, this.configBytes);
-    this.blkDisk = { capacitySectors: this.config.capacity, readOnly, logicalBlockSize: lbs };
+    this.blkDisk = {
+      capacitySectors: this.config.capacity,
+      readOnly,
+      logicalBlockSize: lbs,
+      discard: (this.config.maxDiscardSectors ?? 0) > 0,
+      writeZeroes: (this.config.maxWriteZeroesSectors ?? 0) > 0,
+    };
     // The write cache mode (CONFIG_WCE) belongs to the device, not to a
     // connection: a QEMU that reconnects does not repeat the guest's choice.
   }

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DiskError } from '../errors';
 import { probeDirectIo, type DirectIoRules } from './probe';
+import { probeDiscard, type DiscardCaps } from './discard-probe';
 
 export interface HostDisk {
   path: string;
@@ -14,6 +15,8 @@ export interface HostDisk {
   readOnly: boolean;
   /** O_DIRECT rules and block sizes, probed at open. */
   rules: DirectIoRules;
+  /** DISCARD / WRITE_ZEROES support and limits, probed at open. */
+  discard: DiscardCaps;
 }
 
 function errnoOf(err: unknown): { code: string; errno: number | undefined } {
@@ -78,7 +81,8 @@ export function openHostDisk(file: string, readOnly: boolean): HostDisk {
       path: abs,
     });
   }
-  return { path: abs, fd, sizeBytes, kind, readOnly, rules };
+  const discard = probeDiscard(fd, st, rules.offsetAlign, readOnly);
+  return { path: abs, fd, sizeBytes, kind, readOnly, rules, discard };
 }
 
 export function closeHostDisk(disk: HostDisk): void {

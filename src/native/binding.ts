@@ -116,6 +116,8 @@ export interface Session {
   pushUsed(q: number, n: number): void;
   /** Copies bytes into guest memory at (bufId, offset); throws if out of bounds. */
   writeGuest(bufId: number, offset: number, data: Uint8Array): void;
+  /** Copies dst.length bytes of guest memory at (bufId, offset) into dst; throws if out of bounds. */
+  readGuest(bufId: number, offset: number, dst: Uint8Array): void;
 
   // --- io_uring ---
   /** Submits n ops from arrays.sqOps/sqIovs; returns how many were queued. Throws on a bad iovec. */
@@ -186,6 +188,8 @@ export interface NativeBinding {
   trialRead(fd: number, length: number, offset: number, memOffset: number): number;
   /** 0 if an O_DIRECT preadv at offset 0 of `count` segments of segLen bytes works, else -errno. */
   trialReadv(fd: number, segLen: number, count: number): number;
+  /** Synchronous fallocate(2) for probing: 0 or -errno. */
+  fallocate(fd: number, mode: number, offset: number, length: number): number;
 
   /** Constants shared with native. */
   constants: {
@@ -207,6 +211,13 @@ export interface NativeBinding {
     MAX_CHAIN_SEGS: number;
     COPY_STRIDE: number;
     BOUNCE_BUF_ID: number;
+    /** A read-only buffer of ZERO_BYTES zeroes: a source for writes and copies. */
+    ZERO_BUF_ID: number;
+    ZERO_BYTES: number;
+    /** fallocate op: fileOffset, length in op[3], mode (FALLOC_PUNCH or FALLOC_ZERO) in op[4]. */
+    OP_FALLOCATE: number;
+    FALLOC_PUNCH: number;
+    FALLOC_ZERO: number;
   };
 }
 

@@ -98,6 +98,7 @@ export class BackendConnection {
       onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
       bounceBytes: DEFAULT_BOUNCE_BYTES,
       rules: device.rules,
+      zeroDiscard: device.zeroDiscardLimits,
     });
     const entries = Math.min(URING_ENTRIES_MAX, nextPow2(device.queues * device.maxQueueSize));
     // Native calls these from the event loop: nothing may escape them, or a
@@ -128,6 +129,7 @@ export class BackendConnection {
       },
       writeGuest: (bufId, off, data) => session.writeGuest(bufId, off, data),
       copy: (n) => session.copy(n),
+      readGuest: (bufId, off, dst) => session.readGuest(bufId, off, dst),
     });
     this.handlers = this.handlerTable();
     this.watcher = new native.FdWatcher(fd, () => this.pump());

@@ -187,6 +187,7 @@ t.test('real 4Kn loop device: random batches match the model', { skip }, async (
   const h = handler;
   rig.handler = h;
   const plane: DataPlane = {
+    readGuest: (b, o, d) => session.readGuest(b, o, d),
     submit: (n) => {
       rig.noteOps(n);
       return session.submit(n);

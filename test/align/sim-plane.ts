@@ -123,6 +123,10 @@ export class SimPlane implements DataPlane {
     (this.buf(bufId) as Uint8Array).set(data, offset);
   }
 
+  readGuest(bufId: number, offset: number, dst: Uint8Array): void {
+    dst.set((this.buf(bufId) as Uint8Array).subarray(offset, offset + dst.length));
+  }
+
   pushUsed(q: number, n: number): void {
     this.rig.onUsed(q, n);
   }
