@@ -117,11 +117,12 @@ bool SplitVirtqueue::addSpan(const GuestMemory& mem, uint64_t addr, uint32_t len
     err = fmt("descriptor addr 0x%llx len %llu wraps past 2^64", addr, len);
     return false;
   }
+  const uint64_t descAddr = addr;
   uint64_t remaining = len;
   while (remaining > 0) {
     GuestSpan s;
     if (!mem.translateGpa(addr, remaining, &s)) {
-      err = fmt("descriptor addr 0x%llx len %llu is outside guest memory", addr, len);
+      err = fmt("descriptor addr 0x%llx len %llu is outside guest memory", descAddr, len);
       return false;
     }
     if (batch.nSegs - firstSeg >= kMaxChainSegs) {

@@ -197,6 +197,7 @@ export class BackendConnection {
         result.then(
           () => {
             this.busy = false;
+            closeAll(m.fds); // whatever the handler did not hand on
             if (this.broken || this.closing) return;
             this.ack(m);
             if (this.closing) return;
@@ -313,15 +314,11 @@ export class BackendConnection {
 
   private async addMemReg(msg: Message): Promise<void> {
     const r = decodeAddMemReg(msg);
-    msg.fds.length = 0; // addRegion closes it, mapped or not
     // Fixed buffers are re-registered, so I/O on the old set must drain first.
+    // Until addRegion takes the fd, msg.fds owns it (closed if this fails).
     const running = await this.quiesce();
-    try {
-      this.addRegion(r, 'ADD_MEM_REG');
-    } catch (err) {
-      native.closeFd(r.fd);
-      throw err;
-    }
+    msg.fds.length = 0; // addRegion closes it, mapped or not
+    this.addRegion(r, 'ADD_MEM_REG');
     this.registerMemory();
     this.resume(running);
   }
