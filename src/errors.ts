@@ -31,9 +31,8 @@ export class UsageError extends VublkError {
   readonly code = 'E_USAGE' as const;
 }
 
-/** The host disk cannot be opened, probed or used. */
-export class DiskError extends VublkError {
-  readonly code = 'E_DISK' as const;
+/** An error about a system resource, with the failed call's details when there was one. */
+abstract class SyscallError extends VublkError {
   readonly errno: number | undefined;
   readonly syscall: string | undefined;
   readonly path: string | undefined;
@@ -46,19 +45,14 @@ export class DiskError extends VublkError {
   }
 }
 
-/** The listening socket cannot be created, bound or accepted on. */
-export class SocketError extends VublkError {
-  readonly code = 'E_SOCKET' as const;
-  readonly errno: number | undefined;
-  readonly syscall: string | undefined;
-  readonly path: string | undefined;
+/** The host disk cannot be opened, probed or used. */
+export class DiskError extends SyscallError {
+  readonly code = 'E_DISK' as const;
+}
 
-  constructor(message: string, details: SyscallDetails = {}) {
-    super(message, details.cause);
-    this.errno = details.errno;
-    this.syscall = details.syscall;
-    this.path = details.path;
-  }
+/** The listening socket cannot be created, bound or accepted on. */
+export class SocketError extends SyscallError {
+  readonly code = 'E_SOCKET' as const;
 }
 
 /**

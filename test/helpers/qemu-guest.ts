@@ -386,7 +386,21 @@ export interface GuestScriptCommon {
   expectQueues?: number;
   /** Expected /dev/vda size in bytes (checked if set). */
   expectSizeBytes?: number;
+  /**
+   * If set, the script prints a BLOCK_SIZES_MARKER line with /dev/vda's
+   * queue/logical_block_size, physical_block_size, minimum_io_size and
+   * optimal_io_size, and fails unless the logical block size equals this.
+   */
+  expectLogicalBlockSize?: number;
+  /** Like expectLogicalBlockSize, for queue/physical_block_size (also prints the marker line). */
+  expectPhysicalBlockSize?: number;
 }
+
+/**
+ * Guest console line with /dev/vda's block sizes (see GuestScriptCommon):
+ * `VUBLK-E2E-BLOCK-SIZES logical=512 physical=4096 min_io=4096 opt_io=0`.
+ */
+export const BLOCK_SIZES_MARKER = 'VUBLK-E2E-BLOCK-SIZES';
 
 /** Shell helpers shared by the guest scripts (busybox ash). */
 export function guestScriptPreamble(common: GuestScriptCommon = {}): string {
@@ -412,6 +426,21 @@ export function guestScriptPreamble(common: GuestScriptCommon = {}): string {
     lines.push(
       `[ "$(ls /sys/block/vda/mq | wc -l)" -eq ${q} ] || fail "expected ${q} hw queues, got $(ls /sys/block/vda/mq | wc -l)"`,
     );
+  }
+  if (common.expectLogicalBlockSize !== undefined || common.expectPhysicalBlockSize !== undefined) {
+    const q = '/sys/block/vda/queue';
+    lines.push(
+      `echo "${BLOCK_SIZES_MARKER} logical=$(cat ${q}/logical_block_size) physical=$(cat ${q}/physical_block_size)` +
+        ` min_io=$(cat ${q}/minimum_io_size) opt_io=$(cat ${q}/optimal_io_size)" >&2`,
+    );
+    for (const [file, want] of [
+      ['logical_block_size', common.expectLogicalBlockSize],
+      ['physical_block_size', common.expectPhysicalBlockSize],
+    ] as const) {
+      if (want === undefined) continue;
+      const n = Math.trunc(want);
+      lines.push(`[ "$(cat ${q}/${file})" -eq ${n} ] || fail "expected ${file} ${n}, got $(cat ${q}/${file})"`);
+    }
   }
   if (common.expectSizeBytes !== undefined) {
     const sectors = Math.trunc(common.expectSizeBytes / 512);
