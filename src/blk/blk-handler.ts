@@ -189,6 +189,8 @@ export class BlkHandler {
   private readonly queues: QueueState[] = [];
   private readonly serialBytes: Uint8Array;
   private readonly maxQueueSize: number;
+  /** The disk as this connection's driver negotiated it. */
+  private readonly disk: BlkDisk;
   private plane: DataPlane | undefined;
   private nOps = 0;
   private nIovs = 0;
@@ -218,10 +220,22 @@ export class BlkHandler {
     private readonly opts: BlkHandlerOptions,
   ) {
     this.maxQueueSize = opts.maxQueueSize;
+    // Until SET_FEATURES says otherwise, nothing beyond reads/writes is negotiated.
+    this.disk = { ...opts.disk, discard: false, writeZeroes: false };
     for (let q = 0; q < opts.queues; q++) this.queues.push(new QueueState(opts.maxQueueSize));
     this.serialBytes = encodeSerial(opts.serial);
     this.bounce = new BouncePool(opts.bounceBytes);
     this.lock = new RangeLock((slotId) => this.issue(this.slot(slotId)));
+  }
+
+  /**
+   * DISCARD / WRITE_ZEROES run only when offered AND acked by the driver:
+   * they destroy data, and a driver that did not negotiate them never read
+   * their limits. Called on SET_FEATURES.
+   */
+  setNegotiated(discard: boolean, writeZeroes: boolean): void {
+    this.disk.discard = discard && this.opts.disk.discard === true;
+    this.disk.writeZeroes = writeZeroes && this.opts.disk.writeZeroes === true;
   }
 
   /** Whether guest memory is registered as io_uring fixed buffers now. */
@@ -319,7 +333,7 @@ export class BlkHandler {
 
   /** Decides what one request needs: a disk op, or an immediate status. */
   private start(q: number, req: BlkRequest): void {
-    const fail = checkRequest(req, this.opts.disk);
+    const fail = checkRequest(req, this.disk);
     if (fail >= 0) {
       this.finish(q, req, fail);
       return;

@@ -45,6 +45,8 @@ import {
 import { violation } from './violation';
 import {
   VIRTIO_BLK_F_CONFIG_WCE,
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_WRITE_ZEROES,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
   hasFeature,
@@ -186,7 +188,7 @@ export class BackendConnection {
         result = this.dispatch(msg);
       } catch (err) {
         closeAll(msg.fds);
-        this.breakConnection(`${requestName(msg.request)}: ${describe(err)}`);
+        this.breakConnection(ruleFor(msg.request, err));
         return;
       }
       if (result instanceof Promise) {
@@ -207,7 +209,7 @@ export class BackendConnection {
           (err: unknown) => {
             this.busy = false;
             closeAll(m.fds);
-            this.breakConnection(`${requestName(m.request)}: ${describe(err)}`);
+            this.breakConnection(ruleFor(m.request, err));
           },
         );
         return;
@@ -268,6 +270,7 @@ export class BackendConnection {
     this.featuresSet = true;
     this.session.setEventIdx(hasFeature(value, VIRTIO_RING_F_EVENT_IDX));
     this.session.setIndirect(hasFeature(value, VIRTIO_RING_F_INDIRECT_DESC));
+    this.handler.setNegotiated(hasFeature(value, VIRTIO_BLK_F_DISCARD), hasFeature(value, VIRTIO_BLK_F_WRITE_ZEROES));
   }
 
   private getProtocolFeatures(msg: Message): void {
@@ -603,6 +606,13 @@ function hasReply(request: number): boolean {
 function closeAll(fds: number[]): void {
   for (const f of fds) if (f >= 0) native.closeFd(f);
   fds.length = 0;
+}
+
+/** The rule a failed message broke, named after the message once. */
+function ruleFor(request: number, err: unknown): string {
+  const name = requestName(request);
+  const text = describe(err);
+  return text.startsWith(name) ? text : `${name}: ${text}`;
 }
 
 function describe(err: unknown): string {
