@@ -7,7 +7,11 @@ const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
 const tap = path.join(root, 'node_modules', '.bin', 'tap');
-const child = spawn(tap, process.argv.slice(2), { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+// tap skips git-ignored paths when it searches on its own, and dist/ is
+// ignored: name the compiled tests explicitly unless files were given.
+const args = process.argv.slice(2);
+if (!args.some((a) => !a.startsWith('-'))) args.push('dist/test/**/*.test.js');
+const child = spawn(tap, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
 let tail = '';
 child.stdout.on('data', (chunk) => {
   process.stdout.write(chunk);
