@@ -9,6 +9,8 @@
 //
 // Shared arrays (layouts in src/native/binding.ts) carry every batch, so no
 // JS object is made per request.
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 #include <uv.h>
@@ -38,6 +40,10 @@ constexpr unsigned kOpFsync = 2;
 constexpr unsigned kOpFallocate = 3;
 constexpr int kFallocPunch = 0x01 | 0x02;  // FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
 constexpr int kFallocZero = 0x01 | 0x10;   // FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE
+// BLKDISCARD on a block device: fileOffset = op[2], length = op[3]. io_uring
+// has no discard op, so it runs on libuv's thread pool and its result comes
+// back through the ring's completion path.
+constexpr unsigned kOpBlkDiscard = 4;
 constexpr unsigned kOpFlagFixed = 1;
 constexpr unsigned kOpFlagDsync = 2;
 constexpr unsigned kIovMax = 1024;
@@ -232,7 +238,10 @@ class Session : public Napi::ObjectWrap<Session> {
       v->started = false;
     }
     closePoll(uringPoll_);
-    // Waits for (or cancels) any I/O still in flight before memory goes.
+    // Exiting the ring cancels what it can; the kernel finishes the rest in
+    // the background. Pages under O_DIRECT I/O stay pinned by the kernel, so
+    // unmapping below is safe for this process; JS drains before destroying,
+    // so this only matters after a drain timeout.
     uring_.close();
     mem_.clear();
     if (bounce_) munmap(bounce_, bounceLen_);
@@ -476,15 +485,16 @@ class Session : public Napi::ObjectWrap<Session> {
     // Check every op before queuing any, so a bad one leaves nothing half-done.
     for (int64_t k = 0; k < n; k++) {
       const double* op = ops + k * kOpStride;
-      if (!(op[0] == kOpReadv || op[0] == kOpWritev || op[0] == kOpFsync || op[0] == kOpFallocate))
+      if (!(op[0] == kOpReadv || op[0] == kOpWritev || op[0] == kOpFsync || op[0] == kOpFallocate ||
+            op[0] == kOpBlkDiscard))
         throw Napi::RangeError::New(env, "submit: unknown opcode");
       if (!(op[1] >= 0 && op[1] <= 9007199254740992.0 && op[5] >= 0 && op[5] <= 255))
         throw Napi::RangeError::New(env, "submit: bad userData or flags");
       if (op[0] == kOpFsync) continue;
-      if (op[0] == kOpFallocate) {
+      if (op[0] == kOpFallocate || op[0] == kOpBlkDiscard) {
         if (!(op[2] >= 0 && op[2] <= 9007199254740992.0 && op[3] > 0 && op[3] <= 9007199254740992.0 &&
-              (op[4] == kFallocPunch || op[4] == kFallocZero)))
-          throw Napi::RangeError::New(env, "submit: bad fallocate range or mode");
+              (op[0] == kOpBlkDiscard || op[4] == kFallocPunch || op[4] == kFallocZero)))
+          throw Napi::RangeError::New(env, "submit: bad fallocate/discard range or mode");
         continue;
       }
       double start = op[3], count = op[4];
@@ -512,13 +522,16 @@ class Session : public Napi::ObjectWrap<Session> {
       unsigned opcode = static_cast<unsigned>(op[0]);
       uint64_t userData = static_cast<uint64_t>(op[1]);
       uint64_t off = static_cast<uint64_t>(op[2]);
-      const iovec* iov = opcode == kOpFallocate ? nullptr : iovScratch_.data() + static_cast<size_t>(op[3]);
+      const iovec* iov =
+          opcode == kOpFallocate || opcode == kOpBlkDiscard ? nullptr : iovScratch_.data() + static_cast<size_t>(op[3]);
       unsigned cnt = static_cast<unsigned>(op[4]);
       unsigned flags = static_cast<unsigned>(op[5]);
       bool dsync = flags & kOpFlagDsync;
       bool ok;
       if (opcode == kOpFsync) {
         ok = uring_.prepFsync(diskFd_, userData);
+      } else if (opcode == kOpBlkDiscard) {
+        ok = queueBlkDiscard(off, static_cast<uint64_t>(op[3]), userData);
       } else if (opcode == kOpFallocate) {
         ok = uring_.prepFallocate(diskFd_, static_cast<int>(op[4]), off, static_cast<uint64_t>(op[3]),
                                   userData);
@@ -603,6 +616,46 @@ class Session : public Napi::ObjectWrap<Session> {
     uint64_t off = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(len);
     if (off / kFixedChunk != (off + n - 1) / kFixedChunk) return -1;
     return base + static_cast<int>(off / kFixedChunk);
+  }
+
+  struct DiscardWork {
+    uv_work_t work;
+    Session* session;
+    int fd;
+    uint64_t range[2];
+    uint64_t userData;
+    int res;
+  };
+
+  // Runs BLKDISCARD on the thread pool. The JS object is kept alive (Ref)
+  // until the result is back on the loop thread.
+  bool queueBlkDiscard(uint64_t off, uint64_t len, uint64_t userData) {
+    auto* w = new DiscardWork{};
+    w->work.data = w;
+    w->session = this;
+    w->fd = diskFd_;
+    w->range[0] = off;
+    w->range[1] = len;
+    w->userData = userData;
+    int rc = uv_queue_work(
+        loop_, &w->work,
+        [](uv_work_t* req) {
+          auto* d = static_cast<DiscardWork*>(req->data);
+          d->res = ioctl(d->fd, BLKDISCARD, d->range) == 0 ? 0 : -errno;
+        },
+        [](uv_work_t* req, int status) {
+          auto* d = static_cast<DiscardWork*>(req->data);
+          Session* s = d->session;
+          if (!s->destroyed_) s->uring_.postCompletion(d->userData, status == 0 ? d->res : -ECANCELED);
+          s->Unref();
+          delete d;
+        });
+    if (rc != 0) {
+      delete w;
+      return false;
+    }
+    Ref();
+    return true;
   }
 
   Napi::Value Destroy(const Napi::CallbackInfo& info) {
@@ -731,6 +784,7 @@ void InitSession(Napi::Env env, Napi::Object exports) {
   c.Set("ZERO_BUF_ID", kZeroBufId);
   c.Set("ZERO_BYTES", static_cast<double>(kZeroBytes));
   c.Set("OP_FALLOCATE", kOpFallocate);
+  c.Set("OP_BLKDISCARD", kOpBlkDiscard);
   c.Set("FALLOC_PUNCH", kFallocPunch);
   c.Set("FALLOC_ZERO", kFallocZero);
   exports.Set("constants", c);

@@ -138,6 +138,14 @@ void Uring::ackEvent() {
   }
 }
 
+void Uring::postCompletion(uint64_t userData, int32_t res) {
+  if (!ready_) return;
+  stash_.emplace_back(userData, res);
+  uint64_t one = 1;
+  ssize_t w = write(eventFd_, &one, sizeof one);
+  (void)w;
+}
+
 unsigned Uring::reap(double* out, unsigned max) {
   io_uring_cqe* cqes[64];
   unsigned total = 0;

@@ -41,6 +41,9 @@ class Uring {
   unsigned reap(double* out, unsigned max);
   // Releases the ring and its eventfd now (also done by the destructor).
   void close();
+  // Delivers a completion for work done outside the ring (a BLKDISCARD on a
+  // worker thread) through the same path as the ring's own: stash + eventfd.
+  void postCompletion(uint64_t userData, int32_t res);
   // Drains the eventfd counter (call before reaping).
   void ackEvent();
   unsigned entries() const { return entries_; }

@@ -1,6 +1,6 @@
 // Every error class vublk throws on purpose, each with a stable `code`.
 //
-// Two channels, never mixed (see STYLE.md): a ProtocolViolation breaks the
+// Two channels, never mixed: a ProtocolViolation breaks the
 // connection it happened on; a failed guest request never throws, it becomes
 // a virtio status byte (src/blk/status.ts).
 

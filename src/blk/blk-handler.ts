@@ -44,6 +44,8 @@ export const OP_READV = 0;
 export const OP_WRITEV = 1;
 export const OP_FSYNC = 2;
 export const OP_FALLOCATE = 3;
+/** BLKDISCARD (block devices): fileOffset, length in op[3]. */
+export const OP_BLKDISCARD = 4;
 /** fallocate modes (KEEP_SIZE | PUNCH_HOLE, KEEP_SIZE | ZERO_RANGE), as native checks them. */
 export const FALLOC_PUNCH = 0x03;
 export const FALLOC_ZERO = 0x11;
@@ -88,6 +90,8 @@ export interface BlkDisk {
   /** DISCARD / WRITE_ZEROES offered. */
   discard?: boolean;
   writeZeroes?: boolean;
+  /** The host disk is a block device (DISCARD is BLKDISCARD, not a punched hole). */
+  blockDevice?: boolean;
 }
 
 export interface BlkHandlerOptions {
@@ -105,6 +109,10 @@ export interface BlkHandlerOptions {
   rules: HostRules;
   /** DISCARD / WRITE_ZEROES limits (what the config space offered). */
   zeroDiscard?: ZeroDiscardLimits;
+  /** The data plane failed for good: the connection must be closed. */
+  onFatal?: (message: string) => void;
+  /** A host I/O error (negative errno) became a guest error status. */
+  onHostError?: (res: number, opcode: number, offset: number) => void;
 }
 
 /** Sizes of the shared arrays: one batch of chains, ops, completions. */
@@ -511,7 +519,7 @@ export class BlkHandler {
   }
 
   /** All ops of the current phase are done: next phase, or the end. */
-  /** Issues a request whose range lock was just granted (or needed none). */
+  /** Starts a request whose range lock was just granted, or whose bounce space came free. */
   private issue(req: BlkRequest): void {
     if (req.type === VIRTIO_BLK_T_IN || req.type === VIRTIO_BLK_T_OUT) this.issueRw(req);
     else this.issueZero(req);
@@ -668,7 +676,10 @@ export class BlkHandler {
     if (req.type === VIRTIO_BLK_T_DISCARD) {
       req.phase = PHASE_MAIN;
       req.pendingOps = 1;
-      this.queueFallocate(req, FALLOC_PUNCH, plan.midStart, plan.midEnd - plan.midStart);
+      // A file gets a hole; a block device a real discard (on a block device
+      // fallocate(PUNCH_HOLE) means "zero it", which discard does not promise).
+      const op = this.opts.disk.blockDevice === true ? OP_BLKDISCARD : OP_FALLOCATE;
+      this.queueFallocate(req, op, FALLOC_PUNCH, plan.midStart, plan.midEnd - plan.midStart);
       return;
     }
     if (plan.bounceLen > 0) {
@@ -716,9 +727,9 @@ export class BlkHandler {
     const plan = req.plan as RwPlan;
     const len = plan.midEnd - plan.midStart;
     if (req.midMode === MID_PUNCH) {
-      this.queueFallocate(req, FALLOC_PUNCH, plan.midStart, len);
+      this.queueFallocate(req, OP_FALLOCATE, FALLOC_PUNCH, plan.midStart, len);
     } else if (req.midMode === MID_ZERO_RANGE) {
-      this.queueFallocate(req, FALLOC_ZERO, plan.midStart, len);
+      this.queueFallocate(req, OP_FALLOCATE, FALLOC_ZERO, plan.midStart, len);
     } else {
       // Writes of zeroes from native's zero buffer, repeated (segments <= 1 GiB).
       const n = Math.ceil(len / ZERO_BYTES);
@@ -735,11 +746,17 @@ export class BlkHandler {
     }
   }
 
-  private queueFallocate(req: BlkRequest, mode: number, offset: number, len: number): void {
+  /** A fallocate (or BLKDISCARD) of [offset, offset+len), inside the disk by construction. */
+  private queueFallocate(req: BlkRequest, opcode: number, mode: number, offset: number, len: number): void {
+    if (offset + len > this.opts.disk.capacitySectors * SECTOR_SIZE) {
+      // Segments were checked against capacity: reaching here is a bug, and
+      // a KEEP_SIZE fallocate past the end would allocate space silently.
+      throw new RangeError(`fallocate [${offset}, +${len}) is beyond the disk`);
+    }
     this.reserveOp(0);
     const sqOps = this.arrays.sqOps;
     const o = this.nOps * OP_STRIDE;
-    sqOps[o] = OP_FALLOCATE;
+    sqOps[o] = opcode;
     sqOps[o + 1] = req.slotId * OPS_PER_SLOT + OP_MIDDLE;
     sqOps[o + 2] = offset;
     sqOps[o + 3] = len;
@@ -883,10 +900,13 @@ export class BlkHandler {
     let taken = 0;
     try {
       taken = plane === undefined ? 0 : plane.submit(n);
-    } catch {
-      // The ring refused the batch (the data plane logs why): fail the ops
-      // below rather than leave their requests in flight forever.
+    } catch (err) {
+      // The kernel refused the ring itself. Some ops may have reached it and
+      // still complete later, so this data plane cannot go on: the
+      // connection is closed (no slot is reused), and the ops fail below
+      // rather than leave their requests in flight forever.
       taken = 0;
+      this.opts.onFatal?.(`io_uring submission failed: ${(err as Error).message}`);
     }
     // Ops not taken complete with EIO, never hang, but later (settle()):
     // completing them here could start other requests in the middle of
@@ -932,10 +952,15 @@ export class BlkHandler {
     const req = state.slots[head] as BlkRequest;
     if (req.pendingOps <= 0) return;
     // A short transfer is an error: the guest asked for every byte.
-    if (opIdx === OP_MIDDLE && res === -EOPNOTSUPP && (req.type === VIRTIO_BLK_T_DISCARD || req.type === VIRTIO_BLK_T_WRITE_ZEROES)) {
+    if (
+      opIdx === OP_MIDDLE &&
+      res === -EOPNOTSUPP &&
+      (req.type === VIRTIO_BLK_T_DISCARD || (req.type === VIRTIO_BLK_T_WRITE_ZEROES && req.midMode !== MID_WRITE))
+    ) {
       req.midUnsupported = true; // retried another way in zeroOpsDone
     } else if (req.error === 0 && res !== req.opExpect[opIdx]) {
       req.error = res < 0 ? res : -EIO;
+      this.opts.onHostError?.(req.error, req.type, req.sector * SECTOR_SIZE);
     }
     if (--req.pendingOps === 0) this.opsDone(req);
   }

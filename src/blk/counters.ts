@@ -5,7 +5,7 @@
 export class QueueCounters {
   /** Bytes copied between guest memory and bounce buffers. */
   bytesBounced = 0;
-  /** Writes that needed a read-modify-write of partial host blocks. */
+  /** Writes (and WRITE_ZEROES segments) that needed a read-modify-write of partial host blocks. */
   rmwCycles = 0;
   /** Requests that waited for an overlapping request on the same host blocks. */
   overlapWaits = 0;
@@ -15,7 +15,7 @@ export class QueueCounters {
   ioSplits = 0;
   /** Disk ops issued as READ_FIXED / WRITE_FIXED (registered buffers). */
   fixedOps = 0;
-  /** Disk ops issued as plain READV / WRITEV / FSYNC. */
+  /** Disk ops issued as plain READV / WRITEV / FSYNC / FALLOCATE / BLKDISCARD. */
   plainOps = 0;
   /** Requests completed, and those completed with an error status. */
   requests = 0;

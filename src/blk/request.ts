@@ -1,7 +1,7 @@
 // Request slots and request validation for virtio-blk (VIRTIO 1.2 5.2.6).
 //
-// A BlkRequest is preallocated per (queue, chain head) when a session starts
-// and refilled in place by splitChain() for every request, so the hot path
+// A BlkRequest is made per (queue, chain head) on that head's first use and
+// refilled in place by splitChain() for every later request, so the hot path
 // creates no objects. Nothing here does I/O or knows the transport.
 
 import {
@@ -195,8 +195,8 @@ export function checkRequest(
       if (disk.readOnly) return VIRTIO_BLK_S_IOERR;
       return (req.type === VIRTIO_BLK_T_DISCARD ? disk.discard : disk.writeZeroes) === true ? -1 : VIRTIO_BLK_S_UNSUPP;
     default:
-      // DISCARD, WRITE_ZEROES, GET_LIFETIME, SECURE_ERASE are not offered yet;
-      // anything else is unknown. Both are UNSUPP, never a protocol error.
+      // GET_LIFETIME and SECURE_ERASE are not offered; anything else is
+      // unknown. Both are UNSUPP, never a protocol error.
       return VIRTIO_BLK_S_UNSUPP;
   }
 }

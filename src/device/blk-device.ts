@@ -93,6 +93,7 @@ export class BlkDevice {
       capacitySectors: this.config.capacity,
       readOnly,
       logicalBlockSize: lbs,
+      blockDevice: disk.kind === 'block',
       discard: (this.config.maxDiscardSectors ?? 0) > 0,
       writeZeroes: (this.config.maxWriteZeroesSectors ?? 0) > 0,
     };

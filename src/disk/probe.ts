@@ -13,8 +13,8 @@ export interface DirectIoRules extends HostRules {
   /** Preferred I/O sizes the device reports (bytes), 0 if unknown. */
   ioMin: number;
   ioOpt: number;
-  /** Where offsetAlign / memAlign came from. */
-  source: 'statx' | 'ioctl' | 'trial';
+  /** Where offsetAlign / memAlign came from ('fallback': a file without STATX_DIOALIGN). */
+  source: 'statx' | 'ioctl' | 'trial' | 'fallback';
   sizeBytes: number;
   blockDevice: boolean;
 }
@@ -45,6 +45,14 @@ export function probeDirectIo(fd: number, path: string, fileBlockSize: number): 
   if (offsetAlign === 0 && p.blockDevice && p.logicalBlock > 0) {
     offsetAlign = p.logicalBlock;
     source = 'ioctl';
+  }
+  if (offsetAlign === 0 && !p.blockDevice) {
+    // A file on a kernel or file system without STATX_DIOALIGN. A trial read
+    // proves nothing here (reading a hole succeeds at any alignment), so be
+    // conservative: the file system block for offsets and for memory.
+    offsetAlign = Math.min(Math.max(fileBlockSize, 512), 65536);
+    memAlign = offsetAlign;
+    source = 'fallback';
   }
   if (offsetAlign === 0) {
     offsetAlign = trialOffsetAlign(fd, path);

@@ -10,6 +10,7 @@
 // `broken` is sticky: once a rule is broken (logged once) nothing more is
 // read from this frontend.
 
+import { constants as osConstants } from 'node:os';
 import { native, type Session } from '../native/binding';
 import { BlkHandler, DEFAULT_BOUNCE_BYTES, allocateArrays, type HandlerArrays } from '../blk/blk-handler';
 import type { BlkDevice } from '../device/blk-device';
@@ -76,6 +77,7 @@ export class BackendConnection {
   /** The message being handled was refused without breaking the connection. */
   private refused = false;
   private registrationWarned = false;
+  private hostErrors = 0;
   private closing: Promise<void> | undefined;
   broken = false;
 
@@ -101,6 +103,8 @@ export class BackendConnection {
       bounceBytes: DEFAULT_BOUNCE_BYTES,
       rules: device.rules,
       zeroDiscard: device.zeroDiscardLimits,
+      onFatal: (message) => this.breakConnection(message),
+      onHostError: (res, type, offset) => this.hostError(res, type, offset),
     });
     const entries = Math.min(URING_ENTRIES_MAX, nextPow2(device.queues * device.maxQueueSize));
     // Native calls these from the event loop: nothing may escape them, or a
@@ -290,6 +294,9 @@ export class BackendConnection {
     await this.stopAllRings();
     this.ackedFeatures = 0n;
     this.featuresSet = false;
+    this.session.setEventIdx(false);
+    this.session.setIndirect(false);
+    this.handler.setNegotiated(false, false);
   }
 
   private getMaxMemSlots(msg: Message): void {
@@ -533,6 +540,23 @@ export class BackendConnection {
     }
   }
 
+  /**
+   * A host I/O error reached the guest as an error status. Storage operators
+   * need to see these, but a failing disk must not flood the log: the first
+   * ten per connection, then every thousandth.
+   */
+  private hostError(res: number, type: number, offset: number): void {
+    this.hostErrors++;
+    if (this.hostErrors > 10 && this.hostErrors % 1000 !== 0) return;
+    log.warn('host I/O error', {
+      conn: this.id,
+      error: errnoName(-res),
+      requestType: type,
+      offset,
+      count: this.hostErrors,
+    });
+  }
+
   private guard(fn: () => void): void {
     try {
       fn();
@@ -566,8 +590,8 @@ export class BackendConnection {
         new Promise<false>((r) => setTimeout(() => r(false), DRAIN_TIMEOUT_MS).unref()),
       ]);
       if (!drained) {
-        // Destroying the session below still waits for the kernel's I/O
-        // (io_uring exit) before guest memory is unmapped.
+        // Unmapping below stays memory-safe (the kernel pins pages under
+        // O_DIRECT I/O), but a late read may still land in guest memory.
         log.error('in-flight requests did not drain; closing anyway', {
           conn: this.id,
           inflight: this.handler.inflight(),
@@ -613,6 +637,11 @@ function ruleFor(request: number, err: unknown): string {
   const name = requestName(request);
   const text = describe(err);
   return text.startsWith(name) ? text : `${name}: ${text}`;
+}
+
+function errnoName(errno: number): string {
+  for (const [name, value] of Object.entries(osConstants.errno)) if (value === errno) return name;
+  return `errno ${errno}`;
 }
 
 function describe(err: unknown): string {
