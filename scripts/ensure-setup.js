@@ -19,7 +19,7 @@ const PACKAGES = {
   // Tests: QEMU and the guest's tools, loop devices, the ASan runtime.
   test: [
     'qemu-system-x86', 'qemu-utils', 'fio', 'busybox-static', 'e2fsprogs',
-    'util-linux', 'cpio', 'kmod', 'xz-utils', 'libasan8',
+    'util-linux', 'cpio', 'kmod', 'xz-utils', 'libasan8', 'strace',
   ],
 };
 
