@@ -18,6 +18,7 @@ import { splitChain, SEG_STRIDE } from './split-chain';
 import { statusForErrno } from './status';
 import { BouncePool } from './bounce-pool';
 import { QueueCounters } from './counters';
+import { OpBatch, OP_STRIDE, SQ_IOV_STRIDE, COPY_STRIDE } from './op-batch';
 import { ELEM, RwPlan, buildVector, cutPieces, planBounceLayout, planRw, splitPoints, type HostRules } from '../align/rw-plan';
 import { LockMode, RangeLock } from '../align/range-lock';
 import { SegmentList, parseSegments, segmentBytes, type ZeroDiscardLimits } from './discard-zeroes';
@@ -34,10 +35,9 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../virtio/constants';
 
+export { OP_STRIDE, SQ_IOV_STRIDE, COPY_STRIDE } from './op-batch';
 /** Layout constants shared with the addon (see src/native/binding.ts). */
 export const CHAIN_STRIDE = 4;
-export const OP_STRIDE = 6;
-export const SQ_IOV_STRIDE = 3;
 export const CQE_STRIDE = 2;
 export const USED_STRIDE = 5;
 export const OP_READV = 0;
@@ -54,7 +54,6 @@ export const ZERO_BUF_ID = 1025;
 export const ZERO_BYTES = 1 << 20;
 export const OP_FLAG_FIXED = 1;
 export const OP_FLAG_DSYNC = 2;
-export const COPY_STRIDE = 5;
 /** bufId of the session's bounce arena (guest regions are below it). */
 export const BOUNCE_BUF_ID = 1024;
 
@@ -200,14 +199,11 @@ export class BlkHandler {
   /** The disk as this connection's driver negotiated it. */
   private readonly disk: BlkDisk;
   private plane: DataPlane | undefined;
-  private nOps = 0;
-  private nIovs = 0;
   /** Queues with used entries waiting for flushUsed(). */
   private readonly dirty: number[] = [];
   private readonly bounce: BouncePool;
   /** Requests waiting for bounce space, oldest first, by slot id. */
   private readonly waiting: number[] = [];
-  private nCopies = 0;
   /** Host address of each region's first byte, modulo 4096 (its mmap phase). */
   private readonly regionPhase = new Float64Array(BOUNCE_BUF_ID);
   /** Serialises writes that share host blocks with a read-modify-write. */
@@ -217,8 +213,8 @@ export class BlkHandler {
   /** Scratch: the vector of the op being built, and where to split it. */
   private readonly vec = new Float64Array((MAX_REQUEST_IOVS + 2) * ELEM);
   private readonly cuts: number[] = [];
-  /** userData of ops the ring did not take; failed in settle(). */
-  private readonly refused: number[] = [];
+  /** The ops and copies being batched for the next submission. */
+  private readonly ops: OpBatch;
   /** The host file system answered EOPNOTSUPP to ZERO_RANGE once: write zeroes instead. */
   private zeroRangeWorks = true;
   private readonly phaseOf = (bufId: number): number => this.regionPhase[bufId] ?? 0;
@@ -234,6 +230,7 @@ export class BlkHandler {
     this.serialBytes = encodeSerial(opts.serial);
     this.bounce = new BouncePool(opts.bounceBytes);
     this.lock = new RangeLock((slotId) => this.issue(this.slot(slotId)));
+    this.ops = new OpBatch(arrays, () => this.plane, (message) => this.opts.onFatal?.(message));
   }
 
   /**
@@ -495,8 +492,8 @@ export class BlkHandler {
       for (let i = 0; i < plan.collapse; i++) {
         const k = i * ELEM;
         const len = plan.pieces[k + 2] as number;
-        if (toBounce) this.addCopy(plan.pieces[k] as number, plan.pieces[k + 1] as number, BOUNCE_BUF_ID, pos, len);
-        else this.addCopy(BOUNCE_BUF_ID, pos, plan.pieces[k] as number, plan.pieces[k + 1] as number, len);
+        if (toBounce) this.ops.copy(plan.pieces[k] as number, plan.pieces[k + 1] as number, BOUNCE_BUF_ID, pos, len);
+        else this.ops.copy(BOUNCE_BUF_ID, pos, plan.pieces[k] as number, plan.pieces[k + 1] as number, len);
         pos += len;
       }
       (this.queues[req.queue] as QueueState).counters.bytesBounced += plan.collapseLen;
@@ -511,8 +508,8 @@ export class BlkHandler {
     for (let i = 0; i < n; i++) {
       const k = i * ELEM;
       const len = this.vec[k + 2] as number;
-      if (toBounce) this.addCopy(this.vec[k] as number, this.vec[k + 1] as number, BOUNCE_BUF_ID, pos, len);
-      else this.addCopy(BOUNCE_BUF_ID, pos, this.vec[k] as number, this.vec[k + 1] as number, len);
+      if (toBounce) this.ops.copy(this.vec[k] as number, this.vec[k + 1] as number, BOUNCE_BUF_ID, pos, len);
+      else this.ops.copy(BOUNCE_BUF_ID, pos, this.vec[k] as number, this.vec[k + 1] as number, len);
       pos += len;
     }
     (this.queues[req.queue] as QueueState).counters.bytesBounced += to - from;
@@ -567,25 +564,6 @@ export class BlkHandler {
     this.finish(req.queue, req, res < 0 ? statusForErrno(res) : VIRTIO_BLK_S_OK);
     // After finish: a grant may start another request at once.
     if (held) this.lock.release(req.slotId);
-  }
-
-  private addCopy(srcBuf: number, srcOff: number, dstBuf: number, dstOff: number, len: number): void {
-    if (this.nCopies * COPY_STRIDE >= this.arrays.copies.length) this.flushCopies();
-    const c = this.nCopies * COPY_STRIDE;
-    const a = this.arrays.copies;
-    a[c] = srcBuf;
-    a[c + 1] = srcOff;
-    a[c + 2] = dstBuf;
-    a[c + 3] = dstOff;
-    a[c + 4] = len;
-    this.nCopies++;
-  }
-
-  private flushCopies(): void {
-    if (this.nCopies === 0) return;
-    const n = this.nCopies;
-    this.nCopies = 0;
-    this.plane?.copy(n);
   }
 
   /** Starts requests that wait for bounce space, oldest first, while there is room. */
@@ -711,12 +689,12 @@ export class BlkHandler {
     req.phase = PHASE_MAIN;
     req.pendingOps = (plan.head ? 1 : 0) + (plan.tail ? 1 : 0) + (plan.midEnd > plan.midStart ? 1 : 0);
     if (plan.head) {
-      this.addCopy(ZERO_BUF_ID, 0, BOUNCE_BUF_ID, base + plan.headOff + (plan.pos - plan.aStart), plan.headGuestEnd);
+      this.ops.copy(ZERO_BUF_ID, 0, BOUNCE_BUF_ID, base + plan.headOff + (plan.pos - plan.aStart), plan.headGuestEnd);
       this.queueBounceOp(req, OP_HEAD, OP_WRITEV, plan.aStart, base + plan.headOff, A, dsync);
     }
     if (plan.tail) {
       const at = base + plan.tailOff + (plan.pos + plan.tailGuestStart - (plan.aEnd - A));
-      this.addCopy(ZERO_BUF_ID, 0, BOUNCE_BUF_ID, at, plan.len - plan.tailGuestStart);
+      this.ops.copy(ZERO_BUF_ID, 0, BOUNCE_BUF_ID, at, plan.len - plan.tailGuestStart);
       this.queueBounceOp(req, OP_TAIL, OP_WRITEV, plan.aEnd - A, base + plan.tailOff, A, dsync);
     }
     if (plan.midEnd > plan.midStart) this.queueMiddleZero(req);
@@ -733,14 +711,8 @@ export class BlkHandler {
     } else {
       // Writes of zeroes from native's zero buffer, repeated (segments <= 1 GiB).
       const n = Math.ceil(len / ZERO_BYTES);
-      this.reserveOp(n);
-      const sqIovs = this.arrays.sqIovs;
-      let k = this.nIovs * SQ_IOV_STRIDE;
-      for (let i = 0; i < n; i++) {
-        sqIovs[k++] = ZERO_BUF_ID;
-        sqIovs[k++] = 0;
-        sqIovs[k++] = Math.min(ZERO_BYTES, len - i * ZERO_BYTES);
-      }
+      this.ops.reserve(n);
+      for (let i = 0; i < n; i++) this.ops.iov(i, ZERO_BUF_ID, 0, Math.min(ZERO_BYTES, len - i * ZERO_BYTES));
       const dsync = this.opts.writeback() ? 0 : OP_FLAG_DSYNC;
       this.queueOp(req, OP_MIDDLE, OP_WRITEV, plan.midStart, n, len, dsync);
     }
@@ -753,17 +725,9 @@ export class BlkHandler {
       // a KEEP_SIZE fallocate past the end would allocate space silently.
       throw new RangeError(`fallocate [${offset}, +${len}) is beyond the disk`);
     }
-    this.reserveOp(0);
-    const sqOps = this.arrays.sqOps;
-    const o = this.nOps * OP_STRIDE;
-    sqOps[o] = opcode;
-    sqOps[o + 1] = req.slotId * OPS_PER_SLOT + OP_MIDDLE;
-    sqOps[o + 2] = offset;
-    sqOps[o + 3] = len;
-    sqOps[o + 4] = mode;
-    sqOps[o + 5] = 0;
+    this.ops.reserve(0);
+    this.ops.push(opcode, req.slotId * OPS_PER_SLOT + OP_MIDDLE, offset, 0, 0, len, mode);
     req.opExpect[OP_MIDDLE] = 0;
-    this.nOps++;
     (this.queues[req.queue] as QueueState).counters.plainOps++;
   }
 
@@ -842,76 +806,30 @@ export class BlkHandler {
     bytes: number,
     flags: number,
   ): void {
-    this.reserveOp(count);
-    const base = this.nIovs * SQ_IOV_STRIDE;
-    const src = from * ELEM;
-    const n = count * ELEM;
-    const sqIovs = this.arrays.sqIovs;
-    for (let k = 0; k < n; k++) sqIovs[base + k] = this.vec[src + k] as number;
+    this.ops.reserve(count);
+    const v = this.vec;
+    for (let i = 0; i < count; i++) {
+      const k = (from + i) * ELEM;
+      this.ops.iov(i, v[k] as number, v[k + 1] as number, v[k + 2] as number);
+    }
     this.queueOp(req, opIdx, opcode, offset, count, bytes, flags);
   }
 
   /** Queues one op on a single bounce-arena range. */
   private queueBounceOp(req: BlkRequest, opIdx: number, opcode: number, offset: number, at: number, len: number, flags = 0): void {
-    this.reserveOp(1);
-    const k = this.nIovs * SQ_IOV_STRIDE;
-    const sqIovs = this.arrays.sqIovs;
-    sqIovs[k] = BOUNCE_BUF_ID;
-    sqIovs[k + 1] = at;
-    sqIovs[k + 2] = len;
+    this.ops.reserve(1);
+    this.ops.iov(0, BOUNCE_BUF_ID, at, len);
     this.queueOp(req, opIdx, opcode, offset, 1, len, flags);
   }
 
-  /** Makes room in the op arrays for one op of `iovs` iovecs. */
-  private reserveOp(iovs: number): void {
-    const { sqOps, sqIovs } = this.arrays;
-    if ((this.nOps + 1) * OP_STRIDE > sqOps.length || (this.nIovs + iovs) * SQ_IOV_STRIDE > sqIovs.length) {
-      // Copies first: a write's data must be in its bounce buffer before it is submitted.
-      this.flushCopies();
-      this.submitQueued();
-    }
-  }
-
-  /** Appends the op; its iovecs were just written at this.nIovs. */
+  /** Appends op opIdx of req (its iovecs already written) and what it must return. */
   private queueOp(req: BlkRequest, opIdx: number, opcode: number, offset: number, iovs: number, bytes: number, flags: number): void {
-    if (opcode === OP_FSYNC) this.reserveOp(0);
-    const sqOps = this.arrays.sqOps;
-    const o = this.nOps * OP_STRIDE;
-    sqOps[o] = opcode;
-    sqOps[o + 1] = req.slotId * OPS_PER_SLOT + opIdx;
-    sqOps[o + 2] = offset;
-    sqOps[o + 3] = this.nIovs;
-    sqOps[o + 4] = iovs;
-    sqOps[o + 5] = flags;
+    if (opcode === OP_FSYNC) this.ops.reserve(0);
+    this.ops.push(opcode, req.slotId * OPS_PER_SLOT + opIdx, offset, iovs, flags);
     req.opExpect[opIdx] = opcode === OP_FSYNC ? 0 : bytes;
-    this.nIovs += iovs;
-    this.nOps++;
     const c = (this.queues[req.queue] as QueueState).counters;
     if ((flags & OP_FLAG_FIXED) !== 0) c.fixedOps++;
     else c.plainOps++;
-  }
-
-  private submitQueued(): void {
-    if (this.nOps === 0) return;
-    const plane = this.plane;
-    const n = this.nOps;
-    this.nOps = 0;
-    this.nIovs = 0;
-    let taken = 0;
-    try {
-      taken = plane === undefined ? 0 : plane.submit(n);
-    } catch (err) {
-      // The kernel refused the ring itself. Some ops may have reached it and
-      // still complete later, so this data plane cannot go on: the
-      // connection is closed (no slot is reused), and the ops fail below
-      // rather than leave their requests in flight forever.
-      taken = 0;
-      this.opts.onFatal?.(`io_uring submission failed: ${(err as Error).message}`);
-    }
-    // Ops not taken complete with EIO, never hang, but later (settle()):
-    // completing them here could start other requests in the middle of
-    // queueing an op and overwrite its scratch vector.
-    for (let k = taken; k < n; k++) this.refused.push(this.arrays.sqOps[k * OP_STRIDE + 1] as number);
   }
 
   /**
@@ -924,10 +842,12 @@ export class BlkHandler {
       this.startWaiting();
       // Copy-ins before the writes that read them; copy-outs of bounced
       // reads before their used entries and before their space is reused.
-      this.flushCopies();
-      this.submitQueued();
-      if (this.refused.length === 0) break;
-      const refused = this.refused.splice(0, this.refused.length);
+      this.ops.flushCopies();
+      this.ops.submit();
+      // Ops the ring did not take fail here, not while they were queued:
+      // failing them there could start other work in the middle of an op.
+      if (this.ops.refused.length === 0) break;
+      const refused = this.ops.refused.splice(0, this.ops.refused.length);
       for (const userData of refused) this.complete(userData, -EIO);
     }
     this.flushUsed();
@@ -1004,7 +924,7 @@ export class BlkHandler {
   /** Fails and forgets everything in flight (the data plane is gone). */
   abandonAll(): void {
     this.waiting.length = 0;
-    this.nCopies = 0;
+    this.ops.clear();
     this.lock.clear();
     for (const state of this.queues) {
       state.busy.fill(0);
