@@ -84,7 +84,27 @@ export function main(argv: string[]): void {
     process.stdout.write(usageText());
     return;
   }
-  let running: Running;
+  // Handlers go in before the daemon announces itself: a signal sent as soon
+  // as the "serving" line appears must find them (the default action would
+  // kill the process without draining).
+  let running: Running | undefined;
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info('shutting down', { signal });
+    (running?.stop() ?? Promise.resolve()).then(
+      () => process.exit(0),
+      (err: unknown) => {
+        log.error('shutdown failed', { error: err as Error });
+        process.exit(1);
+      },
+    );
+  };
+  // SIGUSR1: log the current connection's counters (bounces, RMW cycles, ...).
+  process.on('SIGUSR1', () => running?.server.connection?.logCounters('SIGUSR1'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
   try {
     running = startDaemon(opts);
   } catch (err) {
@@ -95,18 +115,4 @@ export function main(argv: string[]): void {
     throw err;
   }
   process.stdout.write(`Attach a QEMU guest with:\n  ${qemuCommandLine(running.server.socketPath, opts.queues)}\n`);
-  const shutdown = (signal: string) => {
-    log.info('shutting down', { signal });
-    running.stop().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        log.error('shutdown failed', { error: err as Error });
-        process.exit(1);
-      },
-    );
-  };
-  // SIGUSR1: log the current connection's counters (bounces, RMW cycles, ...).
-  process.on('SIGUSR1', () => running.server.connection?.logCounters('SIGUSR1'));
-  process.on('SIGINT', () => shutdown('SIGINT'));
-  process.on('SIGTERM', () => shutdown('SIGTERM'));
 }
