@@ -7,7 +7,8 @@
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
 import { QueueCounters } from '../../src/blk/counters';
-import { T_IN, T_OUT, arbWorkReq, firstDiff, mulberry32, selectBatch, sumCounters, type LiveReq, type WorkReq } from './blk-rig';
+import { T_IN, T_OUT, arbWorkReq, firstDiff, selectBatch, sumCounters, type LiveReq, type WorkReq } from './blk-rig';
+import { mulberry32 } from '../helpers/prng';
 import { chooser, drive, makeWorld, type SimWorld } from './sim-plane';
 
 const A = 4096;

@@ -28,6 +28,7 @@ import {
 } from '../../src/blk/blk-handler';
 import { SEG_STRIDE } from '../../src/blk/split-chain';
 import { QueueCounters } from '../../src/blk/counters';
+import { mulberry32 } from '../helpers/prng';
 
 export const T_IN = 0;
 export const T_OUT = 1;
@@ -36,17 +37,6 @@ export const IOV_MAX = 1024;
 /** Chain heads per queue (the handler's maxQueueSize). */
 export const QSIZE = 256;
 export const OPS_PER_SLOT = 16;
-
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-}
 
 export function fillRandom(buf: Uint8Array, seed: number): void {
   const r = mulberry32(seed);
@@ -141,7 +131,8 @@ function merged(segs: ReadonlyArray<[number, number, number]>): Array<[number, n
   return out;
 }
 
-function cut(list: ReadonlyArray<[number, number, number]>, from: number, to: number): Array<[number, number, number]> {
+/** Guest bytes [from, to) of an iovec list ([bufId, off, len] each) as maximal per-iovec runs. */
+export function cut(list: ReadonlyArray<[number, number, number]>, from: number, to: number): Array<[number, number, number]> {
   const out: Array<[number, number, number]> = [];
   let p = 0;
   for (const [b, o, l] of list) {

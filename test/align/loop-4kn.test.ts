@@ -19,7 +19,9 @@ import { native, type Session } from '../../src/native/binding';
 import { BlkHandler, allocateArrays, type DataPlane } from '../../src/blk/blk-handler';
 import { probeDirectIo } from '../../src/disk/probe';
 import { QueueCounters } from '../../src/blk/counters';
-import { QSIZE, Rig, arbWorkReq, fillRandom, firstDiff, mulberry32, selectBatch, sumCounters, type GuestMem, type WorkReq } from './blk-rig';
+import { QSIZE, Rig, arbWorkReq, fillRandom, firstDiff, selectBatch, sumCounters, type GuestMem, type WorkReq } from './blk-rig';
+import { mulberry32 } from '../helpers/prng';
+import { attachLoop } from '../helpers/loop-device';
 
 const DISK_BYTES = 64 << 20;
 const WINDOW_SECTORS = 2048; // each run works in a 1 MiB window: requests collide
@@ -124,8 +126,9 @@ t.test('real 4Kn loop device: random batches match the model', { skip }, async (
   fs.fsyncSync(ffd);
   fs.closeSync(ffd);
 
-  const dev = execFileSync(losetup as string, ['--find', '--show', '--sector-size', '4096', '--direct-io=on', file], { encoding: 'utf8' }).trim();
-  cleanups.push(() => execFileSync(losetup as string, ['-d', dev]));
+  const loop = attachLoop(file, 4096);
+  const dev = loop.dev;
+  cleanups.push(() => loop.detach());
   t.comment(`loop device ${dev}`);
   const ss = blockdev ? execFileSync(blockdev, ['--getss', dev], { encoding: 'utf8' }).trim() : '4096';
   t.equal(ss, '4096', 'the loop device has 4096-byte logical sectors');

@@ -10,6 +10,8 @@
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
 import { ELEM, RwPlan, buildVector, cutPieces, planRw, splitPoints, type HostRules } from '../../src/align/rw-plan';
+// Reference: guest bytes [from, to) of an iovec list as maximal per-iovec runs.
+import { cut as refCut } from './blk-rig';
 
 const IOV_MAX = 1024;
 const BOUNCE = 1024;
@@ -29,19 +31,6 @@ function iovArray(list: readonly Iov[]): Float64Array {
 function elems(a: Float64Array, n: number): Iov[] {
   const out: Iov[] = [];
   for (let i = 0; i < n; i++) out.push([a[i * ELEM] as number, a[i * ELEM + 1] as number, a[i * ELEM + 2] as number]);
-  return out;
-}
-
-/** Reference: guest bytes [from, to) of an iovec list as maximal per-iovec runs. */
-function refCut(list: readonly Iov[], from: number, to: number): Iov[] {
-  const out: Iov[] = [];
-  let p = 0;
-  for (const [b, o, l] of list) {
-    const s = Math.max(from, p);
-    const e = Math.min(to, p + l);
-    if (s < e) out.push([b, o + s - p, e - s]);
-    p += l;
-  }
   return out;
 }
 

@@ -37,28 +37,26 @@
  * O_DIRECT (not an old tmpfs).
  */
 import t, { type Test } from 'tap';
-import { spawnSync, type ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import {
   BLOCK_SIZES_MARKER,
-  createSparseImage,
-  daemonLog,
-  ensureGuest,
+  allPrerequisites,
+  e2eLog as log,
+  expectCleanStop,
+  expectGuestPass,
   ext4Script,
-  findCommand,
   fioVerifyScript,
+  guestDisk,
   guestPrerequisites,
-  repoRoot,
-  runGuest,
+  guestTest,
+  loopPrerequisites,
+  runGuestWith,
   startVublk,
-  stopDaemon,
-  vublkProblemLines,
-  waitForDaemonLine,
+  tail,
+  vublkPrerequisites,
   type RunGuestResult,
 } from '../helpers/qemu-guest';
+import { COUNTER_KEYS, logFields, loggedCounters, type CounterKey, type LoggedCounters } from '../helpers/counters';
 
 const QUEUES = 2;
 const IMAGE_BYTES = 256 * 1024 * 1024;
@@ -68,136 +66,13 @@ const GUEST_LBS = 512;
 const FIO_MIB_PER_JOB = 64;
 const FIO_IODEPTH = 32;
 const GUEST_TIMEOUT_MS = 4 * 60 * 1000;
-const VERBOSE = !!process.env.VUBLK_E2E_VERBOSE;
-const log = VERBOSE ? (l: string): void => void process.stderr.write(`${l}\n`) : undefined;
-
-type Exit = { code: number | null; signal: NodeJS.Signals | null };
-
-// ----------------------------------------------------------- loop device ---
-
-/** Loop devices attached by this process and not yet detached. */
-const attachedLoops = new Set<string>();
-let loopExitHook = false;
-
-function losetup(args: string[]): { ok: boolean; stdout: string; stderr: string; status: number | null } {
-  const r = spawnSync('losetup', args, { encoding: 'utf8', timeout: 30000 });
-  return {
-    ok: r.status === 0 && !r.error,
-    stdout: (r.stdout ?? '').trim(),
-    stderr: `${(r.stderr ?? '').trim()}${r.error ? ` (${r.error.message})` : ''}`,
-    status: r.status,
-  };
-}
-
-/** `losetup --find --show --sector-size 4096 --direct-io=on FILE` -> /dev/loopN. */
-function attachLoop(file: string): string {
-  const r = losetup(['--find', '--show', '--sector-size', String(HOST_SECTOR), '--direct-io=on', file]);
-  // --show prints the device even when a later step (e.g. direct I/O) failed.
-  const dev = /^\/dev\/loop\d+$/m.exec(r.stdout)?.[0];
-  if (dev !== undefined) {
-    attachedLoops.add(dev);
-    if (!loopExitHook) {
-      loopExitHook = true;
-      // Last resort if a teardown never ran (the harness kills vublk on exit too).
-      process.once('exit', () => {
-        for (const d of attachedLoops) losetup(['--detach', d]);
-      });
-    }
-  }
-  if (!r.ok || dev === undefined) {
-    if (dev !== undefined && losetup(['--detach', dev]).ok) attachedLoops.delete(dev);
-    throw new Error(`losetup --find --show --sector-size ${HOST_SECTOR} --direct-io=on ${file} failed ` +
-      `(status ${r.status}): ${r.stderr || r.stdout}`);
-  }
-  return dev;
-}
-
-/** Detach `dev` (idempotent); retries briefly while it is still busy. */
-async function detachLoop(dev: string): Promise<{ ok: boolean; detail: string }> {
-  if (!attachedLoops.has(dev)) return { ok: true, detail: 'already detached' };
-  let last = '';
-  for (let i = 0; i < 20; i++) {
-    const r = losetup(['--detach', dev]);
-    if (r.ok) {
-      attachedLoops.delete(dev);
-      return { ok: true, detail: 'detached' };
-    }
-    last = r.stderr;
-    await new Promise((res) => setTimeout(res, 250));
-  }
-  return { ok: false, detail: last };
-}
-
-function sysBlock(dev: string, rel: string): string | undefined {
-  try {
-    return fs.readFileSync(path.join('/sys/block', path.basename(dev), rel), 'utf8').trim();
-  } catch {
-    return undefined;
-  }
-}
-
-// ----------------------------------------------------------- vublk logs ---
-
-/** key=value fields of a `vublk: <level>: <message> k=v ...` line (bare values only). */
-function logFields(line: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const m of line.matchAll(/\b([A-Za-z][A-Za-z0-9_]*)=([^\s"]+)/g)) out[m[1] as string] = m[2] as string;
-  return out;
-}
-
-const COUNTER_KEYS = [
-  'bytesBounced',
-  'rmwCycles',
-  'overlapWaits',
-  'iovCollapses',
-  'ioSplits',
-  'fixedOps',
-  'plainOps',
-  'requests',
-  'errors',
-] as const;
-
-interface QueueCounters {
-  line: string;
-  conn: string;
-  queue: number;
-  values: Partial<Record<(typeof COUNTER_KEYS)[number], number>>;
-}
-
-/** vublk's `counters ... reason=closed` lines (logged when a frontend connection closes). */
-function closedCounters(output: string): QueueCounters[] {
-  return output
-    .split('\n')
-    .filter((l) => /\bvublk: info: counters\b/.test(l) && /\breason=closed\b/.test(l))
-    .map((line) => {
-      const f = logFields(line);
-      const values: QueueCounters['values'] = {};
-      for (const k of COUNTER_KEYS) if (f[k] !== undefined && /^\d+$/.test(f[k])) values[k] = Number(f[k]);
-      return { line, conn: f.conn ?? '?', queue: Number(f.queue ?? NaN), values };
-    });
-}
-
-/** Resolves once the daemon's stdout/stderr have ended (all its lines captured), or after `ms`. */
-async function outputDrained(child: ChildProcess, ms = 3000): Promise<void> {
-  const ended = (s: NodeJS.ReadableStream | null): boolean =>
-    s === null || (s as unknown as { readableEnded?: boolean; destroyed?: boolean }).readableEnded === true ||
-    (s as unknown as { destroyed?: boolean }).destroyed === true;
-  const deadline = Date.now() + ms;
-  while (!(ended(child.stdout) && ended(child.stderr)) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-function tail(s: string, n = 60): string {
-  return s.split('\n').slice(-n).join('\n');
-}
 
 // ----------------------------------------------------------------- boot ---
 
 interface BootResult {
   res: RunGuestResult;
   output: string;
-  counters: QueueCounters[];
+  counters: LoggedCounters[];
 }
 
 /**
@@ -206,60 +81,29 @@ interface BootResult {
  * on the workload. Returns the guest result and vublk's output.
  */
 async function boot4kn(tt: Test, what: string, script: string): Promise<BootResult> {
-  const dir = await fsp.mkdtemp(path.join(process.env.VUBLK_E2E_TMPDIR ?? os.tmpdir(), 'vublk-e2e-4kn-'));
-  const file = path.join(dir, 'backing.img');
-  const socket = path.join(dir, 'vhost.sock');
-  let dev: string | undefined;
-  let child: ChildProcess | undefined;
-  let stopped: Exit | undefined;
-  // One teardown, in this order: vublk (if still running), the loop device,
-  // the directory holding its backing file.
-  tt.teardown(async () => {
-    if (child !== undefined && stopped === undefined) stopped = await stopDaemon(child, { timeoutMs: 10000 });
-    if (dev !== undefined) {
-      const d = await detachLoop(dev);
-      tt.comment(`teardown: ${dev} ${d.ok ? d.detail : `NOT detached: ${d.detail}`}`);
-    }
-    await fsp.rm(dir, { recursive: true, force: true });
+  let vublk: ChildProcess | undefined;
+  const disk = await guestDisk(tt, {
+    prefix: 'vublk-e2e-4kn-',
+    imageName: 'backing.img',
+    imageBytes: IMAGE_BYTES,
+    loop4k: true,
+    what,
+    daemon: () => vublk,
   });
-
-  await createSparseImage(file, IMAGE_BYTES);
-  dev = attachLoop(file);
-  const hostLbs = sysBlock(dev, 'queue/logical_block_size');
-  const hostDio = sysBlock(dev, 'loop/dio');
-  tt.comment(`${what}: ${dev} -> ${file}: logical_block_size=${hostLbs} physical_block_size=` +
-    `${sysBlock(dev, 'queue/physical_block_size')} dma_alignment=${sysBlock(dev, 'queue/dma_alignment')} dio=${hostDio}`);
-  // The host setup itself must be what this test is about.
-  if (hostLbs !== String(HOST_SECTOR) || hostDio !== '1') {
-    throw new Error(`${dev} is not a 4K-native direct-I/O loop device (logical_block_size=${hostLbs}, dio=${hostDio}); ` +
-      `is ${dir} on a filesystem with O_DIRECT support? (set VUBLK_E2E_TMPDIR)`);
-  }
-
-  child = await startVublk({
-    image: dev,
-    socket,
+  vublk = await startVublk({
+    image: disk.disk,
+    socket: disk.socket,
     queues: QUEUES,
     extraArgs: ['--logical-block-size', String(GUEST_LBS)],
     ...(log ? { log } : {}),
   });
-  const vublk = child;
-  // If vublk dies the guest's I/O would hang until the timeout: stop early.
-  const ac = new AbortController();
-  const onExit = (code: number | null, sig: NodeJS.Signals | null): void =>
-    ac.abort(new Error(`vublk exited during the run (code ${code}, signal ${sig})`));
-  vublk.once('exit', onExit);
-  let res: RunGuestResult;
-  let closedLine: string | undefined;
-  try {
-    res = await runGuest({ socket, queues: QUEUES, script, timeoutMs: GUEST_TIMEOUT_MS, signal: ac.signal, ...(log ? { log } : {}) });
-    // QEMU is gone: vublk must notice by itself (and log the counters then).
-    closedLine = await waitForDaemonLine(vublk, /\bvublk: info: frontend connection closed\b/, 10000);
-  } finally {
-    vublk.off('exit', onExit);
-    stopped = await stopDaemon(vublk, { signal: 'SIGTERM', timeoutMs: 10000 });
-    await outputDrained(vublk);
-  }
-  const output = daemonLog(vublk);
+  const run = await runGuestWith(
+    vublk,
+    'vublk',
+    { socket: disk.socket, queues: QUEUES, script, timeoutMs: GUEST_TIMEOUT_MS, ...(log ? { log } : {}) },
+    true,
+  );
+  const { res, output, stopped } = run;
   tt.comment(`${what}: guest ${res.result ?? '(no result line)'} in ${(res.durationMs / 1000).toFixed(1)} s; ` +
     `vublk stopped (code ${stopped.code}, signal ${stopped.signal})`);
 
@@ -281,21 +125,11 @@ async function boot4kn(tt: Test, what: string, script: string): Promise<BootResu
     { line: bsLine, guestOutput: tail(res.output, 30) },
   );
 
-  tt.ok(res.passed, `guest ${what} PASS`, {
-    result: res.result,
-    exitCode: res.exitCode,
-    signal: res.signal,
-    timedOut: res.timedOut,
-    backendDied: res.aborted,
-    guestOutput: tail(res.output),
-    backendOutput: tail(output, 30),
-  });
-  tt.ok(closedLine !== undefined, 'vublk noticed the frontend connection close by itself', { backendOutput: tail(output, 30) });
-  tt.same(stopped, { code: 0, signal: null }, 'vublk exits 0 on SIGTERM', { backendOutput: tail(output, 30) });
-  tt.same(vublkProblemLines(output), [], 'vublk logged no warn/error line', { backendOutput: tail(output, 30) });
+  expectGuestPass(tt, run, `guest ${what} PASS`);
+  expectCleanStop(tt, 'vublk', run);
 
   // Per-queue counters of the (only) connection.
-  const counters = closedCounters(output);
+  const counters = loggedCounters(output, 'closed');
   for (const c of counters) tt.comment(`${what}: ${c.line.trim()}`);
   tt.same(
     counters.map((c) => c.queue).sort((a, b) => a - b),
@@ -317,27 +151,13 @@ async function boot4kn(tt: Test, what: string, script: string): Promise<BootResu
   return { res, output, counters };
 }
 
-function sum(cs: QueueCounters[], k: (typeof COUNTER_KEYS)[number]): number {
+function sum(cs: LoggedCounters[], k: CounterKey): number {
   return cs.reduce((a, c) => a + (c.values[k] ?? 0), 0);
 }
 
 // ---------------------------------------------------------------- tests ---
 
-function prerequisites(): { ok: boolean; reason?: string } {
-  if (process.platform !== 'linux') return { ok: false, reason: `needs Linux (platform ${process.platform})` };
-  if (typeof process.getuid !== 'function' || process.getuid() !== 0) {
-    return { ok: false, reason: 'needs root (losetup of a 4K-sector loop device)' };
-  }
-  if (!findCommand('losetup')) return { ok: false, reason: 'losetup not found (apt-get install mount)' };
-  if (!fs.existsSync('/dev/loop-control')) return { ok: false, reason: 'no /dev/loop-control (loop module not loaded?)' };
-  const g = guestPrerequisites();
-  if (!g.ok) return g;
-  const bin = path.join(repoRoot(), 'bin', 'vublk.js');
-  if (!fs.existsSync(bin)) return { ok: false, reason: `${bin} not found` };
-  return { ok: true };
-}
-
-const prereq = prerequisites();
+const prereq = allPrerequisites(guestPrerequisites, loopPrerequisites, vublkPrerequisites);
 const common = {
   expectQueues: QUEUES,
   expectSizeBytes: IMAGE_BYTES,
@@ -345,19 +165,17 @@ const common = {
   expectPhysicalBlockSize: HOST_SECTOR,
 };
 
-if (!prereq.ok) {
-  if (process.env.CI) {
-    t.fail(`QEMU 4K-native e2e prerequisites missing in CI: ${prereq.reason}`);
-  } else {
-    t.test('qemu guest on a 4K-native host device', { skip: prereq.reason ?? 'prerequisites missing' }, async () => {});
-  }
-} else {
-  t.setTimeout(20 * 60 * 1000);
-  t.test(`qemu guest, 512-byte blocks on a 4K-native loop device (${QUEUES} queues)`, { timeout: 15 * 60 * 1000 }, async (tt) => {
-    const t0 = Date.now();
-    await ensureGuest(log ? { log } : {});
-    tt.comment(`guest ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-
+guestTest(
+  t,
+  {
+    prereq,
+    ciWhat: 'QEMU 4K-native e2e',
+    name: `qemu guest, 512-byte blocks on a 4K-native loop device (${QUEUES} queues)`,
+    skipName: 'qemu guest on a 4K-native host device',
+    timeoutMs: 15 * 60 * 1000,
+    fileTimeoutMs: 20 * 60 * 1000,
+  },
+  async (tt) => {
     await tt.test('fio 512-128k random writes at 512-byte offsets, crc32c verify', async (st) => {
       const script = fioVerifyScript({
         ...common,
@@ -376,6 +194,5 @@ if (!prereq.ok) {
     await tt.test('ext4 mkfs/write/remount/checksum/e2fsck', async (st) => {
       await boot4kn(st, 'ext4', ext4Script(common));
     });
-    tt.comment(`total ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-  });
-}
+  },
+);

@@ -52,32 +52,31 @@
  * guest/vublk output to stderr.
  */
 import t, { type Test } from 'tap';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import {
-  createSparseImage,
-  daemonLog,
-  ensureGuest,
-  findCommand,
+  allPrerequisites,
+  e2eLog as log,
+  expectCleanStop,
+  expectGuestPass,
+  guestDisk,
   guestPrerequisites,
   guestScriptPreamble,
-  repoRoot,
-  runGuest,
+  guestTest,
+  loopPrerequisites,
+  runGuestWith,
   startVublk,
-  stopDaemon,
-  vublkProblemLines,
-  waitForDaemonLine,
-  type RunGuestResult,
+  tail,
+  testWithPrerequisites,
+  vublkPrerequisites,
+  type GuestRun,
 } from '../helpers/qemu-guest';
+import { sysBlockNumber } from '../helpers/loop-device';
+import { logFields as fields, loggedCounters } from '../helpers/counters';
 
 const QUEUES = 2;
 const IMAGE_BYTES = 256 * 1024 * 1024;
 const GUEST_TIMEOUT_MS = 3 * 60 * 1000;
-const VERBOSE = !!process.env.VUBLK_E2E_VERBOSE;
-const log = VERBOSE ? (l: string): void => void process.stderr.write(`${l}\n`) : undefined;
 
 /** Guest line: `VUBLK-E2E-DISCARD-LIMITS discard_max_bytes=N discard_granularity=N write_zeroes_max_bytes=N`. */
 const LIMITS_MARKER = 'VUBLK-E2E-DISCARD-LIMITS';
@@ -313,17 +312,6 @@ exit 0
 
 // ------------------------------------------------------------ host side ---
 
-/** key=value fields of a log / marker line (bare values only). */
-function fields(line: string): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (const m of line.matchAll(/\b([A-Za-z][A-Za-z0-9_]*)=([^\s"]+)/g)) out[m[1] as string] = m[2] as string;
-  return out;
-}
-
-function tail(s: string, n = 60): string {
-  return s.split('\n').slice(-n).join('\n');
-}
-
 function allocatedBytes(file: string): number {
   return fs.statSync(file).blocks * 512;
 }
@@ -332,113 +320,22 @@ function fmtMiB(n: number | undefined): string {
   return n === undefined ? '?' : `${(n / MiB).toFixed(2)} MiB`;
 }
 
-/** Resolves once the daemon's stdout/stderr have ended (all its lines captured), or after `ms`. */
-async function outputDrained(child: ChildProcess, ms = 3000): Promise<void> {
-  const ended = (s: NodeJS.ReadableStream | null): boolean => {
-    const r = s as unknown as { readableEnded?: boolean; destroyed?: boolean } | null;
-    return r === null || r.readableEnded === true || r.destroyed === true;
-  };
-  const deadline = Date.now() + ms;
-  while (!(ended(child.stdout) && ended(child.stderr)) && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-function prerequisites(): { ok: boolean; reason?: string } {
-  const g = guestPrerequisites();
-  if (!g.ok) return g;
-  const root = repoRoot();
-  for (const f of [path.join(root, 'bin', 'vublk.js'), path.join(root, 'dist', 'src', 'cli', 'main.js')]) {
-    if (!fs.existsSync(f)) return { ok: false, reason: `${f} not found (npm run build)` };
-  }
-  return { ok: true };
-}
-
 // ------------------------------------------------------ host variants ---
 
 /** What vublk serves: the sparse file itself, or a 4K-native loop device over it. */
 type HostKind = 'file' | 'loop4k';
 
-/** Loop devices attached by this process and not yet detached. */
-const attachedLoops = new Set<string>();
-
-function losetup(args: string[]): { ok: boolean; out: string } {
-  const r = spawnSync('losetup', args, { encoding: 'utf8', timeout: 30000 });
-  return { ok: r.status === 0 && !r.error, out: `${(r.stdout ?? '').trim()} ${(r.stderr ?? '').trim()}${r.error ? ` (${r.error.message})` : ''}`.trim() };
-}
-
-/** `losetup --find --show --sector-size 4096 --direct-io=on FILE` -> /dev/loopN (detached on exit at the latest). */
-function attachLoop4k(file: string): string {
-  const r = losetup(['--find', '--show', '--sector-size', '4096', '--direct-io=on', file]);
-  const dev = /\/dev\/loop\d+/.exec(r.out)?.[0];
-  if (dev !== undefined) {
-    if (attachedLoops.size === 0) process.once('exit', () => attachedLoops.forEach((d) => losetup(['--detach', d])));
-    attachedLoops.add(dev);
-  }
-  if (!r.ok || dev === undefined) throw new Error(`losetup --sector-size 4096 --direct-io=on ${file} failed: ${r.out}`);
-  return dev;
-}
-
-async function detachLoop(dev: string): Promise<string> {
-  let last = '';
-  for (let i = 0; i < 20; i++) {
-    const r = losetup(['--detach', dev]);
-    if (r.ok) {
-      attachedLoops.delete(dev);
-      return 'detached';
-    }
-    last = r.out;
-    await new Promise((res) => setTimeout(res, 250));
-  }
-  return `NOT detached: ${last}`;
-}
-
-function sysBlockNumber(dev: string, rel: string): number {
-  return Number(fs.readFileSync(path.join('/sys/block', path.basename(dev), rel), 'utf8').trim());
-}
-
-function loopPrerequisites(): { ok: boolean; reason?: string } {
-  if (process.getuid?.() !== 0) return { ok: false, reason: 'needs root (losetup)' };
-  if (!findCommand('losetup')) return { ok: false, reason: 'losetup not found (util-linux)' };
-  if (!fs.existsSync('/dev/loop-control')) return { ok: false, reason: 'no /dev/loop-control (loop devices unavailable)' };
-  return { ok: true };
-}
-
 async function run(tt: Test, kind: HostKind): Promise<void> {
   // Loaded here, not at the top: it loads the native addon.
   const { MAX_ZERO_SEGMENT_BYTES } = await import('../../src/disk/discard-probe');
-  const dir = await fsp.mkdtemp(path.join(process.env.VUBLK_E2E_TMPDIR ?? os.tmpdir(), 'vublk-e2e-discard-'));
-  const image = path.join(dir, 'disk.img');
-  const socket = path.join(dir, 'vhost.sock');
-  let child: ChildProcess | undefined;
-  let stopped: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  let dev: string | undefined;
-  // In this order: vublk (if still running), the loop device, the directory.
-  tt.teardown(async () => {
-    if (child !== undefined && stopped === undefined) stopped = await stopDaemon(child, { timeoutMs: 10000 });
-    if (dev !== undefined) tt.comment(`teardown: ${dev} ${await detachLoop(dev)}`);
-    await fsp.rm(dir, { recursive: true, force: true });
-  });
-
-  await createSparseImage(image, IMAGE_BYTES);
+  let vublk: ChildProcess | undefined;
+  const host = await guestDisk(tt, { prefix: 'vublk-e2e-discard-', imageBytes: IMAGE_BYTES, loop4k: kind === 'loop4k', daemon: () => vublk });
+  const { image, socket } = host;
+  const dev = host.loop?.dev;
   const startAlloc = allocatedBytes(image);
-  let disk = image;
-  const extraArgs: string[] = [];
-  if (kind === 'loop4k') {
-    dev = attachLoop4k(image);
-    disk = dev;
-    const lbs = sysBlockNumber(dev, 'queue/logical_block_size');
-    const dio = fs.readFileSync(path.join('/sys/block', path.basename(dev), 'loop/dio'), 'utf8').trim();
-    tt.comment(`${dev} -> ${image}: logical_block_size=${lbs} dio=${dio} discard_max_bytes=` +
-      `${sysBlockNumber(dev, 'queue/discard_max_bytes')} discard_granularity=${sysBlockNumber(dev, 'queue/discard_granularity')}`);
-    if (lbs !== 4096 || dio !== '1') {
-      throw new Error(`${dev} is not a 4K-native direct-I/O loop device (logical_block_size=${lbs}, dio=${dio}); ` +
-        `is ${dir} on a file system with O_DIRECT support? (set VUBLK_E2E_TMPDIR)`);
-    }
-    extraArgs.push('--logical-block-size', '512');
-  }
-  child = await startVublk({ image: disk, socket, queues: QUEUES, extraArgs, ...(log ? { log } : {}) });
-  const vublk = child;
+  // On the 4K device the guest still has 512-byte blocks.
+  const extraArgs = kind === 'loop4k' ? ['--logical-block-size', '512'] : [];
+  vublk = await startVublk({ image: host.disk, socket, queues: QUEUES, extraArgs, ...(log ? { log } : {}) });
 
   // Allocation of the image: at the guest's BEFORE_TRIM_MARKER, and the peak of 100 ms samples.
   let atMarker: number | undefined;
@@ -454,37 +351,19 @@ async function run(tt: Test, kind: HostKind): Promise<void> {
     log?.(l);
   };
 
-  // If vublk dies the guest's I/O would hang until the timeout: stop early.
-  const ac = new AbortController();
-  const onExit = (code: number | null, sig: NodeJS.Signals | null): void =>
-    ac.abort(new Error(`vublk exited during the run (code ${code}, signal ${sig})`));
-  vublk.once('exit', onExit);
-  let res: RunGuestResult;
-  let closedLine: string | undefined;
+  let boot: GuestRun;
   try {
-    res = await runGuest({ socket, queues: QUEUES, script: discardScript(), timeoutMs: GUEST_TIMEOUT_MS, signal: ac.signal, log: onLine });
-    closedLine = await waitForDaemonLine(vublk, /\bvublk: info: frontend connection closed\b/, 10000);
+    boot = await runGuestWith(vublk, 'vublk', { socket, queues: QUEUES, script: discardScript(), timeoutMs: GUEST_TIMEOUT_MS, log: onLine }, true);
   } finally {
     clearInterval(poll);
-    vublk.off('exit', onExit);
-    stopped = await stopDaemon(vublk, { signal: 'SIGTERM', timeoutMs: 10000 });
-    await outputDrained(vublk);
   }
+  const { res, output, stopped } = boot;
   const afterAlloc = allocatedBytes(image);
-  const output = daemonLog(vublk);
   const guestLines = res.output.split('\n');
   tt.comment(`guest ${res.result ?? '(no result line)'} in ${(res.durationMs / 1000).toFixed(1)} s; ` +
     `vublk stopped (code ${stopped.code}, signal ${stopped.signal})`);
 
-  tt.ok(res.passed, 'guest PASS', {
-    result: res.result,
-    exitCode: res.exitCode,
-    signal: res.signal,
-    timedOut: res.timedOut,
-    backendDied: res.aborted,
-    guestOutput: tail(res.output),
-    backendOutput: tail(output, 30),
-  });
+  expectGuestPass(tt, boot, 'guest PASS');
 
   // --- the limits the guest saw, against what vublk derives from the host
   const probe = output.split('\n').find((l) => /\bvublk: info: host disk direct I\/O\b/.test(l));
@@ -553,54 +432,48 @@ async function run(tt: Test, kind: HostKind): Promise<void> {
   }
 
   // --- vublk
-  tt.ok(closedLine !== undefined, 'vublk noticed the frontend connection close by itself', { backendOutput: tail(output, 30) });
-  tt.same(stopped, { code: 0, signal: null }, 'vublk exits 0 on SIGTERM', { backendOutput: tail(output, 30) });
-  tt.same(vublkProblemLines(output), [], 'vublk logged no warn/error line', { backendOutput: tail(output, 30) });
-  const counters = output
-    .split('\n')
-    .filter((l) => /\bvublk: info: counters\b/.test(l) && /\breason=closed\b/.test(l));
-  for (const l of counters) tt.comment(l.trim());
+  expectCleanStop(tt, 'vublk', boot);
+  const counters = loggedCounters(output, 'closed');
+  for (const c of counters) tt.comment(c.line.trim());
   tt.equal(counters.length, QUEUES, `one counters reason=closed line per queue (${QUEUES})`, { backendOutput: tail(output, 30) });
-  for (const l of counters) {
-    const f = fields(l);
-    tt.equal(f.errors, '0', `queue ${f.queue}: errors=0`, { line: l });
+  for (const c of counters) {
+    tt.equal(c.fields.errors, '0', `queue ${c.fields.queue}: errors=0`, { line: c.line });
   }
   if (kind === 'loop4k') {
     // Partial 4 KiB host blocks (WRITE_ZEROES heads/tails, 512-byte writes) need read-modify-write.
-    const rmw = counters.reduce((n, l) => n + Number(fields(l).rmwCycles ?? NaN), 0);
-    tt.ok(rmw > 0, `vublk did read-modify-write cycles on the 4K device (rmwCycles ${rmw})`, { lines: counters });
+    const rmw = counters.reduce((n, c) => n + Number(c.fields.rmwCycles ?? NaN), 0);
+    tt.ok(rmw > 0, `vublk did read-modify-write cycles on the 4K device (rmwCycles ${rmw})`, { lines: counters.map((c) => c.line) });
   }
 }
 
 // --------------------------------------------------------------- tests ---
 
-const prereq = prerequisites();
-if (!prereq.ok) {
-  if (process.env.CI) {
-    t.fail(`QEMU discard e2e prerequisites missing in CI: ${prereq.reason}`);
-  } else {
-    t.test('qemu discard/write-zeroes e2e', { skip: prereq.reason ?? 'prerequisites missing' }, async () => {});
-  }
-} else {
-  t.setTimeout(20 * 60 * 1000);
-  t.test(`qemu discard/write-zeroes e2e (vublk, ${QUEUES} queues)`, { timeout: 15 * 60 * 1000 }, async (tt) => {
-    const t0 = Date.now();
-    await ensureGuest(log ? { log } : {});
-    tt.comment(`guest ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-
+guestTest(
+  t,
+  {
+    prereq: allPrerequisites(guestPrerequisites, () => vublkPrerequisites({ built: true })),
+    ciWhat: 'QEMU discard e2e',
+    name: `qemu discard/write-zeroes e2e (vublk, ${QUEUES} queues)`,
+    skipName: 'qemu discard/write-zeroes e2e',
+    timeoutMs: 15 * 60 * 1000,
+    fileTimeoutMs: 20 * 60 * 1000,
+  },
+  async (tt) => {
     await tt.test('sparse image file', async (st) => {
       await run(st, 'file');
     });
 
     // The same on a host whose blocks are 4 KiB, so the odd ranges are partial
     // host blocks for vublk too (on the file above, offsetAlign is usually 512).
-    const lp = loopPrerequisites();
-    if (!lp.ok && process.env.CI) {
-      tt.fail(`4K loop device variant: prerequisites missing in CI: ${lp.reason}`);
-    } else {
-      await tt.test('4K-native loop device over a sparse file (--logical-block-size 512)', { skip: lp.ok ? false : lp.reason ?? 'prerequisites missing' }, async (st) => {
+    await testWithPrerequisites(
+      tt,
+      loopPrerequisites(),
+      '4K loop device variant:',
+      '4K-native loop device over a sparse file (--logical-block-size 512)',
+      {},
+      async (st) => {
         await run(st, 'loop4k');
-      });
-    }
-  });
-}
+      },
+    );
+  },
+);

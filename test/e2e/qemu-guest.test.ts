@@ -11,43 +11,38 @@
  * Without the prerequisites (qemu-system-x86_64, tools to build the guest) the
  * test is skipped, except under CI (env CI set), where it fails.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import {
-  createSparseImage,
-  daemonLog,
-  ensureGuest,
+  allPrerequisites,
+  e2eLog as log,
+  expectCleanStop,
+  expectGuestPass,
   ext4Script,
   findCommand,
   fioVerifyScript,
+  guestDisk,
   guestPrerequisites,
-  repoRoot,
-  runGuest,
+  guestTest,
+  runGuestWith,
   startQsd,
   startVublk,
-  stopDaemon,
-  vublkProblemLines,
-  type RunGuestResult,
+  tail,
+  vublkPrerequisites,
+  type GuestRun,
+  type Prerequisites,
 } from '../helpers/qemu-guest';
 
 const QUEUES = 2;
 const IMAGE_BYTES = 256 * 1024 * 1024;
 const GUEST_TIMEOUT_MS = 5 * 60 * 1000;
 const BACKEND = (process.env.VUBLK_E2E_BACKEND || 'vublk').trim();
-const VERBOSE = !!process.env.VUBLK_E2E_VERBOSE;
-const log = VERBOSE ? (l: string): void => void process.stderr.write(`${l}\n`) : undefined;
 
 // ------------------------------------------------------------- backend ---
 
 interface Backend {
   name: string;
   child: ChildProcess;
-  stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  output(): string;
 }
 
 /** The one place that decides which vhost-user-blk backend serves the guest. */
@@ -64,140 +59,67 @@ async function startBackend(image: string, socket: string, queues: number): Prom
     default:
       throw new Error(`VUBLK_E2E_BACKEND must be qsd or vublk, got '${BACKEND}'`);
   }
-  return {
-    name: BACKEND,
-    child,
-    stop: () => stopDaemon(child, { signal: 'SIGTERM', timeoutMs: 10000 }),
-    output: () => daemonLog(child),
-  };
+  return { name: BACKEND, child };
 }
 
-function backendPrerequisites(): { ok: boolean; reason?: string } {
+function backendPrerequisites(): Prerequisites {
   if (BACKEND === 'qsd') {
     return findCommand('qemu-storage-daemon')
       ? { ok: true }
       : { ok: false, reason: 'qemu-storage-daemon not found (apt-get install qemu-utils)' };
   }
-  if (BACKEND === 'vublk') {
-    const bin = path.join(repoRoot(), 'bin', 'vublk.js');
-    return fs.existsSync(bin) ? { ok: true } : { ok: false, reason: `${bin} not found` };
-  }
+  if (BACKEND === 'vublk') return vublkPrerequisites();
   return { ok: false, reason: `unknown VUBLK_E2E_BACKEND '${BACKEND}'` };
 }
 
 // ------------------------------------------------------------- helpers ---
 
-/** The bits of a tap subtest that bootWith() uses. */
-interface SubTest {
-  teardown(fn: () => unknown): void;
-  comment(...args: unknown[]): void;
-  ok(value: unknown, message: string, extra: Record<string, unknown>): boolean;
-  same(found: unknown, wanted: unknown, message: string, extra: Record<string, unknown>): boolean;
-}
-
-function tail(s: string, n = 60): string {
-  return s.split('\n').slice(-n).join('\n');
-}
-
 /**
- * Fresh sparse image + backend + one guest boot running `script`.
- * Returns the guest result (no assertions) plus the backend's captured output.
+ * Fresh sparse image + backend + one guest boot running `script`; checks
+ * that the backend stopped cleanly. Returns the guest result (not checked)
+ * plus the backend's captured output.
  */
-async function bootWith(
-  tt: SubTest,
-  script: string,
-  imageBytes = IMAGE_BYTES,
-): Promise<{ res: RunGuestResult; backendName: string; backendOutput: string }> {
-  let stopped: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  // O_DIRECT needs a real filesystem (not tmpfs); override with VUBLK_E2E_TMPDIR.
-  const dir = await fsp.mkdtemp(path.join(process.env.VUBLK_E2E_TMPDIR ?? os.tmpdir(), 'vublk-e2e-'));
-  tt.teardown(() => fsp.rm(dir, { recursive: true, force: true }));
-  const image = path.join(dir, 'disk.img');
-  const socket = path.join(dir, 'vhost.sock');
-  await createSparseImage(image, imageBytes);
-
+async function bootWith(tt: Test, script: string, imageBytes = IMAGE_BYTES): Promise<GuestRun & { backendName: string }> {
+  const { image, socket } = await guestDisk(tt, { prefix: 'vublk-e2e-', imageBytes });
   const backend = await startBackend(image, socket, QUEUES);
-  // If the backend dies, the guest's I/O would hang until the timeout: stop early.
-  const ac = new AbortController();
-  const onBackendExit = (code: number | null, sig: NodeJS.Signals | null): void =>
-    ac.abort(new Error(`backend ${backend.name} exited during the run (code ${code}, signal ${sig})`));
-  backend.child.once('exit', onBackendExit);
-  let res: RunGuestResult;
-  try {
-    res = await runGuest({
-      socket,
-      queues: QUEUES,
-      script,
-      timeoutMs: GUEST_TIMEOUT_MS,
-      signal: ac.signal,
-      ...(log ? { log } : {}),
-    });
-  } finally {
-    backend.child.off('exit', onBackendExit);
-    stopped = await backend.stop();
-    tt.comment(`${backend.name} stopped (code ${stopped.code}, signal ${stopped.signal})`);
-  }
-  tt.comment(`guest ${res.result ?? '(no result line)'} in ${(res.durationMs / 1000).toFixed(1)} s`);
-  checkBackendClean(tt, backend.name, stopped, backend.output());
-  return { res, backendName: backend.name, backendOutput: backend.output() };
-}
-
-/** The backend exited 0 on SIGTERM (it drains, cleans up, exits) and vublk logged no warn/error line. */
-function checkBackendClean(
-  tt: SubTest,
-  name: string,
-  stopped: { code: number | null; signal: NodeJS.Signals | null },
-  output: string,
-): void {
-  tt.same(stopped, { code: 0, signal: null }, `${name} exits 0 on SIGTERM`, { backendOutput: tail(output, 30) });
-  if (name === 'vublk') {
-    tt.same(vublkProblemLines(output), [], 'vublk logged no warn/error line', { backendOutput: tail(output, 30) });
-  }
-}
-
-async function expectGuestPass(tt: SubTest, script: string): Promise<void> {
-  const { res, backendName, backendOutput } = await bootWith(tt, script);
-  tt.ok(res.passed, `guest reports PASS (backend ${backendName})`, {
-    result: res.result,
-    exitCode: res.exitCode,
-    signal: res.signal,
-    timedOut: res.timedOut,
-    backendDied: res.aborted,
-    guestOutput: tail(res.output),
-    backendOutput: tail(backendOutput, 30),
+  const run = await runGuestWith(backend.child, `backend ${backend.name}`, {
+    socket,
+    queues: QUEUES,
+    script,
+    timeoutMs: GUEST_TIMEOUT_MS,
+    ...(log ? { log } : {}),
   });
+  tt.comment(`${backend.name} stopped (code ${run.stopped.code}, signal ${run.stopped.signal})`);
+  tt.comment(`guest ${run.res.result ?? '(no result line)'} in ${(run.res.durationMs / 1000).toFixed(1)} s`);
+  expectCleanStop(tt, backend.name, run);
+  return { ...run, backendName: backend.name };
+}
+
+async function expectGuestPasses(tt: Test, script: string): Promise<void> {
+  const run = await bootWith(tt, script);
+  expectGuestPass(tt, run, `guest reports PASS (backend ${run.backendName})`);
 }
 
 // --------------------------------------------------------------- tests ---
 
-const prereq = ((): { ok: boolean; reason?: string } => {
-  const g = guestPrerequisites();
-  if (!g.ok) return g;
-  return backendPrerequisites();
-})();
-
-if (!prereq.ok) {
-  if (process.env.CI) {
-    t.fail(`QEMU e2e prerequisites missing in CI: ${prereq.reason}`);
-  } else {
-    t.test('qemu guest e2e', { skip: prereq.reason ?? 'prerequisites missing' }, async () => {});
-  }
-} else {
-  // Plain `node file.test.js` uses tap's 30 s default for the whole file; a cold
-  // guest build plus three TCG boots needs more. (The tap runner's own limit
-  // comes from package.json "tap.timeout".)
-  t.setTimeout(25 * 60 * 1000);
-  t.test(`qemu guest e2e (backend ${BACKEND}, ${QUEUES} queues)`, { timeout: 20 * 60 * 1000 }, async (tt) => {
-    const t0 = Date.now();
-    await ensureGuest(log ? { log } : {});
-    tt.comment(`guest ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-
+guestTest(
+  t,
+  {
+    prereq: allPrerequisites(guestPrerequisites, backendPrerequisites),
+    ciWhat: 'QEMU e2e',
+    name: `qemu guest e2e (backend ${BACKEND}, ${QUEUES} queues)`,
+    skipName: 'qemu guest e2e',
+    timeoutMs: 20 * 60 * 1000,
+    // A cold guest build plus three TCG boots.
+    fileTimeoutMs: 25 * 60 * 1000,
+  },
+  async (tt) => {
     await tt.test('fio random-size writes with crc32c verify + read-back verify', async (st) => {
-      await expectGuestPass(st, fioVerifyScript({ expectQueues: QUEUES, expectSizeBytes: IMAGE_BYTES }));
+      await expectGuestPasses(st, fioVerifyScript({ expectQueues: QUEUES, expectSizeBytes: IMAGE_BYTES }));
     });
 
     await tt.test('ext4 mkfs/write/remount/checksum/e2fsck', async (st) => {
-      await expectGuestPass(st, ext4Script({ expectQueues: QUEUES, expectSizeBytes: IMAGE_BYTES }));
+      await expectGuestPasses(st, ext4Script({ expectQueues: QUEUES, expectSizeBytes: IMAGE_BYTES }));
     });
 
     // Harness self-check: a failing guest script must not be reported as a pass.
@@ -208,5 +130,5 @@ if (!prereq.ok) {
       st.equal(res.result, 'FAIL deliberate failure', 'FAIL line carries the reason', { guestOutput: tail(res.output) });
       st.equal(res.timedOut, false, 'guest powered off by itself');
     });
-  });
-}
+  },
+);

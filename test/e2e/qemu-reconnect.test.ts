@@ -27,22 +27,24 @@
 import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as fsp from 'node:fs/promises';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import {
   ROUND_MARKER,
-  createSparseImage,
+  allPrerequisites,
   daemonLog,
-  ensureGuest,
+  e2eLog,
+  guestDisk,
   guestPrerequisites,
-  repoRoot,
+  guestTest,
+  isSocket,
   roundsScript,
   runGuest,
   startVublk,
   stopDaemon,
+  tail,
+  vublkPrerequisites,
   vublkProblemLines,
   waitForDaemonLine,
+  type Exit,
   type RunGuestResult,
 } from '../helpers/qemu-guest';
 
@@ -61,10 +63,7 @@ const DOWN_MS = 1500;
 /** QEMU retries every second (reconnect=1): give up on it after this long. */
 const RECONNECT_WAIT_MS = 20000;
 const GUEST_TIMEOUT_MS = 3 * 60 * 1000;
-const VERBOSE = !!process.env.VUBLK_E2E_VERBOSE;
-const log = VERBOSE ? (l: string): void => void process.stderr.write(`${l}\n`) : undefined;
-
-type Exit = { code: number | null; signal: NodeJS.Signals | null };
+const log = e2eLog;
 
 /** One vublk process of a run. */
 interface Generation {
@@ -96,10 +95,6 @@ interface Outcome {
   res: RunGuestResult;
   gens: Generation[];
   restartError: Error | undefined;
-}
-
-function tail(s: string, n = 60): string {
-  return s.split('\n').slice(-n).join('\n');
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -134,14 +129,6 @@ function uringInflight(pid: number | undefined): number | undefined {
   }
 }
 
-async function isSocket(p: string): Promise<boolean> {
-  try {
-    return (await fsp.stat(p)).isSocket();
-  } catch {
-    return false;
-  }
-}
-
 /**
  * One guest boot (chardev reconnect=1) running the rounds script. When the
  * guest starts writing each round of RESTART_ROUNDS, the current vublk gets
@@ -149,12 +136,7 @@ async function isSocket(p: string): Promise<boolean> {
  * image and socket DOWN_MS after it exited.
  */
 async function runWithRestarts(tt: Test, kill: 'SIGTERM' | 'SIGKILL'): Promise<Outcome> {
-  // O_DIRECT needs a real filesystem (not tmpfs); override with VUBLK_E2E_TMPDIR.
-  const dir = await fsp.mkdtemp(path.join(process.env.VUBLK_E2E_TMPDIR ?? os.tmpdir(), 'vublk-e2e-rc-'));
-  tt.teardown(() => fsp.rm(dir, { recursive: true, force: true }));
-  const image = path.join(dir, 'disk.img');
-  const socket = path.join(dir, 'vhost.sock');
-  await createSparseImage(image, IMAGE_BYTES);
+  const { image, socket } = await guestDisk(tt, { prefix: 'vublk-e2e-rc-', imageBytes: IMAGE_BYTES });
 
   const gens: Generation[] = [];
   // Never leave a daemon behind, whatever happens below.
@@ -312,26 +294,17 @@ function checkOutcome(tt: Test, o: Outcome, kill: 'SIGTERM' | 'SIGKILL'): void {
   }
 }
 
-const prereq = ((): { ok: boolean; reason?: string } => {
-  const g = guestPrerequisites();
-  if (!g.ok) return g;
-  const bin = path.join(repoRoot(), 'bin', 'vublk.js');
-  return fs.existsSync(bin) ? { ok: true } : { ok: false, reason: `${bin} not found` };
-})();
-
-if (!prereq.ok) {
-  if (process.env.CI) {
-    t.fail(`QEMU e2e prerequisites missing in CI: ${prereq.reason}`);
-  } else {
-    t.test('qemu reconnect e2e', { skip: prereq.reason ?? 'prerequisites missing' }, async () => {});
-  }
-} else {
-  t.setTimeout(15 * 60 * 1000);
-  t.test(`qemu reconnect e2e (vublk, ${QUEUES} queues, chardev reconnect=1)`, { timeout: 12 * 60 * 1000 }, async (tt) => {
-    const t0 = Date.now();
-    await ensureGuest(log ? { log } : {});
-    tt.comment(`guest ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
-
+guestTest(
+  t,
+  {
+    prereq: allPrerequisites(guestPrerequisites, vublkPrerequisites),
+    ciWhat: 'QEMU e2e',
+    name: `qemu reconnect e2e (vublk, ${QUEUES} queues, chardev reconnect=1)`,
+    skipName: 'qemu reconnect e2e',
+    timeoutMs: 12 * 60 * 1000,
+    fileTimeoutMs: 15 * 60 * 1000,
+  },
+  async (tt) => {
     await tt.test('SIGTERM vublk under I/O, restart: QEMU reattaches, guest passes', async (st) => {
       const o = await runWithRestarts(st, 'SIGTERM');
       describeOutcome(st, o);
@@ -343,5 +316,5 @@ if (!prereq.ok) {
       describeOutcome(st, o);
       checkOutcome(st, o, 'SIGKILL');
     });
-  });
-}
+  },
+);

@@ -9,13 +9,19 @@
  *   from the serial console.
  * - fioVerifyScript() / ext4Script() / roundsScript(): guest test scripts.
  * - startQsd() / startVublk() / stopDaemon(): vhost-user-blk backends.
+ * - for the e2e test files: guestTest() (prerequisites: skip, or fail under
+ *   CI), guestDisk() (image, optionally on a 4K-native loop device),
+ *   runGuestWith() (one boot against a backend, then stop it) and the checks
+ *   every boot shares.
  */
+import type { Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { attachLoop, loopUnsupported, sysBlock, type LoopDevice } from './loop-device';
 
 export const RESULT_PREFIX = 'VUBLK-E2E-RESULT:';
 
@@ -166,6 +172,21 @@ function lineSplitter(onLine: (line: string) => void): { push(chunk: Buffer): vo
   };
 }
 
+/**
+ * Feeds the child's stdout and stderr, line by line, to onLine; returns
+ * flush() for the unterminated last lines (call it on 'close').
+ */
+function captureLines(child: ChildProcess, onLine: (line: string) => void): () => void {
+  const out = lineSplitter(onLine);
+  const err = lineSplitter(onLine);
+  child.stdout?.on('data', (c: Buffer) => out.push(c));
+  child.stderr?.on('data', (c: Buffer) => err.push(c));
+  return () => {
+    out.flush();
+    err.flush();
+  };
+}
+
 function cleanLine(s: string): string {
   // ANSI CSI sequences, ESC c (terminal reset) that SeaBIOS emits, and CRs.
   // eslint-disable-next-line no-control-regex
@@ -183,18 +204,13 @@ export function ensureGuest(opts: { log?: (line: string) => void } = {}): Promis
     const child = spawn('bash', [script], { stdio: ['ignore', 'pipe', 'pipe'], env: process.env });
     track(child);
     const lines: string[] = [];
-    const onLine = (l: string): void => {
+    const flush = captureLines(child, (l) => {
       lines.push(l);
       opts.log?.(l);
-    };
-    const out = lineSplitter(onLine);
-    const err = lineSplitter(onLine);
-    child.stdout?.on('data', (c: Buffer) => out.push(c));
-    child.stderr?.on('data', (c: Buffer) => err.push(c));
+    });
     child.once('error', reject);
     child.once('close', (code, signal) => {
-      out.flush();
-      err.flush();
+      flush();
       if (code !== 0) {
         reject(new Error(`build-guest.sh failed (code ${code}, signal ${signal}):\n${lines.slice(-40).join('\n')}`));
         return;
@@ -324,8 +340,6 @@ export async function runGuest(opts: RunGuestOptions): Promise<RunGuestResult> {
         lines.push(l);
         opts.log?.(l);
       };
-      const out = lineSplitter(onLine);
-      const err = lineSplitter(onLine);
       const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
       track(child);
       let timedOut = false;
@@ -344,8 +358,7 @@ export async function runGuest(opts: RunGuestOptions): Promise<RunGuestResult> {
       };
       if (opts.signal?.aborted) onAbort();
       else opts.signal?.addEventListener('abort', onAbort, { once: true });
-      child.stdout?.on('data', (c: Buffer) => out.push(c));
-      child.stderr?.on('data', (c: Buffer) => err.push(c));
+      const flush = captureLines(child, onLine);
       child.once('error', (e) => {
         clearTimeout(timer);
         opts.signal?.removeEventListener('abort', onAbort);
@@ -354,8 +367,7 @@ export async function runGuest(opts: RunGuestOptions): Promise<RunGuestResult> {
       child.once('close', (code, signal) => {
         clearTimeout(timer);
         opts.signal?.removeEventListener('abort', onAbort);
-        out.flush();
-        err.flush();
+        flush();
         const output = lines.join('\n');
         let result: string | undefined;
         for (const l of lines) {
@@ -703,7 +715,7 @@ export async function waitForDaemonLine(child: ChildProcess, re: RegExp, timeout
   }
 }
 
-async function isSocket(p: string): Promise<boolean> {
+export async function isSocket(p: string): Promise<boolean> {
   try {
     return (await fsp.stat(p)).isSocket();
   } catch {
@@ -745,14 +757,10 @@ export async function startDaemon(cmd: string, args: string[], opts: StartDaemon
     lines.push(l);
     opts.log?.(`[${name}] ${l}`);
   };
-  const out = lineSplitter(onLine);
-  const err = lineSplitter(onLine);
-  child.stdout?.on('data', (c: Buffer) => out.push(c));
-  child.stderr?.on('data', (c: Buffer) => err.push(c));
+  const flush = captureLines(child, onLine);
   let closed = false;
   child.once('close', () => {
-    out.flush();
-    err.flush();
+    flush();
     closed = true;
   });
   let spawnError: Error | undefined;
@@ -897,4 +905,233 @@ export async function createSparseImage(file: string, bytes: number): Promise<vo
   } finally {
     await fh.close();
   }
+}
+
+// ------------------------------------------------------------ e2e tests ---
+
+export type Prerequisites = { ok: boolean; reason?: string };
+export type Exit = { code: number | null; signal: NodeJS.Signals | null };
+
+/** With VUBLK_E2E_VERBOSE=1: streams guest and backend output lines to stderr. */
+export const e2eLog: ((line: string) => void) | undefined = process.env.VUBLK_E2E_VERBOSE
+  ? (l: string): void => void process.stderr.write(`${l}\n`)
+  : undefined;
+
+/** The last n lines of s (diagnostics of a failed assertion). */
+export function tail(s: string, n = 60): string {
+  return s.split('\n').slice(-n).join('\n');
+}
+
+/** vublk can be started: bin/vublk.js exists (with `built`, its compiled entry point too). */
+export function vublkPrerequisites(opts: { built?: boolean } = {}): Prerequisites {
+  const root = repoRoot();
+  const files = [path.join(root, 'bin', 'vublk.js'), ...(opts.built ? [path.join(root, 'dist', 'src', 'cli', 'main.js')] : [])];
+  for (const f of files) {
+    if (!fs.existsSync(f)) return { ok: false, reason: `${f} not found${opts.built ? ' (npm run build)' : ''}` };
+  }
+  return { ok: true };
+}
+
+/** Loop devices with a chosen sector size can be made here (root, losetup, the loop module). */
+export function loopPrerequisites(): Prerequisites {
+  const reason = loopUnsupported();
+  return reason === undefined ? { ok: true } : { ok: false, reason };
+}
+
+/** The first of these prerequisites that is missing, else ok. */
+export function allPrerequisites(...checks: Array<() => Prerequisites>): Prerequisites {
+  for (const check of checks) {
+    const p = check();
+    if (!p.ok) return p;
+  }
+  return { ok: true };
+}
+
+/**
+ * t.test(name, extra, fn) when the prerequisites are there. Without them the
+ * test is skipped (named skipName) with the reason, except under CI (env CI
+ * set), where that is a failure: "<ciWhat> prerequisites missing in CI: <reason>".
+ */
+export function testWithPrerequisites(
+  t: Test,
+  prereq: Prerequisites,
+  ciWhat: string,
+  name: string,
+  extra: { timeout?: number },
+  fn: (tt: Test) => Promise<void>,
+  skipName = name,
+): Promise<unknown> {
+  if (prereq.ok) return t.test(name, extra, fn);
+  if (process.env.CI) {
+    t.fail(`${ciWhat} prerequisites missing in CI: ${prereq.reason}`);
+    return Promise.resolve();
+  }
+  return t.test(skipName, { skip: prereq.reason ?? 'prerequisites missing' }, async () => {});
+}
+
+/**
+ * A file's QEMU e2e test (see testWithPrerequisites): builds or reuses the
+ * guest (ensureGuest), then runs fn. Plain `node file.test.js` gives the
+ * whole file tap's 30 s default: it gets fileTimeoutMs (the tap runner's own
+ * limit comes from package.json "tap.timeout").
+ */
+export function guestTest(
+  t: Test,
+  opts: { prereq: Prerequisites; ciWhat: string; name: string; skipName: string; timeoutMs: number; fileTimeoutMs: number },
+  fn: (tt: Test) => Promise<void>,
+): void {
+  if (opts.prereq.ok) t.setTimeout(opts.fileTimeoutMs);
+  void testWithPrerequisites(
+    t,
+    opts.prereq,
+    opts.ciWhat,
+    opts.name,
+    { timeout: opts.timeoutMs },
+    async (tt) => {
+      const t0 = Date.now();
+      await ensureGuest(e2eLog ? { log: e2eLog } : {});
+      tt.comment(`guest ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+      await fn(tt);
+      tt.comment(`total ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    },
+    opts.skipName,
+  );
+}
+
+export interface GuestDisk {
+  dir: string;
+  /** The sparse image file. */
+  image: string;
+  /** Where the backend is to listen. */
+  socket: string;
+  /** With loop4k: the 4K-native direct-I/O loop device over the image. */
+  loop: LoopDevice | undefined;
+  /** What the backend serves: the loop device, else the image. */
+  disk: string;
+}
+
+/**
+ * A sparse image of imageBytes (named imageName, default disk.img) in a fresh
+ * directory under VUBLK_E2E_TMPDIR (default the OS tmpdir; the backend opens
+ * it with O_DIRECT, so it must be a file system that supports that, not
+ * tmpfs). With loop4k, behind a loop device with 4096-byte logical sectors
+ * and direct I/O, which must really have both (comments its sysfs limits).
+ * One teardown undoes it all, in this order: the backend daemon() (if still
+ * running), the loop device, the directory.
+ */
+export async function guestDisk(
+  tt: Test,
+  opts: { prefix: string; imageBytes: number; imageName?: string; loop4k?: boolean; what?: string; daemon?: () => ChildProcess | undefined },
+): Promise<GuestDisk> {
+  const dir = await fsp.mkdtemp(path.join(process.env.VUBLK_E2E_TMPDIR ?? os.tmpdir(), opts.prefix));
+  const image = path.join(dir, opts.imageName ?? 'disk.img');
+  let loop: LoopDevice | undefined;
+  tt.teardown(async () => {
+    const child = opts.daemon?.();
+    if (child !== undefined) await stopDaemon(child, { timeoutMs: 10000 });
+    if (loop !== undefined) {
+      try {
+        loop.detach({ delayMs: 250 });
+        tt.comment(`teardown: ${loop.dev} detached`);
+      } catch (err) {
+        tt.comment(`teardown: ${loop.dev} NOT detached: ${(err as Error).message}`);
+      }
+    }
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
+  await createSparseImage(image, opts.imageBytes);
+  if (opts.loop4k) {
+    loop = attachLoop(image, 4096);
+    const dev = loop.dev;
+    const lbs = sysBlock(dev, 'queue/logical_block_size');
+    const dio = sysBlock(dev, 'loop/dio');
+    const attrs = ['physical_block_size', 'dma_alignment', 'discard_max_bytes', 'discard_granularity'];
+    tt.comment(`${opts.what !== undefined ? `${opts.what}: ` : ''}${dev} -> ${image}: logical_block_size=${lbs} dio=${dio} ` +
+      attrs.map((a) => `${a}=${sysBlock(dev, `queue/${a}`)}`).join(' '));
+    // The host setup itself must be what the test is about.
+    if (lbs !== '4096' || dio !== '1') {
+      throw new Error(`${dev} is not a 4K-native direct-I/O loop device (logical_block_size=${lbs}, dio=${dio}); ` +
+        `is ${dir} on a file system with O_DIRECT support? (set VUBLK_E2E_TMPDIR)`);
+    }
+  }
+  return { dir, image, socket: path.join(dir, 'vhost.sock'), loop, disk: loop?.dev ?? image };
+}
+
+/** Resolves once the daemon's stdout/stderr have ended (all its lines captured), or after `ms`. */
+async function outputDrained(child: ChildProcess, ms = 3000): Promise<void> {
+  const ended = (s: NodeJS.ReadableStream | null): boolean => {
+    const r = s as unknown as { readableEnded?: boolean; destroyed?: boolean } | null;
+    return r === null || r.readableEnded === true || r.destroyed === true;
+  };
+  const deadline = Date.now() + ms;
+  while (!(ended(child.stdout) && ended(child.stderr)) && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export interface GuestRun {
+  res: RunGuestResult;
+  /** How the backend exited when stopped with SIGTERM after the guest. */
+  stopped: Exit;
+  /** Everything the backend printed (see daemonLog), its output drained. */
+  output: string;
+  /** runGuestWith(..., waitForClose = true) was asked to wait for closedLine. */
+  waitedForClose: boolean;
+  /** vublk's "frontend connection closed" line after QEMU went (undefined if none came). */
+  closedLine: string | undefined;
+}
+
+/**
+ * One guest boot (runGuest) against the running backend `daemon` (`name` in
+ * messages). If the backend exits during the run the guest's I/O would hang
+ * until the timeout: QEMU is stopped early then. With waitForClose, waits
+ * (10 s at most) for vublk to notice by itself that QEMU is gone (and log its
+ * counters). Then always stops the backend (SIGTERM, SIGKILL after 10 s) and
+ * lets its output drain.
+ */
+export async function runGuestWith(daemon: ChildProcess, name: string, opts: RunGuestOptions, waitForClose = false): Promise<GuestRun> {
+  const ac = new AbortController();
+  const onExit = (code: number | null, sig: NodeJS.Signals | null): void =>
+    ac.abort(new Error(`${name} exited during the run (code ${code}, signal ${sig})`));
+  daemon.once('exit', onExit);
+  let res: RunGuestResult;
+  let closedLine: string | undefined;
+  let stopped: Exit;
+  try {
+    res = await runGuest({ ...opts, signal: ac.signal });
+    if (waitForClose) closedLine = await waitForDaemonLine(daemon, /\bvublk: info: frontend connection closed\b/, 10000);
+  } finally {
+    daemon.off('exit', onExit);
+    stopped = await stopDaemon(daemon, { signal: 'SIGTERM', timeoutMs: 10000 });
+    await outputDrained(daemon);
+  }
+  return { res, stopped, output: daemonLog(daemon), waitedForClose: waitForClose, closedLine };
+}
+
+/** The guest reported PASS (`message`); on failure with the guest's and the backend's last lines. */
+export function expectGuestPass(tt: Test, run: { res: RunGuestResult; output: string }, message: string): void {
+  const { res } = run;
+  tt.ok(res.passed, message, {
+    result: res.result,
+    exitCode: res.exitCode,
+    signal: res.signal,
+    timedOut: res.timedOut,
+    backendDied: res.aborted,
+    guestOutput: tail(res.output),
+    backendOutput: tail(run.output, 30),
+  });
+}
+
+/**
+ * The backend `name` noticed by itself that QEMU went (if the run waited for
+ * that), exited 0 on SIGTERM (it drains, cleans up, exits) and, if it is
+ * vublk, logged no warn/error line.
+ */
+export function expectCleanStop(tt: Test, name: string, run: GuestRun): void {
+  const backendOutput = tail(run.output, 30);
+  if (run.waitedForClose) {
+    tt.ok(run.closedLine !== undefined, `${name} noticed the frontend connection close by itself`, { backendOutput });
+  }
+  tt.same(run.stopped, { code: 0, signal: null }, `${name} exits 0 on SIGTERM`, { backendOutput });
+  if (name === 'vublk') tt.same(vublkProblemLines(run.output), [], 'vublk logged no warn/error line', { backendOutput });
 }

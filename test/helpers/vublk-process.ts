@@ -2,6 +2,7 @@
 // (node bin/vublk.js ...). With VUBLK_TEST_ASAN=1 the child loads the
 // AddressSanitizer build of the addon, and stop() fails on any ASan report.
 
+import type { Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -27,6 +28,7 @@ export function asanEnabled(): boolean {
   return process.env.VUBLK_TEST_ASAN === '1';
 }
 
+/** The environment that makes a vublk child load the ASan build of the addon (VUBLK_TEST_ASAN=1). */
 function asanEnv(): NodeJS.ProcessEnv {
   const lib = execFileSync('gcc', ['-print-file-name=libasan.so']).toString().trim();
   return {
@@ -36,6 +38,12 @@ function asanEnv(): NodeJS.ProcessEnv {
     ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1',
     UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
   };
+}
+
+/** Whether the daemon process `pid` runs the ASan build of the addon. */
+export function runsAsanAddon(pid: number): boolean {
+  const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
+  return maps.includes('libasan') && maps.includes('build-asan');
 }
 
 export function tmpDir(prefix = 'vublk-test-'): string {
@@ -59,15 +67,22 @@ function exists(p: string): boolean {
   }
 }
 
-/** Starts vublk and waits until it serves (socket exists and the start line is logged). */
+/**
+ * Starts vublk and waits until it serves (socket exists and the start line is
+ * logged). With `wrapper`, through that command: `wrapper... node
+ * bin/vublk.js args...`; it must exec node in the same process (setpriv and
+ * prlimit do), so child.pid is vublk's pid and signals reach it.
+ */
 export async function startVublk(
   args: string[],
-  opts: { cwd?: string; socket?: string; timeoutMs?: number } = {},
+  opts: { cwd?: string; socket?: string; timeoutMs?: number; wrapper?: string[] } = {},
 ): Promise<VublkProcess> {
   const socketIdx = args.indexOf('--socket');
   const socket = opts.socket ?? (socketIdx >= 0 ? path.resolve(opts.cwd ?? '.', args[socketIdx + 1] ?? '') : '');
   const env = { ...process.env, ...(asanEnabled() ? asanEnv() : {}) };
-  const child = spawn(process.execPath, [vublkBin, ...args], { cwd: opts.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const [cmd, ...cmdArgs] = [...(opts.wrapper ?? []), process.execPath, vublkBin, ...args] as [string, ...string[]];
+  const child = spawn(cmd, cmdArgs, { cwd: opts.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const via = opts.wrapper?.length ? ` (via ${opts.wrapper.join(' ')})` : '';
   let err = '';
   let out = '';
   const waiters: Array<{ re: RegExp; resolve: (l: string) => void }> = [];
@@ -122,7 +137,7 @@ export async function startVublk(
   await Promise.race([
     proc.waitForLog(/vublk: info: serving /, opts.timeoutMs ?? 15000),
     exited.then((r) => {
-      throw new Error(`vublk exited (${r.code ?? r.signal}) before serving; stderr:\n${err}`);
+      throw new Error(`vublk${via} exited (${r.code ?? r.signal}) before serving; stderr:\n${err}`);
     }),
   ]);
   while (socket !== '' && !exists(socket)) {
@@ -130,6 +145,41 @@ export async function startVublk(
     await new Promise((r) => setTimeout(r, 20));
   }
   return proc;
+}
+
+/** Stops v (SIGTERM) and throws unless it exited 0 (and, with ASan, reported nothing). */
+export async function stopCleanly(v: VublkProcess): Promise<void> {
+  const r = await v.stop('SIGTERM');
+  if (r.code !== 0) throw new Error(`vublk exited with ${r.code ?? r.signal}; stderr:\n${r.stderr}`);
+}
+
+/**
+ * Teardown of a test whose daemon (started later, if at all) works in dir:
+ * stops daemon() (it must exit 0, see stopCleanly), then runs `cleanup` and
+ * removes dir even if that failed.
+ */
+export function teardownDaemon(t: Test, dir: string, daemon: () => VublkProcess | undefined, cleanup?: () => void): void {
+  t.teardown(async () => {
+    try {
+      const v = daemon();
+      if (v) await stopCleanly(v);
+    } finally {
+      try {
+        cleanup?.();
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    }
+  });
+}
+
+/** The daemon's `vublk: warn: ` / `vublk: error: ` lines after stderr offset `mark`. */
+export function warnLines(v: VublkProcess, mark = 0): string[] {
+  return v
+    .stderr()
+    .slice(mark)
+    .split('\n')
+    .filter((l) => /^vublk: (warn|error): /.test(l));
 }
 
 /** Runs vublk to completion (for start-up failures). */

@@ -26,26 +26,26 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { asanEnabled, startVublk, tmpDir, type VublkProcess } from '../helpers/vublk-process';
-import { Frontend, type SetupOptions } from '../frontend/frontend';
+import { asanEnabled, runsAsanAddon, startVublk, teardownDaemon, tmpDir, warnLines, type VublkProcess } from '../helpers/vublk-process';
+import { attachLoop, type LoopDevice } from '../helpers/loop-device';
+import { total } from '../helpers/counters';
+import type { Frontend, SetupOptions } from '../frontend/frontend';
 import type { GuestMemory } from '../frontend/guest-memory';
-import { BlkDriver, BlkStatus, LAYOUTS, SECTOR_SIZE, parseBlkConfig, type BlkRequest } from '../frontend/blk-driver';
-import { pattern, prng } from './harness';
+import { BlkStatus, LAYOUTS, SECTOR_SIZE, parseBlkConfig, type BlkRequest } from '../frontend/blk-driver';
+import { pattern } from './harness';
+import { prng } from '../helpers/prng';
 import {
   PiecePlacer,
-  attachLoop4kn,
   buildRawRequest,
   closeAndCount,
   countersNow,
-  connIdAfter,
   firstDiff,
+  openSession,
   readDirect,
   requirements,
   reservePages,
   runRaw,
-  total,
   waitFor,
-  type LoopDisk,
   type Piece,
 } from './align-helpers';
 
@@ -68,20 +68,10 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
   /** What the device must hold, byte for byte. */
   const model = pattern(DISK_BYTES, SEED);
   fs.writeFileSync(file, model);
-  let loop: LoopDisk | undefined;
+  let loop: LoopDevice | undefined;
   let v: VublkProcess | undefined;
-  t.teardown(async () => {
-    try {
-      if (v) {
-        const r = await v.stop('SIGTERM');
-        if (r.code !== 0) throw new Error(`vublk exited with ${r.code ?? r.signal}; stderr:\n${r.stderr}`);
-      }
-    } finally {
-      loop?.detach();
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
-  loop = attachLoop4kn(file);
+  teardownDaemon(t, dir, () => v, () => loop?.detach());
+  loop = attachLoop(file, HOST_BLOCK);
   const dev = loop.dev;
   t.comment(`${dev} over ${file}`);
   v = await startVublk([
@@ -113,21 +103,9 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
   const modelAt = (sector: number, len: number): Buffer => model.subarray(sector * SECTOR_SIZE, sector * SECTOR_SIZE + len);
 
   /** A fresh frontend connection (the daemon serves one at a time); returns its conn id. */
-  const session = async (t: Test, setup: SetupOptions) => {
-    const mark = daemon.stderr().length;
-    const fe = await Frontend.connect(socket, { timeoutMs: 20000 });
-    t.teardown(() => fe.close());
-    const conn = await connIdAfter(daemon, mark);
-    await fe.setup(setup);
-    return { fe, drv: new BlkDriver(fe), conn, mark };
-  };
+  const session = (t: Test, setup: SetupOptions) => openSession(t, daemon, socket, setup, { timeoutMs: 20000 });
   const noErrorsLogged = (t: Test, mark: number): void => {
-    const bad = daemon
-      .stderr()
-      .slice(mark)
-      .split('\n')
-      .filter((l) => /^vublk: (warn|error): /.test(l));
-    t.same(bad, [], 'the daemon logged no warning or error');
+    t.same(warnLines(daemon, mark), [], 'the daemon logged no warning or error');
   };
 
   t.test('start-up: the daemon found the 4Kn rules and tells the guest 512/4096', async (t) => {
@@ -135,10 +113,7 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
     t.match(line, / offsetAlign=4096 /, `offsetAlign=4096: ${line}`);
     t.match(line, / memAlign=512 /, 'memAlign=512 (the loop device takes 512-aligned memory)');
     t.match(line, / physicalBlock=4096 /, 'physicalBlock=4096');
-    if (asanEnabled()) {
-      const maps = fs.readFileSync(`/proc/${daemon.child.pid}/maps`, 'utf8');
-      t.ok(maps.includes('libasan') && maps.includes('build-asan'), 'the daemon runs the ASan addon');
-    }
+    if (asanEnabled()) t.ok(runsAsanAddon(daemon.child.pid!), 'the daemon runs the ASan addon'); // spawned
     const { fe } = await session(t, { queues: QUEUES });
     const cfg = parseBlkConfig(fe.config!); // CONFIG is negotiated
     t.equal(cfg.capacity, BigInt(SECTORS), 'capacity in 512-byte sectors');

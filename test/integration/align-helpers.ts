@@ -1,22 +1,24 @@
 // Helpers for the alignment-layer and fixed-buffer integration tests
 // (align-4kn.test.ts, fixed-buffers.test.ts):
 //
-// - a real 4Kn block device: a loop device with 4096-byte logical sectors and
-//   direct I/O over a pre-filled backing file, read back with O_DIRECT (dd);
-// - the daemon's counters lines (`vublk: info: counters conn=N queue=Q ...`)
-//   parsed into numbers, per connection;
-// - a launcher that starts vublk through a wrapper command (setpriv, prlimit)
-//   the way test/helpers/vublk-process.ts starts it directly, ASan included;
+// - reading a file or device back with O_DIRECT (dd), e.g. a 4Kn loop
+//   device (test/helpers/loop-device.ts) over a pre-filled backing file;
+// - the daemon's counters lines (test/helpers/counters.ts) of a connection,
+//   when it closes or on SIGUSR1;
+// - a process's capabilities and locked-memory limit (for vublk started
+//   through setpriv / prlimit: startVublk's `wrapper`);
 // - raw chains of many descriptors whose buffers are placed by hand, so a
 //   test knows how many memory segments (iovecs) the daemon will see.
 
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import { repoRoot, asanEnabled, vublkBin, type VublkProcess } from '../helpers/vublk-process';
-import type { Frontend } from '../frontend/frontend';
+import type { VublkProcess } from '../helpers/vublk-process';
+import { countersOf, type Counters } from '../helpers/counters';
+import type { Test } from 'tap';
+import { Frontend, type SetupOptions } from '../frontend/frontend';
 import type { GuestMemory } from '../frontend/guest-memory';
 import type { RingSeg } from '../frontend/split-ring';
-import { BLK_HEADER_SIZE } from '../frontend/blk-driver';
+import { BLK_HEADER_SIZE, BlkDriver } from '../frontend/blk-driver';
 
 // ------------------------------------------------------------ environment
 
@@ -44,50 +46,7 @@ export function requirements(opts: { root?: boolean; commands?: string[] }): str
   return reason;
 }
 
-// ------------------------------------------------------------ 4Kn loop device
-
-export interface LoopDisk {
-  /** /dev/loopN */
-  dev: string;
-  /** Backing file. */
-  file: string;
-  bytes: number;
-  /** Detaches the loop device (idempotent). */
-  detach(): void;
-}
-
-/**
- * A loop device with 4096-byte logical sectors and direct I/O over `file`,
- * which must already hold its contents. Call detach() in teardown.
- */
-export function attachLoop4kn(file: string): LoopDisk {
-  const dev = execFileSync('losetup', ['--find', '--show', '--sector-size', '4096', '--direct-io=on', file], {
-    encoding: 'utf8',
-  }).trim();
-  let attached = true;
-  const detach = (): void => {
-    if (!attached) return;
-    attached = false;
-    // A just-closed device can be briefly busy; retry a few times.
-    for (let i = 0; ; i++) {
-      try {
-        execFileSync('losetup', ['-d', dev], { stdio: 'pipe' });
-        return;
-      } catch (err) {
-        if (i >= 20) throw err;
-        execFileSync('sleep', ['0.1']);
-      }
-    }
-  };
-  try {
-    const ss = execFileSync('blockdev', ['--getss', dev], { encoding: 'utf8' }).trim();
-    if (ss !== '4096') throw new Error(`${dev} has ${ss}-byte logical sectors, not 4096`);
-  } catch (err) {
-    detach();
-    throw err;
-  }
-  return { dev, file, bytes: fs.statSync(file).size, detach };
-}
+// ------------------------------------------------------------ O_DIRECT reads
 
 /**
  * Reads [off, off+len) of a file or device with O_DIRECT (dd iflag=direct,
@@ -116,64 +75,6 @@ export function firstDiff(a: Uint8Array, b: Uint8Array): number {
 
 // ------------------------------------------------------------ daemon log
 
-export interface Counters {
-  conn: number;
-  queue: number;
-  reason: string;
-  bytesBounced: number;
-  rmwCycles: number;
-  overlapWaits: number;
-  iovCollapses: number;
-  ioSplits: number;
-  fixedOps: number;
-  plainOps: number;
-  requests: number;
-  errors: number;
-}
-
-const COUNTER_KEYS = [
-  'bytesBounced',
-  'rmwCycles',
-  'overlapWaits',
-  'iovCollapses',
-  'ioSplits',
-  'fixedOps',
-  'plainOps',
-  'requests',
-  'errors',
-] as const;
-
-export const COUNTERS_LINE = /^vublk: info: counters conn=(\d+) queue=(\d+) reason=(\S+)(.*)$/;
-
-/** Parses one counters line (throws if a counter is missing). */
-export function parseCounters(line: string): Counters {
-  const m = COUNTERS_LINE.exec(line);
-  if (!m) throw new Error(`not a counters line: ${line}`);
-  const c: Record<string, number | string> = { conn: Number(m[1]), queue: Number(m[2]), reason: m[3]! };
-  for (const k of COUNTER_KEYS) {
-    const v = new RegExp(` ${k}=(\\d+)(?: |$)`).exec(m[4]!);
-    if (!v) throw new Error(`counters line has no ${k}: ${line}`);
-    c[k] = Number(v[1]);
-  }
-  return c as unknown as Counters;
-}
-
-/** Counters lines of connection conn with this reason in the log (one per queue, in log order). */
-export function countersOf(stderr: string, conn: number, reason: string): Counters[] {
-  return stderr
-    .split('\n')
-    .filter((l) => COUNTERS_LINE.test(l))
-    .map(parseCounters)
-    .filter((c) => c.conn === conn && c.reason === reason);
-}
-
-/** Sum over queues. */
-export function total(cs: readonly Counters[]): Omit<Counters, 'conn' | 'queue' | 'reason'> {
-  const t = { bytesBounced: 0, rmwCycles: 0, overlapWaits: 0, iovCollapses: 0, ioSplits: 0, fixedOps: 0, plainOps: 0, requests: 0, errors: 0 };
-  for (const c of cs) for (const k of COUNTER_KEYS) t[k] += c[k];
-  return t;
-}
-
 /** Polls until cond() holds or timeoutMs passes. */
 export async function waitFor(cond: () => boolean, timeoutMs = 10000): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
@@ -191,6 +92,19 @@ export async function connIdAfter(v: VublkProcess, mark: number): Promise<number
   const m = re.exec(v.stderr().slice(mark));
   if (!m) throw new Error(`vublk logged no "frontend connected" line; stderr:\n${v.stderr()}`);
   return Number(m[1]);
+}
+
+/**
+ * Connects a frontend to the daemon's socket (teardown closes it) and sets
+ * it up; returns it, a driver, its conn id and the stderr offset before it.
+ */
+export async function openSession(t: Test, v: VublkProcess, socket: string, setup: SetupOptions, opts: { timeoutMs?: number } = {}) {
+  const mark = v.stderr().length;
+  const fe = await Frontend.connect(socket, opts);
+  t.teardown(() => fe.close());
+  const conn = await connIdAfter(v, mark);
+  await fe.setup(setup);
+  return { fe, drv: new BlkDriver(fe), conn, mark };
 }
 
 /** Closes fe and returns connection conn's per-queue counters from its close (reason=closed). */
@@ -212,74 +126,7 @@ export async function countersNow(v: VublkProcess, conn: number, queues: number)
   return countersOf(v.stderr(), conn, 'SIGUSR1').slice(before, before + queues);
 }
 
-// ------------------------------------------------------------ wrapped launcher
-
-function asanEnv(): NodeJS.ProcessEnv {
-  // Mirrors test/helpers/vublk-process.ts (not exported there).
-  const lib = execFileSync('gcc', ['-print-file-name=libasan.so']).toString().trim();
-  return {
-    LD_PRELOAD: lib,
-    VUBLK_NATIVE_BUILD: 'asan',
-    ASAN_OPTIONS: 'detect_leaks=0:abort_on_error=1',
-    UBSAN_OPTIONS: 'print_stacktrace=1:halt_on_error=1',
-  };
-}
-
-/**
- * startVublk (test/helpers/vublk-process.ts) through a wrapper command:
- * `wrapper... node bin/vublk.js args...`. The wrapper must exec node in
- * the same process (setpriv and prlimit do), so child.pid is vublk's pid and
- * signals reach it. With VUBLK_TEST_ASAN=1 the environment loads the ASan
- * addon, and stop() fails on any sanitizer report, as startVublk's does.
- */
-export async function startVublkVia(
-  wrapper: string[],
-  args: string[],
-  opts: { socket: string; timeoutMs?: number },
-): Promise<VublkProcess> {
-  const env = { ...process.env, ...(asanEnabled() ? asanEnv() : {}) };
-  const [cmd, ...pre] = wrapper;
-  if (cmd === undefined) throw new Error('empty wrapper');
-  const child = spawn(cmd, [...pre, process.execPath, vublkBin, ...args], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let err = '';
-  let out = '';
-  child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.on('exit', (code, signal) => resolve({ code, signal })),
-  );
-  let gone = false;
-  void exited.then(() => (gone = true));
-  const proc: VublkProcess = {
-    child,
-    socket: opts.socket,
-    stderr: () => err,
-    stdout: () => out,
-    async waitForLog(re, timeoutMs = 10000) {
-      const find = (): string | undefined => err.split('\n').find((l) => re.test(l));
-      if (!(await waitFor(() => find() !== undefined, timeoutMs))) {
-        throw new Error(`vublk did not log ${re} within ${timeoutMs} ms; stderr:\n${err}`);
-      }
-      return find()!; // found above
-    },
-    async stop(signal = 'SIGTERM') {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-      const r = await exited;
-      if (/AddressSanitizer|UndefinedBehaviorSanitizer|runtime error:/.test(err)) {
-        throw new Error(`sanitizer report from vublk:\n${err}`);
-      }
-      return { ...r, stderr: err };
-    },
-  };
-  const timeoutMs = opts.timeoutMs ?? 15000;
-  const ok = await waitFor(() => gone || /^vublk: info: serving /m.test(err), timeoutMs);
-  if (gone || !ok) {
-    if (!gone) child.kill('SIGKILL');
-    throw new Error(`vublk (via ${wrapper.join(' ')}) ${gone ? 'exited' : 'did not serve'} before serving; stderr:\n${err}`);
-  }
-  if (!(await waitFor(() => fs.existsSync(opts.socket), timeoutMs))) throw new Error(`socket ${opts.socket} never appeared`);
-  return proc;
-}
+// ------------------------------------------------------------ capabilities
 
 /** Effective capability mask and the locked-memory limit of a running process. */
 export function procCapsAndMemlock(pid: number): { capEff: bigint; memlockSoft: string; memlockHard: string } {

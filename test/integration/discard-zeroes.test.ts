@@ -31,15 +31,17 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { asanEnabled, startVublk, tmpDir, type VublkProcess } from '../helpers/vublk-process';
+import { asanEnabled, runsAsanAddon, startVublk, stopCleanly, teardownDaemon, tmpDir, warnLines, type VublkProcess } from '../helpers/vublk-process';
+import { attachLoop, sysBlockNumber, type LoopDevice } from '../helpers/loop-device';
+import { total } from '../helpers/counters';
 import { Frontend, VirtioFeature } from '../frontend/frontend';
 import { Request } from '../../src/vhost-user/protocol';
 import { encodeConfigPayload } from '../../src/vhost-user/message';
 import { CFG_WRITEBACK } from '../../src/blk/config-space';
 import { BlkDriver, BlkStatus, BlkType, SECTOR_SIZE, parseBlkConfig, type BlkConfig, type BlkResult, type Layout, type BlkRequest } from '../frontend/blk-driver';
-import { prng } from './harness';
-import { closeAndCount, connIdAfter, countersNow, readDirect, requirements, total } from './align-helpers';
-import { DiskModel, attachLoop, fastPattern, firstSectorDiff, fsType, mountTmpfs, queueAttr, segmentList, type HostLoop, type RawSegment, type Tmpfs } from './dz-helpers';
+import { prng } from '../helpers/prng';
+import { closeAndCount, connIdAfter, countersNow, readDirect, requirements } from './align-helpers';
+import { DiskModel, fastPattern, firstSectorDiff, fsType, mountTmpfs, segmentList, type RawSegment, type Tmpfs } from './dz-helpers';
 
 const SEED = Number(process.env.VUBLK_TEST_SEED ?? Date.now() % 1_000_000);
 const DISK_BYTES = 32 << 20;
@@ -98,11 +100,15 @@ function loopHost(sectorSize: number) {
   return (dir: string, content: Buffer): Host => {
     const file = path.join(dir, 'backing.img');
     fs.writeFileSync(file, content);
-    const loop: HostLoop = attachLoop(file, sectorSize);
+    const loop: LoopDevice = attachLoop(file, sectorSize);
     return {
       disk: loop.dev,
       target: loop.dev,
-      block: { dev: loop.dev, discardMaxBytes: queueAttr(loop.dev, 'discard_max_bytes'), discardGranularity: queueAttr(loop.dev, 'discard_granularity') },
+      block: {
+        dev: loop.dev,
+        discardMaxBytes: sysBlockNumber(loop.dev, 'queue/discard_max_bytes'),
+        discardGranularity: sysBlockNumber(loop.dev, 'queue/discard_granularity'),
+      },
       cleanup: () => loop.detach(),
     };
   };
@@ -157,10 +163,7 @@ HOSTS.forEach((spec, hostIndex) => {
     t.teardown(async () => {
       try {
         fe?.close();
-        if (v) {
-          const r = await v.stop('SIGTERM');
-          if (r.code !== 0) throw new Error(`vublk exited with ${r.code ?? r.signal}; stderr:\n${r.stderr}`);
-        }
+        if (v) await stopCleanly(v);
       } finally {
         try {
           host?.cleanup();
@@ -180,10 +183,7 @@ HOSTS.forEach((spec, hostIndex) => {
     const dioLine = await daemon.waitForLog(/^vublk: info: host disk direct I\/O /);
     const offsetAlign = Number(/ offsetAlign=(\d+)/.exec(dioLine)?.[1]);
     t.comment(`${h.disk}: ${dioLine}`);
-    if (asanEnabled()) {
-      const maps = fs.readFileSync(`/proc/${daemon.child.pid}/maps`, 'utf8');
-      t.ok(maps.includes('libasan') && maps.includes('build-asan'), 'the daemon runs the ASan addon');
-    }
+    if (asanEnabled()) t.ok(runsAsanAddon(daemon.child.pid!), 'the daemon runs the ASan addon'); // spawned
     if (spec.offsetAlign !== undefined) t.equal(offsetAlign, spec.offsetAlign, `the daemon found offsetAlign=${spec.offsetAlign}`);
     const hostSectors = offsetAlign / SECTOR_SIZE;
 
@@ -606,11 +606,7 @@ HOSTS.forEach((spec, hostIndex) => {
       const c = total(await closeAndCount(daemon, front, conn, QUEUES));
       t.equal(c.errors, expectedErrors, `errors counted by the daemon (${c.errors}) = requests expected to fail`);
       if (hostSectors > 1) t.ok(c.rmwCycles > 0, `unaligned WRITE_ZEROES made read-modify-writes (rmwCycles=${c.rmwCycles})`);
-      const bad = daemon
-        .stderr()
-        .slice(mark)
-        .split('\n')
-        .filter((l) => /^vublk: (warn|error): /.test(l))
+      const bad = warnLines(daemon, mark)
         // Not root: a small RLIMIT_MEMLOCK refuses fixed buffers (plain I/O then).
         .filter((l) => !/cannot register guest memory with io_uring/.test(l));
       t.same(bad, [], 'the daemon logged no warning or error');
@@ -627,16 +623,7 @@ t.test('read-only disk: DISCARD and WRITE_ZEROES fail with IOERR, data unchanged
   const content = fastPattern(4 << 20, SEED ^ 0x7a7a);
   fs.writeFileSync(image, content);
   let v: VublkProcess | undefined;
-  t.teardown(async () => {
-    try {
-      if (v) {
-        const r = await v.stop('SIGTERM');
-        if (r.code !== 0) throw new Error(`vublk exited with ${r.code ?? r.signal}; stderr:\n${r.stderr}`);
-      }
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  teardownDaemon(t, dir, () => v);
   v = await startVublk(['--disk', image, '--socket', socket, '--read-only']);
   const fe = await Frontend.connect(socket, { timeoutMs: 20000 });
   t.teardown(() => fe.close());
@@ -686,16 +673,7 @@ t.test('max sectors: a segment over max_*_sectors is IOERR even inside the disk'
   fs.writeSync(fd, edgeData, 0, edgeData.length, edgeAt);
   fs.closeSync(fd);
   let v: VublkProcess | undefined;
-  t.teardown(async () => {
-    try {
-      if (v) {
-        const r = await v.stop('SIGTERM');
-        if (r.code !== 0) throw new Error(`vublk exited with ${r.code ?? r.signal}; stderr:\n${r.stderr}`);
-      }
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  teardownDaemon(t, dir, () => v);
   v = await startVublk(['--disk', image, '--socket', socket]);
   const fe = await Frontend.connect(socket, { timeoutMs: 20000 });
   t.teardown(() => fe.close());

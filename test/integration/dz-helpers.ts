@@ -4,12 +4,11 @@
 // - DiskModel: what every byte of the disk must hold, with the sectors a
 //   DISCARD made undefined (VIRTIO 1.2 5.2.6.2: reads of discarded sectors
 //   may return anything) marked unknown and skipped by comparisons;
-// - host disks: loop devices of a chosen sector size with direct I/O, and a
-//   tmpfs mounted at a temporary directory; both undone in teardown;
+// - host disks: a tmpfs mounted at a temporary directory, undone in teardown
+//   (loop devices: test/helpers/loop-device.ts);
 // - raw segment lists (any flags, any u64 sector) for the error cases.
 
 import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
 import { SECTOR_SIZE } from '../frontend/blk-driver';
 
 // ------------------------------------------------------------ model
@@ -126,48 +125,6 @@ export function segmentList(segs: readonly RawSegment[]): Buffer {
 }
 
 // ------------------------------------------------------------ host disks
-
-export interface HostLoop {
-  dev: string;
-  file: string;
-  /** Detaches the device (idempotent; retries while it is briefly busy). */
-  detach(): void;
-}
-
-/** A loop device of `sectorSize`-byte logical sectors with direct I/O over file. */
-export function attachLoop(file: string, sectorSize: number): HostLoop {
-  const dev = execFileSync('losetup', ['--find', '--show', '--sector-size', String(sectorSize), '--direct-io=on', file], {
-    encoding: 'utf8',
-  }).trim();
-  let attached = true;
-  const detach = (): void => {
-    if (!attached) return;
-    attached = false;
-    for (let i = 0; ; i++) {
-      try {
-        execFileSync('losetup', ['-d', dev], { stdio: 'pipe' });
-        return;
-      } catch (err) {
-        if (i >= 20) throw err;
-        execFileSync('sleep', ['0.1']);
-      }
-    }
-  };
-  try {
-    const ss = execFileSync('blockdev', ['--getss', dev], { encoding: 'utf8' }).trim();
-    if (ss !== String(sectorSize)) throw new Error(`${dev} has ${ss}-byte logical sectors, not ${sectorSize}`);
-  } catch (err) {
-    detach();
-    throw err;
-  }
-  return { dev, file, detach };
-}
-
-/** /sys/block/<dev>/queue/<attr> as a number. */
-export function queueAttr(dev: string, attr: string): number {
-  const name = dev.replace(/^\/dev\//, '');
-  return Number(fs.readFileSync(`/sys/block/${name}/queue/${attr}`, 'utf8').trim());
-}
 
 export interface Tmpfs {
   dir: string;

@@ -5,24 +5,21 @@
 // The daemon's per-queue counters (SIGUSR1) tell which ops it issued.
 
 import t, { type Test } from 'tap';
-import fs from 'node:fs';
 import path from 'node:path';
-import { asanEnabled, makeImage, startVublk, tmpDir, type VublkProcess } from '../helpers/vublk-process';
-import { Frontend } from '../frontend/frontend';
-import { BlkDriver, BlkStatus, SECTOR_SIZE } from '../frontend/blk-driver';
+import { asanEnabled, makeImage, runsAsanAddon, startVublk, teardownDaemon, tmpDir, warnLines, type VublkProcess } from '../helpers/vublk-process';
+import { total } from '../helpers/counters';
+import { BlkStatus, SECTOR_SIZE, type BlkDriver } from '../frontend/blk-driver';
 import { pattern } from './harness';
 import {
   CAP_IPC_LOCK,
   buildRawRequest,
   runRaw,
-  connIdAfter,
   countersNow,
   firstDiff,
+  openSession,
   procCapsAndMemlock,
   readDirect,
   requirements,
-  startVublkVia,
-  total,
 } from './align-helpers';
 
 const IMAGE_BYTES = 32 << 20;
@@ -36,26 +33,14 @@ interface Daemon {
 }
 
 /** Image + socket in a fresh directory; teardown stops vublk (exit 0) and removes it. */
-async function daemon(t: Test, start: (args: string[], socket: string) => Promise<VublkProcess>): Promise<Daemon> {
+async function daemon(t: Test, start: (args: string[]) => Promise<VublkProcess>): Promise<Daemon> {
   const dir = tmpDir('vublk-fixed-');
   const image = makeImage(dir, IMAGE_BYTES);
   const socket = path.join(dir, 'vublk.sock');
   let v: VublkProcess | undefined;
-  t.teardown(async () => {
-    try {
-      if (v) {
-        const r = await v.stop('SIGTERM');
-        if (r.code !== 0) throw new Error(`vublk exited with ${r.code ?? r.signal}; stderr:\n${r.stderr}`);
-      }
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
-  v = await start(['--disk', image, '--socket', socket], socket);
-  if (asanEnabled()) {
-    const maps = fs.readFileSync(`/proc/${v.child.pid}/maps`, 'utf8');
-    t.ok(maps.includes('libasan') && maps.includes('build-asan'), 'the daemon runs the ASan addon');
-  }
+  teardownDaemon(t, dir, () => v);
+  v = await start(['--disk', image, '--socket', socket]);
+  if (asanEnabled()) t.ok(runsAsanAddon(v.child.pid!), 'the daemon runs the ASan addon'); // spawned
   return { v, image, socket };
 }
 
@@ -81,21 +66,7 @@ async function alignedIo(t: Test, d: Daemon, drv: BlkDriver, seed: number): Prom
   return ops;
 }
 
-async function connect(t: Test, d: Daemon) {
-  const mark = d.v.stderr().length;
-  const fe = await Frontend.connect(d.socket);
-  t.teardown(() => fe.close());
-  const conn = await connIdAfter(d.v, mark);
-  await fe.setup({ queues: 1 });
-  return { fe, drv: new BlkDriver(fe), conn, mark };
-}
-
-const warnLines = (d: Daemon, mark: number): string[] =>
-  d.v
-    .stderr()
-    .slice(mark)
-    .split('\n')
-    .filter((l) => /^vublk: (warn|error): /.test(l));
+const connect = (t: Test, d: Daemon) => openSession(t, d.v, d.socket, { queues: 1 });
 
 t.test('registered guest memory: aligned single-segment I/O uses READ_FIXED/WRITE_FIXED', async (t) => {
   const d = await daemon(t, (args) => startVublk(args));
@@ -123,7 +94,7 @@ t.test('registered guest memory: aligned single-segment I/O uses READ_FIXED/WRIT
   const c2 = total(await countersNow(d.v, conn, 1));
   t.equal(c2.fixedOps, c.fixedOps, 'fixedOps unchanged by them');
   t.equal(c2.plainOps, 3, 'three plain ops (writev, readv, fsync)');
-  t.same(warnLines(d, mark), [], 'no warning: registration worked');
+  t.same(warnLines(d.v, mark), [], 'no warning: registration worked');
 });
 
 // Root has CAP_IPC_LOCK, which lets io_uring pin memory past RLIMIT_MEMLOCK:
@@ -139,7 +110,7 @@ const WRAPPER = [
 ];
 
 t.test('registration refused (low RLIMIT_MEMLOCK, no CAP_IPC_LOCK): one warning, plain ops, same data', { skip: skipMemlock }, async (t) => {
-  const d = await daemon(t, (args, socket) => startVublkVia(WRAPPER, args, { socket }));
+  const d = await daemon(t, (args) => startVublk(args, { wrapper: WRAPPER }));
   const pc = procCapsAndMemlock(d.v.child.pid!); // spawned
   t.equal((pc.capEff >> BigInt(CAP_IPC_LOCK)) & 1n, 0n, `the daemon has no CAP_IPC_LOCK (CapEff ${pc.capEff.toString(16)})`);
   t.same([pc.memlockSoft, pc.memlockHard], [String(MEMLOCK), String(MEMLOCK)], `its RLIMIT_MEMLOCK is ${MEMLOCK}`);
@@ -152,7 +123,7 @@ t.test('registration refused (low RLIMIT_MEMLOCK, no CAP_IPC_LOCK): one warning,
   t.equal(c.fixedOps, 0, 'no fixed op');
   t.equal(c.plainOps, ops, `all ${ops} ops were plain (plainOps=${c.plainOps})`);
   t.equal(c.errors, 0, 'no request failed');
-  const warns = warnLines(d, mark);
+  const warns = warnLines(d.v, mark);
   t.equal(warns.length, 1, `exactly one warning line for the connection:\n${warns.join('\n')}`);
 });
 
@@ -163,5 +134,5 @@ t.test('--no-fixed-buffers: no registration, no warning, plain ops', async (t) =
   const c = total(await countersNow(d.v, conn, 1));
   t.equal(c.fixedOps, 0, 'no fixed op');
   t.equal(c.plainOps, ops, `all ${ops} ops were plain`);
-  t.same(warnLines(d, mark), [], 'no warning');
+  t.same(warnLines(d.v, mark), [], 'no warning');
 });

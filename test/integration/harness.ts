@@ -10,7 +10,7 @@ import type { Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
-import { makeImage, startVublk, tmpDir, type VublkProcess } from '../helpers/vublk-process';
+import { makeImage, startVublk, stopCleanly, tmpDir, type VublkProcess } from '../helpers/vublk-process';
 import { Frontend, type SetupOptions } from '../frontend/frontend';
 import { BlkDriver, SECTOR_SIZE } from '../frontend/blk-driver';
 import type { RawDesc } from '../frontend/split-ring';
@@ -39,21 +39,10 @@ export interface DaemonOptions {
   /**
    * Serve the image through a loop block device with this logical sector
    * size (e.g. 4096: a 4K-native host disk). `image` stays the backing file,
-   * which readImage() checks. Needs root and loop devices: see loopSupport().
+   * which readImage() checks. Needs root and loop devices: see
+   * loopUnsupported() (test/helpers/loop-device.ts).
    */
   loopSectorSize?: number;
-}
-
-/** Undefined when loop devices with a chosen sector size can be made here, else why not. */
-export function loopSupport(): string | undefined {
-  if (process.getuid?.() !== 0) return 'loop devices need root';
-  if (!fs.existsSync('/dev/loop-control')) return 'no /dev/loop-control';
-  try {
-    execFileSync('losetup', ['--version'], { stdio: 'ignore' });
-  } catch {
-    return 'losetup is not installed';
-  }
-  return undefined;
 }
 
 /** Attaches file to a free loop device with the given sector size; teardown detaches it. */
@@ -96,9 +85,7 @@ export async function startDaemon(t: Test, opts: DaemonOptions = {}): Promise<Da
     imageBytes,
     capacitySectors: imageBytes / SECTOR_SIZE,
     stop() {
-      stopped ??= v.stop('SIGTERM').then((r) => {
-        if (r.code !== 0) throw new Error(`vublk exited with ${r.code ?? r.signal}; stderr:\n${r.stderr}`);
-      });
+      stopped ??= stopCleanly(v);
       return stopped;
     },
   };
@@ -166,18 +153,6 @@ export function pattern(len: number, seed: number): Buffer {
     b[i] = x & 0xff;
   }
   return b;
-}
-
-/** A deterministic PRNG (mulberry32) so failures reproduce; the seed is printed by callers. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export function sleep(ms: number): Promise<void> {

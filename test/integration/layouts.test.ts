@@ -11,7 +11,9 @@
 import t from 'tap';
 import { BlkDriver, BlkStatus, BlkType, BLK_ID_BYTES, LAYOUTS, SECTOR_SIZE, parseBlkConfig, type BlkRequest } from '../frontend/blk-driver';
 import { DescFlags, DESC_SIZE } from '../frontend/split-ring';
-import { connect, loopSupport, pattern, prng, readImage, startDaemon, writeImage } from './harness';
+import { connect, pattern, readImage, startDaemon, writeImage } from './harness';
+import { loopUnsupported } from '../helpers/loop-device';
+import { prng } from '../helpers/prng';
 
 const IMAGE_BYTES = 32 << 20;
 const CAPACITY = IMAGE_BYTES / SECTOR_SIZE;
@@ -280,7 +282,7 @@ t.test('an indirect table that straddles a memory-region boundary', async (t) =>
 // that uses 512-byte sectors: every write that covers part of a host block
 // is a read-modify-write, and writes sharing a host block must not lose
 // each other's bytes.
-const noLoop = loopSupport();
+const noLoop = loopUnsupported();
 t.test('every layout on a host disk with 4 KiB sectors (512-byte guest I/O is read-modify-write)', { skip: noLoop }, async (t) => {
   const fill = pattern(IMAGE_BYTES, 4096);
   const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, loopSectorSize: 4096, prepare: (img) => writeImage(img, 0, fill) });

@@ -5,7 +5,8 @@
 
 import t from 'tap';
 import { BlkStatus, LAYOUTS, SECTOR_SIZE, parseBlkConfig } from '../frontend/blk-driver';
-import { connect, pattern, prng, readImage, startDaemon } from './harness';
+import { connect, pattern, readImage, startDaemon } from './harness';
+import { prng } from '../helpers/prng';
 
 const IMAGE_BYTES = 16 << 20;
 

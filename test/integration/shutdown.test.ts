@@ -10,7 +10,8 @@ import { BlkStatus, BlkType, SECTOR_SIZE, type BlkRequest, type BlkResult } from
 import type { Frontend } from '../frontend/frontend';
 import { encodeConfigPayload } from '../../src/vhost-user/message';
 import { Request } from '../../src/vhost-user/protocol';
-import { connect, logSince, loopSupport, pattern, readImage, spinUntilPopped, startDaemon, writeImage, type Daemon } from './harness';
+import { connect, logSince, pattern, readImage, spinUntilPopped, startDaemon, writeImage, type Daemon } from './harness';
+import { loopUnsupported } from '../helpers/loop-device';
 
 const IMAGE_BYTES = 64 << 20;
 /** Reads target the first half, which holds this before the daemon starts; writes the second half. */
@@ -121,7 +122,7 @@ t.test('SIGTERM while bounced requests wait for bounce-arena room: all complete 
   t.equal(blocks.filter((b) => readImage(d.image, b.sector * SECTOR_SIZE, MB).equals(b.data)).length, 96, 'and are in the image');
 });
 
-t.test('SIGTERM while read-modify-write cycles wait on each other (4K host, 512-byte writes)', { skip: loopSupport() }, async (t) => {
+t.test('SIGTERM while read-modify-write cycles wait on each other (4K host, 512-byte writes)', { skip: loopUnsupported() }, async (t) => {
   const fill = pattern(4 << 20, 4);
   const d = await startDaemon(t, { imageBytes: 16 << 20, queues: 2, queueSize: 256, loopSectorSize: 4096, prepare: (img) => writeImage(img, 0, fill) });
   const { fe, drv } = await connect(t, d, { queues: 2, queueSize: 256, eventIdx: true, indirect: true });
