@@ -9,6 +9,7 @@ import { isVublkError } from '../errors';
 import { log, setLogLevel } from '../log';
 import { featureNames } from '../virtio/constants';
 import { qemuCommandLine } from './qemu-command';
+import { checkNativeLayout } from '../native/layout-check';
 
 export interface Running {
   server: VhostUserServer;
@@ -19,6 +20,7 @@ export interface Running {
 /** Starts serving; throws a VublkError naming the problem. */
 export function startDaemon(opts: Options): Running {
   setLogLevel(opts.logLevel);
+  checkNativeLayout();
   let diskPath = opts.disk;
   if (diskPath === undefined) {
     diskPath = DEFAULT_DISK_PATH;

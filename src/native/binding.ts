@@ -216,6 +216,8 @@ export interface NativeBinding {
     ZERO_BYTES: number;
     /** fallocate op: fileOffset, length in op[3], mode (FALLOC_PUNCH or FALLOC_ZERO) in op[4]. */
     OP_FALLOCATE: number;
+    /** BLKDISCARD on a block device (thread pool): fileOffset, length in op[3]. */
+    OP_BLKDISCARD: number;
     FALLOC_PUNCH: number;
     FALLOC_ZERO: number;
   };
