@@ -22,6 +22,7 @@
 
 import { IOV_MAX } from '../virtio/constants';
 import { BOUNCE_GRANULE } from '../blk/bounce-pool';
+import { IOV_STRIDE } from '../blk/request';
 
 export interface HostRules {
   /** File offset and length alignment for O_DIRECT (bytes). */
@@ -36,8 +37,8 @@ export interface HostRules {
   lenAlign: number;
 }
 
-/** Element triple stride in vectors: bufId, offset, len. */
-export const ELEM = 3;
+/** Element triple stride in vectors: bufId, offset, len (the request's iovec layout). */
+export const ELEM = IOV_STRIDE;
 
 export class RwPlan {
   pos = 0;

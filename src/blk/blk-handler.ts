@@ -19,6 +19,7 @@ import { statusForErrno } from './status';
 import { BouncePool } from './bounce-pool';
 import { QueueCounters } from './counters';
 import { OpBatch, OP_STRIDE, SQ_IOV_STRIDE, COPY_STRIDE } from './op-batch';
+import type { SessionArrays } from '../native/binding';
 import { ELEM, RwPlan, buildVector, cutPieces, planBounceLayout, planRw, splitPoints, type HostRules } from '../align/rw-plan';
 import { LockMode, RangeLock } from '../align/range-lock';
 import { SegmentList, parseSegments, segmentBytes, type ZeroDiscardLimits } from './discard-zeroes';
@@ -57,17 +58,12 @@ export const OP_FLAG_DSYNC = 2;
 /** bufId of the session's bounce arena (guest regions are below it). */
 export const BOUNCE_BUF_ID = 1024;
 
-/** The arrays a handler shares with its data plane. */
-export interface HandlerArrays {
-  chains: Float64Array;
-  headers: Uint8Array;
-  segs: Float64Array;
-  sqOps: Float64Array;
-  sqIovs: Float64Array;
-  cqes: Float64Array;
-  used: Float64Array;
-  copies: Float64Array;
-}
+/**
+ * The arrays a handler shares with its data plane: the Session's arrays,
+ * whose layout src/native/binding.ts documents. (A type-only import: it is
+ * erased, so the handler still never loads the addon.)
+ */
+export type HandlerArrays = SessionArrays;
 
 /** What the handler asks of the transport. */
 export interface DataPlane {
