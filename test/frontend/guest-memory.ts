@@ -10,6 +10,8 @@
 // The uva of a region is a made-up value: the back-end only uses it to
 // translate ring addresses (SET_VRING_ADDR) into its own mapping.
 
+import fs from 'node:fs';
+import path from 'node:path';
 import { native } from '../../src/native/binding';
 
 export interface GuestMemoryOptions {
@@ -27,6 +29,12 @@ export interface GuestMemoryOptions {
   fdLayout?: 'separate' | 'shared-fd';
   /** Extra bytes skipped at the start of each region's memfd (non-zero mmap offset). Default 0. */
   leadIn?: number;
+  /**
+   * Back the regions with regular files made (and at once unlinked) in this
+   * directory instead of memfds, as QEMU's memory-backend-file does (e.g.
+   * /dev/shm, or a hugetlbfs mount). Default: memfds.
+   */
+  fileDir?: string;
 }
 
 export interface GuestRegion {
@@ -52,6 +60,21 @@ function alignUp(v: number, a: number): number {
 
 function alignDown(v: number, a: number): number {
   return Math.floor(v / a) * a;
+}
+
+/** A memfd, or an unlinked regular file in dir, of `size` bytes. */
+function backingFd(name: string, size: number, dir: string | undefined): number {
+  if (dir === undefined) return native.memfdCreate(name, size);
+  const file = path.join(dir, `${name}-${process.pid}-${Math.random().toString(36).slice(2)}`);
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  fs.unlinkSync(file);
+  try {
+    fs.ftruncateSync(fd, size);
+  } catch (err) {
+    fs.closeSync(fd);
+    throw err;
+  }
+  return fd;
 }
 
 export class GuestMemory {
@@ -85,7 +108,7 @@ export class GuestMemory {
     let sharedFd = -1;
     if (shared) {
       const total = sizes.reduce((a, s) => a + leadIn + s, 0);
-      sharedFd = native.memfdCreate('vublk-test-ram', total);
+      sharedFd = backingFd('vublk-test-ram', total, options.fileDir);
       fds.push(sharedFd);
     }
     let gpa = base;
@@ -98,7 +121,7 @@ export class GuestMemory {
         mmapOffset = fileOffset + leadIn;
         fileOffset = mmapOffset + size;
       } else {
-        fd = native.memfdCreate(`vublk-test-ram${index}`, leadIn + size);
+        fd = backingFd(`vublk-test-ram${index}`, leadIn + size, options.fileDir);
         fds.push(fd);
         mmapOffset = leadIn;
       }

@@ -1,0 +1,280 @@
+// A frontend that shrinks a memory region's file after SET_MEM_TABLE /
+// ADD_MEM_REG (ftruncate on the memfd, or on a /dev/shm or hugetlbfs file)
+// turns every touch of the lost pages into SIGBUS. The daemon's own touches
+// (ring and header reads in pop, indirect tables, status bytes and used
+// entries in pushUsed, writeGuest, readGuest, bounce copies) must disconnect
+// only that frontend, with one warn line naming the region; the daemon lives,
+// drains on SIGTERM (teardown checks exit 0), and serves the next frontend.
+//
+// The guest RAM is two 4 MiB regions: the rings live in region 0 (setup
+// allocates them first), and each case puts what the daemon must touch in
+// region 1, which it then truncates to 0 bytes. From then on the test
+// itself must not touch region 1 either.
+
+import t, { type Test } from 'tap';
+import fs from 'node:fs';
+import { BlkDriver, BlkStatus, BlkType } from '../frontend/blk-driver';
+import { Frontend, type SetupOptions } from '../frontend/frontend';
+import type { GuestMemoryOptions } from '../frontend/guest-memory';
+import { DescFlags, DESC_SIZE } from '../frontend/split-ring';
+import {
+  connIdSince,
+  expectServes,
+  expectViolation,
+  logSince,
+  pattern,
+  rawToken,
+  spinUntilPopped,
+  startDaemon,
+  until,
+  waitConnClosed,
+  WARN_LINE,
+  type Daemon,
+} from './harness';
+
+const MiB = 1 << 20;
+const SHRANK = /^queue \d+: guest memory region 1 shrank under its mapping: SIGBUS at offset 0x[0-9a-f]+ of \d+ bytes \(gpa 0x[0-9a-f]+\)$/;
+const SHRANK_ANYWHERE = /guest memory region 1 shrank under its mapping: SIGBUS at offset 0x[0-9a-f]+/;
+
+let shared: Promise<Daemon> | undefined;
+function sharedDaemon(): Promise<Daemon> {
+  shared ??= startDaemon(t, { imageBytes: 16 * MiB });
+  return shared;
+}
+
+async function connected(t: Test, d: Daemon, setup: SetupOptions, memory: GuestMemoryOptions = {}) {
+  const mark = d.v.stderr().length;
+  const fe = await Frontend.connect(d.socket);
+  t.teardown(() => fe.close());
+  await fe.setup({ queues: 1, queueSize: 128, ...setup, memory: { regions: [4 * MiB, 4 * MiB], ...memory } });
+  const conn = await connIdSince(d, mark);
+  const r = fe.queue(0).ring;
+  t.ok(r.usedGpa + r.size * 8 + 6 < fe.mem!.regions[1]!.gpa, 'the rings lie in region 0'); // set up
+  t.equal((await new BlkDriver(fe).flush(0)).status, BlkStatus.OK, 'the frontend is served before the truncation');
+  return { fe, mark, conn };
+}
+
+/** Truncates region 1's file to 0 bytes: every page of it is gone. */
+function shrinkRegion1(fe: Frontend): void {
+  fs.ftruncateSync(fe.mem!.regions[1]!.fd, 0); // set up
+}
+
+function header(fe: Frontend, type: number, region: number, sector = 0): number {
+  const mem = fe.mem!;
+  const g = mem.alloc(16, 16, { region });
+  const h = Buffer.alloc(16);
+  h.writeUInt32LE(type, 0);
+  h.writeBigUInt64LE(BigInt(sector), 8);
+  mem.write(g, h);
+  return g;
+}
+
+/** Writes a chain of descriptors [addr, len, writable] into the ring's table; returns its head. */
+function chain(fe: Frontend, descs: [number, number, boolean][]): number {
+  const r = fe.queue(0).ring;
+  const ids = descs.map(() => r.takeDesc());
+  descs.forEach(([addr, len, write], k) => {
+    const last = k === descs.length - 1;
+    r.writeDesc(ids[k]!, { addr, len, flags: (last ? 0 : DescFlags.NEXT) | (write ? DescFlags.WRITE : 0), next: last ? 0 : ids[k + 1]! });
+  });
+  return ids[0]!;
+}
+
+function publish(fe: Frontend, heads: number[], onUsed?: (len: number) => void): void {
+  const r = fe.queue(0).ring;
+  for (const h of heads) r.pushAvail(h, rawToken(onUsed));
+  r.publish();
+  fe.kick(0);
+}
+
+/**
+ * One case: `arrange` writes chains (touching region 1 only before the
+ * truncation) and returns their heads; region 1 is truncated; the heads are
+ * made available and kicked; the frontend must be disconnected with one warn
+ * line naming region 1, and a fresh frontend served.
+ */
+function shrinkCase(name: string, setup: SetupOptions, arrange: (fe: Frontend) => number[], memory: GuestMemoryOptions = {}): void {
+  t.test(name, async (t) => {
+    const d = await sharedDaemon();
+    const { fe, mark, conn } = await connected(t, d, setup, memory);
+    const heads = arrange(fe);
+    shrinkRegion1(fe);
+    publish(fe, heads);
+    await expectViolation(t, d, fe, mark, conn, SHRANK);
+    await expectServes(t, d);
+  });
+}
+
+// ------------------------------------------------- the daemon's own touches
+
+shrinkCase('request header in a truncated region (pop copies the header)', {}, (fe) => [
+  chain(fe, [
+    [header(fe, BlkType.FLUSH, 1), 16, false],
+    [fe.mem!.alloc(1, 1, { region: 0 }), 1, true],
+  ]),
+]);
+
+shrinkCase('indirect table in a truncated region (pop walks the table)', { indirect: true }, (fe) => {
+  const mem = fe.mem!;
+  const r = fe.queue(0).ring;
+  const table = mem.alloc(2 * DESC_SIZE, 16, { region: 1 });
+  r.writeDescAt(table, { addr: header(fe, BlkType.FLUSH, 0), len: 16, flags: DescFlags.NEXT, next: 1 });
+  r.writeDescAt(table + DESC_SIZE, { addr: mem.alloc(1, 1, { region: 0 }), len: 1, flags: DescFlags.WRITE, next: 0 });
+  const head = r.takeDesc();
+  r.writeDesc(head, { addr: table, len: 2 * DESC_SIZE, flags: DescFlags.INDIRECT, next: 0 });
+  return [head];
+});
+
+shrinkCase('status byte in a truncated region (pushUsed writes it)', {}, (fe) => [
+  chain(fe, [
+    [header(fe, BlkType.FLUSH, 0), 16, false],
+    [fe.mem!.alloc(1, 1, { region: 1 }), 1, true],
+  ]),
+]);
+
+shrinkCase('GET_ID buffer in a truncated region (writeGuest)', {}, (fe) => [
+  chain(fe, [
+    [header(fe, BlkType.GET_ID, 0), 16, false],
+    [fe.mem!.alloc(20, 4, { region: 1 }), 20, true],
+    [fe.mem!.alloc(1, 1, { region: 0 }), 1, true],
+  ]),
+]);
+
+shrinkCase('DISCARD segment list in a truncated region (readGuest)', {}, (fe) => {
+  const seg = fe.mem!.alloc(16, 16, { region: 1 });
+  const s = Buffer.alloc(16);
+  s.writeBigUInt64LE(8n, 0);
+  s.writeUInt32LE(8, 8);
+  fe.mem!.write(seg, s);
+  return [
+    chain(fe, [
+      [header(fe, BlkType.DISCARD, 0), 16, false],
+      [seg, 16, false],
+      [fe.mem!.alloc(1, 1, { region: 0 }), 1, true],
+    ]),
+  ];
+});
+
+shrinkCase('header, data and status all in a truncated region', {}, (fe) => {
+  // Whichever the daemon touches first names region 1.
+  return [
+    chain(fe, [
+      [header(fe, BlkType.IN, 1), 16, false],
+      [fe.mem!.alloc(4096, 4096, { region: 1 }), 4096, true],
+      [fe.mem!.alloc(1, 1, { region: 1 }), 1, true],
+    ]),
+  ];
+});
+
+// ----------------------------------------------- requests in flight, bounces
+
+/**
+ * Reads and writes whose data lies in region 1, some at odd addresses (the
+ * daemon bounces those through its own buffer and copies to or from guest
+ * memory), status bytes in region 0. Region 1 is truncated once the daemon
+ * has popped them all: io_uring ops on the lost pages fail (EFAULT), bounce
+ * copies fault. Either each request completes (IOERR or OK) or the frontend
+ * is disconnected with one warn line naming region 1; the daemon lives and
+ * serves the next frontend.
+ */
+t.test('truncation while requests are in flight', async (t) => {
+  const d = await sharedDaemon();
+  for (let round = 0; round < 4; round++) {
+    const { fe, mark, conn } = await connected(t, d, { eventIdx: true });
+    const mem = fe.mem!;
+    const heads: number[] = [];
+    const statuses: number[] = [];
+    for (let k = 0; k < 16; k++) {
+      const write = k % 2 === 1;
+      const odd = k % 4 >= 2;
+      const len = 8192;
+      const buf = mem.alloc(len + 1, odd ? 1 : 4096, { region: 1 }) + (odd ? 1 : 0);
+      if (write) mem.write(buf, pattern(len, k));
+      const status = mem.alloc(1, 1, { region: 0 });
+      statuses.push(status);
+      heads.push(
+        chain(fe, [
+          [header(fe, write ? BlkType.OUT : BlkType.IN, 0, 64 + 16 * k), 16, false],
+          [buf, len, !write],
+          [status, 1, true],
+        ]),
+      );
+    }
+    let used = 0;
+    publish(fe, heads, () => used++);
+    if (round > 0) t.ok(spinUntilPopped(fe, 0, 16 + 1), 'the daemon popped every request'); // +1: the flush in connected()
+    shrinkRegion1(fe);
+    await until(() => !fe.isOpen || (fe.poll(0), used === heads.length), 10_000);
+    if (fe.isOpen) {
+      t.equal(used, heads.length, 'every request completed');
+      const st = statuses.map((g) => mem.read(g, 1)[0]);
+      t.ok(st.every((s) => s === BlkStatus.OK || s === BlkStatus.IOERR), `each with OK or IOERR: ${st.join(',')}`);
+      fe.close();
+      await waitConnClosed(d, mark, conn);
+      t.same(logSince(d, mark).filter((l) => WARN_LINE.test(l)), [], 'no warn line');
+    } else {
+      await waitConnClosed(d, mark, conn);
+      const warns = logSince(d, mark).filter((l) => WARN_LINE.test(l));
+      t.equal(warns.length, 1, `disconnected with exactly one warn line:\n${warns.join('\n')}`);
+      t.match(warns[0] ?? '', SHRANK_ANYWHERE, 'naming region 1');
+    }
+    t.notOk(logSince(d, mark).some((l) => /^vublk: error: /.test(l)), 'no error-level line');
+    await expectServes(t, d);
+  }
+});
+
+// ------------------------------------------------------ file-backed regions
+
+const shm = fs.existsSync('/dev/shm') ? '/dev/shm' : undefined;
+
+t.test('regions backed by /dev/shm files serve normal I/O', { skip: shm ? false : 'no /dev/shm' }, async (t) => {
+  const d = await sharedDaemon();
+  const { fe } = await connected(t, d, {}, { fileDir: shm });
+  const drv = new BlkDriver(fe);
+  for (const straddle of [false, true]) {
+    const data = pattern(64 * 1024, straddle ? 7 : 3);
+    const w = await drv.write(0, 2048, data, { straddle });
+    const r = await drv.read(0, 2048, data.length, { straddle });
+    t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), `write and read back${straddle ? ' across the region boundary' : ''}`);
+  }
+});
+
+shrinkCase('a /dev/shm file region truncated under the ring', {}, (fe) => [
+  chain(fe, [
+    [header(fe, BlkType.FLUSH, 1), 16, false],
+    [fe.mem!.alloc(1, 1, { region: 0 }), 1, true],
+  ]),
+], { fileDir: shm ?? '/tmp' });
+
+/** A hugetlbfs mount with free huge pages, or why there is none. */
+function hugetlbfs(): { dir: string } | { skip: string } {
+  const meminfo = fs.readFileSync('/proc/meminfo', 'utf8');
+  const free = Number(/HugePages_Free:\s+(\d+)/.exec(meminfo)?.[1] ?? 0);
+  const size = Number(/Hugepagesize:\s+(\d+) kB/.exec(meminfo)?.[1] ?? 0) * 1024;
+  if (free * size < 16 * MiB) return { skip: 'fewer than 16 MiB of free huge pages (vm.nr_hugepages)' };
+  const mount = fs
+    .readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' '))
+    .find((f) => f[2] === 'hugetlbfs');
+  if (!mount?.[1]) return { skip: 'no hugetlbfs mount' };
+  try {
+    fs.accessSync(mount[1], fs.constants.W_OK);
+  } catch {
+    return { skip: `${mount[1]} is not writable` };
+  }
+  return { dir: mount[1] };
+}
+
+const huge = hugetlbfs();
+t.test('regions backed by hugetlbfs files serve normal I/O', { skip: 'skip' in huge ? huge.skip : false }, async (t) => {
+  if (!('dir' in huge)) return;
+  const d = await sharedDaemon();
+  const pageRegions = [4 * MiB, 4 * MiB];
+  const { fe } = await connected(t, d, {}, { fileDir: huge.dir, regions: pageRegions });
+  const drv = new BlkDriver(fe);
+  const data = pattern(64 * 1024, 11);
+  const w = await drv.write(0, 4096, data, { straddle: true });
+  const r = await drv.read(0, 4096, data.length, { straddle: true });
+  t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), 'write and read back across the region boundary');
+});
