@@ -8,6 +8,7 @@
         "native/fd-watcher.cc",
         "native/memfd.cc",
         "native/guest-memory.cc",
+        "native/guest-access.cc",
         "native/split-virtqueue.cc",
         "native/uring.cc",
         "native/session.cc",

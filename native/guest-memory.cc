@@ -164,6 +164,19 @@ uint8_t* GuestMemory::bufPtr(uint32_t bufId, uint64_t offset, uint64_t len) cons
   return r->host + offset;
 }
 
+bool GuestMemory::locateHost(const void* p, uint32_t* bufId, uint64_t* offset) const {
+  uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  for (unsigned i = 0; i < kMaxRegions; i++) {
+    const Region& r = regions_[i];
+    uintptr_t host = reinterpret_cast<uintptr_t>(r.host);
+    if (!r.active || a < host || a - host >= r.size) continue;
+    *bufId = i;
+    *offset = a - host;
+    return true;
+  }
+  return false;
+}
+
 bool GuestMemory::copyFromGpa(uint64_t gpa, void* dst, size_t len) const {
   if (wraps(gpa, len)) return false;
   uint8_t* out = static_cast<uint8_t*>(dst);

@@ -55,6 +55,9 @@ class GuestMemory {
   uint8_t* bufPtr(uint32_t bufId, uint64_t offset, uint64_t len) const;
   // Copies guest-physical bytes, across region boundaries; false if unmapped.
   bool copyFromGpa(uint64_t gpa, void* dst, size_t len) const;
+  // The region whose guest bytes [host, host+size) hold p, and p's offset in
+  // it. Async-signal-safe (plain reads), for the SIGBUS handler.
+  bool locateHost(const void* p, uint32_t* bufId, uint64_t* offset) const;
   const Region* region(uint32_t bufId) const {
     return bufId < kMaxRegions && regions_[bufId].active ? &regions_[bufId] : nullptr;
   }

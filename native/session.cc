@@ -20,6 +20,7 @@
 
 #include "errno-error.h"
 #include "exports.h"
+#include "guest-access.h"
 #include "guest-memory.h"
 #include "js-callback.h"
 #include "split-virtqueue.h"
@@ -422,20 +423,30 @@ class Session : public Napi::ObjectWrap<Session> {
     if (n < 0 || static_cast<size_t>(n) * kUsedStride > used_.length)
       throw Napi::RangeError::New(env, "pushUsed: count out of range");
     if (!v.vq.mapped()) throw Napi::Error::New(env, "pushUsed: ring is not running");
-    const double* u = static_cast<const double*>(used_.data);
+    const double* used = static_cast<const double*>(used_.data);
+    const double* u = used;
     for (int64_t i = 0; i < n; i++, u += kUsedStride) {
       double head = u[0];
       if (!(head >= 0 && head < v.vq.num())) throw Napi::RangeError::New(env, "pushUsed: bad head");
       if (!(u[1] >= 0 && u[1] <= UINT32_MAX))
         throw Napi::RangeError::New(env, "pushUsed: bad used length");
-      if (u[2] >= 0) {
-        uint8_t* status = u[2] < kBounceBufId ? ptr(u[2], u[3], 1) : nullptr;
-        if (!status) throw Napi::RangeError::New(env, "pushUsed: status byte outside guest memory");
-        *status = static_cast<uint8_t>(u[4]);
-      }
-      v.vq.addUsed(static_cast<uint32_t>(head), static_cast<uint32_t>(u[1]));
+      if (u[2] >= 0 && !(u[2] < kBounceBufId && ptr(u[2], u[3], 1)))
+        throw Napi::RangeError::New(env, "pushUsed: status byte outside guest memory");
     }
-    if (v.vq.publish() && v.callFd >= 0) {
+    if (faulted_) return env.Undefined();  // the ring is abandoned with the connection
+    bool notify = false;
+    if (!guardedGuestAccess(mem_, fault_, [&] {
+          u = used;
+          for (int64_t i = 0; i < n; i++, u += kUsedStride) {
+            if (u[2] >= 0) *ptr(u[2], u[3], 1) = static_cast<uint8_t>(u[4]);
+            v.vq.addUsed(static_cast<uint32_t>(u[0]), static_cast<uint32_t>(u[1]));
+          }
+          notify = v.vq.publish();
+        })) {
+      guestFaulted(static_cast<int>(argInt(info, 0)));
+      return env.Undefined();
+    }
+    if (notify && v.callFd >= 0) {
       uint64_t one = 1;
       ssize_t w;
       do {
@@ -448,12 +459,18 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value WriteGuest(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
-    uint32_t bufId = static_cast<uint32_t>(argU64(info, 0));
+    // The full 53-bit value: a bufId of 2^32 must not alias region 0.
+    uint64_t bufId = argU64(info, 0);
     uint64_t off = argU64(info, 1);
     Napi::Uint8Array data = info[2].As<Napi::Uint8Array>();
-    uint8_t* dst = mem_.bufPtr(bufId, off, data.ByteLength());
+    uint8_t* dst = bufId < GuestMemory::kMaxRegions
+                       ? mem_.bufPtr(static_cast<uint32_t>(bufId), off, data.ByteLength())
+                       : nullptr;
     if (!dst) throw Napi::RangeError::New(env, "writeGuest: outside guest memory");
-    memcpy(dst, data.Data(), data.ByteLength());
+    const uint8_t* src = data.Data();
+    size_t len = data.ByteLength();
+    if (!faulted_ && !guardedGuestAccess(mem_, fault_, [&] { memcpy(dst, src, len); }))
+      guestFaulted(-1);
     return env.Undefined();
   }
 
@@ -468,7 +485,12 @@ class Session : public Napi::ObjectWrap<Session> {
                                               static_cast<double>(dst.ByteLength()))
                                         : nullptr;
     if (!src) throw Napi::RangeError::New(env, "readGuest: outside guest memory");
-    memcpy(dst.Data(), src, dst.ByteLength());
+    uint8_t* out = dst.Data();
+    size_t len = dst.ByteLength();
+    if (faulted_ || !guardedGuestAccess(mem_, fault_, [&] { memcpy(out, src, len); })) {
+      memset(out, 0, len);  // no stale bytes: the request is failed with the connection
+      guestFaulted(-1);
+    }
     return env.Undefined();
   }
 
@@ -479,6 +501,9 @@ class Session : public Napi::ObjectWrap<Session> {
     int64_t n = argInt(info, 0);
     if (n < 0 || static_cast<size_t>(n) * kOpStride > sqOps_.length)
       throw Napi::RangeError::New(env, "submit: count out of range");
+    // No more disk I/O for a frontend whose memory faulted: none is taken,
+    // so JS fails every op (EIO) and the connection drains at once.
+    if (faulted_) return Napi::Number::New(env, 0);
     const double* ops = static_cast<const double*>(sqOps_.data);
     const double* iovs = static_cast<const double*>(sqIovs_.data);
     size_t maxIovs = iovScratch_.size();
@@ -567,10 +592,14 @@ class Session : public Napi::ObjectWrap<Session> {
       if (!ptr(e[0], e[1], e[4]) || !ptr(e[2], e[3], e[4]) || e[2] == kZeroBufId)
         throw Napi::RangeError::New(env, "copy: range outside guest memory and bounce arena");
     }
-    for (int64_t k = 0; k < n; k++) {
-      const double* e = c + k * kCopyStride;
-      memmove(ptr(e[2], e[3], e[4]), ptr(e[0], e[1], e[4]), static_cast<size_t>(e[4]));
-    }
+    if (faulted_) return env.Undefined();
+    if (!guardedGuestAccess(mem_, fault_, [&] {
+          for (int64_t k = 0; k < n; k++) {
+            const double* e = c + k * kCopyStride;
+            memmove(ptr(e[2], e[3], e[4]), ptr(e[0], e[1], e[4]), static_cast<size_t>(e[4]));
+          }
+        }))
+      guestFaulted(-1);
     return env.Undefined();
   }
 
@@ -702,11 +731,17 @@ class Session : public Napi::ObjectWrap<Session> {
 
   void deliverOne(Vring& v) {
     Napi::Env env = Env();
-    while (!destroyed_ && v.started && v.enabled && !v.paused) {
+    while (!destroyed_ && !faulted_ && v.started && v.enabled && !v.paused) {
       batch_.nChains = 0;
       batch_.nSegs = 0;
       std::string err;
-      bool ok = v.vq.pop(mem_, batch_, err);
+      bool ok = false;
+      if (!guardedGuestAccess(mem_, fault_, [&] { ok = v.vq.pop(mem_, batch_, err); })) {
+        ok = false;
+        batch_.nChains = 0;  // abandoned with the connection
+        faulted_ = true;
+        err = describeGuestFault(mem_, fault_);
+      }
       if (batch_.nChains > 0) {
         callJs(env, onChains_, callbacks_.Value(),
                {Napi::Number::New(env, v.index), Napi::Number::New(env, batch_.nChains),
@@ -723,6 +758,17 @@ class Session : public Napi::ObjectWrap<Session> {
       }
       if (batch_.nChains == 0) break;
     }
+  }
+
+  // A guarded access faulted (the frontend shrank a region's file): reports
+  // it once to JS, which breaks the connection (q < 0: no queue). From then
+  // on the session touches no guest memory and takes no disk I/O.
+  void guestFaulted(int q) {
+    if (faulted_) return;
+    faulted_ = true;
+    Napi::Env env = Env();
+    callJs(env, onViolation_, callbacks_.Value(),
+           {Napi::Number::New(env, q), Napi::String::New(env, describeGuestFault(mem_, fault_))});
   }
 
   static void OnUringEvent(uv_poll_t* h, int, int) {
@@ -748,6 +794,8 @@ class Session : public Napi::ObjectWrap<Session> {
   unsigned maxQueueSize_ = 0;
   bool destroyed_ = false;
   bool delivering_ = false;
+  bool faulted_ = false;  // a guest memory access faulted: see guestFaulted()
+  GuestFault fault_;
   PopBatch batch_{};
   SharedArray chains_, headers_, segs_, sqOps_, sqIovs_, cqes_, used_, copies_;
   uint8_t* bounce_ = nullptr;
@@ -763,6 +811,7 @@ class Session : public Napi::ObjectWrap<Session> {
 }  // namespace
 
 void InitSession(Napi::Env env, Napi::Object exports) {
+  installGuestFaultHandler();
   exports.Set("Session", Session::Define(env));
   Napi::Object c = Napi::Object::New(env);
   c.Set("CHAIN_STRIDE", kChainStride);

@@ -67,7 +67,13 @@ export interface SessionCallbacks {
   onChains(q: number, nChains: number, nSegs: number): void;
   /** A batch of io_uring completions: n entries in arrays.cqes. */
   onCompletions(n: number): void;
-  /** The guest broke a ring rule on queue q; the queue has stopped itself. */
+  /**
+   * The guest broke a ring rule on queue q (the queue has stopped itself), or
+   * guest memory faulted (its file shrank; q is -1 when no queue was being
+   * served): the session then touches no guest memory and takes no more I/O
+   * (submit returns 0), and may call this from inside pushUsed, writeGuest,
+   * readGuest or copy.
+   */
   onViolation(q: number, message: string): void;
 }
 

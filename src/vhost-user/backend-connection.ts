@@ -112,7 +112,7 @@ export class BackendConnection {
     this.session = new native.Session(device.queues, device.maxQueueSize, device.disk.fd, entries, DEFAULT_BOUNCE_BYTES, this.arrays, {
       onChains: (q, n) => this.guard(() => this.handler.onChains(q, n)),
       onCompletions: (n) => this.guard(() => this.handler.onCompletions(n)),
-      onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
+      onViolation: (q, rule) => this.breakConnection(q < 0 ? rule : `queue ${q}: ${rule}`),
     });
     const session = this.session;
     this.handler.attach({
@@ -546,6 +546,9 @@ export class BackendConnection {
    * ten per connection, then every thousandth.
    */
   private hostError(res: number, type: number, offset: number): void {
+    // A broken connection's leftover ops fail by design (after a guest
+    // memory fault the session takes none): the violation line said why.
+    if (this.broken) return;
     this.hostErrors++;
     if (this.hostErrors > 10 && this.hostErrors % 1000 !== 0) return;
     log.warn('host I/O error', {

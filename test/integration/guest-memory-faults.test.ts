@@ -33,7 +33,7 @@ import {
 } from './harness';
 
 const MiB = 1 << 20;
-const SHRANK = /^queue \d+: guest memory region 1 shrank under its mapping: SIGBUS at offset 0x[0-9a-f]+ of \d+ bytes \(gpa 0x[0-9a-f]+\)$/;
+const SHRANK = /(queue \d+: )?guest memory region 1 shrank under its mapping: SIGBUS at offset 0x[0-9a-f]+ of \d+ bytes \(gpa 0x[0-9a-f]+\)/;
 const SHRANK_ANYWHERE = /guest memory region 1 shrank under its mapping: SIGBUS at offset 0x[0-9a-f]+/;
 
 let shared: Promise<Daemon> | undefined;
@@ -172,8 +172,9 @@ shrinkCase('header, data and status all in a truncated region', {}, (fe) => {
  * Reads and writes whose data lies in region 1, some at odd addresses (the
  * daemon bounces those through its own buffer and copies to or from guest
  * memory), status bytes in region 0. Region 1 is truncated once the daemon
- * has popped them all: io_uring ops on the lost pages fail (EFAULT), bounce
- * copies fault. Either each request completes (IOERR or OK) or the frontend
+ * has popped them all (round 0 races the pops): io_uring ops on the lost
+ * pages fail (EFAULT) or, on pages pinned as fixed buffers, go to the
+ * orphaned pages; bounce copies fault. Either each request completes (IOERR or OK) or the frontend
  * is disconnected with one warn line naming region 1; the daemon lives and
  * serves the next frontend.
  */
@@ -186,7 +187,7 @@ t.test('truncation while requests are in flight', async (t) => {
     const statuses: number[] = [];
     for (let k = 0; k < 16; k++) {
       const write = k % 2 === 1;
-      const odd = k % 4 >= 2;
+      const odd = round % 2 === 0 && k % 4 >= 2; // odd rounds: no bounces, only io_uring on the lost pages
       const len = 8192;
       const buf = mem.alloc(len + 1, odd ? 1 : 4096, { region: 1 }) + (odd ? 1 : 0);
       if (write) mem.write(buf, pattern(len, k));
@@ -205,18 +206,20 @@ t.test('truncation while requests are in flight', async (t) => {
     if (round > 0) t.ok(spinUntilPopped(fe, 0, 16 + 1), 'the daemon popped every request'); // +1: the flush in connected()
     shrinkRegion1(fe);
     await until(() => !fe.isOpen || (fe.poll(0), used === heads.length), 10_000);
+    // io_uring ops on lost pages fail with EFAULT: host I/O errors, IOERR.
+    const warns = () => logSince(d, mark).filter((l) => WARN_LINE.test(l) && !/host I\/O error .*error=EFAULT/.test(l));
     if (fe.isOpen) {
       t.equal(used, heads.length, 'every request completed');
       const st = statuses.map((g) => mem.read(g, 1)[0]);
       t.ok(st.every((s) => s === BlkStatus.OK || s === BlkStatus.IOERR), `each with OK or IOERR: ${st.join(',')}`);
       fe.close();
       await waitConnClosed(d, mark, conn);
-      t.same(logSince(d, mark).filter((l) => WARN_LINE.test(l)), [], 'no warn line');
+      t.same(warns(), [], 'no warn line but EFAULT host I/O errors');
     } else {
       await waitConnClosed(d, mark, conn);
-      const warns = logSince(d, mark).filter((l) => WARN_LINE.test(l));
-      t.equal(warns.length, 1, `disconnected with exactly one warn line:\n${warns.join('\n')}`);
-      t.match(warns[0] ?? '', SHRANK_ANYWHERE, 'naming region 1');
+      const lines = warns();
+      t.equal(lines.length, 1, `disconnected with exactly one warn line (but EFAULT host I/O errors):\n${lines.join('\n')}`);
+      t.match(lines[0] ?? '', SHRANK_ANYWHERE, 'naming region 1');
     }
     t.notOk(logSince(d, mark).some((l) => /^vublk: error: /.test(l)), 'no error-level line');
     await expectServes(t, d);
