@@ -50,12 +50,14 @@ void onSigbus(int sig, siginfo_t* info, void* ctx) {
 
 namespace detail {
 
-RecoveryPoint*& currentRecoveryPoint() {
-  // The handler reads this on the thread that faulted, which set it (so its
-  // TLS block exists) before touching guest memory.
-  static thread_local RecoveryPoint* current = nullptr;
-  return current;
-}
+namespace {
+// initial-exec: a fixed offset from the thread pointer, so reading it in the
+// signal handler never calls __tls_get_addr (which may malloc on a thread
+// that has not touched this module's TLS yet, e.g. a SIGBUS on a pool thread).
+__attribute__((tls_model("initial-exec"))) thread_local RecoveryPoint* tlsCurrent = nullptr;
+}  // namespace
+
+RecoveryPoint*& currentRecoveryPoint() { return tlsCurrent; }
 
 }  // namespace detail
 
