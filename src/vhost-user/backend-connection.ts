@@ -17,6 +17,7 @@ import type { BlkDevice } from '../device/blk-device';
 import { log } from '../log';
 import { ProtocolViolation } from '../errors';
 import { MessageReader } from './message-reader';
+import { ReplyQueue } from './reply-queue';
 import {
   type Message,
   type MemRegionWithFd,
@@ -53,18 +54,20 @@ import {
   hasFeature,
 } from '../virtio/constants';
 
-/** Replies must not block the daemon on a frontend that stopped reading. */
-const SEND_TIMEOUT_MS = 1000;
 const URING_ENTRIES_MAX = 4096;
 /** How long a closing connection waits for in-flight I/O before it gives up. */
 const DRAIN_TIMEOUT_MS = 30_000;
 
 type Handler = (msg: Message) => void | Promise<void>;
 
+/** A handler's wait ended after the connection began closing: it stops there, silently. */
+class ConnectionClosing extends Error {}
+
 export class BackendConnection {
   readonly id: number;
   private readonly watcher: InstanceType<typeof native.FdWatcher>;
   private readonly reader: MessageReader;
+  private readonly replies: ReplyQueue;
   private readonly arrays: HandlerArrays;
   private readonly handler: BlkHandler;
   private readonly session: Session;
@@ -92,6 +95,7 @@ export class BackendConnection {
       recv: (buf, off, len, maxFds) => native.recvMsg(this.fd, buf, off, len, maxFds),
       closeFd: (f) => native.closeFd(f),
     });
+    this.replies = new ReplyQueue((buf, off, len) => native.sendSome(this.fd, buf, off, len));
     this.arrays = allocateArrays(device.maxQueueSize);
     this.handler = new BlkHandler(this.arrays, {
       queues: device.queues,
@@ -138,8 +142,8 @@ export class BackendConnection {
       readGuest: (bufId, off, dst) => session.readGuest(bufId, off, dst),
     });
     this.handlers = this.handlerTable();
-    this.watcher = new native.FdWatcher(fd, () => this.pump());
-    this.watcher.start();
+    this.watcher = new native.FdWatcher(fd, (events) => this.onSocket(events));
+    this.updateWatch();
   }
 
   // ------------------------------------------------------------ messages
@@ -171,6 +175,29 @@ export class BackendConnection {
     return h;
   }
 
+  /**
+   * What the socket is watched for: messages unless a handler waits (then
+   * only a hang-up, which closes the connection at once), and writability
+   * while replies are queued.
+   */
+  private updateWatch(): void {
+    if (this.closing) return;
+    const W = native.FdWatcher;
+    this.watcher.start((this.busy ? W.DISCONNECT : W.READABLE | W.DISCONNECT) | (this.replies.pending ? W.WRITABLE : 0));
+  }
+
+  private onSocket(events: number): void {
+    if (this.closing) return;
+    if (events & native.FdWatcher.WRITABLE) this.flushReplies();
+    if (this.busy) {
+      // The frontend hung up while it waited for a reply: nobody is left to
+      // take it, so the handler's wait is cut short (see settled()).
+      if (events & native.FdWatcher.DISCONNECT) void this.close('frontend disconnected');
+      return;
+    }
+    if (events & (native.FdWatcher.READABLE | native.FdWatcher.DISCONNECT)) this.pump();
+  }
+
   /** Reads and handles messages until the socket would block or a handler waits. */
   private pump(): void {
     if (this.busy || this.broken || this.closing) return;
@@ -198,7 +225,7 @@ export class BackendConnection {
       if (result instanceof Promise) {
         // Wait (e.g. for in-flight I/O to drain); the frontend waits for our reply.
         this.busy = true;
-        this.watcher.stop();
+        this.updateWatch();
         const m = msg;
         result.then(
           () => {
@@ -207,12 +234,13 @@ export class BackendConnection {
             if (this.broken || this.closing) return;
             this.ack(m);
             if (this.closing) return;
-            this.watcher.start();
+            this.updateWatch();
             this.pump();
           },
           (err: unknown) => {
             this.busy = false;
             closeAll(m.fds);
+            if (err instanceof ConnectionClosing) return;
             this.breakConnection(ruleFor(m.request, err));
           },
         );
@@ -242,14 +270,48 @@ export class BackendConnection {
     this.send(encodeU64Reply(msg.request, refused ? 1 : 0));
   }
 
-  /** A frontend that cannot take a reply is gone: close, never throw. */
+  /**
+   * Sends a reply, or queues it behind earlier ones; never waits. A frontend
+   * whose socket failed is gone (close); one that leaves more than the
+   * queue's bound unread broke the protocol. Never throws.
+   */
   private send(bytes: Uint8Array): void {
     if (this.closing) return;
+    let ok: boolean;
     try {
-      native.sendMsg(this.fd, bytes, [], SEND_TIMEOUT_MS);
+      ok = this.replies.push(bytes);
     } catch (err) {
       void this.close(`cannot send reply: ${describe(err)}`);
+      return;
     }
+    if (!ok) {
+      this.breakConnection(`frontend does not read its replies (${this.replies.queuedBytes} bytes unread, limit ${this.replies.limit})`);
+      return;
+    }
+    if (this.replies.pending) this.updateWatch();
+  }
+
+  private flushReplies(): void {
+    let done: boolean;
+    try {
+      done = this.replies.flush();
+    } catch (err) {
+      void this.close(`cannot send reply: ${describe(err)}`);
+      return;
+    }
+    if (done) this.updateWatch();
+  }
+
+  /**
+   * Every await in a message handler goes through here: once it resolves, a
+   * connection that began closing meanwhile (close() drains the same I/O and
+   * then destroys the session) must not be touched again, so the handler
+   * ends with ConnectionClosing, which pump() drops silently.
+   */
+  private async settled<T>(wait: Promise<T>): Promise<T> {
+    const value = await wait;
+    if (this.broken || this.closing) throw new ConnectionClosing('connection closing');
+    return value;
   }
 
   private queueIndex(index: number, what: string): number {
@@ -416,8 +478,7 @@ export class BackendConnection {
     const s = decodeVringState(msg);
     const q = this.queueIndex(s.index, 'GET_VRING_BASE');
     this.session.pauseVring(q, true);
-    await this.handler.whenIdle(q);
-    if (this.broken || this.closing) return;
+    await this.settled(this.handler.whenIdle(q));
     const base = this.session.stopVring(q);
     this.session.pauseVring(q, false);
     this.send(encodeVringStateReply(msg.request, q, base));
@@ -520,7 +581,7 @@ export class BackendConnection {
         running.push(q);
       }
     }
-    await this.handler.whenIdle();
+    await this.settled(this.handler.whenIdle());
     return running;
   }
 
@@ -582,6 +643,7 @@ export class BackendConnection {
     this.closing = (async () => {
       this.watcher.stop();
       this.reader.discard();
+      this.replies.clear();
       for (let q = 0; q < this.device.queues; q++) this.session.pauseVring(q, true);
       const inflight = this.handler.inflight();
       if (inflight > 0) log.info('draining in-flight requests', { conn: this.id, inflight });
