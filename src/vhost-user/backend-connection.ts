@@ -18,6 +18,7 @@ import { log } from '../log';
 import { ProtocolViolation } from '../errors';
 import { MessageReader } from './message-reader';
 import { ReplyQueue } from './reply-queue';
+import { FixedBufferPolicy } from './fixed-buffers';
 import {
   type Message,
   type MemRegionWithFd,
@@ -79,7 +80,9 @@ export class BackendConnection {
   private busy = false;
   /** The message being handled was refused without breaking the connection. */
   private refused = false;
-  private registrationWarned = false;
+  private readonly fixedBuffers: FixedBufferPolicy;
+  /** Bytes of guest memory mapped now (what registration would pin). */
+  private regionBytes = 0;
   private hostErrors = 0;
   private closing: Promise<void> | undefined;
   broken = false;
@@ -95,6 +98,7 @@ export class BackendConnection {
       recv: (buf, off, len, maxFds) => native.recvMsg(this.fd, buf, off, len, maxFds),
       closeFd: (f) => native.closeFd(f),
     });
+    this.fixedBuffers = new FixedBufferPolicy({ enabled: device.fixedBuffers, maxPinnedBytes: device.maxPinnedBytes, conn: id });
     this.replies = new ReplyQueue((buf, off, len) => native.sendSome(this.fd, buf, off, len));
     this.arrays = allocateArrays(device.maxQueueSize);
     this.handler = new BlkHandler(this.arrays, {
@@ -372,6 +376,7 @@ export class BackendConnection {
     const running = await this.quiesce();
     try {
       this.session.clearRegions();
+      this.regionBytes = 0;
       for (let i = 0; i < table.regions.length; i++) {
         const r = table.regions[i]!;
         msg.fds[i] = -1; // addRegion closes it, mapped or not
@@ -395,27 +400,10 @@ export class BackendConnection {
     this.resume(running);
   }
 
-  /**
-   * Registers guest memory with io_uring as fixed buffers (REGISTERED_BUF).
-   * Called with I/O drained. A refusal (e.g. RLIMIT_MEMLOCK) is one warning;
-   * the device keeps serving with plain operations.
-   */
+  /** Registers guest memory as io_uring fixed buffers if the policy allows (see fixed-buffers.ts). Called with I/O drained. */
   private registerMemory(): void {
     this.handler.setRegistered(false);
-    if (!this.device.fixedBuffers || this.session.regionCount() === 0) return;
-    try {
-      const buffers = this.session.registerBuffers();
-      this.handler.setRegistered(true);
-      log.debug('guest memory registered as io_uring fixed buffers', { conn: this.id, buffers });
-    } catch (err) {
-      if (!this.registrationWarned) {
-        this.registrationWarned = true;
-        log.warn('cannot register guest memory with io_uring; using plain reads and writes', {
-          conn: this.id,
-          error: err as Error,
-        });
-      }
-    }
+    this.handler.setRegistered(this.fixedBuffers.apply(this.regionBytes, () => this.session.registerBuffers()));
   }
 
   /** Logs the per-queue counters, one line per queue. */
@@ -435,6 +423,7 @@ export class BackendConnection {
     // Our mapping starts page aligned at file offset 0: the region's first
     // byte sits mmap_offset into a page.
     this.handler.setRegionPhase(bufId, r.mmapOffset);
+    this.regionBytes += r.size;
   }
 
   private async remMemReg(msg: Message): Promise<void> {
@@ -445,6 +434,7 @@ export class BackendConnection {
     if (!this.session.removeRegion(r.gpa, r.size)) {
       throw violation(`REM_MEM_REG names no mapped region (gpa 0x${r.gpa.toString(16)} size ${r.size})`);
     }
+    this.regionBytes -= r.size;
     this.registerMemory();
     this.resume(running);
   }
