@@ -15,6 +15,7 @@ import { native, type Session } from '../native/binding';
 import { BlkHandler, DEFAULT_BOUNCE_BYTES, allocateArrays, type HandlerArrays } from '../blk/blk-handler';
 import type { BlkDevice } from '../device/blk-device';
 import { log } from '../log';
+import { background } from '../background';
 import { ProtocolViolation } from '../errors';
 import { MessageReader } from './message-reader';
 import { ReplyQueue } from './reply-queue';
@@ -196,7 +197,7 @@ export class BackendConnection {
     if (this.busy) {
       // The frontend hung up while it waited for a reply: nobody is left to
       // take it, so the handler's wait is cut short (see settled()).
-      if (events & native.FdWatcher.DISCONNECT) void this.close('frontend disconnected');
+      if (events & native.FdWatcher.DISCONNECT) this.closeSoon('frontend disconnected');
       return;
     }
     if (events & (native.FdWatcher.READABLE | native.FdWatcher.DISCONNECT)) this.pump();
@@ -215,7 +216,7 @@ export class BackendConnection {
       }
       if (msg === 'again') return;
       if (msg === 'eof') {
-        void this.close('frontend disconnected');
+        this.closeSoon('frontend disconnected');
         return;
       }
       let result: void | Promise<void>;
@@ -231,7 +232,7 @@ export class BackendConnection {
         this.busy = true;
         this.updateWatch();
         const m = msg;
-        result.then(
+        const settled = result.then(
           () => {
             this.busy = false;
             closeAll(m.fds); // whatever the handler did not hand on
@@ -248,6 +249,7 @@ export class BackendConnection {
             this.breakConnection(ruleFor(m.request, err));
           },
         );
+        background(settled, 'finishing a message', { conn: this.id, request: requestName(m.request) });
         return;
       }
       this.ack(msg);
@@ -285,7 +287,7 @@ export class BackendConnection {
     try {
       ok = this.replies.push(bytes);
     } catch (err) {
-      void this.close(`cannot send reply: ${describe(err)}`);
+      this.closeSoon(`cannot send reply: ${describe(err)}`);
       return;
     }
     if (!ok) {
@@ -300,7 +302,7 @@ export class BackendConnection {
     try {
       done = this.replies.flush();
     } catch (err) {
-      void this.close(`cannot send reply: ${describe(err)}`);
+      this.closeSoon(`cannot send reply: ${describe(err)}`);
       return;
     }
     if (done) this.updateWatch();
@@ -624,7 +626,12 @@ export class BackendConnection {
     if (this.broken) return;
     this.broken = true;
     log.warn('disconnecting frontend: protocol violation', { conn: this.id, rule });
-    void this.close('protocol violation');
+    this.closeSoon('protocol violation');
+  }
+
+  /** close() from a callback that cannot wait for it: a failure is logged, never an unhandled rejection. */
+  private closeSoon(reason: string): void {
+    background(this.close(reason), 'closing the frontend connection', { conn: this.id, reason });
   }
 
   /** Stops reading, drains in-flight I/O, releases everything. Idempotent. */
