@@ -18,7 +18,7 @@ import { log } from '../log';
 import { background } from '../background';
 import { ProtocolViolation } from '../errors';
 import { MessageReader } from './message-reader';
-import { ReplyQueue } from './reply-queue';
+import { FrontendChannel } from './frontend-channel';
 import { FixedBufferPolicy } from './fixed-buffers';
 import {
   type Message,
@@ -67,9 +67,8 @@ class ConnectionClosing extends Error {}
 
 export class BackendConnection {
   readonly id: number;
-  private readonly watcher: InstanceType<typeof native.FdWatcher>;
+  private readonly channel: FrontendChannel;
   private readonly reader: MessageReader;
-  private readonly replies: ReplyQueue;
   private readonly arrays: HandlerArrays;
   private readonly handler: BlkHandler;
   private readonly session: Session;
@@ -100,7 +99,6 @@ export class BackendConnection {
       closeFd: (f) => native.closeFd(f),
     });
     this.fixedBuffers = new FixedBufferPolicy({ enabled: device.fixedBuffers, maxPinnedBytes: device.maxPinnedBytes, conn: id });
-    this.replies = new ReplyQueue((buf, off, len) => native.sendSome(this.fd, buf, off, len));
     this.arrays = allocateArrays(device.maxQueueSize);
     this.handler = new BlkHandler(this.arrays, {
       queues: device.queues,
@@ -147,8 +145,13 @@ export class BackendConnection {
       readGuest: (bufId, off, dst) => session.readGuest(bufId, off, dst),
     });
     this.handlers = this.handlerTable();
-    this.watcher = new native.FdWatcher(fd, (events) => this.onSocket(events));
-    this.updateWatch();
+    this.channel = new FrontendChannel(fd, {
+      readable: () => this.pump(),
+      // Nobody is left to take the reply the handler works towards.
+      hungUp: () => this.closeSoon('frontend disconnected'),
+      sendFailed: (err) => this.closeSoon(`cannot send reply: ${describe(err)}`),
+      notReading: (rule) => this.breakConnection(rule),
+    });
   }
 
   // ------------------------------------------------------------ messages
@@ -180,29 +183,6 @@ export class BackendConnection {
     return h;
   }
 
-  /**
-   * What the socket is watched for: messages unless a handler waits (then
-   * only a hang-up, which closes the connection at once), and writability
-   * while replies are queued.
-   */
-  private updateWatch(): void {
-    if (this.closing) return;
-    const W = native.FdWatcher;
-    this.watcher.start((this.busy ? W.DISCONNECT : W.READABLE | W.DISCONNECT) | (this.replies.pending ? W.WRITABLE : 0));
-  }
-
-  private onSocket(events: number): void {
-    if (this.closing) return;
-    if (events & native.FdWatcher.WRITABLE) this.flushReplies();
-    if (this.busy) {
-      // The frontend hung up while it waited for a reply: nobody is left to
-      // take it, so the handler's wait is cut short (see settled()).
-      if (events & native.FdWatcher.DISCONNECT) this.closeSoon('frontend disconnected');
-      return;
-    }
-    if (events & (native.FdWatcher.READABLE | native.FdWatcher.DISCONNECT)) this.pump();
-  }
-
   /** Reads and handles messages until the socket would block or a handler waits. */
   private pump(): void {
     if (this.busy || this.broken || this.closing) return;
@@ -230,16 +210,16 @@ export class BackendConnection {
       if (result instanceof Promise) {
         // Wait (e.g. for in-flight I/O to drain); the frontend waits for our reply.
         this.busy = true;
-        this.updateWatch();
+        this.channel.setWaiting(true);
         const m = msg;
-        const settled = result.then(
+        const done = result.then(
           () => {
             this.busy = false;
             closeAll(m.fds); // whatever the handler did not hand on
             if (this.broken || this.closing) return;
             this.ack(m);
             if (this.closing) return;
-            this.updateWatch();
+            this.channel.setWaiting(false);
             this.pump();
           },
           (err: unknown) => {
@@ -249,7 +229,7 @@ export class BackendConnection {
             this.breakConnection(ruleFor(m.request, err));
           },
         );
-        background(settled, 'finishing a message', { conn: this.id, request: requestName(m.request) });
+        background(done, 'finishing a message', { conn: this.id, request: requestName(m.request) });
         return;
       }
       this.ack(msg);
@@ -276,36 +256,10 @@ export class BackendConnection {
     this.send(encodeU64Reply(msg.request, refused ? 1 : 0));
   }
 
-  /**
-   * Sends a reply, or queues it behind earlier ones; never waits. A frontend
-   * whose socket failed is gone (close); one that leaves more than the
-   * queue's bound unread broke the protocol. Never throws.
-   */
+  /** Replies never wait on the socket (see FrontendChannel); none after close began. */
   private send(bytes: Uint8Array): void {
     if (this.closing) return;
-    let ok: boolean;
-    try {
-      ok = this.replies.push(bytes);
-    } catch (err) {
-      this.closeSoon(`cannot send reply: ${describe(err)}`);
-      return;
-    }
-    if (!ok) {
-      this.breakConnection(`frontend does not read its replies (${this.replies.queuedBytes} bytes unread, limit ${this.replies.limit})`);
-      return;
-    }
-    if (this.replies.pending) this.updateWatch();
-  }
-
-  private flushReplies(): void {
-    let done: boolean;
-    try {
-      done = this.replies.flush();
-    } catch (err) {
-      this.closeSoon(`cannot send reply: ${describe(err)}`);
-      return;
-    }
-    if (done) this.updateWatch();
+    this.channel.send(bytes);
   }
 
   /**
@@ -638,9 +592,8 @@ export class BackendConnection {
   close(reason: string): Promise<void> {
     if (this.closing) return this.closing;
     this.closing = (async () => {
-      this.watcher.stop();
+      this.channel.stop();
       this.reader.discard();
-      this.replies.clear();
       for (let q = 0; q < this.device.queues; q++) this.session.pauseVring(q, true);
       const inflight = this.handler.inflight();
       if (inflight > 0) log.info('draining in-flight requests', { conn: this.id, inflight });
@@ -657,7 +610,7 @@ export class BackendConnection {
           timeoutMs: DRAIN_TIMEOUT_MS,
         });
       }
-      this.watcher.close();
+      this.channel.close();
       this.logCounters('closed');
       this.session.destroy();
       this.handler.abandonAll();
