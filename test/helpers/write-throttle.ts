@@ -30,9 +30,18 @@ function devNumber(dev: string): string {
   return `${major}:${minor}`;
 }
 
-/** Limits writes to block device `dev` to `bytesPerSecond` until teardown. */
+/**
+ * Limits writes to block device `dev` to `bytesPerSecond` until teardown (or,
+ * should teardown not run, until this process exits: a later loop device
+ * with the same number must not inherit the rule).
+ */
 export function throttleWrites(t: Test, dev: string, bytesPerSecond: number): void {
   const id = devNumber(dev);
+  const lift = (): void => {
+    process.removeListener('exit', lift);
+    fs.writeFileSync(RULES, `${id} 0\n`);
+  };
   fs.writeFileSync(RULES, `${id} ${bytesPerSecond}\n`);
-  t.teardown(() => fs.writeFileSync(RULES, `${id} 0\n`));
+  process.on('exit', lift);
+  t.teardown(lift);
 }
