@@ -1,5 +1,7 @@
-// FdWatcher: one uv_poll per fd, readable events only. Spurious wake-ups are
-// the caller's to tolerate (reads return EAGAIN).
+// FdWatcher: one uv_poll per fd. start(events) picks what to watch (a mask of
+// UV_READABLE, UV_WRITABLE, UV_DISCONNECT; default readable + disconnect); the
+// callback gets the events that fired. Spurious wake-ups are the caller's to
+// tolerate (reads and sends return EAGAIN).
 #include <uv.h>
 
 #include "errno-error.h"
@@ -51,16 +53,21 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   static void OnPoll(uv_poll_t* h, int status, int events) {
     auto* self = static_cast<FdWatcher*>(h->data);
     if (!self) return;
-    (void)status;  // errors (e.g. a hang-up) surface as reads that fail
-    (void)events;
+    // An error (e.g. a hang-up) is reported as every event: the caller's
+    // reads and sends then fail and say why.
+    if (status < 0) events = UV_READABLE | UV_WRITABLE | UV_DISCONNECT;
     Napi::Env env = self->Env();
     Napi::HandleScope scope(env);
-    callJs(env, self->callback_, self->Value(), {});
+    callJs(env, self->callback_, self->Value(), {Napi::Number::New(env, events)});
   }
 
   Napi::Value Start(const Napi::CallbackInfo& info) {
+    int events = UV_READABLE | UV_DISCONNECT;
+    if (info.Length() > 0 && !info[0].IsUndefined()) {
+      events = static_cast<int>(argInt(info, 0)) & (UV_READABLE | UV_WRITABLE | UV_DISCONNECT);
+    }
     if (handle_) {
-      uv_poll_start(handle_, UV_READABLE | UV_DISCONNECT, OnPoll);
+      uv_poll_start(handle_, events, OnPoll);
       // A started watcher keeps its JS object alive.
       if (self_.IsEmpty()) self_ = Napi::Persistent(Value());
     }
@@ -86,7 +93,11 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 }  // namespace
 
 void InitFdWatcher(Napi::Env env, Napi::Object exports) {
-  exports.Set("FdWatcher", FdWatcher::Define(env));
+  Napi::Function ctor = FdWatcher::Define(env);
+  ctor.Set("READABLE", Napi::Number::New(env, UV_READABLE));
+  ctor.Set("WRITABLE", Napi::Number::New(env, UV_WRITABLE));
+  ctor.Set("DISCONNECT", Napi::Number::New(env, UV_DISCONNECT));
+  exports.Set("FdWatcher", ctor);
 }
 
 }  // namespace vublk

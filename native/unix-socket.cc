@@ -181,6 +181,27 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// sendSome(fd, buf, offset, length) -> bytes sent now (0 if the socket is
+// full). Never waits: whatever does not fit is the caller's to queue.
+Napi::Value SendSome(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(argInt(info, 0));
+  Napi::Uint8Array buf = info[1].As<Napi::Uint8Array>();
+  uint64_t off = argU64(info, 2);
+  uint64_t len = argU64(info, 3);
+  if (off > buf.ByteLength() || len > buf.ByteLength() - off)
+    throw Napi::RangeError::New(env, "sendSome: range outside the buffer");
+  ssize_t n;
+  do {
+    n = send(fd, buf.Data() + off, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, 0);
+    throwErrno(env, errno, "send");
+  }
+  return Napi::Number::New(env, static_cast<double>(n));
+}
+
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   int fd = static_cast<int>(argInt(info, 0));
   if (fd >= 0) close(fd);
@@ -195,6 +216,7 @@ void InitUnixSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("acceptUnix", Napi::Function::New(env, AcceptUnix));
   exports.Set("recvMsg", Napi::Function::New(env, RecvMsg));
   exports.Set("sendMsg", Napi::Function::New(env, SendMsg));
+  exports.Set("sendSome", Napi::Function::New(env, SendSome));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
 }
 

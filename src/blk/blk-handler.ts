@@ -19,6 +19,7 @@ import { statusForErrno } from './status';
 import { BouncePool } from './bounce-pool';
 import { QueueCounters } from './counters';
 import { OpBatch, OP_STRIDE, SQ_IOV_STRIDE, COPY_STRIDE } from './op-batch';
+import { UsedBatch, USED_STRIDE } from './used-batch';
 import type { SessionArrays } from '../native/binding';
 import { ELEM, RwPlan, buildVector, cutPieces, planBounceLayout, planRw, splitPoints, type HostRules } from '../align/rw-plan';
 import { LockMode, RangeLock } from '../align/range-lock';
@@ -37,10 +38,10 @@ import {
 } from '../virtio/constants';
 
 export { OP_STRIDE, SQ_IOV_STRIDE, COPY_STRIDE } from './op-batch';
+export { USED_STRIDE } from './used-batch';
 /** Layout constants shared with the addon (see src/native/binding.ts). */
 export const CHAIN_STRIDE = 4;
 export const CQE_STRIDE = 2;
-export const USED_STRIDE = 5;
 export const OP_READV = 0;
 export const OP_WRITEV = 1;
 export const OP_FSYNC = 2;
@@ -174,8 +175,7 @@ const MAX_REQUEST_IOVS = 2048;
 class QueueState {
   readonly slots: BlkRequest[];
   readonly busy: Uint8Array;
-  readonly pendingUsed: Float64Array;
-  pendingCount = 0;
+  readonly pendingUsed: UsedBatch;
   inflight = 0;
   idleWaiters: Array<() => void> = [];
   readonly counters = new QueueCounters();
@@ -184,7 +184,7 @@ class QueueState {
     // Slots are made on a head's first use: a guest rarely uses every head.
     this.slots = new Array<BlkRequest>(maxQueueSize);
     this.busy = new Uint8Array(maxQueueSize);
-    this.pendingUsed = new Float64Array(maxQueueSize * USED_STRIDE);
+    this.pendingUsed = new UsedBatch(maxQueueSize);
   }
 }
 
@@ -886,35 +886,35 @@ export class BlkHandler {
     const state = this.queues[q] as QueueState;
     state.counters.requests++;
     if (status !== VIRTIO_BLK_S_OK) state.counters.errors++;
-    const u = state.pendingCount * USED_STRIDE;
-    const p = state.pendingUsed;
-    p[u] = req.head;
-    p[u + 1] = req.type === VIRTIO_BLK_T_GET_ID ? req.writableLen : req.direction === DataDirection.Writable ? req.dataLen + 1 : 1;
-    p[u + 2] = req.statusBufId;
-    p[u + 3] = req.statusOffset;
-    p[u + 4] = status;
-    if (state.pendingCount === 0) this.dirty.push(q);
-    state.pendingCount++;
+    const used = state.pendingUsed;
+    if (used.full) {
+      // More finished in this batch than the queue has heads (a racing
+      // guest): publish what is there, bounced reads' copy-outs first.
+      this.ops.flushCopies();
+      this.publish(q);
+    }
+    const len = req.type === VIRTIO_BLK_T_GET_ID ? req.writableLen : req.direction === DataDirection.Writable ? req.dataLen + 1 : 1;
+    if (used.count === 0) this.dirty.push(q);
+    used.add(req.head, len, req.statusBufId, req.statusOffset, status);
     state.busy[req.head] = 0;
     state.inflight--;
   }
 
   /** Publishes pending used entries, one pushUsed per queue touched. */
   private flushUsed(): void {
-    const plane = this.plane;
-    for (const q of this.dirty) {
-      const state = this.queues[q] as QueueState;
-      const n = state.pendingCount;
-      state.pendingCount = 0;
-      this.arrays.used.set(state.pendingUsed.subarray(0, n * USED_STRIDE));
-      plane?.pushUsed(q, n);
-      if (state.inflight === 0 && state.idleWaiters.length > 0) {
-        const waiters = state.idleWaiters;
-        state.idleWaiters = [];
-        for (const w of waiters) w();
-      }
-    }
+    for (const q of this.dirty) this.publish(q);
     this.dirty.length = 0;
+  }
+
+  /** One pushUsed with queue q's pending entries (if any); wakes whoever waits for it to idle. */
+  private publish(q: number): void {
+    const state = this.queues[q] as QueueState;
+    if (state.pendingUsed.count > 0) this.plane?.pushUsed(q, state.pendingUsed.take(this.arrays.used));
+    if (state.inflight === 0 && state.idleWaiters.length > 0) {
+      const waiters = state.idleWaiters;
+      state.idleWaiters = [];
+      for (const w of waiters) w();
+    }
   }
 
   /** Fails and forgets everything in flight (the data plane is gone). */
@@ -925,7 +925,7 @@ export class BlkHandler {
     for (const state of this.queues) {
       state.busy.fill(0);
       state.inflight = 0;
-      state.pendingCount = 0;
+      state.pendingUsed.clear();
       const waiters = state.idleWaiters;
       state.idleWaiters = [];
       for (const w of waiters) w();

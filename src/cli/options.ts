@@ -34,6 +34,8 @@ export interface Options {
   logLevel: LogLevel;
   /** Register guest memory as io_uring fixed buffers (off: --no-fixed-buffers). */
   fixedBuffers: boolean;
+  /** --max-pinned-memory in bytes; undefined: DEFAULT_PINNED_FRACTION of the host's RAM (decided at start-up). */
+  maxPinnedMemory: number | undefined;
   /** --help was given: print usageText() and exit 0; other options are not validated. */
   help: boolean;
 }
@@ -75,6 +77,11 @@ const SPECS: readonly OptionSpec[] = [
     arg: undefined,
     help: 'do not register guest memory with io_uring (plain reads and writes; for comparison)',
   },
+  {
+    name: 'max-pinned-memory',
+    arg: 'SIZE',
+    help: 'most guest memory registered (pinned) as io_uring fixed buffers per connection, e.g. 4G; beyond it plain reads and writes (default: a quarter of RAM)',
+  },
   { name: 'help', arg: undefined, help: 'print this help and exit' },
 ];
 
@@ -105,6 +112,18 @@ function parseQueueSize(raw: string): number {
   const what = `a power of two between ${MIN_QUEUE_SIZE} and ${MAX_QUEUE_SIZE}`;
   const n = parseInteger('queue-size', raw, MIN_QUEUE_SIZE, MAX_QUEUE_SIZE, what);
   if ((n & (n - 1)) !== 0) throw new UsageError(`--queue-size expects ${what}, got ${show(raw)}`);
+  return n;
+}
+
+const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
+
+/** A byte count: digits with an optional binary suffix K, M, G or T (e.g. 512M). */
+function parseSize(name: string, raw: string): number {
+  const m = /^([0-9]{1,15})([KMGT]?)$/i.exec(raw);
+  const n = m ? Number(m[1]) * (SIZE_UNITS[m[2]!.toUpperCase()] ?? NaN) : NaN;
+  if (!Number.isSafeInteger(n)) {
+    throw new UsageError(`--${name} expects a size in bytes with an optional K, M, G or T suffix (e.g. 4G), got ${show(raw)}`);
+  }
   return n;
 }
 
@@ -164,6 +183,7 @@ export function parseOptions(argv: readonly string[]): Options {
     logicalBlockSize: DEFAULT_LOGICAL_BLOCK_SIZE,
     logLevel: DEFAULT_LOG_LEVEL,
     fixedBuffers: true,
+    maxPinnedMemory: undefined,
     help: false,
   };
   if (argv.some((a) => a === '--help' || a === '-h')) {
@@ -229,6 +249,9 @@ export function parseOptions(argv: readonly string[]): Options {
         break;
       case 'no-fixed-buffers':
         opts.fixedBuffers = false;
+        break;
+      case 'max-pinned-memory':
+        opts.maxPinnedMemory = parseSize('max-pinned-memory', value);
         break;
       default:
         // SPECS and this switch list the same names; reaching here is a bug.

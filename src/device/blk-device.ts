@@ -2,6 +2,7 @@
 // space, queue limits) for one host disk. Connections come and go; the device
 // and its disk stay for the daemon's life.
 
+import os from 'node:os';
 import { BlkConfig, encodeConfig, makeBlkConfig, readConfig, applyConfigWrite, BLK_CONFIG_SIZE } from '../blk/config-space';
 import { deriveSegMax, deviceFeatures } from '../blk/features';
 import type { BlkDisk } from '../blk/blk-handler';
@@ -25,7 +26,16 @@ export interface BlkDeviceOptions {
   logicalBlockSize: number;
   /** Register guest memory as io_uring fixed buffers. */
   fixedBuffers: boolean;
+  /** Most guest memory a connection registers (pins); undefined: DEFAULT_PINNED_FRACTION of RAM. */
+  maxPinnedMemory?: number | undefined;
 }
+
+/**
+ * Default bound on pinned guest memory: a quarter of the host's RAM. A
+ * shared host keeps three quarters for everything else even if a frontend
+ * announces absurd regions; a guest larger than that runs with plain I/O.
+ */
+export const DEFAULT_PINNED_FRACTION = 0.25;
 
 /** Protocol features this backend implements. */
 export const PROTOCOL_FEATURES =
@@ -42,6 +52,8 @@ export class BlkDevice {
   readonly maxQueueSize: number;
   readonly serial: string;
   readonly fixedBuffers: boolean;
+  /** Most guest memory one connection registers (pins) as fixed buffers, in bytes. */
+  readonly maxPinnedBytes: number;
   readonly blkDisk: BlkDisk;
   readonly zeroDiscardLimits: ZeroDiscardLimits;
   /** The host's O_DIRECT rules the alignment layer works to. */
@@ -59,6 +71,7 @@ export class BlkDevice {
     this.maxQueueSize = opts.queueSize;
     this.serial = opts.serial;
     this.fixedBuffers = opts.fixedBuffers;
+    this.maxPinnedBytes = opts.maxPinnedMemory ?? Math.floor(os.totalmem() * DEFAULT_PINNED_FRACTION);
     const readOnly = opts.readOnly || disk.readOnly;
     const zd = disk.discard;
     this.features = deviceFeatures({ readOnly, queues: opts.queues, discard: zd.discard, writeZeroes: zd.writeZeroes });

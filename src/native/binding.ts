@@ -24,8 +24,12 @@ export interface RecvResult {
 
 /** Watches one fd with uv_poll. The callback may be called spuriously. */
 export interface FdWatcher {
-  /** Start (or restart) watching for readability. */
-  start(): void;
+  /**
+   * Start (or restart) watching: events is a mask of FdWatcher.READABLE,
+   * WRITABLE, DISCONNECT (default READABLE | DISCONNECT). The callback gets
+   * the events that fired (every bit on a poll error).
+   */
+  start(events?: number): void;
   stop(): void;
   /** Stop for good; the fd is NOT closed. */
   close(): void;
@@ -174,8 +178,15 @@ export interface NativeBinding {
   recvMsg(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): RecvResult;
   /** Sends all bytes with fds attached to the first byte; waits at most timeoutMs. */
   sendMsg(fd: number, buf: Uint8Array, fds: number[], timeoutMs: number): void;
+  /** Sends what fits now of buf[offset, offset+length) without waiting; returns the bytes sent (0: socket full). */
+  sendSome(fd: number, buf: Uint8Array, offset: number, length: number): number;
   closeFd(fd: number): void;
-  FdWatcher: new (fd: number, onReadable: () => void) => FdWatcher;
+  FdWatcher: {
+    new (fd: number, onEvents: (events: number) => void): FdWatcher;
+    readonly READABLE: number;
+    readonly WRITABLE: number;
+    readonly DISCONNECT: number;
+  };
 
   // memfd / eventfd / mmap (used by the in-repo frontend and tests)
   memfdCreate(name: string, size: number): number;

@@ -15,8 +15,11 @@ import { native, type Session } from '../native/binding';
 import { BlkHandler, DEFAULT_BOUNCE_BYTES, allocateArrays, type HandlerArrays } from '../blk/blk-handler';
 import type { BlkDevice } from '../device/blk-device';
 import { log } from '../log';
+import { background } from '../background';
 import { ProtocolViolation } from '../errors';
 import { MessageReader } from './message-reader';
+import { FrontendChannel } from './frontend-channel';
+import { FixedBufferPolicy } from './fixed-buffers';
 import {
   type Message,
   type MemRegionWithFd,
@@ -53,17 +56,18 @@ import {
   hasFeature,
 } from '../virtio/constants';
 
-/** Replies must not block the daemon on a frontend that stopped reading. */
-const SEND_TIMEOUT_MS = 1000;
 const URING_ENTRIES_MAX = 4096;
 /** How long a closing connection waits for in-flight I/O before it gives up. */
 const DRAIN_TIMEOUT_MS = 30_000;
 
 type Handler = (msg: Message) => void | Promise<void>;
 
+/** A handler's wait ended after the connection began closing: it stops there, silently. */
+class ConnectionClosing extends Error {}
+
 export class BackendConnection {
   readonly id: number;
-  private readonly watcher: InstanceType<typeof native.FdWatcher>;
+  private readonly channel: FrontendChannel;
   private readonly reader: MessageReader;
   private readonly arrays: HandlerArrays;
   private readonly handler: BlkHandler;
@@ -76,7 +80,9 @@ export class BackendConnection {
   private busy = false;
   /** The message being handled was refused without breaking the connection. */
   private refused = false;
-  private registrationWarned = false;
+  private readonly fixedBuffers: FixedBufferPolicy;
+  /** Bytes of guest memory mapped now (what registration would pin). */
+  private regionBytes = 0;
   private hostErrors = 0;
   private closing: Promise<void> | undefined;
   broken = false;
@@ -92,6 +98,7 @@ export class BackendConnection {
       recv: (buf, off, len, maxFds) => native.recvMsg(this.fd, buf, off, len, maxFds),
       closeFd: (f) => native.closeFd(f),
     });
+    this.fixedBuffers = new FixedBufferPolicy({ enabled: device.fixedBuffers, maxPinnedBytes: device.maxPinnedBytes, conn: id });
     this.arrays = allocateArrays(device.maxQueueSize);
     this.handler = new BlkHandler(this.arrays, {
       queues: device.queues,
@@ -138,8 +145,13 @@ export class BackendConnection {
       readGuest: (bufId, off, dst) => session.readGuest(bufId, off, dst),
     });
     this.handlers = this.handlerTable();
-    this.watcher = new native.FdWatcher(fd, () => this.pump());
-    this.watcher.start();
+    this.channel = new FrontendChannel(fd, {
+      readable: () => this.pump(),
+      // Nobody is left to take the reply the handler works towards.
+      hungUp: () => this.closeSoon('frontend disconnected'),
+      sendFailed: (err) => this.closeSoon(`cannot send reply: ${describe(err)}`),
+      notReading: (rule) => this.breakConnection(rule),
+    });
   }
 
   // ------------------------------------------------------------ messages
@@ -184,7 +196,7 @@ export class BackendConnection {
       }
       if (msg === 'again') return;
       if (msg === 'eof') {
-        void this.close('frontend disconnected');
+        this.closeSoon('frontend disconnected');
         return;
       }
       let result: void | Promise<void>;
@@ -198,24 +210,26 @@ export class BackendConnection {
       if (result instanceof Promise) {
         // Wait (e.g. for in-flight I/O to drain); the frontend waits for our reply.
         this.busy = true;
-        this.watcher.stop();
+        this.channel.setWaiting(true);
         const m = msg;
-        result.then(
+        const done = result.then(
           () => {
             this.busy = false;
             closeAll(m.fds); // whatever the handler did not hand on
             if (this.broken || this.closing) return;
             this.ack(m);
             if (this.closing) return;
-            this.watcher.start();
+            this.channel.setWaiting(false);
             this.pump();
           },
           (err: unknown) => {
             this.busy = false;
             closeAll(m.fds);
+            if (err instanceof ConnectionClosing) return;
             this.breakConnection(ruleFor(m.request, err));
           },
         );
+        background(done, 'finishing a message', { conn: this.id, request: requestName(m.request) });
         return;
       }
       this.ack(msg);
@@ -242,14 +256,22 @@ export class BackendConnection {
     this.send(encodeU64Reply(msg.request, refused ? 1 : 0));
   }
 
-  /** A frontend that cannot take a reply is gone: close, never throw. */
+  /** Replies never wait on the socket (see FrontendChannel); none after close began. */
   private send(bytes: Uint8Array): void {
     if (this.closing) return;
-    try {
-      native.sendMsg(this.fd, bytes, [], SEND_TIMEOUT_MS);
-    } catch (err) {
-      void this.close(`cannot send reply: ${describe(err)}`);
-    }
+    this.channel.send(bytes);
+  }
+
+  /**
+   * Every await in a message handler goes through here: once it resolves, a
+   * connection that began closing meanwhile (close() drains the same I/O and
+   * then destroys the session) must not be touched again, so the handler
+   * ends with ConnectionClosing, which pump() drops silently.
+   */
+  private async settled<T>(wait: Promise<T>): Promise<T> {
+    const value = await wait;
+    if (this.broken || this.closing) throw new ConnectionClosing('connection closing');
+    return value;
   }
 
   private queueIndex(index: number, what: string): number {
@@ -310,6 +332,7 @@ export class BackendConnection {
     const running = await this.quiesce();
     try {
       this.session.clearRegions();
+      this.regionBytes = 0;
       for (let i = 0; i < table.regions.length; i++) {
         const r = table.regions[i]!;
         msg.fds[i] = -1; // addRegion closes it, mapped or not
@@ -333,27 +356,10 @@ export class BackendConnection {
     this.resume(running);
   }
 
-  /**
-   * Registers guest memory with io_uring as fixed buffers (REGISTERED_BUF).
-   * Called with I/O drained. A refusal (e.g. RLIMIT_MEMLOCK) is one warning;
-   * the device keeps serving with plain operations.
-   */
+  /** Registers guest memory as io_uring fixed buffers if the policy allows (see fixed-buffers.ts). Called with I/O drained. */
   private registerMemory(): void {
     this.handler.setRegistered(false);
-    if (!this.device.fixedBuffers || this.session.regionCount() === 0) return;
-    try {
-      const buffers = this.session.registerBuffers();
-      this.handler.setRegistered(true);
-      log.debug('guest memory registered as io_uring fixed buffers', { conn: this.id, buffers });
-    } catch (err) {
-      if (!this.registrationWarned) {
-        this.registrationWarned = true;
-        log.warn('cannot register guest memory with io_uring; using plain reads and writes', {
-          conn: this.id,
-          error: err as Error,
-        });
-      }
-    }
+    this.handler.setRegistered(this.fixedBuffers.apply(this.regionBytes, () => this.session.registerBuffers()));
   }
 
   /** Logs the per-queue counters, one line per queue. */
@@ -373,6 +379,7 @@ export class BackendConnection {
     // Our mapping starts page aligned at file offset 0: the region's first
     // byte sits mmap_offset into a page.
     this.handler.setRegionPhase(bufId, r.mmapOffset);
+    this.regionBytes += r.size;
   }
 
   private async remMemReg(msg: Message): Promise<void> {
@@ -383,6 +390,7 @@ export class BackendConnection {
     if (!this.session.removeRegion(r.gpa, r.size)) {
       throw violation(`REM_MEM_REG names no mapped region (gpa 0x${r.gpa.toString(16)} size ${r.size})`);
     }
+    this.regionBytes -= r.size;
     this.registerMemory();
     this.resume(running);
   }
@@ -416,8 +424,7 @@ export class BackendConnection {
     const s = decodeVringState(msg);
     const q = this.queueIndex(s.index, 'GET_VRING_BASE');
     this.session.pauseVring(q, true);
-    await this.handler.whenIdle(q);
-    if (this.broken || this.closing) return;
+    await this.settled(this.handler.whenIdle(q));
     const base = this.session.stopVring(q);
     this.session.pauseVring(q, false);
     this.send(encodeVringStateReply(msg.request, q, base));
@@ -520,7 +527,7 @@ export class BackendConnection {
         running.push(q);
       }
     }
-    await this.handler.whenIdle();
+    await this.settled(this.handler.whenIdle());
     return running;
   }
 
@@ -576,14 +583,19 @@ export class BackendConnection {
     if (this.broken) return;
     this.broken = true;
     log.warn('disconnecting frontend: protocol violation', { conn: this.id, rule });
-    void this.close('protocol violation');
+    this.closeSoon('protocol violation');
+  }
+
+  /** close() from a callback that cannot wait for it: a failure is logged, never an unhandled rejection. */
+  private closeSoon(reason: string): void {
+    background(this.close(reason), 'closing the frontend connection', { conn: this.id, reason });
   }
 
   /** Stops reading, drains in-flight I/O, releases everything. Idempotent. */
   close(reason: string): Promise<void> {
     if (this.closing) return this.closing;
     this.closing = (async () => {
-      this.watcher.stop();
+      this.channel.stop();
       this.reader.discard();
       for (let q = 0; q < this.device.queues; q++) this.session.pauseVring(q, true);
       const inflight = this.handler.inflight();
@@ -601,7 +613,7 @@ export class BackendConnection {
           timeoutMs: DRAIN_TIMEOUT_MS,
         });
       }
-      this.watcher.close();
+      this.channel.close();
       this.logCounters('closed');
       this.session.destroy();
       this.handler.abandonAll();

@@ -24,6 +24,7 @@ t.test('defaults', (t) => {
     logicalBlockSize: 512,
     logLevel: 'info',
     fixedBuffers: true,
+    maxPinnedMemory: undefined,
     help: false,
   });
   t.end();
@@ -41,6 +42,7 @@ t.test('every option, both spellings', (t) => {
     logicalBlockSize: 4096,
     logLevel: 'debug',
     fixedBuffers: false,
+    maxPinnedMemory: 4 * 2 ** 30,
     help: false,
   };
   t.same(
@@ -61,6 +63,8 @@ t.test('every option, both spellings', (t) => {
       '--log-level',
       'debug',
       '--no-fixed-buffers',
+      '--max-pinned-memory',
+      '4G',
     ]),
     expected,
   );
@@ -75,6 +79,7 @@ t.test('every option, both spellings', (t) => {
       '--logical-block-size=4096',
       '--log-level=debug',
       '--no-fixed-buffers',
+      '--max-pinned-memory=4g',
     ]),
     expected,
   );
@@ -170,6 +175,19 @@ t.test('error messages', (t) => {
     t.equal((err as UsageError | undefined)?.code, 'E_USAGE');
     t.equal((err as Error | undefined)?.message, message, JSON.stringify(argv));
     t.notMatch((err as Error | undefined)?.message ?? '', /\n/, 'one line');
+  }
+  t.end();
+});
+
+t.test('--max-pinned-memory: bytes with an optional binary suffix', (t) => {
+  t.equal(parseOptions(['--max-pinned-memory', '0']).maxPinnedMemory, 0);
+  t.equal(parseOptions(['--max-pinned-memory', '65536']).maxPinnedMemory, 65536);
+  t.equal(parseOptions(['--max-pinned-memory', '512M']).maxPinnedMemory, 512 * 2 ** 20);
+  t.equal(parseOptions(['--max-pinned-memory', '2T']).maxPinnedMemory, 2 * 2 ** 40);
+  for (const bad of ['', '4GB', '-1', '1.5G', 'lots', '99999999999999T']) {
+    const err = thrown(['--max-pinned-memory', bad]);
+    t.ok(err instanceof UsageError, `${JSON.stringify(bad)} is refused`);
+    t.match((err as Error).message, /^--max-pinned-memory expects a size in bytes/, 'naming the option');
   }
   t.end();
 });

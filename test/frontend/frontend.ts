@@ -223,6 +223,16 @@ export class Frontend {
     this.sendRaw(encodeMessage(request, flags, payload), fds);
   }
 
+  /**
+   * Stops (false) or resumes (true) reading the socket: replies then pile up
+   * in the kernel, as with a frontend that does not read them.
+   */
+  setReading(on: boolean): void {
+    if (this.isClosed) return;
+    if (on) this.watcher.start();
+    else this.watcher.stop();
+  }
+
   /** Sends bytes as they are, fds attached to the first byte (for malformed-message tests). */
   sendRaw(bytes: Uint8Array, fds: number[] = []): void {
     if (this.isClosed) throw this.closeError ?? new Error('front-end is closed');

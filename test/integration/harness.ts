@@ -19,6 +19,8 @@ export interface Daemon {
   v: VublkProcess;
   dir: string;
   image: string;
+  /** What the daemon serves: the image, or the loop device in front of it (loopSectorSize). */
+  disk: string;
   socket: string;
   imageBytes: number;
   capacitySectors: number;
@@ -81,6 +83,7 @@ export async function startDaemon(t: Test, opts: DaemonOptions = {}): Promise<Da
     v,
     dir,
     image,
+    disk,
     socket,
     imageBytes,
     capacitySectors: imageBytes / SECTOR_SIZE,
