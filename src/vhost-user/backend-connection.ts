@@ -44,6 +44,7 @@ import {
   requestName,
 } from './protocol';
 import { violation } from './violation';
+import { checkRingSize } from './vring-rules';
 import {
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
@@ -390,17 +391,19 @@ export class BackendConnection {
   private setVringNum(msg: Message): void {
     const s = decodeVringState(msg);
     const q = this.queueIndex(s.index, 'SET_VRING_NUM');
-    if (s.num < 1 || s.num > this.device.maxQueueSize || (s.num & (s.num - 1)) !== 0) {
-      throw violation(`SET_VRING_NUM ${s.num} is not a power of two in 1..${this.device.maxQueueSize}`);
-    }
+    checkRingSize(s.num, this.device.maxQueueSize);
+    // Native checked the ring's addresses for the size it started with.
+    if (this.session.vringStarted(q)) throw violation('SET_VRING_NUM on a running ring');
     this.session.setVringNum(q, s.num);
   }
 
   private setVringAddr(msg: Message): void {
     const a = decodeVringAddr(msg);
     const q = this.queueIndex(a.index, 'SET_VRING_ADDR');
+    // QEMU re-sends it on a running ring only to toggle dirty logging, which
+    // needs LOG_SHMFD (not offered): otherwise rings move only when stopped.
+    if (this.session.vringStarted(q)) throw violation('SET_VRING_ADDR on a running ring');
     this.session.setVringAddr(q, a.desc, a.used, a.avail);
-    if (this.session.vringStarted(q)) this.startRing(q, 'SET_VRING_ADDR');
   }
 
   private setVringBase(msg: Message): void {
