@@ -169,13 +169,16 @@ export interface NativeBinding {
   /** Sends all bytes with fds attached to the first byte; waits at most timeoutMs. */
   sendMsg(fd: number, buf: Uint8Array, fds: number[], timeoutMs: number): void;
   closeFd(fd: number): void;
+  /** What /proc/self/fd/N links to ("anon_inode:[eventfd]", "pipe:[123]", ...); "" if not open. */
+  fdTarget(fd: number): string;
   FdWatcher: new (fd: number, onReadable: () => void) => FdWatcher;
 
   // memfd / eventfd / mmap (used by the in-repo frontend and tests)
   memfdCreate(name: string, size: number): number;
   /** Maps fd shared read-write; the ArrayBuffer unmaps when collected. */
   mapShared(fd: number, size: number, offset: number): ArrayBuffer;
-  eventfdCreate(): number;
+  /** A non-blocking eventfd (blocking: true for tests that need one that blocks). */
+  eventfdCreate(blocking?: boolean): number;
   /** Returns the counter, or 0 if it would block. */
   eventfdRead(fd: number): number;
   eventfdWrite(fd: number, value: number): void;

@@ -45,6 +45,7 @@ import {
 } from './protocol';
 import { violation } from './violation';
 import { checkRingSize } from './vring-rules';
+import { checkNotifierFd } from './notifier-fd';
 import {
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
@@ -430,6 +431,7 @@ export class BackendConnection {
     const f = decodeVringFile(msg);
     const q = this.queueIndex(f.index, 'SET_VRING_KICK');
     if (f.fd < 0) throw violation('SET_VRING_KICK without an fd: polling mode is not supported');
+    checkNotifierFd('SET_VRING_KICK', f.fd);
     msg.fds.length = 0;
     this.session.setVringKick(q, f.fd);
     // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled when started;
@@ -450,6 +452,7 @@ export class BackendConnection {
   private setVringCall(msg: Message): void {
     const f = decodeVringFile(msg);
     const q = this.queueIndex(f.index, 'SET_VRING_CALL');
+    if (f.fd >= 0) checkNotifierFd('SET_VRING_CALL', f.fd);
     msg.fds.length = 0;
     this.session.setVringCall(q, f.fd);
   }
@@ -457,6 +460,7 @@ export class BackendConnection {
   private setVringErr(msg: Message): void {
     const f = decodeVringFile(msg);
     const q = this.queueIndex(f.index, 'SET_VRING_ERR');
+    if (f.fd >= 0) checkNotifierFd('SET_VRING_ERR', f.fd);
     msg.fds.length = 0;
     this.session.setVringErr(q, f.fd);
   }
