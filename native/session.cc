@@ -129,7 +129,22 @@ class Session : public Napi::ObjectWrap<Session> {
          InstanceMethod<&Session::Destroy>("destroy")});
   }
 
+  // A throw part-way (a bad argument, mmap, io_uring or uv_poll failing)
+  // releases whatever was made so far: no destructor runs for an object
+  // whose constructor threw.
   explicit Session(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Session>(info) {
+    try {
+      init(info);
+    } catch (...) {
+      teardown();
+      throw;
+    }
+  }
+
+  ~Session() override { teardown(); }
+
+ private:
+  void init(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int64_t queues = argInt(info, 0);
     int64_t maxQueueSize = argInt(info, 1);
@@ -206,9 +221,6 @@ class Session : public Napi::ObjectWrap<Session> {
     self_ = Napi::Persistent(Value());
   }
 
-  ~Session() override { teardown(); }
-
- private:
   void bind(Napi::Env env, Napi::Object arrays, const char* name, napi_typedarray_type type,
             SharedArray& out) {
     Napi::Value v = arrays.Get(name);
@@ -232,6 +244,7 @@ class Session : public Napi::ObjectWrap<Session> {
     if (destroyed_) return;
     destroyed_ = true;
     for (auto& v : vrings_) {
+      if (!v) continue;  // a constructor that threw while making the rings
       closePoll(v->kickPoll);
       closeFd(v->kickFd);
       closeFd(v->callFd);

@@ -1,0 +1,96 @@
+// The native Session owns what it is given and what it makes, on every throw
+// path (issue #7, finding 10). These paths are not reachable over the socket
+// (src/ validates arguments and queue indices first), so the addon is
+// driven directly:
+//  - addRegion / setVringKick / setVringCall / setVringErr close the fd they
+//    were handed when an argument after it (or the queue index) is bad;
+//  - a constructor that fails part-way (here: io_uring's eventfd hits
+//    RLIMIT_NOFILE after the bounce arena and zero buffer were mapped)
+//    unmaps and closes everything it made.
+
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { native } from '../../src/native/binding';
+import { allocateArrays } from '../../src/blk/blk-handler';
+
+const noop = { onChains: () => undefined, onCompletions: () => undefined, onViolation: () => undefined };
+
+function isOpen(fd: number): boolean {
+  try {
+    fs.fstatSync(fd);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+t.test('fds handed to a Session are closed when the call throws after taking them', (t) => {
+  const disk = fs.openSync('/dev/null', 'r');
+  t.teardown(() => fs.closeSync(disk));
+  const s = new native.Session(1, 128, disk, 8, 4096, allocateArrays(128), noop);
+  t.teardown(() => s.destroy());
+  const cases: Array<[string, (fd: number) => void]> = [
+    ['addRegion with a bad gpa', (fd) => s.addRegion(fd, -1, 4096, 0, 0)],
+    ['addRegion with a missing argument', (fd) => (s.addRegion as unknown as (fd: number) => number)(fd)],
+    ['setVringKick on queue 5 of 1', (fd) => s.setVringKick(5, fd)],
+    ['setVringCall on queue 5 of 1', (fd) => s.setVringCall(5, fd)],
+    ['setVringErr on queue -1', (fd) => s.setVringErr(-1, fd)],
+  ];
+  for (const [name, call] of cases) {
+    const fd = native.eventfdCreate();
+    t.throws(() => call(fd), `${name} throws`);
+    const open = isOpen(fd);
+    if (open) native.closeFd(fd);
+    t.notOk(open, `${name}: the fd is closed`);
+  }
+  t.end();
+});
+
+// Runs in a child under RLIMIT_NOFILE: fills every free fd, frees one (for
+// the io_uring fd) so the eventfd made right after it fails, and tries to
+// make a Session 20 times. Prints how many mappings of the (odd) bounce size
+// and of the 1 MiB zero buffer exist before and after.
+const CHILD = `
+const fs = require('node:fs');
+const { native } = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'native', 'binding.js'))});
+const { allocateArrays } = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'blk', 'blk-handler.js'))});
+const BOUNCE = 333 * 4096;
+const arrays = allocateArrays(128);
+const noop = { onChains() {}, onCompletions() {}, onViolation() {} };
+const disk = fs.openSync('/dev/null', 'r');
+function mappings() {
+  let bounce = 0, zero = 0;
+  for (const l of fs.readFileSync('/proc/self/maps', 'utf8').split('\\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+) /.exec(l);
+    if (!m) continue;
+    const size = parseInt(m[2], 16) - parseInt(m[1], 16);
+    if (size === BOUNCE) bounce++;
+    if (size === 1 << 20 && / 00:00 0 *$/.test(l)) zero++;
+  }
+  return { bounce, zero };
+}
+const before = mappings();
+const filler = [];
+for (;;) { try { filler.push(fs.openSync('/dev/null', 'r')); } catch { break; } }
+fs.closeSync(filler.pop());
+const errors = [];
+for (let i = 0; i < 20; i++) {
+  try { new native.Session(1, 128, disk, 8, BOUNCE, arrays, noop).destroy(); errors.push('constructed'); }
+  catch (e) { errors.push(e.message); }
+}
+for (const f of filler) fs.closeSync(f);
+const after = mappings();
+process.stdout.write(JSON.stringify({ before, after, errors: [...new Set(errors)] }));
+`;
+
+t.test('a Session constructor that fails part-way leaves nothing mapped', (t) => {
+  const r = spawnSync('prlimit', ['--nofile=256:256', process.execPath, '-e', CHILD], { encoding: 'utf8', timeout: 60_000 });
+  t.equal(r.status, 0, `the child ran${r.status === 0 ? '' : `: ${r.stderr}`}`);
+  const out = JSON.parse(r.stdout) as { before: { bounce: number; zero: number }; after: { bounce: number; zero: number }; errors: string[] };
+  t.same(out.errors, ['io_uring_queue_init failed: Too many open files'], 'every attempt fails where meant: io_uring setup, after the maps');
+  t.equal(out.after.bounce, out.before.bounce, `no bounce arena left mapped (${out.after.bounce} vs ${out.before.bounce} before)`);
+  t.equal(out.after.zero, out.before.zero, `no zero buffer left mapped (${out.after.zero} vs ${out.before.zero} before)`);
+  t.end();
+});
