@@ -86,7 +86,15 @@ process.stdout.write(JSON.stringify({ before, after, errors: [...new Set(errors)
 `;
 
 t.test('a Session constructor that fails part-way leaves nothing mapped', (t) => {
-  const r = spawnSync('prlimit', ['--nofile=256:256', process.execPath, '-e', CHILD], { encoding: 'utf8', timeout: 60_000 });
+  // The child loads the plain build even when this file runs under the ASan
+  // one: UBSan's vptr check probes memory through a pipe, which it cannot
+  // open with every fd taken, and then reports the Session's vptr as invalid
+  // (a false report; suppressions cannot be read then either). The mappings
+  // counted here are not ASan's business anyway.
+  const env = { ...process.env };
+  delete env.VUBLK_NATIVE_BUILD;
+  delete env.LD_PRELOAD;
+  const r = spawnSync('prlimit', ['--nofile=256:256', process.execPath, '-e', CHILD], { encoding: 'utf8', timeout: 60_000, env });
   t.equal(r.status, 0, `the child ran${r.status === 0 ? '' : `: ${r.stderr}`}`);
   const out = JSON.parse(r.stdout) as { before: { bounce: number; zero: number }; after: { bounce: number; zero: number }; errors: string[] };
   t.same(out.errors, ['io_uring_queue_init failed: Too many open files'], 'every attempt fails where meant: io_uring setup, after the maps');
