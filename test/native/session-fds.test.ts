@@ -7,11 +7,15 @@
 //  - a constructor that fails part-way (here: io_uring's eventfd hits
 //    RLIMIT_NOFILE after the bounce arena and zero buffer were mapped)
 //    unmaps and closes everything it made.
+// And finding 3's second line of defence, which src/ hides from the socket
+// (it accepts only eventfds as kick fds): a kick fd at EOF breaks the ring
+// (onViolation) instead of being polled in a busy loop.
 
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import os from 'node:os';
 import { native } from '../../src/native/binding';
 import { allocateArrays } from '../../src/blk/blk-handler';
 
@@ -101,4 +105,39 @@ t.test('a Session constructor that fails part-way leaves nothing mapped', (t) =>
   t.equal(out.after.bounce, out.before.bounce, `no bounce arena left mapped (${out.after.bounce} vs ${out.before.bounce} before)`);
   t.equal(out.after.zero, out.before.zero, `no zero buffer left mapped (${out.after.zero} vs ${out.before.zero} before)`);
   t.end();
+});
+
+t.test('a kick fd at EOF breaks the ring instead of spinning the loop', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-kick-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const fifo = path.join(dir, 'kick');
+  execFileSync('mkfifo', [fifo]);
+  const kick = fs.openSync(fifo, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  fs.closeSync(fs.openSync(fifo, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)); // a writer came and went: EOF
+  const disk = fs.openSync('/dev/null', 'r');
+  t.teardown(() => fs.closeSync(disk));
+  const violations: string[] = [];
+  let pops = 0;
+  const s = new native.Session(1, 128, disk, 8, 4096, allocateArrays(128), {
+    onChains: () => void pops++,
+    onCompletions: () => undefined,
+    onViolation: (_q: number, rule: string) => void violations.push(rule),
+  });
+  t.teardown(() => s.destroy());
+  const UVA = 0x7f00_0000_0000;
+  s.addRegion(native.memfdCreate('vublk-kick-ram', 1 << 20), 0, 1 << 20, UVA, 0);
+  s.setVringNum(0, 4);
+  s.setVringAddr(0, UVA, UVA + 0x2000, UVA + 0x1000);
+  s.setVringBase(0, 0);
+  s.setVringKick(0, kick); // the session owns it now
+  s.setVringEnabled(0, true);
+  s.startVring(0);
+  // Each loop turn that finds the kick fd readable either reports it once or
+  // (before the fix) reads EOF and polls again: give it many turns.
+  const deadline = Date.now() + 5000;
+  while (violations.length === 0 && Date.now() < deadline) await new Promise((r) => setImmediate(r));
+  t.equal(violations.length, 1, 'one violation');
+  t.match(violations[0] ?? '', /^kick fd (hung up|read 0 bytes, expected 8)$/, 'naming the hang-up (POLLHUP) or the EOF');
+  t.equal(s.vringStarted(0), false, 'the ring is stopped');
+  t.equal(pops, 0, 'nothing was popped without a kick');
 });
