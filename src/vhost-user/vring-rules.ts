@@ -1,6 +1,6 @@
-// Rules for the ring messages (SET_VRING_*) that do not fit in one line of
-// their handler: the ring size a frontend may ask for, and which fds it may
-// hand over as kick/call/err notifiers.
+// The ring size a frontend may ask for (SET_VRING_NUM): a rule with a
+// user-facing limit, kept out of the handler so the CLI can share the bound.
+// (Which fds may serve as kick/call/err notifiers: notifier-fd.ts.)
 
 import { violation } from './violation';
 
