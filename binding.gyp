@@ -12,7 +12,8 @@
         "native/split-virtqueue.cc",
         "native/uring.cc",
         "native/session.cc",
-        "native/disk-probe.cc"
+        "native/disk-probe.cc",
+        "native/notifier-fd.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -9,8 +9,8 @@
 #   --socket PATH   vublk's socket (default ./vublk.sock)
 #   --mem SIZE      guest RAM, as QEMU's -m takes it (default 1G)
 #   --queues N      num-queues of the device; at most vublk's --queues (default 1)
-#   --queue-size N  descriptors per virtqueue, a power of two; at most vublk's
-#                   --queue-size (default: QEMU's own, 128)
+#   --queue-size N  descriptors per virtqueue, a power of two up to 1024; at most vublk's
+#                   --queue-size (default 1024) (default: QEMU's own, 128 or 256)
 #   --accel A       kvm or tcg (default kvm when /dev/kvm is usable, else tcg)
 #   --dry-run       print the QEMU command line instead of running it
 # Everything after "--" is passed to QEMU unchanged: a boot disk, or

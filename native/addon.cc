@@ -12,6 +12,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vublk::InitMemfd(env, exports);
   vublk::InitSession(env, exports);
   vublk::InitDiskProbe(env, exports);
+  vublk::InitNotifierFd(env, exports);
   return exports;
 }
 

@@ -9,4 +9,5 @@ void InitFdWatcher(Napi::Env env, Napi::Object exports);
 void InitMemfd(Napi::Env env, Napi::Object exports);
 void InitSession(Napi::Env env, Napi::Object exports);
 void InitDiskProbe(Napi::Env env, Napi::Object exports);
+void InitNotifierFd(Napi::Env env, Napi::Object exports);
 }  // namespace vublk

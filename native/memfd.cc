@@ -43,8 +43,11 @@ Napi::Value MapShared(const Napi::CallbackInfo& info) {
       new size_t(len));
 }
 
+// eventfdCreate(blocking = false): tests need a blocking one to play a
+// frontend that hands vublk an fd whose writes would block.
 Napi::Value EventfdCreate(const Napi::CallbackInfo& info) {
-  int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  bool blocking = info.Length() > 0 && info[0].ToBoolean();
+  int fd = eventfd(0, (blocking ? 0 : EFD_NONBLOCK) | EFD_CLOEXEC);
   if (fd < 0) throwErrno(info.Env(), errno, "eventfd");
   return Napi::Number::New(info.Env(), fd);
 }

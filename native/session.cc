@@ -23,6 +23,7 @@
 #include "guest-access.h"
 #include "guest-memory.h"
 #include "js-callback.h"
+#include "notifier-fd.h"
 #include "split-virtqueue.h"
 #include "uring.h"
 
@@ -129,7 +130,22 @@ class Session : public Napi::ObjectWrap<Session> {
          InstanceMethod<&Session::Destroy>("destroy")});
   }
 
+  // A throw part-way (a bad argument, mmap, io_uring or uv_poll failing)
+  // releases whatever was made so far: no destructor runs for an object
+  // whose constructor threw.
   explicit Session(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Session>(info) {
+    try {
+      init(info);
+    } catch (...) {
+      teardown();
+      throw;
+    }
+  }
+
+  ~Session() override { teardown(); }
+
+ private:
+  void init(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     int64_t queues = argInt(info, 0);
     int64_t maxQueueSize = argInt(info, 1);
@@ -206,9 +222,6 @@ class Session : public Napi::ObjectWrap<Session> {
     self_ = Napi::Persistent(Value());
   }
 
-  ~Session() override { teardown(); }
-
- private:
   void bind(Napi::Env env, Napi::Object arrays, const char* name, napi_typedarray_type type,
             SharedArray& out) {
     Napi::Value v = arrays.Get(name);
@@ -232,6 +245,7 @@ class Session : public Napi::ObjectWrap<Session> {
     if (destroyed_) return;
     destroyed_ = true;
     for (auto& v : vrings_) {
+      if (!v) continue;  // a constructor that threw while making the rings
       closePoll(v->kickPoll);
       closeFd(v->kickFd);
       closeFd(v->callFd);
@@ -274,13 +288,12 @@ class Session : public Napi::ObjectWrap<Session> {
   // --- memory ---
   Napi::Value AddRegion(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    int fd = static_cast<int>(argInt(info, 0));
-    if (destroyed_) {
-      if (fd >= 0) close(fd);
-      throw Napi::Error::New(env, "session is destroyed");
-    }
+    // Owned at once: any argument below that throws still closes it.
+    UniqueFd fd(static_cast<int>(argInt(info, 0)));
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    uint64_t gpa = argU64(info, 1), size = argU64(info, 2), uva = argU64(info, 3), off = argU64(info, 4);
     std::string err;
-    int id = mem_.add(fd, argU64(info, 1), argU64(info, 2), argU64(info, 3), argU64(info, 4), err);
+    int id = mem_.add(fd.release(), gpa, size, uva, off, err);  // closes it, mapped or not
     if (id < 0) throw Napi::Error::New(env, err);
     return Napi::Number::New(env, id);
   }
@@ -337,16 +350,16 @@ class Session : public Napi::ObjectWrap<Session> {
     return Napi::Number::New(info.Env(), v.vq.lastAvail());
   }
 
+  // Takes fd (owned from here on, closed on every throw) as a notifier of
+  // the ring, non-blocking so the loop thread can never block on it.
   void setFd(const Napi::CallbackInfo& info, int Vring::*field) {
-    int fd = static_cast<int>(argInt(info, 1));
-    if (destroyed_) {
-      if (fd >= 0) close(fd);
-      throw Napi::Error::New(info.Env(), "session is destroyed");
-    }
+    UniqueFd fd(static_cast<int>(argInt(info, 1)));
     Vring& v = vring(info);
+    int rc = fd.get() >= 0 ? setNonBlocking(fd.get()) : 0;
+    if (rc < 0) throwErrno(info.Env(), -rc, "fcntl");
     if (field == &Vring::kickFd) closePoll(v.kickPoll);
     closeFd(v.*field);
-    v.*field = fd;
+    v.*field = fd.release();
   }
 
   Napi::Value SetVringKick(const Napi::CallbackInfo& info) {
@@ -394,7 +407,7 @@ class Session : public Napi::ObjectWrap<Session> {
         throwErrno(env, -rc, "uv_poll_init");
       }
       v.kickPoll->data = &v;
-      uv_poll_start(v.kickPoll, UV_READABLE, OnKick);
+      uv_poll_start(v.kickPoll, UV_READABLE | UV_DISCONNECT, OnKick);
     }
     v.started = true;
     return env.Undefined();
@@ -446,13 +459,7 @@ class Session : public Napi::ObjectWrap<Session> {
       guestFaulted(static_cast<int>(argInt(info, 0)));
       return env.Undefined();
     }
-    if (notify && v.callFd >= 0) {
-      uint64_t one = 1;
-      ssize_t w;
-      do {
-        w = write(v.callFd, &one, sizeof one);
-      } while (w < 0 && errno == EINTR);
-    }
+    if (notify && v.callFd >= 0) signalCall(v.callFd);
     return env.Undefined();
   }
 
@@ -694,14 +701,26 @@ class Session : public Napi::ObjectWrap<Session> {
   }
 
   // --- event handlers ---
-  static void OnKick(uv_poll_t* h, int, int) {
+  static void OnKick(uv_poll_t* h, int status, int events) {
     auto* v = static_cast<Vring*>(h->data);
     if (!v) return;
-    uint64_t val;
-    while (read(v->kickFd, &val, sizeof val) < 0 && errno == EINTR) {
-    }
+    std::string err;
+    KickState k = status < 0 || (events & UV_DISCONNECT) ? KickState::kBroken : drainKick(v->kickFd, err);
     Napi::HandleScope scope(v->session->Env());
+    // A kick fd at EOF or in error stays readable: polling it would spin.
+    if (k == KickState::kBroken) {
+      v->session->ringBroken(*v, err.empty() ? "kick fd hung up" : err);
+      return;
+    }
     v->session->deliver(*v);
+  }
+
+  void ringBroken(Vring& v, const std::string& err) {
+    closePoll(v.kickPoll);
+    v.started = false;
+    if (destroyed_) return;
+    Napi::Env env = Env();
+    callJs(env, onViolation_, callbacks_.Value(), {Napi::Number::New(env, v.index), Napi::String::New(env, err)});
   }
 
   // Pops and hands chains to JS, batch by batch, until the ring is empty or
@@ -748,12 +767,7 @@ class Session : public Napi::ObjectWrap<Session> {
                 Napi::Number::New(env, batch_.nSegs)});
       }
       if (!ok) {
-        closePoll(v.kickPoll);
-        v.started = false;
-        if (!destroyed_) {
-          callJs(env, onViolation_, callbacks_.Value(),
-                 {Napi::Number::New(env, v.index), Napi::String::New(env, err)});
-        }
+        ringBroken(v, err);
         break;
       }
       if (batch_.nChains == 0) break;

@@ -245,6 +245,7 @@ bool SplitVirtqueue::walkChain(const GuestMemory& mem, uint16_t head, PopBatch& 
 }
 
 void SplitVirtqueue::addUsed(uint32_t head, uint32_t len) {
+  if (!mapped_) return;
   uint8_t* e = used_ + 4 + 8u * (usedIdx_ % num_);
   store32(e, head);
   store32(e + 4, len);
@@ -252,6 +253,7 @@ void SplitVirtqueue::addUsed(uint32_t head, uint32_t len) {
 }
 
 bool SplitVirtqueue::publish() {
+  if (!mapped_) return false;
   uint16_t old = publishedIdx_;
   if (old == usedIdx_) return false;
   storeRelease16(used_ + 2, usedIdx_);

@@ -41,7 +41,12 @@ constexpr unsigned kMaxQueueSize = 32768;
 
 class SplitVirtqueue {
  public:
-  void setNum(uint16_t num) { num_ = num; }
+  // Changing the size or the addresses unmaps the ring: the pointers map()
+  // checked are valid for the old values only; map() again before use.
+  void setNum(uint16_t num) {
+    num_ = num;
+    mapped_ = false;
+  }
   uint16_t num() const { return num_; }
   void setAddr(uint64_t descUva, uint64_t usedUva, uint64_t availUva) {
     descUva_ = descUva;
@@ -71,7 +76,8 @@ class SplitVirtqueue {
   // True if the driver has made chains available that we have not popped.
   bool hasAvailable() const;
 
-  // Adds one used element; publish() makes a batch of them visible.
+  // Adds one used element; publish() makes a batch of them visible. Both do
+  // nothing on an unmapped ring (the caller checks mapped() and head < num).
   void addUsed(uint32_t head, uint32_t len);
   // Publishes added elements and says whether the driver wants an interrupt.
   bool publish();

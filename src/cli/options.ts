@@ -5,15 +5,22 @@ import { MAX_QUEUES } from '../blk/features';
 import { UsageError } from '../errors';
 import { LOG_LEVELS, type LogLevel, isLogLevel } from '../log';
 import { VIRTIO_BLK_ID_BYTES } from '../virtio/constants';
+import { MAX_RING_SIZE } from '../vhost-user/vring-rules';
 
 export const DEFAULT_DISK_PATH = './vublk-disk.img';
 /** Size of the sparse image created when --disk is omitted. */
 export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_SOCKET_PATH = './vublk.sock';
 export const DEFAULT_QUEUES = 1;
-export const DEFAULT_QUEUE_SIZE = 256;
+/**
+ * --queue-size caps the ring size a frontend may ask for (SET_VRING_NUM).
+ * By default every size QEMU's vhost-user-blk-pci allows is served; an
+ * operator may lower it to bound per-connection memory (request slots and
+ * used-entry arrays are sized by it) and seg_max.
+ */
+export const MAX_QUEUE_SIZE = MAX_RING_SIZE;
+export const DEFAULT_QUEUE_SIZE = MAX_QUEUE_SIZE;
 export const MIN_QUEUE_SIZE = 2;
-export const MAX_QUEUE_SIZE = 1024;
 export const DEFAULT_SERIAL = 'vublk';
 export const DEFAULT_LOGICAL_BLOCK_SIZE = 512;
 export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
@@ -58,7 +65,7 @@ const SPECS: readonly OptionSpec[] = [
   {
     name: 'queue-size',
     arg: 'N',
-    help: `descriptors per queue, a power of two ${MIN_QUEUE_SIZE}..${MAX_QUEUE_SIZE} (default ${DEFAULT_QUEUE_SIZE})`,
+    help: `largest ring a frontend may ask for, a power of two ${MIN_QUEUE_SIZE}..${MAX_QUEUE_SIZE} (default ${DEFAULT_QUEUE_SIZE})`,
   },
   { name: 'read-only', arg: undefined, help: 'present the disk read-only (writes fail with IOERR)' },
   {

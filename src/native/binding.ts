@@ -181,6 +181,8 @@ export interface NativeBinding {
   /** Sends what fits now of buf[offset, offset+length) without waiting; returns the bytes sent (0: socket full). */
   sendSome(fd: number, buf: Uint8Array, offset: number, length: number): number;
   closeFd(fd: number): void;
+  /** What /proc/self/fd/N links to ("anon_inode:[eventfd]", "pipe:[123]", ...); "" if not open. */
+  fdTarget(fd: number): string;
   FdWatcher: {
     new (fd: number, onEvents: (events: number) => void): FdWatcher;
     readonly READABLE: number;
@@ -192,7 +194,8 @@ export interface NativeBinding {
   memfdCreate(name: string, size: number): number;
   /** Maps fd shared read-write; the ArrayBuffer unmaps when collected. */
   mapShared(fd: number, size: number, offset: number): ArrayBuffer;
-  eventfdCreate(): number;
+  /** A non-blocking eventfd (blocking: true for tests that need one that blocks). */
+  eventfdCreate(blocking?: boolean): number;
   /** Returns the counter, or 0 if it would block. */
   eventfdRead(fd: number): number;
   eventfdWrite(fd: number, value: number): void;

@@ -47,6 +47,8 @@ import {
   requestName,
 } from './protocol';
 import { violation } from './violation';
+import { checkRingSize } from './vring-rules';
+import { checkNotifierFd } from './notifier-fd';
 import {
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
@@ -398,17 +400,19 @@ export class BackendConnection {
   private setVringNum(msg: Message): void {
     const s = decodeVringState(msg);
     const q = this.queueIndex(s.index, 'SET_VRING_NUM');
-    if (s.num < 1 || s.num > this.device.maxQueueSize || (s.num & (s.num - 1)) !== 0) {
-      throw violation(`SET_VRING_NUM ${s.num} is not a power of two in 1..${this.device.maxQueueSize}`);
-    }
+    checkRingSize(s.num, this.device.maxQueueSize);
+    // Native checked the ring's addresses for the size it started with.
+    if (this.session.vringStarted(q)) throw violation('SET_VRING_NUM on a running ring');
     this.session.setVringNum(q, s.num);
   }
 
   private setVringAddr(msg: Message): void {
     const a = decodeVringAddr(msg);
     const q = this.queueIndex(a.index, 'SET_VRING_ADDR');
+    // QEMU re-sends it on a running ring only to toggle dirty logging, which
+    // needs LOG_SHMFD (not offered): otherwise rings move only when stopped.
+    if (this.session.vringStarted(q)) throw violation('SET_VRING_ADDR on a running ring');
     this.session.setVringAddr(q, a.desc, a.used, a.avail);
-    if (this.session.vringStarted(q)) this.startRing(q, 'SET_VRING_ADDR');
   }
 
   private setVringBase(msg: Message): void {
@@ -434,6 +438,7 @@ export class BackendConnection {
     const f = decodeVringFile(msg);
     const q = this.queueIndex(f.index, 'SET_VRING_KICK');
     if (f.fd < 0) throw violation('SET_VRING_KICK without an fd: polling mode is not supported');
+    checkNotifierFd('SET_VRING_KICK', f.fd);
     msg.fds.length = 0;
     this.session.setVringKick(q, f.fd);
     // Without VHOST_USER_F_PROTOCOL_FEATURES a ring is enabled when started;
@@ -454,6 +459,7 @@ export class BackendConnection {
   private setVringCall(msg: Message): void {
     const f = decodeVringFile(msg);
     const q = this.queueIndex(f.index, 'SET_VRING_CALL');
+    if (f.fd >= 0) checkNotifierFd('SET_VRING_CALL', f.fd);
     msg.fds.length = 0;
     this.session.setVringCall(q, f.fd);
   }
@@ -461,6 +467,7 @@ export class BackendConnection {
   private setVringErr(msg: Message): void {
     const f = decodeVringFile(msg);
     const q = this.queueIndex(f.index, 'SET_VRING_ERR');
+    if (f.fd >= 0) checkNotifierFd('SET_VRING_ERR', f.fd);
     msg.fds.length = 0;
     this.session.setVringErr(q, f.fd);
   }

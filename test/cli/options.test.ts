@@ -18,7 +18,7 @@ t.test('defaults', (t) => {
     defaultDisk: true,
     socket: './vublk.sock',
     queues: 1,
-    queueSize: 256,
+    queueSize: 1024,
     readOnly: false,
     serial: 'vublk',
     logicalBlockSize: 512,

@@ -263,6 +263,8 @@ export interface RunGuestOptions {
   socket: string;
   /** num-queues for vhost-user-blk-pci. */
   queues: number;
+  /** queue-size for vhost-user-blk-pci (QEMU's default when unset: 128 or 256, by version). */
+  queueSize?: number;
   /** Shell script run by the guest as /test.sh (exit 0 = pass). */
   script: string;
   /** Kill QEMU after this long (TCG boot alone takes ~5-10 s). */
@@ -330,7 +332,7 @@ export async function runGuest(opts: RunGuestOptions): Promise<RunGuestResult> {
       '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`,
       '-numa', 'node,memdev=mem',
       '-chardev', `socket,id=c0,path=${qemuOptValue(opts.socket)}${reconnectSecs > 0 ? `,reconnect=${reconnectSecs}` : ''}`,
-      '-device', `vhost-user-blk-pci,chardev=c0,num-queues=${opts.queues}`,
+      '-device', `vhost-user-blk-pci,chardev=c0,num-queues=${opts.queues}${opts.queueSize !== undefined ? `,queue-size=${opts.queueSize}` : ''}`,
       ...(opts.extraQemuArgs ?? []),
     ];
     return await new Promise<RunGuestResult>((resolve, reject) => {
