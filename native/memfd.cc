@@ -26,12 +26,17 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+constexpr uint64_t kMaxMapBytes = 1ull << 32;
+
 Napi::Value MapShared(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = static_cast<int>(argInt(info, 0));
   uint64_t size = argU64(info, 1);
   uint64_t offset = argU64(info, 2);
   if (size == 0) throw Napi::RangeError::New(env, "mapShared: size 0");
+  // V8 refuses an external ArrayBuffer over 4 GiB, and Node then runs the
+  // finalizer that node-addon-api frees again (a double free): refuse first.
+  if (size > kMaxMapBytes) throw Napi::RangeError::New(env, "mapShared: at most 4 GiB per mapping");
   void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, static_cast<off_t>(offset));
   if (p == MAP_FAILED) throwErrno(env, errno, "mmap");
   size_t len = size;
