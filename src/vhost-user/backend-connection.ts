@@ -113,7 +113,7 @@ export class BackendConnection {
       onChains: (q, n) => this.guard(() => this.handler.onChains(q, n)),
       onCompletions: (n) => this.guard(() => this.handler.onCompletions(n)),
       onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
-    });
+    }, device.disk.sizeBytes, device.disk.kind === 'block');
     const session = this.session;
     this.handler.attach({
       submit: (n) => {
