@@ -243,10 +243,10 @@ class Session : public Napi::ObjectWrap<Session> {
       v->started = false;
     }
     closePoll(uringPoll_);
-    // Exiting the ring cancels what it can; the kernel finishes the rest in
-    // the background. Pages under O_DIRECT I/O stay pinned by the kernel, so
-    // unmapping below is safe for this process; JS drains before destroying,
-    // so this only matters after a drain timeout.
+    // JS destroys only once outstanding() is 0 (src/vhost-user/drain.ts),
+    // except when the daemon exits. Then exiting the ring cancels what it
+    // can and the kernel finishes the rest in the background; pages under
+    // O_DIRECT I/O stay pinned by the kernel, so unmapping below is safe.
     uring_.close();
     mem_.clear();
     if (bounce_) munmap(bounce_, bounceLen_);
