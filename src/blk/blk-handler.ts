@@ -173,8 +173,7 @@ const MAX_REQUEST_IOVS = 2048;
 class QueueState {
   readonly slots: BlkRequest[];
   readonly busy: Uint8Array;
-  /** Each head's slot generation (survives a slot being replaced by a bigger one). */
-  readonly generation: Float64Array;
+  readonly generation: Float64Array; // per head: outlives a slot replaced by a bigger one
   readonly pendingUsed: Float64Array;
   pendingCount = 0;
   inflight = 0;
@@ -864,16 +863,14 @@ export class BlkHandler {
   }
 
   private complete(userData: number, res: number): void {
-    const ids = this.ids;
-    ids.decode(userData);
-    const opIdx = ids.opIdx;
-    const q = Math.floor(ids.slotId / this.maxQueueSize);
-    const head = ids.slotId - q * this.maxQueueSize;
+    this.ids.decode(userData);
+    const { slotId, generation, opIdx } = this.ids;
+    const q = Math.floor(slotId / this.maxQueueSize);
+    const head = slotId - q * this.maxQueueSize;
     const state = this.queues[q];
     if (state === undefined || state.busy[head] !== 1) return; // not ours: ignore
     const req = state.slots[head] as BlkRequest;
-    // A late completion of an earlier request of this slot: not this one's.
-    if (req.generation !== ids.generation || req.pendingOps <= 0) return;
+    if (req.generation !== generation || req.pendingOps <= 0) return; // a late op of the slot's previous request
     // A short transfer is an error: the guest asked for every byte.
     if (
       opIdx === OP_MIDDLE &&
