@@ -7,9 +7,9 @@
 // that the test freezes (test/helpers/frozen-fs.ts). VUBLK_DRAIN_TIMEOUT_MS
 // shortens the drain so the daemon gives up while it is frozen.
 
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
-import { BlkStatus, SECTOR_SIZE } from '../frontend/blk-driver';
+import { BlkStatus, SECTOR_SIZE, type BlkDriver } from '../frontend/blk-driver';
 import { tmpDir } from '../helpers/vublk-process';
 import { frozenFsUnsupported, makeFreezableFs } from '../helpers/frozen-fs';
 import { connIdSince, connect, logSince, pattern, readImage, spinUntilPopped, startDaemon, until } from './harness';
@@ -19,7 +19,14 @@ const SECTOR = 2048;
 
 const unsupported = frozenFsUnsupported();
 
-t.test('a write held past the drain timeout lands before the next frontend is served', { skip: unsupported }, async (t) => {
+interface Held {
+  /** What the first frontend sends while the file system is frozen. */
+  send: (drv: BlkDriver) => Promise<unknown>;
+  /** The counts the daemon must say it waits for. */
+  waits: RegExp;
+}
+
+async function heldPastDrain(t: Test, held: Held): Promise<void> {
   const dir = tmpDir('vublk-late-io-');
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   let ffs: ReturnType<typeof makeFreezableFs>;
@@ -48,16 +55,15 @@ t.test('a write held past the drain timeout lands before the next frontend is se
   const mark = d.v.stderr().length;
   const first = await connect(t, d, { queues: 1 });
   const c1 = await connIdSince(d, mark);
-  const stale = pattern(4096, 1);
   const fresh = pattern(4096, 2);
 
   ffs.freeze();
-  void first.drv.write(0, SECTOR, stale).catch(() => undefined); // never completes for the first frontend
-  t.ok(spinUntilPopped(first.fe, 0, 1), 'the daemon took the first frontend\u2019s write');
+  void held.send(first.drv).catch(() => undefined); // never completes for the first frontend
+  t.ok(spinUntilPopped(first.fe, 0, 1), 'the daemon took the first frontend\u2019s request');
   first.fe.close();
   t.ok(
     await until(() => logSince(d, mark).some((l) => /in-flight requests did not drain/.test(l)), 20_000),
-    'the daemon gives up draining while the write is held',
+    'the daemon gives up draining while the request is held',
   );
 
   // The next frontend connects now and, as soon as it is served, writes the
@@ -72,8 +78,8 @@ t.test('a write held past the drain timeout lands before the next frontend is se
   // Either the daemon says it waits for the held write, or (the bug) it serves the next frontend.
   await until(() => served || logSince(d, mark).some((l) => /waiting for native I\/O/.test(l) || c2Line.test(l)), 20_000);
   const waitLine = logSince(d, mark).find((l) => /waiting for native I\/O/.test(l));
-  t.match(waitLine ?? '', new RegExp(`conn=${c1} ioUring=1 threadPool=0`), `the daemon logs what it waits for: ${waitLine ?? '(no line)'}`);
-  t.notOk(served || logSince(d, mark).some((l) => c2Line.test(l)), 'the next frontend is not served while the old write is held');
+  t.match(waitLine ?? '', new RegExp(`conn=${c1} ${held.waits.source}`), `the daemon logs what it waits for: ${waitLine ?? '(no line)'}`);
+  t.notOk(served || logSince(d, mark).some((l) => c2Line.test(l)), 'the next frontend is not served while the old request is held');
 
   ffs.thaw();
   const { drv } = await second;
@@ -89,5 +95,13 @@ t.test('a write held past the drain timeout lands before the next frontend is se
   const finished = idx(new RegExp(`native I/O of the closing connection finished conn=${c1}\\b`));
   const closed = idx(new RegExp(`frontend connection closed conn=${c1}\\b`));
   const next = idx(c2Line);
-  t.ok(finished >= 0 && finished < closed && closed < next, `order: held write finished (${finished}), conn ${c1} closed (${closed}), next served (${next})`);
-});
+  t.ok(finished >= 0 && finished < closed && closed < next, `order: held request finished (${finished}), conn ${c1} closed (${closed}), next served (${next})`);
+}
+
+t.test('a write held past the drain timeout lands before the next frontend is served', { skip: unsupported }, (t) =>
+  heldPastDrain(t, { send: (drv) => drv.write(0, SECTOR, pattern(4096, 1)), waits: /ioUring=1 threadPool=0/ }),
+);
+// A BLKDISCARD (the thread-pool side of Session.outstanding()) cannot be held
+// this way: a loop device punches holes in its backing file without the
+// file system's freeze protection, so the discard completes while frozen.
+// test/vhost-user/drain.test.ts covers the thread-pool count with a fake.
