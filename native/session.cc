@@ -127,6 +127,8 @@ class Session : public Napi::ObjectWrap<Session> {
          InstanceMethod<&Session::Copy>("copy"),
          InstanceMethod<&Session::RegisterBuffers>("registerBuffers"),
          InstanceMethod<&Session::UnregisterBuffers>("unregisterBuffers"),
+         InstanceMethod<&Session::Outstanding>("outstanding"),
+         InstanceMethod<&Session::CancelIo>("cancelIo"),
          InstanceMethod<&Session::Destroy>("destroy")});
   }
 
@@ -156,6 +158,9 @@ class Session : public Napi::ObjectWrap<Session> {
     if (maxQueueSize < 1 || maxQueueSize > kMaxQueueSize)
       throw Napi::RangeError::New(env, "maxQueueSize out of range");
     if (entries < 1 || entries > 32768) throw Napi::RangeError::New(env, "uringEntries out of range");
+    // Every op's file range is checked against the disk's size in Submit.
+    diskBytes_ = argU64(info, 7);
+    blockDevice_ = info[8].ToBoolean();
     maxQueueSize_ = static_cast<unsigned>(maxQueueSize);
 
     if (bounceBytes == 0 || bounceBytes > kMaxBounceBytes || bounceBytes % 4096)
@@ -253,10 +258,10 @@ class Session : public Napi::ObjectWrap<Session> {
       v->started = false;
     }
     closePoll(uringPoll_);
-    // Exiting the ring cancels what it can; the kernel finishes the rest in
-    // the background. Pages under O_DIRECT I/O stay pinned by the kernel, so
-    // unmapping below is safe for this process; JS drains before destroying,
-    // so this only matters after a drain timeout.
+    // JS destroys only once outstanding() is 0 (src/vhost-user/drain.ts),
+    // except when the daemon exits. Then exiting the ring cancels what it
+    // can and the kernel finishes the rest in the background; pages under
+    // O_DIRECT I/O stay pinned by the kernel, so unmapping below is safe.
     uring_.close();
     mem_.clear();
     if (bounce_) munmap(bounce_, bounceLen_);
@@ -527,6 +532,10 @@ class Session : public Napi::ObjectWrap<Session> {
         if (!(op[2] >= 0 && op[2] <= 9007199254740992.0 && op[3] > 0 && op[3] <= 9007199254740992.0 &&
               (op[0] == kOpBlkDiscard || op[4] == kFallocPunch || op[4] == kFallocZero)))
           throw Napi::RangeError::New(env, "submit: bad fallocate/discard range or mode");
+        if (op[0] == kOpBlkDiscard && !blockDevice_)
+          throw Napi::RangeError::New(env, "submit: BLKDISCARD on a disk that is not a block device");
+        if (!insideDisk(op[2], op[3]))
+          throw Napi::RangeError::New(env, "submit: fallocate/discard range outside the disk");
         continue;
       }
       double start = op[3], count = op[4];
@@ -539,6 +548,7 @@ class Session : public Napi::ObjectWrap<Session> {
                                     iovs[static_cast<size_t>(start) * kIovStride + 1],
                                     iovs[static_cast<size_t>(start) * kIovStride + 2]) < 0))
         throw Napi::RangeError::New(env, "submit: FIXED op is not one iovec in one registered buffer");
+      double bytes = 0;  // <= 1024 iovecs of < 2^53 each: exact enough to compare below
       for (size_t m = static_cast<size_t>(start); m < static_cast<size_t>(start + count); m++) {
         const double* iv = iovs + m * kIovStride;
         uint8_t* p = ptr(iv[0], iv[1], iv[2]);
@@ -546,9 +556,13 @@ class Session : public Napi::ObjectWrap<Session> {
         if (op[0] == kOpReadv && iv[0] == kZeroBufId)
           throw Napi::RangeError::New(env, "submit: cannot read into the zero buffer");
         iovScratch_[m] = iovec{p, static_cast<size_t>(iv[2])};
+        bytes += iv[2];
       }
+      if (!insideDisk(op[2], bytes))
+        throw Napi::RangeError::New(env, "submit: read/write range outside the disk");
     }
     int64_t queued = 0;
+    int rc = 0;
     for (; queued < n; queued++) {
       const double* op = ops + queued * kOpStride;
       unsigned opcode = static_cast<unsigned>(op[0]);
@@ -563,6 +577,10 @@ class Session : public Napi::ObjectWrap<Session> {
       if (opcode == kOpFsync) {
         ok = uring_.prepFsync(diskFd_, userData);
       } else if (opcode == kOpBlkDiscard) {
+        // Hand the SQ to the kernel first, so that the ops taken are always
+        // the first `queued - dropped` of the batch.
+        rc = uring_.submit();
+        if (rc < 0) break;
         ok = queueBlkDiscard(off, static_cast<uint64_t>(op[3]), userData);
       } else if (opcode == kOpFallocate) {
         ok = uring_.prepFallocate(diskFd_, static_cast<int>(op[4]), off, static_cast<uint64_t>(op[3]),
@@ -579,9 +597,40 @@ class Session : public Napi::ObjectWrap<Session> {
       }
       if (!ok) break;
     }
-    int rc = uring_.submit();
-    if (rc < 0) throwErrno(env, -rc, "io_uring_submit");
+    if (rc == 0) rc = uring_.submit();
+    int64_t taken = queued - static_cast<int64_t>(uring_.dropped());
+    if (rc < 0) {
+      // The ops after the first `taken` never reach the kernel (Uring made
+      // their SQEs no-ops); JS fails exactly those.
+      Napi::Error e = errnoError(env, -rc, "io_uring_submit");
+      e.Set("taken", Napi::Number::New(env, static_cast<double>(taken)));
+      throw e;
+    }
     return Napi::Number::New(env, static_cast<double>(queued));
+  }
+
+  // Is [offset, offset + len) inside the disk? (doubles < 2^53, checked by the caller)
+  bool insideDisk(double offset, double len) const {
+    return offset <= static_cast<double>(diskBytes_) && len <= static_cast<double>(diskBytes_) - offset;
+  }
+
+  // {ioUring, threadPool}: native work of this session still outstanding
+  // (ops the kernel holds, BLKDISCARDs on libuv's thread pool). A closing
+  // connection waits for both to reach 0 before destroy().
+  Napi::Value Outstanding(const Napi::CallbackInfo& info) {
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("ioUring", static_cast<double>(destroyed_ ? 0 : uring_.inflight()));
+    o.Set("threadPool", static_cast<double>(pendingDiscards_));
+    return o;
+  }
+
+  // Asks the kernel to cancel every op in flight; their completions (or
+  // -ECANCELED) arrive through onCompletions as usual.
+  Napi::Value CancelIo(const Napi::CallbackInfo& info) {
+    if (destroyed_) return info.Env().Undefined();
+    int rc = uring_.cancelAll();
+    if (rc < 0) throwErrno(info.Env(), -rc, "io_uring_submit");
+    return info.Env().Undefined();
   }
 
   // copy(n): n copies [srcBufId, srcOffset, dstBufId, dstOffset, len] from
@@ -682,6 +731,7 @@ class Session : public Napi::ObjectWrap<Session> {
         [](uv_work_t* req, int status) {
           auto* d = static_cast<DiscardWork*>(req->data);
           Session* s = d->session;
+          s->pendingDiscards_--;
           if (!s->destroyed_) s->uring_.postCompletion(d->userData, status == 0 ? d->res : -ECANCELED);
           s->Unref();
           delete d;
@@ -690,6 +740,7 @@ class Session : public Napi::ObjectWrap<Session> {
       delete w;
       return false;
     }
+    pendingDiscards_++;
     Ref();
     return true;
   }
@@ -805,6 +856,9 @@ class Session : public Napi::ObjectWrap<Session> {
   uv_loop_t* loop_ = nullptr;
   uv_poll_t* uringPoll_ = nullptr;
   int diskFd_ = -1;
+  uint64_t diskBytes_ = 0;
+  bool blockDevice_ = false;
+  unsigned pendingDiscards_ = 0;
   unsigned maxQueueSize_ = 0;
   bool destroyed_ = false;
   bool delivering_ = false;

@@ -7,6 +7,12 @@
 
 namespace vublk {
 
+namespace {
+// userData of the ring's own SQEs (no-ops standing in for dropped ops, and
+// cancel requests). JS userData is below 2^53, so it can never collide.
+constexpr uint64_t kInternalUserData = ~0ull;
+}  // namespace
+
 int Uring::init(unsigned entries) {
   io_uring_params p{};
   // A completion queue four times the submission queue: in-flight requests
@@ -36,10 +42,47 @@ void Uring::close() {
 io_uring_sqe* Uring::sqe() {
   io_uring_sqe* s = io_uring_get_sqe(&ring_);
   if (!s) {
-    io_uring_submit(&ring_);
+    // Full: hand the kernel what is queued. A failure leaves s null, the
+    // caller stops queueing, and the caller's submit() reports it.
+    submitOnce();
     s = io_uring_get_sqe(&ring_);
   }
   return s;
+}
+
+int Uring::submitOnce() {
+  int rc = io_uring_submit(&ring_);
+  if (rc > 0) inflight_ += static_cast<unsigned>(rc);
+  return rc;
+}
+
+void Uring::dropUnconsumed() {
+  // Without SQPOLL the kernel reads SQEs only inside io_uring_enter, so the
+  // entries between its head and our tail can still be rewritten.
+  io_uring_sq& sq = ring_.sq;
+  unsigned head = *sq.khead;
+  dropped_ = 0;
+  for (unsigned i = head; i != sq.sqe_tail; i++) {
+    io_uring_sqe* s = &sq.sqes[sq.array[i & sq.ring_mask]];
+    // No-ops left by an earlier failure are not the caller's ops.
+    if (s->user_data != kInternalUserData) dropped_++;
+    io_uring_prep_nop(s);
+    io_uring_sqe_set_data64(s, kInternalUserData);
+  }
+}
+
+bool Uring::taken(uint64_t userData) {
+  if (inflight_ > 0) inflight_--;
+  return userData != kInternalUserData;
+}
+
+int Uring::cancelAll() {
+  if (!ready_) return 0;
+  io_uring_sqe* s = sqe();
+  if (!s) return -EBUSY;
+  io_uring_prep_cancel64(s, 0, IORING_ASYNC_CANCEL_ANY);
+  io_uring_sqe_set_data64(s, kInternalUserData);
+  return submit();
 }
 
 bool Uring::prepReadv(int fd, const iovec* iov, unsigned n, uint64_t off, uint64_t userData) {
@@ -104,20 +147,27 @@ void Uring::unregisterBuffers() {
 }
 
 int Uring::submit() {
+  dropped_ = 0;
+  int result = 0;
   for (unsigned idle = 0; io_uring_sq_ready(&ring_) > 0;) {
-    int rc = io_uring_submit(&ring_);
+    int rc = submitOnce();
     if (rc > 0 || rc == -EINTR) {
       idle = 0;
       continue;
     }
-    if (++idle > 1000) return -EAGAIN;  // no progress: give up rather than spin
+    bool stuck = ++idle > 1000;  // no progress: give up rather than spin
+    if (stuck || (rc != 0 && rc != -EBUSY && rc != -EAGAIN)) {
+      dropUnconsumed();
+      result = stuck ? -EAGAIN : rc;
+      break;
+    }
     if (rc == 0) continue;
-    if (rc != -EBUSY && rc != -EAGAIN) return rc;
     // The completion side is full: move completions aside, then retry.
     io_uring_cqe* cqe;
     unsigned head, n = 0;
     io_uring_for_each_cqe(&ring_, head, cqe) {
-      stash_.emplace_back(io_uring_cqe_get_data64(cqe), cqe->res);
+      uint64_t ud = io_uring_cqe_get_data64(cqe);
+      if (taken(ud)) stash_.emplace_back(ud, cqe->res);
       n++;
     }
     io_uring_cq_advance(&ring_, n);
@@ -129,7 +179,7 @@ int Uring::submit() {
     ssize_t w = write(eventFd_, &one, sizeof one);
     (void)w;
   }
-  return 0;
+  return result;
 }
 
 void Uring::ackEvent() {
@@ -164,11 +214,13 @@ unsigned Uring::reap(double* out, unsigned max) {
     unsigned got = io_uring_peek_batch_cqe(&ring_, cqes, want);
     if (got == 0) break;
     for (unsigned i = 0; i < got; i++) {
-      out[2 * (total + i)] = static_cast<double>(io_uring_cqe_get_data64(cqes[i]));
-      out[2 * (total + i) + 1] = cqes[i]->res;
+      uint64_t ud = io_uring_cqe_get_data64(cqes[i]);
+      if (!taken(ud)) continue;
+      out[2 * total] = static_cast<double>(ud);
+      out[2 * total + 1] = cqes[i]->res;
+      total++;
     }
     io_uring_cq_advance(&ring_, got);
-    total += got;
   }
   return total;
 }

@@ -35,8 +35,22 @@ class Uring {
   // Submits everything queued. When the kernel pushes back (-EBUSY/-EAGAIN:
   // its completion queue is full), completions are moved to a stash to make
   // room, so every prepared SQE is consumed before this returns: their
-  // iovecs live only until then. Returns 0 or -errno.
+  // iovecs live only until then. Returns 0 or -errno. On -errno the SQEs the
+  // kernel did not consume are turned into no-ops (their iovecs are about to
+  // be reused for other requests, so the kernel must never see them as
+  // prepared) and dropped() says how many: they were the last ones prepared.
   int submit();
+  // SQEs the last failed submit() turned into no-ops (0 after a success).
+  unsigned dropped() const { return dropped_; }
+  // Asks the kernel to cancel every op in flight (IORING_ASYNC_CANCEL_ANY).
+  // Ops already running (e.g. blocked in an io-wq worker) are not cancelled:
+  // they complete in their own time. Returns 0 or -errno.
+  int cancelAll();
+  // Ops the kernel has consumed whose completion has not been taken from the
+  // completion queue yet: the ring's outstanding work.
+  unsigned inflight() const { return inflight_; }
+  // The ring's fd (tests swap it to make io_uring_enter fail).
+  int ringFd() const { return ring_.ring_fd; }
   // Reaps up to max completions (stashed ones first) into (userData, res) pairs.
   unsigned reap(double* out, unsigned max);
   // Releases the ring and its eventfd now (also done by the destructor).
@@ -50,11 +64,19 @@ class Uring {
 
  private:
   io_uring_sqe* sqe();
+  // Submits once; counts what the kernel consumed. Returns io_uring_submit's rc.
+  int submitOnce();
+  void dropUnconsumed();
+  // Completion taken off the kernel's queue: one op fewer in flight. Returns
+  // false for the ring's own no-ops and cancel requests (never reported).
+  bool taken(uint64_t userData);
   io_uring ring_{};
   bool ready_ = false;
   int eventFd_ = -1;
   unsigned entries_ = 0;
   bool buffersRegistered_ = false;
+  unsigned inflight_ = 0;
+  unsigned dropped_ = 0;
   std::vector<std::pair<uint64_t, int32_t>> stash_;
   size_t stashHead_ = 0;
 };

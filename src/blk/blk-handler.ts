@@ -20,6 +20,7 @@ import { BouncePool } from './bounce-pool';
 import { QueueCounters } from './counters';
 import { OpBatch, OP_STRIDE, SQ_IOV_STRIDE, COPY_STRIDE } from './op-batch';
 import { UsedBatch, USED_STRIDE } from './used-batch';
+import { CompletionIds, OPS_PER_SLOT } from './completion-id';
 import type { SessionArrays } from '../native/binding';
 import { ELEM, RwPlan, buildVector, cutPieces, planBounceLayout, planRw, splitPoints, type HostRules } from '../align/rw-plan';
 import { LockMode, RangeLock } from '../align/range-lock';
@@ -68,7 +69,7 @@ export type HandlerArrays = SessionArrays;
 
 /** What the handler asks of the transport. */
 export interface DataPlane {
-  /** Queues n ops from arrays.sqOps/sqIovs; returns how many were taken. */
+  /** Queues n ops; returns how many were taken. A failed ring throws with `taken` (binding.ts). */
   submit(n: number): number;
   /** Publishes n used entries from arrays.used on queue q and notifies. */
   pushUsed(q: number, n: number): void;
@@ -146,8 +147,6 @@ const MID_PUNCH = 0;
 const MID_ZERO_RANGE = 1;
 const MID_WRITE = 2;
 const EMPTY_IOVS = new Float64Array(0);
-/** userData = slotId * OPS_PER_SLOT + op index: a request has at most this many ops at once. */
-const OPS_PER_SLOT = 16;
 /** Most ops one request may be split into (IOV_MAX elements each). */
 const MAX_OPS = OPS_PER_SLOT;
 const PHASE_IDLE = 0;
@@ -175,6 +174,7 @@ const MAX_REQUEST_IOVS = 2048;
 class QueueState {
   readonly slots: BlkRequest[];
   readonly busy: Uint8Array;
+  readonly generation: Float64Array; // per head: outlives a slot replaced by a bigger one
   readonly pendingUsed: UsedBatch;
   inflight = 0;
   idleWaiters: Array<() => void> = [];
@@ -184,6 +184,7 @@ class QueueState {
     // Slots are made on a head's first use: a guest rarely uses every head.
     this.slots = new Array<BlkRequest>(maxQueueSize);
     this.busy = new Uint8Array(maxQueueSize);
+    this.generation = new Float64Array(maxQueueSize);
     this.pendingUsed = new UsedBatch(maxQueueSize);
   }
 }
@@ -214,12 +215,14 @@ export class BlkHandler {
   /** The host file system answered EOPNOTSUPP to ZERO_RANGE once: write zeroes instead. */
   private zeroRangeWorks = true;
   private readonly phaseOf = (bufId: number): number => this.regionPhase[bufId] ?? 0;
+  private readonly ids: CompletionIds;
 
   constructor(
     private readonly arrays: HandlerArrays,
     private readonly opts: BlkHandlerOptions,
   ) {
     this.maxQueueSize = opts.maxQueueSize;
+    this.ids = new CompletionIds(opts.queues * opts.maxQueueSize);
     // Until SET_FEATURES says otherwise, nothing beyond reads/writes is negotiated.
     this.disk = { ...opts.disk, discard: false, writeZeroes: false };
     for (let q = 0; q < opts.queues; q++) this.queues.push(new QueueState(opts.maxQueueSize));
@@ -324,6 +327,7 @@ export class BlkHandler {
       req.head = head;
       req.queue = q;
       req.slotId = q * this.maxQueueSize + head;
+      req.generation = state.generation[head] = this.ids.next(state.generation[head] as number);
       req.registered = this.registered;
       state.busy[head] = 1;
       state.inflight++;
@@ -722,7 +726,7 @@ export class BlkHandler {
       throw new RangeError(`fallocate [${offset}, +${len}) is beyond the disk`);
     }
     this.ops.reserve(0);
-    this.ops.push(opcode, req.slotId * OPS_PER_SLOT + OP_MIDDLE, offset, 0, 0, len, mode);
+    this.ops.push(opcode, this.ids.encode(req.slotId, req.generation, OP_MIDDLE), offset, 0, 0, len, mode);
     req.opExpect[OP_MIDDLE] = 0;
     (this.queues[req.queue] as QueueState).counters.plainOps++;
   }
@@ -821,7 +825,7 @@ export class BlkHandler {
   /** Appends op opIdx of req (its iovecs already written) and what it must return. */
   private queueOp(req: BlkRequest, opIdx: number, opcode: number, offset: number, iovs: number, bytes: number, flags: number): void {
     if (opcode === OP_FSYNC) this.ops.reserve(0);
-    this.ops.push(opcode, req.slotId * OPS_PER_SLOT + opIdx, offset, iovs, flags);
+    this.ops.push(opcode, this.ids.encode(req.slotId, req.generation, opIdx), offset, iovs, flags);
     req.opExpect[opIdx] = opcode === OP_FSYNC ? 0 : bytes;
     const c = (this.queues[req.queue] as QueueState).counters;
     if ((flags & OP_FLAG_FIXED) !== 0) c.fixedOps++;
@@ -859,14 +863,14 @@ export class BlkHandler {
   }
 
   private complete(userData: number, res: number): void {
-    const slotId = Math.floor(userData / OPS_PER_SLOT);
-    const opIdx = userData - slotId * OPS_PER_SLOT;
+    this.ids.decode(userData);
+    const { slotId, generation, opIdx } = this.ids;
     const q = Math.floor(slotId / this.maxQueueSize);
     const head = slotId - q * this.maxQueueSize;
     const state = this.queues[q];
     if (state === undefined || state.busy[head] !== 1) return; // not ours: ignore
     const req = state.slots[head] as BlkRequest;
-    if (req.pendingOps <= 0) return;
+    if (req.generation !== generation || req.pendingOps <= 0) return; // a late op of the slot's previous request
     // A short transfer is an error: the guest asked for every byte.
     if (
       opIdx === OP_MIDDLE &&

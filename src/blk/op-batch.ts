@@ -95,10 +95,12 @@ export class OpBatch {
       const plane = this.plane();
       taken = plane === undefined ? 0 : plane.submit(n);
     } catch (err) {
-      // The kernel refused the ring itself. Some ops may have reached it and
-      // still complete later, so this data plane cannot go on: the
-      // connection is closed (no slot is reused), and the ops are failed.
-      taken = 0;
+      // A bad op (nothing taken), or the kernel refused the ring itself: then
+      // the first `taken` ops reached it and complete later as usual, and the
+      // rest never will. Either way this data plane cannot go on: the
+      // connection is closed, and only the ops not taken are failed here.
+      const t = (err as { taken?: unknown }).taken;
+      taken = typeof t === 'number' && Number.isInteger(t) && t >= 0 && t <= n ? t : 0;
       this.onFatal(`io_uring submission failed: ${(err as Error).message}`);
     }
     for (let k = taken; k < n; k++) this.refused.push(this.arrays.sqOps[k * OP_STRIDE + 1] as number);

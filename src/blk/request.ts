@@ -98,6 +98,8 @@ export class BlkRequest {
   /** Queue index and slot id (queue * maxQueueSize + head). */
   queue = 0;
   slotId = 0;
+  /** The slot's generation for this request (src/blk/completion-id.ts). */
+  generation = 0;
   /** How a read/write maps onto host I/O (made on first use, reused). */
   plan: RwPlan | undefined;
   /** Disk ops of the current phase not yet completed, and what each must return. */

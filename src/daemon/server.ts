@@ -111,6 +111,6 @@ export class VhostUserServer {
     } catch {
       // already gone
     }
-    if (this.active) await this.active.close('daemon shutting down');
+    if (this.active) await this.active.close('daemon shutting down', true);
   }
 }

@@ -130,8 +130,22 @@ export interface Session {
   readGuest(bufId: number, offset: number, dst: Uint8Array): void;
 
   // --- io_uring ---
-  /** Submits n ops from arrays.sqOps/sqIovs; returns how many were queued. Throws on a bad iovec. */
+  /**
+   * Submits n ops from arrays.sqOps/sqIovs; returns how many were taken (the
+   * first ones; the rest found no room). Throws RangeError, taking none, on a
+   * bad op (an iovec outside guest memory and the arenas, a file range
+   * outside the disk, ...). When io_uring_submit itself fails it throws
+   * {code, errno, syscall, taken}: the first `taken` ops reached the kernel
+   * and will complete; the others never will.
+   */
   submit(n: number): number;
+  /**
+   * Native work still outstanding: ops the kernel holds (ioUring) and
+   * BLKDISCARDs on libuv's thread pool (threadPool). destroy() must wait for 0.
+   */
+  outstanding(): { ioUring: number; threadPool: number };
+  /** Asks the kernel to cancel every op in flight (IORING_ASYNC_CANCEL_ANY); they complete as usual. */
+  cancelIo(): void;
   /** Performs n copies from arrays.copies (guest memory <-> bounce arena). Throws if any is out of bounds. */
   copy(n: number): void;
   /**
@@ -154,6 +168,10 @@ export interface SessionConstructor {
     bounceBytes: number,
     arrays: SessionArrays,
     callbacks: SessionCallbacks,
+    /** Size of the disk: every op's file range must lie inside it. */
+    diskBytes: number,
+    /** The disk is a block device (BLKDISCARD is allowed). */
+    blockDevice: boolean,
   ): Session;
 }
 

@@ -49,6 +49,7 @@ import {
 import { violation } from './violation';
 import { checkRingSize } from './vring-rules';
 import { checkNotifierFd } from './notifier-fd';
+import { drainTimeoutMs, waitForNativeWork } from './drain';
 import {
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
@@ -59,8 +60,8 @@ import {
 } from '../virtio/constants';
 
 const URING_ENTRIES_MAX = 4096;
-/** How long a closing connection waits for in-flight I/O before it gives up. */
-const DRAIN_TIMEOUT_MS = 30_000;
+/** How long a closing connection waits for in-flight requests before it abandons them. */
+const DRAIN_TIMEOUT_MS = drainTimeoutMs();
 
 type Handler = (msg: Message) => void | Promise<void>;
 
@@ -87,6 +88,8 @@ export class BackendConnection {
   private regionBytes = 0;
   private hostErrors = 0;
   private closing: Promise<void> | undefined;
+  /** The daemon is exiting: close() stops waiting for native I/O. */
+  private exiting = false;
   broken = false;
 
   constructor(
@@ -122,7 +125,7 @@ export class BackendConnection {
       onChains: (q, n) => this.guard(() => this.handler.onChains(q, n)),
       onCompletions: (n) => this.guard(() => this.handler.onCompletions(n)),
       onViolation: (q, rule) => this.breakConnection(q < 0 ? rule : `queue ${q}: ${rule}`),
-    });
+    }, device.disk.sizeBytes, device.disk.kind === 'block');
     const session = this.session;
     this.handler.attach({
       submit: (n) => {
@@ -598,8 +601,13 @@ export class BackendConnection {
     background(this.close(reason), 'closing the frontend connection', { conn: this.id, reason });
   }
 
-  /** Stops reading, drains in-flight I/O, releases everything. Idempotent. */
-  close(reason: string): Promise<void> {
+  /**
+   * Stops reading, drains in-flight I/O, releases everything. Idempotent.
+   * `exiting`: the daemon is shutting down, so it need not wait for native
+   * I/O that outlives the drain (nothing will be served after it).
+   */
+  close(reason: string, exiting = false): Promise<void> {
+    if (exiting) this.exiting = true;
     if (this.closing) return this.closing;
     this.closing = (async () => {
       this.channel.stop();
@@ -612,14 +620,16 @@ export class BackendConnection {
         new Promise<false>((r) => setTimeout(() => r(false), DRAIN_TIMEOUT_MS).unref()),
       ]);
       if (!drained) {
-        // Unmapping below stays memory-safe (the kernel pins pages under
-        // O_DIRECT I/O), but a late read may still land in guest memory.
+        // Requests still in flight are abandoned; their ops still with the
+        // kernel are cancelled or waited for just below.
         log.error('in-flight requests did not drain; closing anyway', {
           conn: this.id,
           inflight: this.handler.inflight(),
           timeoutMs: DRAIN_TIMEOUT_MS,
         });
       }
+      // No op of this connection may land once the next one is served.
+      await waitForNativeWork(this.session, this.id, () => this.handler.abandonAll(), () => this.exiting);
       this.channel.close();
       this.logCounters('closed');
       this.session.destroy();

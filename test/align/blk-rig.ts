@@ -550,7 +550,8 @@ export class Rig {
     for (let k = 0; k < n; k++) {
       const o = k * OP_STRIDE;
       const userData = sqOps[o + 1] as number;
-      const slotId = Math.floor(userData / OPS_PER_SLOT);
+      // userData carries the slot's generation above the slot id (src/blk/completion-id.ts).
+      const slotId = Math.floor(userData / OPS_PER_SLOT) % (2 * QSIZE);
       const q = Math.floor(slotId / QSIZE);
       const head = slotId - q * QSIZE;
       const req = this.inflight[q]?.get(head);

@@ -154,7 +154,7 @@ t.test('real 4Kn loop device: random batches match the model', { skip }, async (
     onChains() {},
     onCompletions: (n: number) => handler?.onCompletions(n),
     onViolation: (q: number, m: string) => violations.push(`native violation q${q}: ${m}`),
-  });
+  }, DISK_BYTES, true);
   cleanups.push(() => session.destroy());
 
   // Guest memory: two memfd regions; region 1 sits REGION1_PHASE bytes into a page.

@@ -45,6 +45,8 @@ export interface DaemonOptions {
    * loopUnsupported() (test/helpers/loop-device.ts).
    */
   loopSectorSize?: number;
+  /** Serve this existing file (imageBytes long) instead of a fresh image in the daemon's directory. */
+  diskFile?: string;
 }
 
 /** Attaches file to a free loop device with the given sector size; teardown detaches it. */
@@ -61,7 +63,7 @@ function attachLoop(t: Test, file: string, sectorSize: number): string {
 export async function startDaemon(t: Test, opts: DaemonOptions = {}): Promise<Daemon> {
   const dir = tmpDir('vublk-int-');
   const imageBytes = opts.imageBytes ?? 32 << 20;
-  const image = makeImage(dir, imageBytes);
+  const image = opts.diskFile ?? makeImage(dir, imageBytes);
   opts.prepare?.(image);
   const socket = path.join(dir, 'vublk.sock');
   const disk = opts.loopSectorSize === undefined ? image : attachLoop(t, image, opts.loopSectorSize);

@@ -25,7 +25,7 @@ function rig(t: Test) {
     onChains() {},
     onCompletions() {},
     onViolation: (q: number, m: string) => violations.push([q, m]),
-  });
+  }, 1 << 20, false);
   const mfd = native.memfdCreate('vublk-test-guest', REGION);
   const view = new Uint8Array(native.mapShared(mfd, REGION, 0));
   t.equal(session.addRegion(fs.openSync(`/proc/self/fd/${mfd}`, 'r+'), 0, REGION, 0x7f0000000000, 0), 0, 'the region is bufId 0');

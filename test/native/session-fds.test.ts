@@ -33,7 +33,7 @@ function isOpen(fd: number): boolean {
 t.test('fds handed to a Session are closed when the call throws after taking them', (t) => {
   const disk = fs.openSync('/dev/null', 'r');
   t.teardown(() => fs.closeSync(disk));
-  const s = new native.Session(1, 128, disk, 8, 4096, allocateArrays(128), noop);
+  const s = new native.Session(1, 128, disk, 8, 4096, allocateArrays(128), noop, 0, false);
   t.teardown(() => s.destroy());
   const cases: Array<[string, (fd: number) => void]> = [
     ['addRegion with a bad gpa', (fd) => s.addRegion(fd, -1, 4096, 0, 0)],
@@ -81,7 +81,7 @@ for (;;) { try { filler.push(fs.openSync('/dev/null', 'r')); } catch { break; } 
 fs.closeSync(filler.pop());
 const errors = [];
 for (let i = 0; i < 20; i++) {
-  try { new native.Session(1, 128, disk, 8, BOUNCE, arrays, noop).destroy(); errors.push('constructed'); }
+  try { new native.Session(1, 128, disk, 8, BOUNCE, arrays, noop, 0, false).destroy(); errors.push('constructed'); }
   catch (e) { errors.push(e.message); }
 }
 for (const f of filler) fs.closeSync(f);
@@ -122,7 +122,7 @@ t.test('a kick fd at EOF breaks the ring instead of spinning the loop', async (t
     onChains: () => void pops++,
     onCompletions: () => undefined,
     onViolation: (_q: number, rule: string) => void violations.push(rule),
-  });
+  }, 0, false);
   t.teardown(() => s.destroy());
   const UVA = 0x7f00_0000_0000;
   s.addRegion(native.memfdCreate('vublk-kick-ram', 1 << 20), 0, 1 << 20, UVA, 0);
