@@ -1,0 +1,632 @@
+// One fuzzed frontend connection: a QEMU-like start-up (done by the in-repo
+// frontend, or message by message with steps skipped and mutated), then a
+// random mix of messages, mutated messages, fd swaps, ring writes, kicks and
+// real I/O, and sometimes a truncated message before the close.
+//
+// The fuzzer keeps a small model of what it told the daemon (ring sizes,
+// which rings run, which memfds are mapped) only to hold back the inputs
+// whose finding switch is off (findings.ts); everything else goes out as
+// generated.
+
+import fs from 'node:fs';
+import { native } from '../../../src/native/binding';
+import {
+  encodeConfigPayload,
+  encodeMemRegPayload,
+  encodeMemTablePayload,
+  encodeMessage,
+  encodeU64Payload,
+  encodeVringAddrPayload,
+  encodeVringFilePayload,
+  encodeVringStatePayload,
+  type WireRegion,
+} from '../../../src/vhost-user/message';
+import { Flags, HEADER_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, featureBit, requestName } from '../../../src/vhost-user/protocol';
+import { BlkDriver } from '../../frontend/blk-driver';
+import { DEFAULT_BLK_FEATURES, DEFAULT_PROTOCOL_FEATURES, Frontend, VirtioFeature } from '../../frontend/frontend';
+import { GuestMemory } from '../../frontend/guest-memory';
+import { until } from '../../integration/harness';
+import { BLOCKING_KINDS, FD_KINDS, HUNG_UP_KINDS, type FdFactory, type FdKind, type FuzzFd } from './fds';
+import type { FindingKey } from './findings';
+import { header, mutate, randomPayload, requestFlags, truncated } from './messages';
+import { RawRing, ringBytes, splitRingTarget, writeRandomChain, type RingTarget } from './ring-writer';
+import type { Rng } from './rng';
+
+export interface FuzzTarget {
+  socket: string;
+  /** The daemon's pid (its /proc/PID/io tells a spinning loop). */
+  pid: number;
+  queues: number;
+  maxQueueSize: number;
+  capacitySectors: number;
+}
+
+export interface ConnectionReport {
+  /** What was sent and done, in order (for replaying a failure). */
+  actions: string[];
+  /** read(2) calls the daemon made in an idle window at the end, when a kick fd was set. */
+  idleReads: number | undefined;
+  /** Rounds of real I/O (write, read, flush) that completed. */
+  ioDone: number;
+  /** Errors of the fuzzer's own steps other than the daemon hanging up (should stay empty). */
+  scriptErrors: string[];
+}
+
+const PAGE = 4096;
+const KiB = 1024;
+const MiB = 1 << 20;
+/** A read(2) count in the idle window above this means the loop spins (an idle daemon makes none). */
+export const SPIN_READS = 500;
+const IDLE_WINDOW_MS = 50;
+
+interface QueueModel {
+  /** The size the daemon was last told (SET_VRING_NUM). */
+  num: number;
+  /** The size its ring addresses were last checked for (ring started or re-mapped). */
+  mappedNum: number;
+  started: boolean;
+  /** An eventfd we hold that is this queue's kick fd in the daemon. */
+  kick: number | undefined;
+}
+
+function regionSizes(rng: Rng): number[] {
+  const n = rng.int(1, 3);
+  return Array.from({ length: n }, () => rng.pick([64 * KiB, 256 * KiB, MiB, 2 * MiB]));
+}
+
+function readSyscalls(pid: number): number {
+  const m = /syscr:\s*(\d+)/.exec(fs.readFileSync(`/proc/${pid}/io`, 'utf8'));
+  return m ? Number(m[1]) : 0;
+}
+
+class FuzzConnection {
+  readonly actions: string[] = [];
+  readonly scriptErrors: string[] = [];
+  mem: GuestMemory | undefined;
+  /** Whether we may still touch `mem` (a memfd of it was truncated: we would SIGBUS ourselves). */
+  memLive = true;
+  mode: 'qemu' | 'raw' = 'raw';
+  rings: (RingTarget | undefined)[] = [];
+  readonly model: QueueModel[];
+  kickSent = false;
+  /** Real requests that completed (the connection got deep enough to serve I/O). */
+  ioDone = 0;
+  offered = DEFAULT_BLK_FEATURES | featureBit(VirtioFeature.RING_EVENT_IDX) | featureBit(VirtioFeature.RING_INDIRECT_DESC) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+  /** Memfds the daemon may have mapped that we do not map ourselves (safe to truncate). */
+  private readonly foreignMemfds: FuzzFd[] = [];
+
+  constructor(
+    readonly fe: Frontend,
+    readonly rng: Rng,
+    readonly target: FuzzTarget,
+    readonly fds: FdFactory,
+    readonly findings: Set<FindingKey>,
+  ) {
+    this.model = Array.from({ length: target.queues + 1 }, () => ({ num: 0, mappedNum: 0, started: false, kick: undefined }));
+  }
+
+  log(s: string): void {
+    this.actions.push(s);
+  }
+
+  // ------------------------------------------------------------ sending
+
+  /** fd kinds this run may create (a kind whose finding switch is off is never made). */
+  private kinds(): FdKind[] {
+    return FD_KINDS.filter(
+      (k) => (this.findings.has('blocking-call-fd') || !BLOCKING_KINDS.has(k)) && (this.findings.has('hung-up-kick-fd') || !HUNG_UP_KINDS.has(k)),
+    );
+  }
+
+  fd(kind?: FdKind): FuzzFd {
+    const k = kind ?? this.rng.weighted<FdKind>([[6, 'eventfd'], [6, this.rng.pick(this.kinds())]]);
+    return this.fds.make(k, this.rng);
+  }
+
+  /** Sends bytes with fds unless the model says they reach a finding that is switched off. */
+  send(bytes: Buffer, fds: FuzzFd[], what: string): void {
+    const h = header(bytes);
+    const fdNote = fds.length ? ` fds[${fds.map((f) => f.kind + (f.size !== undefined ? `:${f.size}` : '')).join(',')}]` : '';
+    if (h && !this.allowed(h, bytes, fds)) {
+      this.log(`held back (switch off): ${what}`);
+      return;
+    }
+    this.log(`${what}${fdNote}`);
+    this.fe.sendRaw(bytes, fds.map((f) => f.fd));
+  }
+
+  private allowed(h: { request: number; flags: number; size: number }, bytes: Buffer, fds: FuzzFd[]): boolean {
+    const wellFormed = (h.flags & Flags.VERSION_MASK) === Flags.VERSION && (h.flags & Flags.REPLY) === 0 && bytes.length >= HEADER_SIZE + 8;
+    if (!wellFormed) return true; // the daemon refuses it before acting on it
+    const a = bytes.readUInt32LE(HEADER_SIZE);
+    const b = bytes.readUInt32LE(HEADER_SIZE + 4);
+    const q = h.request === Request.SET_VRING_KICK ? a & 0xff : a;
+    const m = q < this.target.queues ? this.model[q] : undefined;
+    switch (h.request) {
+      case Request.SET_VRING_NUM:
+        if (!m || h.size !== 8) break;
+        if (m.started && b > m.mappedNum && !this.findings.has('num-on-running-ring')) return false;
+        m.num = b;
+        break;
+      case Request.SET_VRING_KICK:
+        if (m && fds.length > 0 && (a & 0x100) === 0) {
+          m.started = true;
+          m.mappedNum = m.num;
+          this.kickSent = true;
+          m.kick = fds[0]!.kind === 'eventfd' ? fds[0]!.fd : undefined;
+        }
+        break;
+      case Request.SET_VRING_ADDR:
+        if (m?.started) m.mappedNum = m.num;
+        break;
+      case Request.GET_VRING_BASE:
+        if (m) m.started = false;
+        break;
+      case Request.RESET_OWNER:
+        for (const x of this.model) x.started = false;
+        break;
+      case Request.SET_MEM_TABLE:
+      case Request.ADD_MEM_REG:
+      case Request.REM_MEM_REG:
+        for (const x of this.model) if (x.started) x.mappedNum = Math.min(x.mappedNum, x.num);
+        break;
+    }
+    return true;
+  }
+
+  async reply(timeoutMs = 1000): Promise<Buffer | undefined> {
+    try {
+      return (await this.fe.recvReply(undefined, timeoutMs)).payload;
+    } catch {
+      return undefined;
+    }
+  }
+
+  // ------------------------------------------------------------ start-up
+
+  /** The in-repo frontend's QEMU start-up: a valid, running device. */
+  async qemuSetup(): Promise<void> {
+    this.mode = 'qemu';
+    const queues = this.rng.int(1, this.target.queues);
+    const queueSize = 1 << this.rng.int(0, Math.log2(this.target.maxQueueSize));
+    const opts = {
+      queues,
+      queueSize,
+      memory: { regions: regionSizes(this.rng).map((s) => Math.max(s, MiB)) },
+      memTable: this.rng.pick(['set-mem-table', 'add-mem-reg', 'auto'] as const),
+      eventIdx: this.rng.pick([true, false, undefined]),
+      indirect: this.rng.pick([true, false, undefined]),
+      qemuInitNotifiers: this.rng.chance(0.7),
+      needReplyAll: this.rng.chance(0.3),
+    };
+    this.log(`qemu setup ${JSON.stringify(opts)}`);
+    await this.fe.setup(opts);
+    this.mem = this.fe.mem;
+    for (let q = 0; q < queues; q++) {
+      this.rings[q] = splitRingTarget(this.fe.queue(q).ring, this.fe.mem!); // set up above
+      this.model[q] = { num: queueSize, mappedNum: queueSize, started: true, kick: this.fe.queue(q).kickFd };
+    }
+    this.kickSent = true;
+  }
+
+  /** The same start-up message by message, each step skipped, mutated or preceded by noise now and then. */
+  async rawStartup(): Promise<void> {
+    const rng = this.rng;
+    this.mem = GuestMemory.create({ regions: regionSizes(rng), gap: rng.pick([0, 0, PAGE, MiB]), fdLayout: rng.pick(['separate', 'shared-fd'] as const) });
+    const mem = this.mem;
+    const queues = rng.int(1, this.target.queues);
+    const num = 1 << rng.int(0, Math.log2(this.target.maxQueueSize));
+    const protocol = DEFAULT_PROTOCOL_FEATURES & ~(rng.chance(0.5) ? featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS) : 0n);
+    let features = 0n;
+    const steps: [string, () => Promise<void> | void][] = [
+      ['GET_FEATURES', async () => {
+        this.send(encodeMessage(Request.GET_FEATURES, Flags.VERSION), [], 'GET_FEATURES');
+        const r = await this.reply();
+        if (r?.length === 8) this.offered = r.readBigUInt64LE(0);
+      }],
+      ['GET_PROTOCOL_FEATURES', () => this.msg(Request.GET_PROTOCOL_FEATURES)],
+      ['SET_PROTOCOL_FEATURES', () => this.msg(Request.SET_PROTOCOL_FEATURES, encodeU64Payload(protocol))],
+      ['GET_QUEUE_NUM', () => this.msg(Request.GET_QUEUE_NUM)],
+      ['GET_MAX_MEM_SLOTS', () => this.msg(Request.GET_MAX_MEM_SLOTS)],
+      ['SET_BACKEND_REQ_FD', () => this.msg(Request.SET_BACKEND_REQ_FD, Buffer.alloc(0), [this.fd()])],
+      ['SET_OWNER', () => this.msg(Request.SET_OWNER)],
+      ['GET_FEATURES', () => this.msg(Request.GET_FEATURES)],
+      ['init notifiers', () => {
+        for (let q = 0; q < queues; q++) {
+          this.msg(Request.SET_VRING_CALL, encodeVringFilePayload(q, false), [this.fd()]);
+          this.msg(Request.SET_VRING_ERR, encodeVringFilePayload(q, false), [this.fd()]);
+        }
+      }],
+      ['GET_CONFIG', () => this.msg(Request.GET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(60)))],
+      ['SET_FEATURES', () => {
+        features = this.offered & (DEFAULT_BLK_FEATURES | featureBit(VHOST_USER_F_PROTOCOL_FEATURES) | featureBit(VirtioFeature.RING_EVENT_IDX) | featureBit(VirtioFeature.RING_INDIRECT_DESC));
+        if (rng.chance(0.3)) features &= ~featureBit(VirtioFeature.RING_EVENT_IDX);
+        this.msg(Request.SET_FEATURES, encodeU64Payload(features));
+      }],
+      ['memory', () => {
+        if ((protocol & featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS)) !== 0n && rng.chance(0.5)) {
+          for (const r of mem.regions) this.msg(Request.ADD_MEM_REG, encodeMemRegPayload(r), [{ fd: r.fd, kind: 'memfd' }]);
+        } else {
+          this.msg(Request.SET_MEM_TABLE, encodeMemTablePayload(mem.regions), mem.regions.map((r) => ({ fd: r.fd, kind: 'memfd' as const })));
+        }
+      }],
+      ['rings', () => {
+        for (let q = 0; q < queues; q++) {
+          const ring = this.placeRing(num);
+          this.rings[q] = ring;
+          this.msg(Request.SET_VRING_NUM, encodeVringStatePayload(q, num));
+          this.msg(Request.SET_VRING_BASE, encodeVringStatePayload(q, 0));
+          this.msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ index: q, desc: mem.gpaToUva(ring.descGpa), used: mem.gpaToUva(ring.usedGpa), avail: mem.gpaToUva(ring.availGpa) }));
+          this.msg(Request.SET_VRING_KICK, encodeVringFilePayload(q, false), [this.fd()]);
+          this.msg(Request.SET_VRING_CALL, encodeVringFilePayload(q, false), [this.fd()]);
+        }
+      }],
+      ['enable', () => {
+        for (let q = 0; q < queues; q++) this.msg(Request.SET_VRING_ENABLE, encodeVringStatePayload(q, 1));
+      }],
+    ];
+    for (const [name, step] of steps) {
+      if (!this.fe.isOpen) return;
+      if (rng.chance(0.05)) this.randomMessage();
+      if (rng.chance(0.05)) {
+        this.log(`skip ${name}`);
+        continue;
+      }
+      if (rng.chance(0.06)) this.mutatedMessage();
+      else await step();
+    }
+  }
+
+  /** Places a ring of num entries: from the allocator, or ending exactly at the end of a region. */
+  private placeRing(num: number): RingTarget {
+    const mem = this.mem!; // rawStartup made it
+    const bytes = ringBytes(num);
+    if (this.rng.chance(0.5)) {
+      const r = this.rng.pick(mem.regions);
+      const used = (r.gpa + r.size - bytes.used) & ~3;
+      const avail = (used - bytes.avail) & ~1;
+      const desc = (avail - bytes.desc) & ~15;
+      this.log(`ring of ${num} at the end of region ${r.index}`);
+      return new RawRing(mem, num, desc, avail, used);
+    }
+    return new RawRing(mem, num, mem.alloc(bytes.desc, 16), mem.alloc(bytes.avail, 2), mem.alloc(bytes.used, 4));
+  }
+
+  /** A well-formed message of the given request (payload and fds as given). */
+  msg(request: number, payload: Buffer = Buffer.alloc(0), fds: FuzzFd[] = []): void {
+    this.send(encodeMessage(request, requestFlags(this.rng), payload), fds, requestName(request));
+  }
+
+  // ------------------------------------------------------------ random messages
+
+  /** Region descriptions: ours (valid), or made up with memfds of random sizes. */
+  private regions(n: number): { regions: WireRegion[]; fds: FuzzFd[] } {
+    const rng = this.rng;
+    const mem = this.mem;
+    if (mem && rng.chance(0.4)) {
+      const rs = mem.regions.slice(0, n || mem.regions.length);
+      return { regions: rs, fds: rs.map((r) => ({ fd: r.fd, kind: 'memfd' as const })) };
+    }
+    const regions: WireRegion[] = [];
+    const fds: FuzzFd[] = [];
+    let gpa = rng.chance(0.7) ? 0x1000_0000 : Number(rng.u64() & 0xffff_ffff_f000n);
+    for (let i = 0; i < n; i++) {
+      const f = rng.chance(0.8) ? this.fd('memfd') : this.fd();
+      const size = f.size !== undefined && rng.chance(0.6) ? f.size : rng.weighted<number | bigint>([[3, rng.int(1, 512) * PAGE], [1, rng.u64()], [1, 0]]);
+      const mmapOffset = rng.weighted<number | bigint>([[6, 0], [1, PAGE], [1, rng.u64()]]);
+      regions.push({ gpa, size, uva: 0x7e00_0000_0000 + i * 2 ** 32, mmapOffset });
+      fds.push(f);
+      if (f.kind === 'memfd') this.foreignMemfds.push(f);
+      gpa += typeof size === 'number' ? size : 2 * MiB;
+    }
+    return { regions, fds };
+  }
+
+  private queueIndex(): number {
+    return this.rng.weighted<number>([[8, this.rng.int(0, this.target.queues - 1)], [1, this.target.queues], [1, this.rng.u32ish()]]);
+  }
+
+  /** A random request with a payload that mostly parses: the daemon's state machine is the target. */
+  randomMessage(): void {
+    const rng = this.rng;
+    const mem = this.mem;
+    const req = rng.weighted<number>([
+      [2, Request.GET_FEATURES], [2, Request.SET_FEATURES], [1, Request.SET_OWNER], [1, Request.RESET_OWNER],
+      [2, Request.GET_PROTOCOL_FEATURES], [2, Request.SET_PROTOCOL_FEATURES], [3, Request.SET_MEM_TABLE],
+      [3, Request.SET_VRING_NUM], [3, Request.SET_VRING_ADDR], [2, Request.SET_VRING_BASE], [3, Request.GET_VRING_BASE],
+      [4, Request.SET_VRING_KICK], [4, Request.SET_VRING_CALL], [2, Request.SET_VRING_ERR], [3, Request.SET_VRING_ENABLE],
+      [1, Request.GET_QUEUE_NUM], [2, Request.GET_CONFIG], [2, Request.SET_CONFIG], [1, Request.SET_BACKEND_REQ_FD],
+      [1, Request.GET_MAX_MEM_SLOTS], [3, Request.ADD_MEM_REG], [2, Request.REM_MEM_REG], [2, rng.int(0, 60)],
+    ]);
+    let payload: Buffer;
+    let fds: FuzzFd[] = [];
+    switch (req) {
+      case Request.SET_FEATURES:
+        payload = encodeU64Payload(rng.chance(0.6) ? this.offered & rng.u64() : rng.u64());
+        break;
+      case Request.SET_PROTOCOL_FEATURES:
+        payload = encodeU64Payload(rng.chance(0.6) ? DEFAULT_PROTOCOL_FEATURES & rng.u64() : rng.u64());
+        break;
+      case Request.SET_MEM_TABLE: {
+        const n = rng.weighted<number>([[6, mem?.regions.length ?? 1], [2, rng.int(0, 8)], [1, 9]]);
+        const r = this.regions(Math.min(n, 8));
+        payload = encodeMemTablePayload(r.regions, rng.chance(0.9) ? r.regions.length : rng.int(0, 12));
+        fds = rng.chance(0.9) ? r.fds : r.fds.slice(0, rng.int(0, r.fds.length));
+        break;
+      }
+      case Request.ADD_MEM_REG:
+      case Request.REM_MEM_REG: {
+        const r = this.regions(1);
+        payload = encodeMemRegPayload(r.regions[0]!); // one asked for
+        fds = req === Request.ADD_MEM_REG || rng.chance(0.3) ? r.fds : [];
+        break;
+      }
+      case Request.SET_VRING_NUM:
+        payload = encodeVringStatePayload(this.queueIndex(), rng.weighted<number>([[6, 1 << rng.int(0, 10)], [1, 0], [1, rng.u32ish()]]));
+        break;
+      case Request.SET_VRING_BASE:
+      case Request.SET_VRING_ENABLE:
+      case Request.GET_VRING_BASE:
+        payload = encodeVringStatePayload(this.queueIndex(), rng.weighted<number>([[4, rng.int(0, 1)], [2, rng.int(0, 0xffff)], [1, rng.u32ish()]]));
+        break;
+      case Request.SET_VRING_ADDR: {
+        const gpaToUva = (len: number): number | bigint => {
+          if (!mem || rng.chance(0.15)) return rng.u64();
+          const r = rng.pick(mem.regions);
+          return r.uva + rng.int(0, Math.max(0, r.size - len)) - (rng.chance(0.1) ? rng.int(1, 64) : 0);
+        };
+        const num = 256;
+        const b = ringBytes(num);
+        payload = encodeVringAddrPayload({ index: this.queueIndex(), flags: rng.chance(0.9) ? 0 : rng.u32ish(), desc: gpaToUva(b.desc), used: gpaToUva(b.used), avail: gpaToUva(b.avail), log: rng.u64() });
+        break;
+      }
+      case Request.SET_VRING_KICK:
+      case Request.SET_VRING_CALL:
+      case Request.SET_VRING_ERR: {
+        const noFd = rng.chance(0.1);
+        payload = encodeVringFilePayload(this.queueIndex(), noFd);
+        if (rng.chance(0.05)) payload = encodeU64Payload(rng.u64());
+        fds = rng.weighted<FuzzFd[]>([[8, noFd ? [] : [this.fd()]], [1, []], [1, [this.fd(), this.fd()]]]);
+        break;
+      }
+      case Request.GET_CONFIG:
+      case Request.SET_CONFIG: {
+        const size = rng.weighted<number>([[4, 60], [2, rng.int(0, 256)], [1, rng.int(257, 400)]]);
+        const offset = rng.weighted<number>([[4, 0], [2, rng.int(0, 256)], [1, rng.u32ish()]]);
+        payload = encodeConfigPayload(offset, rng.weighted<number>([[4, 0], [1, 1], [1, rng.u32ish()]]), rng.bytes(Math.min(size, 300)), rng.chance(0.9) ? undefined : rng.u32ish());
+        break;
+      }
+      case Request.SET_BACKEND_REQ_FD:
+        payload = Buffer.alloc(0);
+        fds = [this.fd()];
+        break;
+      case Request.GET_FEATURES:
+      case Request.GET_PROTOCOL_FEATURES:
+      case Request.SET_OWNER:
+      case Request.RESET_OWNER:
+      case Request.GET_QUEUE_NUM:
+      case Request.GET_MAX_MEM_SLOTS:
+        payload = Buffer.alloc(0);
+        break;
+      default:
+        payload = randomPayload(rng);
+    }
+    if (fds.length === 0 && rng.chance(0.05)) fds = Array.from({ length: rng.int(1, 10) }, () => this.fd());
+    this.send(encodeMessage(req, requestFlags(rng), payload), fds, `${requestName(req)} ${payload.toString('hex').slice(0, 96)}`);
+  }
+
+  /** A random message, mutated on the wire. */
+  mutatedMessage(): void {
+    const before = this.actions.length;
+    const saved = this.fe;
+    // Build the message without sending it: capture the send.
+    let captured: { bytes: Buffer; fds: FuzzFd[]; what: string } | undefined;
+    const send = this.send;
+    this.send = (bytes, fds, what) => (captured = { bytes, fds, what });
+    try {
+      this.randomMessage();
+    } finally {
+      this.send = send;
+    }
+    if (!captured || saved !== this.fe) return;
+    this.actions.length = before;
+    const m = mutate(captured.bytes, this.rng);
+    this.send(m.bytes, captured.fds, `mutated (${m.what}) ${captured.what}`);
+  }
+
+  /** A random message cut short, just before the close. */
+  truncatedMessage(): void {
+    let captured: { bytes: Buffer; fds: FuzzFd[]; what: string } | undefined;
+    const send = this.send;
+    this.send = (bytes, fds, what) => (captured = { bytes, fds, what });
+    try {
+      this.randomMessage();
+    } finally {
+      this.send = send;
+    }
+    if (!captured) return;
+    const t = truncated(captured.bytes, this.rng);
+    this.send(t.bytes, this.rng.chance(0.5) ? captured.fds : [], `${t.what}: ${captured.what}`);
+  }
+
+  // ------------------------------------------------------------ rings and I/O
+
+  private kick(q: number): void {
+    const k = this.model[q]?.kick;
+    if (k === undefined) return;
+    try {
+      native.eventfdWrite(k, 1);
+      this.log(`kick ${q}`);
+    } catch {
+      // the daemon's copy is what matters; ours may be closed by the frontend
+    }
+  }
+
+  /** Random chains made available on a ring, published (or not) and kicked. */
+  ringActivity(): void {
+    const rng = this.rng;
+    const q = rng.int(0, this.rings.length - 1);
+    const ring = this.rings[q];
+    if (!ring || !this.mem || !this.memLive) return;
+    const n = rng.int(1, 8);
+    const heads: number[] = [];
+    for (let i = 0; i < n; i++) {
+      heads.push(rng.chance(0.95) ? writeRandomChain(ring, this.mem, rng, this.target.capacitySectors) : rng.pick([ring.size, 0xffff, rng.int(0, 0xffff)]));
+    }
+    for (const h of heads) ring.pushAvail(h);
+    if (rng.chance(0.97)) ring.publish();
+    else ring.setAvailIdx(rng.int(0, 0xffff));
+    this.log(`ring ${q}: heads ${heads.join(',')} made available`);
+    if (rng.chance(0.9)) this.kick(q);
+  }
+
+  /** A real write and read through the in-repo driver (QEMU mode only), bounded by polling. */
+  async io(): Promise<void> {
+    if (this.mode !== 'qemu' || !this.fe.isOpen || !this.memLive) return;
+    const rng = this.rng;
+    const q = rng.int(0, this.fe.queues.length - 1);
+    const drv = new BlkDriver(this.fe);
+    const sector = rng.int(0, this.target.capacitySectors - 64);
+    const data = rng.bytes(512 * rng.int(1, 32));
+    let settled = 0;
+    const done = () => settled++;
+    try {
+      drv.write(q, sector, data).then(done, done);
+      drv.read(q, sector, data.length).then(done, done);
+      drv.flush(q).then(done, done);
+    } catch {
+      return; // ring full (the fuzzer's own chains took the descriptors)
+    }
+    this.log(`io q${q} sector ${sector} len ${data.length}`);
+    await until(() => {
+      try {
+        if (this.fe.isOpen) this.fe.poll(q);
+      } catch {
+        // the device returned a head the driver did not make available: our raw chains
+      }
+      return settled === 3 || !this.fe.isOpen;
+    }, 1000);
+    if (settled === 3 && this.fe.isOpen) this.ioDone++;
+  }
+
+  /** Finding 2: shrinks a mapped memfd, then kicks (the daemon touches the lost pages). */
+  truncateMemfd(): void {
+    if (!this.findings.has('shrinking-memfd')) return;
+    const rng = this.rng;
+    const ours = this.mode === 'raw' && this.mem !== undefined && rng.chance(0.7);
+    const f = ours ? { fd: this.mem!.regions[0]!.fd, kind: 'memfd' as const } : this.foreignMemfds.length ? rng.pick(this.foreignMemfds) : undefined;
+    if (!f) return;
+    const size = rng.pick([0, PAGE]);
+    fs.ftruncateSync(f.fd, size);
+    // Our own mapping of it would fault too: never touch guest memory again.
+    if (ours) this.memLive = false;
+    this.log(`ftruncate ${ours ? 'guest RAM' : 'a sent'} memfd to ${size}`);
+    for (let q = 0; q < this.rings.length; q++) this.kick(q);
+  }
+
+  /** Finding 1: a started ring grows (SET_VRING_NUM to the maximum), heads past the old size made available. */
+  growRunningRing(): void {
+    if (!this.findings.has('num-on-running-ring')) return;
+    const q = this.model.findIndex((m, i) => m.started && this.rings[i] !== undefined);
+    const ring = this.rings[q];
+    if (q < 0 || !ring || !this.memLive) return;
+    const max = this.target.maxQueueSize;
+    this.msg(Request.SET_VRING_NUM, encodeVringStatePayload(q, max));
+    for (let i = 0; i < 16; i++) {
+      try {
+        ring.pushAvail(this.rng.int(ring.size, max - 1));
+      } catch {
+        // past the end of our memory: the daemon reads there anyway
+      }
+    }
+    try {
+      ring.setAvailIdx(16);
+    } catch {
+      // as above
+    }
+    this.kick(q);
+  }
+
+  /** Replaces a queue's kick, call or err fd with a random one. */
+  swapFd(): void {
+    const rng = this.rng;
+    const req = rng.pick([Request.SET_VRING_KICK, Request.SET_VRING_CALL, Request.SET_VRING_ERR]);
+    const q = rng.int(0, this.target.queues - 1);
+    const kinds = this.kinds();
+    const f = this.fd(rng.pick(kinds));
+    this.msg(req, encodeVringFilePayload(q, false), [f]);
+  }
+
+  /**
+   * One step of the random phase. A gentle connection mostly drives its
+   * rings (so it lives long enough to reach deep states); a hostile one
+   * mostly sends messages, valid or not.
+   */
+  async randomAction(gentle: boolean): Promise<void> {
+    const rng = this.rng;
+    const action = rng.weighted<string>([
+      [gentle ? 1 : 5, 'message'], [gentle ? 0.2 : 3, 'mutated'], [gentle ? 1 : 5, 'ring'], [gentle ? 6 : 3, 'io'], [gentle ? 1 : 3, 'swap'], [2, 'yield'],
+      [1, 'truncate'], [1, 'grow'],
+    ]);
+    switch (action) {
+      case 'message': return this.randomMessage();
+      case 'mutated': return this.mutatedMessage();
+      case 'ring': return this.ringActivity();
+      case 'io': return this.io();
+      case 'swap': return this.swapFd();
+      case 'truncate': return this.truncateMemfd();
+      case 'grow': return this.growRunningRing();
+      default: {
+        const ms = rng.int(0, 10);
+        this.log(`sleep ${ms} ms`);
+        await new Promise((r) => setTimeout(r, ms));
+      }
+    }
+  }
+
+  /** read(2) calls in an idle window: an event loop spinning on a kick fd makes thousands. */
+  async idleReads(): Promise<number> {
+    await new Promise((r) => setTimeout(r, 10)); // let the daemon finish what we sent
+    const a = readSyscalls(this.target.pid);
+    await new Promise((r) => setTimeout(r, IDLE_WINDOW_MS));
+    return readSyscalls(this.target.pid) - a;
+  }
+}
+
+/**
+ * Runs one fuzzed connection. Resolves when the frontend has closed its end
+ * (whether or not the daemon hung up first); the caller waits for the
+ * daemon to log the close.
+ */
+export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactory, findings: Set<FindingKey>): Promise<ConnectionReport> {
+  const fe = await Frontend.connect(target.socket, { timeoutMs: 2000 });
+  const c = new FuzzConnection(fe, rng, target, fds, findings);
+  let idleReads: number | undefined;
+  const note = (err: unknown) => {
+    const m = (err as Error).message ?? String(err);
+    // The daemon hanging up on us is the expected end of most connections.
+    if (!fe.isOpen || /EPIPE|ECONNRESET|Broken pipe|Connection reset|closed/.test(m)) return;
+    c.scriptErrors.push(m);
+    c.log(`script error: ${m}`);
+  };
+  try {
+    if (rng.chance(0.5)) await c.qemuSetup();
+    else await c.rawStartup();
+  } catch (err) {
+    note(err);
+  }
+  try {
+    const gentle = rng.chance(0.5);
+    c.log(gentle ? 'gentle' : 'hostile');
+    const steps = rng.int(0, gentle ? 40 : 20);
+    for (let i = 0; i < steps && fe.isOpen; i++) await c.randomAction(gentle);
+    if (fe.isOpen && c.kickSent) idleReads = await c.idleReads();
+    if (fe.isOpen && rng.chance(0.25)) c.truncatedMessage();
+  } catch (err) {
+    note(err);
+  } finally {
+    fe.close();
+    if (c.mode === 'raw') c.mem?.close();
+  }
+  return { actions: c.actions, idleReads, scriptErrors: c.scriptErrors, ioDone: c.ioDone };
+}
