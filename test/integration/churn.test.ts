@@ -48,7 +48,7 @@ function rssBytes(pid: number): number {
 // VUBLK_TEST_ASAN=1; churn is a normal-build test by design.
 const rerun = process.env.VUBLK_TEST_ASAN === '1' && process.env.VUBLK_CHURN_CYCLES === undefined;
 
-t.test(`connection churn: ${CYCLES} connect / set-up / I/O / disconnect cycles`, { skip: rerun && 'churn runs the normal build (in the plain run)' }, async (t) => {
+t.test(`connection churn: ${CYCLES} connect / set-up / I/O / disconnect cycles`, { skip: rerun && 'churn runs the normal build (in the plain run)', timeout: 15 * 60_000 }, async (t) => {
   const snapDir = tmpDir('vublk-churn-heap-');
   t.teardown(() => fs.rmSync(snapDir, { recursive: true, force: true }));
   const d = await startToolDaemon(t, { asan: false, imageBytes: 16 * MiB, queues: 1, nodeArgs: heapSnapshotArgs(snapDir) });

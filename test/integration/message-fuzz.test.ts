@@ -31,7 +31,7 @@ import { iterationSeed, Rng } from '../helpers/fuzz/rng';
 import { startToolDaemon, type ToolDaemon } from '../helpers/fuzz/daemon';
 import { connIdSince, expectServes, fdCount, logSince, until, waitConnClosed } from './harness';
 
-const ITERATIONS = Number(process.env.VUBLK_FUZZ_ITERATIONS ?? 150);
+const ITERATIONS = Number(process.env.VUBLK_FUZZ_ITERATIONS ?? 300);
 const FROM = Number(process.env.VUBLK_FUZZ_FROM ?? 0);
 const SEED = Number(process.env.VUBLK_FUZZ_SEED ?? Date.now() % 1_000_000);
 const CHECK_EVERY = 25;
@@ -46,7 +46,7 @@ const SANITIZER = /AddressSanitizer|UndefinedBehaviorSanitizer|runtime error:|Le
 // VUBLK_TEST_ASAN=1; this one already ran the ASan daemon in the plain run.
 const rerun = process.env.VUBLK_TEST_ASAN === '1' && process.env.VUBLK_FUZZ_ITERATIONS === undefined;
 
-t.test('message fuzzer: random, mutated and truncated vhost-user messages with random fds', { skip: rerun && 'the plain run already fuzzed the ASan daemon' }, async (t) => {
+t.test('message fuzzer: random, mutated and truncated vhost-user messages with random fds', { skip: rerun && 'the plain run already fuzzed the ASan daemon', timeout: 30 * 60_000 }, async (t) => {
   const asan = fs.existsSync(asanAddonPath);
   const findings = enabledFindings();
   t.comment(`seed ${SEED} (VUBLK_FUZZ_SEED=${SEED} repeats it), ${ITERATIONS} connections from ${FROM}`);
@@ -71,6 +71,7 @@ t.test('message fuzzer: random, mutated and truncated vhost-user messages with r
   const scriptErrors = new Map<string, number>();
   let spins = 0;
   let withIo = 0;
+  const kinds = new Map<string, number>();
   for (let i = FROM; i < FROM + ITERATIONS; i++) {
     const seed = iterationSeed(SEED, i);
     const mark = d.v.stderr().length;
@@ -82,6 +83,10 @@ t.test('message fuzzer: random, mutated and truncated vhost-user messages with r
       return fail(t, d, i, undefined, `cannot connect: ${(err as Error).message}`);
     }
     if (report.ioDone > 0) withIo++;
+    for (const a of report.actions) {
+      const k = /^(ftruncate|held back|kick|io|ring|mutated|truncated|qemu setup|gentle|hostile|skip|grow|idle window)/.exec(a)?.[1];
+      if (k) kinds.set(k, (kinds.get(k) ?? 0) + 1);
+    }
     for (const e of report.scriptErrors) scriptErrors.set(e, (scriptErrors.get(e) ?? 0) + 1);
     // The daemon must close this connection (it may have already).
     let closed = true;
@@ -97,7 +102,6 @@ t.test('message fuzzer: random, mutated and truncated vhost-user messages with r
       return fail(t, d, i, report, `daemon died (${d.v.child.exitCode ?? d.v.child.signalCode})`);
     }
     if (!closed) {
-      await d.kill();
       return fail(t, d, i, report, `daemon did not close the connection within ${CLOSE_GUARD_MS} ms: hung (killed)`);
     }
     if (report.idleReads !== undefined && report.idleReads > SPIN_READS) {
@@ -124,6 +128,7 @@ t.test('message fuzzer: random, mutated and truncated vhost-user messages with r
   t.equal(spins, 0, 'the event loop never spun');
   t.same([...scriptErrors.entries()], [], 'the fuzzer\'s own steps never failed (other than by the daemon hanging up)');
   t.comment(`${withIo} of ${ITERATIONS} connections got as far as completing real I/O`);
+  t.comment(`steps: ${[...kinds.entries()].map(([k, n]) => `${k} ${n}`).join(', ')}`);
   const top = [...violations.entries()].sort((a, b) => b[1] - a[1]);
   t.comment(`${top.reduce((s, [, n]) => s + n, 0)} connections ended by a protocol violation, ${top.length} distinct rules:`);
   for (const [rule, n] of top.slice(0, 40)) t.comment(`  ${n} x ${rule}`);
@@ -139,11 +144,12 @@ async function served(t: Test, d: ToolDaemon, when: string): Promise<void> {
   await waitConnClosed(d, mark, await connIdSince(d, mark), CLOSE_GUARD_MS);
 }
 
-function fail(t: Test, d: ToolDaemon, i: number, report: ConnectionReport | undefined, why: string): void {
-  const tail = d.v.stderr().split('\n').slice(-40).join('\n');
+/** Reports a failure with what replays it; the daemon is killed (it may be hung), so teardown only cleans up. */
+async function fail(t: Test, d: ToolDaemon, i: number, report: ConnectionReport | undefined, why: string): Promise<void> {
+  const tail = d.v.stderr().split('\n').slice(-30).join('\n');
   const actions = report ? report.actions.slice(-60).join('\n  ') : '(none)';
-  t.fail(
-    `${why} at connection ${i} (VUBLK_FUZZ_SEED=${SEED} VUBLK_FUZZ_FROM=${i} repeats it; findings ${process.env.VUBLK_FUZZ_FINDINGS ?? '(table)'})\n` +
-      `connection's actions:\n  ${actions}\ndaemon stderr (tail):\n${tail}`,
-  );
+  t.comment(`connection ${i}'s actions:\n  ${actions}`);
+  t.comment(`daemon stderr (tail):\n${tail}`);
+  await d.kill();
+  t.fail(`${why} at connection ${i}: VUBLK_FUZZ_SEED=${SEED} VUBLK_FUZZ_FROM=${i} VUBLK_FUZZ_FINDINGS=${process.env.VUBLK_FUZZ_FINDINGS ?? ''} repeats it`);
 }

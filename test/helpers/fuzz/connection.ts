@@ -44,7 +44,7 @@ export interface FuzzTarget {
 export interface ConnectionReport {
   /** What was sent and done, in order (for replaying a failure). */
   actions: string[];
-  /** read(2) calls the daemon made in an idle window at the end, when a kick fd was set. */
+  /** The most read(2) calls the daemon made in an idle window (measured when a kick fd was set). */
   idleReads: number | undefined;
   /** Rounds of real I/O (write, read, flush) that completed. */
   ioDone: number;
@@ -89,6 +89,8 @@ class FuzzConnection {
   rings: (RingTarget | undefined)[] = [];
   readonly model: QueueModel[];
   kickSent = false;
+  /** The most read(2) calls seen in one idle window (undefined: never measured). */
+  maxIdleReads: number | undefined;
   /** Real requests that completed (the connection got deep enough to serve I/O). */
   ioDone = 0;
   offered = DEFAULT_BLK_FEATURES | featureBit(VirtioFeature.RING_EVENT_IDX) | featureBit(VirtioFeature.RING_INDIRECT_DESC) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
@@ -418,7 +420,6 @@ class FuzzConnection {
   /** A random message, mutated on the wire. */
   mutatedMessage(): void {
     const before = this.actions.length;
-    const saved = this.fe;
     // Build the message without sending it: capture the send.
     let captured: { bytes: Buffer; fds: FuzzFd[]; what: string } | undefined;
     const send = this.send;
@@ -428,7 +429,7 @@ class FuzzConnection {
     } finally {
       this.send = send;
     }
-    if (!captured || saved !== this.fe) return;
+    if (!captured) return;
     this.actions.length = before;
     const m = mutate(captured.bytes, this.rng);
     this.send(m.bytes, captured.fds, `mutated (${m.what}) ${captured.what}`);
@@ -509,17 +510,30 @@ class FuzzConnection {
     if (settled === 3 && this.fe.isOpen) this.ioDone++;
   }
 
-  /** Finding 2: shrinks a mapped memfd, then kicks (the daemon touches the lost pages). */
+  /** Finding 2: shrinks a mapped memfd (mostly the one holding a running ring), then kicks. */
   truncateMemfd(): void {
     if (!this.findings.has('shrinking-memfd')) return;
     const rng = this.rng;
-    const ours = this.mode === 'raw' && this.mem !== undefined && rng.chance(0.7);
-    const f = ours ? { fd: this.mem!.regions[0]!.fd, kind: 'memfd' as const } : this.foreignMemfds.length ? rng.pick(this.foreignMemfds) : undefined;
+    const mem = this.mem;
+    let f: { fd: number } | undefined;
+    let ours = false;
+    if (mem && this.memLive && rng.chance(0.8)) {
+      const ring = this.rings.find((r) => r !== undefined);
+      const gpa = ring ? ring.availGpa : mem.regions[0]!.gpa;
+      f = mem.regions.find((r) => gpa >= r.gpa && gpa < r.gpa + r.size) ?? mem.regions[0]!;
+      ours = true;
+    } else if (this.foreignMemfds.length) {
+      f = rng.pick(this.foreignMemfds);
+    }
     if (!f) return;
+    if (ours) {
+      // Our own mapping of it would fault too: never touch guest memory
+      // again, and stop the frontend draining used rings on calls.
+      this.memLive = false;
+      for (const q of this.fe.queues) q.watcher?.stop();
+    }
     const size = rng.pick([0, PAGE]);
     fs.ftruncateSync(f.fd, size);
-    // Our own mapping of it would fault too: never touch guest memory again.
-    if (ours) this.memLive = false;
     this.log(`ftruncate ${ours ? 'guest RAM' : 'a sent'} memfd to ${size}`);
     for (let q = 0; q < this.rings.length; q++) this.kick(q);
   }
@@ -531,6 +545,7 @@ class FuzzConnection {
     const ring = this.rings[q];
     if (q < 0 || !ring || !this.memLive) return;
     const max = this.target.maxQueueSize;
+    this.log(`grow running ring ${q} from ${ring.size} to ${max}`);
     this.msg(Request.SET_VRING_NUM, encodeVringStatePayload(q, max));
     for (let i = 0; i < 16; i++) {
       try {
@@ -547,14 +562,28 @@ class FuzzConnection {
     this.kick(q);
   }
 
-  /** Replaces a queue's kick, call or err fd with a random one. */
-  swapFd(): void {
+  /**
+   * Replaces a queue's kick, call or err fd with a random one. With a
+   * finding-3 switch on, a third of the swaps aim at it (a hung-up pipe as
+   * kick fd, a full blocking pipe as call fd), followed by I/O that makes
+   * the daemon use it.
+   */
+  async swapFd(): Promise<void> {
     const rng = this.rng;
-    const req = rng.pick([Request.SET_VRING_KICK, Request.SET_VRING_CALL, Request.SET_VRING_ERR]);
     const q = rng.int(0, this.target.queues - 1);
-    const kinds = this.kinds();
-    const f = this.fd(rng.pick(kinds));
-    this.msg(req, encodeVringFilePayload(q, false), [f]);
+    const aim: [number, FdKind][] = [];
+    if (this.findings.has('hung-up-kick-fd')) aim.push([Request.SET_VRING_KICK, rng.pick([...HUNG_UP_KINDS])]);
+    if (this.findings.has('blocking-call-fd')) aim.push([Request.SET_VRING_CALL, rng.pick([...BLOCKING_KINDS])]);
+    if (aim.length && rng.chance(0.33)) {
+      const [req, kind] = rng.pick(aim);
+      this.msg(req, encodeVringFilePayload(q, false), [this.fd(kind)]);
+      if (req === Request.SET_VRING_KICK && this.model[q]) this.model[q]!.kick = undefined;
+      await this.io();
+      if (req === Request.SET_VRING_KICK && this.fe.isOpen) this.noteIdleReads(await this.idleReads());
+      return;
+    }
+    const req = rng.pick([Request.SET_VRING_KICK, Request.SET_VRING_CALL, Request.SET_VRING_ERR]);
+    this.msg(req, encodeVringFilePayload(q, false), [this.fd(rng.pick(this.kinds()))]);
   }
 
   /**
@@ -584,6 +613,11 @@ class FuzzConnection {
     }
   }
 
+  noteIdleReads(n: number): void {
+    this.maxIdleReads = Math.max(this.maxIdleReads ?? 0, n);
+    this.log(`idle window: ${n} read(2) calls`);
+  }
+
   /** read(2) calls in an idle window: an event loop spinning on a kick fd makes thousands. */
   async idleReads(): Promise<number> {
     await new Promise((r) => setTimeout(r, 10)); // let the daemon finish what we sent
@@ -601,7 +635,6 @@ class FuzzConnection {
 export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactory, findings: Set<FindingKey>): Promise<ConnectionReport> {
   const fe = await Frontend.connect(target.socket, { timeoutMs: 2000 });
   const c = new FuzzConnection(fe, rng, target, fds, findings);
-  let idleReads: number | undefined;
   const note = (err: unknown) => {
     const m = (err as Error).message ?? String(err);
     // The daemon hanging up on us is the expected end of most connections.
@@ -620,7 +653,7 @@ export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactor
     c.log(gentle ? 'gentle' : 'hostile');
     const steps = rng.int(0, gentle ? 40 : 20);
     for (let i = 0; i < steps && fe.isOpen; i++) await c.randomAction(gentle);
-    if (fe.isOpen && c.kickSent) idleReads = await c.idleReads();
+    if (fe.isOpen && c.kickSent) c.noteIdleReads(await c.idleReads());
     if (fe.isOpen && rng.chance(0.25)) c.truncatedMessage();
   } catch (err) {
     note(err);
@@ -628,5 +661,5 @@ export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactor
     fe.close();
     if (c.mode === 'raw') c.mem?.close();
   }
-  return { actions: c.actions, idleReads, scriptErrors: c.scriptErrors, ioDone: c.ioDone };
+  return { actions: c.actions, idleReads: c.maxIdleReads, scriptErrors: c.scriptErrors, ioDone: c.ioDone };
 }
