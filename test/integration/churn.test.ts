@@ -44,6 +44,10 @@ function rssBytes(pid: number): number {
   return Number(m[1]) * 1024;
 }
 
+// Long runs (VUBLK_FUZZ_ITERATIONS, VUBLK_CHURN_CYCLES) outlast tap's default
+// 30 s when the file is run on its own with node.
+t.setTimeout(30 * 60_000);
+
 // test/native/asan.test.ts re-runs every integration file with
 // VUBLK_TEST_ASAN=1; churn is a normal-build test by design.
 const rerun = process.env.VUBLK_TEST_ASAN === '1' && process.env.VUBLK_CHURN_CYCLES === undefined;

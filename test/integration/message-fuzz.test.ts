@@ -42,6 +42,10 @@ const MAX_QUEUE_SIZE = 256;
 const IMAGE_BYTES = 16 << 20;
 const SANITIZER = /AddressSanitizer|UndefinedBehaviorSanitizer|runtime error:|LeakSanitizer/;
 
+// Long runs (VUBLK_FUZZ_ITERATIONS, VUBLK_CHURN_CYCLES) outlast tap's default
+// 30 s when the file is run on its own with node.
+t.setTimeout(60 * 60_000);
+
 // test/native/asan.test.ts re-runs every integration file with
 // VUBLK_TEST_ASAN=1; this one already ran the ASan daemon in the plain run.
 const rerun = process.env.VUBLK_TEST_ASAN === '1' && process.env.VUBLK_FUZZ_ITERATIONS === undefined;
@@ -103,6 +107,9 @@ t.test('message fuzzer: random, mutated and truncated vhost-user messages with r
     }
     if (!closed) {
       return fail(t, d, i, report, `daemon did not close the connection within ${CLOSE_GUARD_MS} ms: hung (killed)`);
+    }
+    if (report.canaryHit !== undefined) {
+      return fail(t, d, i, report, `daemon wrote into guest memory that no ring or descriptor points at (canary offset ${report.canaryHit})`);
     }
     if (report.idleReads !== undefined && report.idleReads > SPIN_READS) {
       spins++;

@@ -29,7 +29,7 @@ import { until } from '../../integration/harness';
 import { BLOCKING_KINDS, FD_KINDS, HUNG_UP_KINDS, type FdFactory, type FdKind, type FuzzFd } from './fds';
 import type { FindingKey } from './findings';
 import { header, mutate, randomPayload, requestFlags, truncated } from './messages';
-import { RawRing, ringBytes, splitRingTarget, writeRandomChain, type RingTarget } from './ring-writer';
+import { CANARY_BYTES, RawRing, ringBytes, someGpa, splitRingTarget, writeRandomChain, type RingTarget } from './ring-writer';
 import type { Rng } from './rng';
 
 export interface FuzzTarget {
@@ -46,6 +46,8 @@ export interface ConnectionReport {
   actions: string[];
   /** The most read(2) calls the daemon made in an idle window (measured when a kick fd was set). */
   idleReads: number | undefined;
+  /** Raw connections: where the daemon wrote into the canary (guest memory nothing pointed at), if it did. */
+  canaryHit: number | undefined;
   /** Rounds of real I/O (write, read, flush) that completed. */
   ioDone: number;
   /** Errors of the fuzzer's own steps other than the daemon hanging up (should stay empty). */
@@ -89,6 +91,8 @@ class FuzzConnection {
   rings: (RingTarget | undefined)[] = [];
   readonly model: QueueModel[];
   kickSent = false;
+  /** Raw connections: the canary's gpa (see CANARY_BYTES); cleared once a mutated message may have pointed anything there. */
+  canaryGpa: number | undefined;
   /** The most read(2) calls seen in one idle window (undefined: never measured). */
   maxIdleReads: number | undefined;
   /** Real requests that completed (the connection got deep enough to serve I/O). */
@@ -216,6 +220,9 @@ class FuzzConnection {
     const rng = this.rng;
     this.mem = GuestMemory.create({ regions: regionSizes(rng), gap: rng.pick([0, 0, PAGE, MiB]), fdLayout: rng.pick(['separate', 'shared-fd'] as const) });
     const mem = this.mem;
+    // Region 0 is at least 64 KiB and the allocator starts at its base.
+    this.canaryGpa = mem.alloc(CANARY_BYTES, PAGE, { region: 0 });
+    if (this.canaryGpa !== mem.regions[0]!.gpa) throw new Error('the canary must open region 0');
     const queues = rng.int(1, this.target.queues);
     const num = 1 << rng.int(0, Math.log2(this.target.maxQueueSize));
     const protocol = DEFAULT_PROTOCOL_FEATURES & ~(rng.chance(0.5) ? featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS) : 0n);
@@ -374,8 +381,9 @@ class FuzzConnection {
       case Request.SET_VRING_ADDR: {
         const gpaToUva = (len: number): number | bigint => {
           if (!mem || rng.chance(0.15)) return rng.u64();
-          const r = rng.pick(mem.regions);
-          return r.uva + rng.int(0, Math.max(0, r.size - len)) - (rng.chance(0.1) ? rng.int(1, 64) : 0);
+          const gpa = someGpa(mem, rng, len);
+          // Misaligned now and then; in guest memory, translated to its uva.
+          return typeof gpa === 'bigint' ? gpa : mem.gpaToUva(gpa) + (rng.chance(0.1) ? rng.int(1, 15) : 0);
         };
         const num = 256;
         const b = ringBytes(num);
@@ -431,6 +439,7 @@ class FuzzConnection {
     }
     if (!captured) return;
     this.actions.length = before;
+    this.canaryGpa = undefined; // a mutated address may point anywhere
     const m = mutate(captured.bytes, this.rng);
     this.send(m.bytes, captured.fds, `mutated (${m.what}) ${captured.what}`);
   }
@@ -613,6 +622,14 @@ class FuzzConnection {
     }
   }
 
+  /** The first byte of the canary the daemon wrote (offset), if any. */
+  canaryHit(): number | undefined {
+    if (this.canaryGpa === undefined || !this.memLive || !this.mem) return undefined;
+    const bytes = this.mem.read(this.canaryGpa, CANARY_BYTES);
+    const at = bytes.findIndex((b) => b !== 0);
+    return at < 0 ? undefined : at;
+  }
+
   noteIdleReads(n: number): void {
     this.maxIdleReads = Math.max(this.maxIdleReads ?? 0, n);
     this.log(`idle window: ${n} read(2) calls`);
@@ -635,6 +652,7 @@ class FuzzConnection {
 export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactory, findings: Set<FindingKey>): Promise<ConnectionReport> {
   const fe = await Frontend.connect(target.socket, { timeoutMs: 2000 });
   const c = new FuzzConnection(fe, rng, target, fds, findings);
+  let canaryHit: number | undefined;
   const note = (err: unknown) => {
     const m = (err as Error).message ?? String(err);
     // The daemon hanging up on us is the expected end of most connections.
@@ -654,6 +672,8 @@ export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactor
     const steps = rng.int(0, gentle ? 40 : 20);
     for (let i = 0; i < steps && fe.isOpen; i++) await c.randomAction(gentle);
     if (fe.isOpen && c.kickSent) c.noteIdleReads(await c.idleReads());
+    canaryHit = c.canaryHit();
+    if (canaryHit !== undefined) c.log(`canary written at offset ${canaryHit}: ${c.mem!.read(c.canaryGpa! + canaryHit, 16).toString('hex')}`);
     if (fe.isOpen && rng.chance(0.25)) c.truncatedMessage();
   } catch (err) {
     note(err);
@@ -661,5 +681,5 @@ export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactor
     fe.close();
     if (c.mode === 'raw') c.mem?.close();
   }
-  return { actions: c.actions, idleReads: c.maxIdleReads, scriptErrors: c.scriptErrors, ioDone: c.ioDone };
+  return { actions: c.actions, idleReads: c.maxIdleReads, canaryHit, scriptErrors: c.scriptErrors, ioDone: c.ioDone };
 }

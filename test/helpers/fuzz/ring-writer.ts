@@ -90,12 +90,19 @@ export function splitRingTarget(ring: SplitRing<unknown>, mem: GuestMemory): Rin
   };
 }
 
-/** A gpa somewhere in guest memory (len bytes fit, if they can), or a wild value now and then. */
-function someGpa(mem: GuestMemory, rng: Rng, len: number): number | bigint {
+/**
+ * The first CANARY_BYTES of region 0 are nobody's: no ring, descriptor or
+ * ring address the fuzzer writes points there, so the daemon has no reason
+ * to write there (a raw connection checks that it did not).
+ */
+export const CANARY_BYTES = 4096;
+
+/** A gpa in guest memory outside the canary (len bytes fit, if they can), or a wild value now and then. */
+export function someGpa(mem: GuestMemory, rng: Rng, len: number): number | bigint {
   if (rng.chance(0.1)) return rng.u64();
   const r = rng.pick(mem.regions);
-  const room = Math.max(0, r.size - len);
-  return r.gpa + rng.int(0, room);
+  const lo = r.index === 0 ? r.gpa + CANARY_BYTES : r.gpa;
+  return lo + rng.int(0, Math.max(0, r.gpa + r.size - len - lo));
 }
 
 /**
