@@ -36,7 +36,13 @@ export async function startToolDaemon(t: Test, opts: { asan: boolean; imageBytes
     pid: v.child.pid!, // spawned
     stop() {
       stopped ??= (async () => {
-        const r = await v.stop('SIGTERM');
+        let r: Awaited<ReturnType<typeof v.stop>>;
+        try {
+          r = await v.stop('SIGTERM');
+        } catch (err) {
+          if (killed) return; // its sanitizer report was reported already
+          throw err;
+        }
         if (!killed && r.code !== 0) throw new Error(`vublk exited with ${r.code ?? r.signal}; stderr tail:\n${r.stderr.slice(-4000)}`);
       })();
       return stopped;
