@@ -19,7 +19,6 @@ import {
   encodeVringAddrPayload,
   encodeVringFilePayload,
   encodeVringStatePayload,
-  type WireRegion,
 } from '../../../src/vhost-user/message';
 import { Flags, HEADER_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, featureBit, requestName } from '../../../src/vhost-user/protocol';
 import { BlkDriver } from '../../frontend/blk-driver';
@@ -28,8 +27,9 @@ import { GuestMemory } from '../../frontend/guest-memory';
 import { until } from '../../integration/harness';
 import { BLOCKING_KINDS, FD_KINDS, HUNG_UP_KINDS, type FdFactory, type FdKind, type FuzzFd } from './fds';
 import type { FindingKey } from './findings';
-import { header, mutate, randomPayload, requestFlags, truncated } from './messages';
-import { CANARY_BYTES, RawRing, ringBytes, someGpa, splitRingTarget, writeRandomChain, type RingTarget } from './ring-writer';
+import { header, mutate, requestFlags, truncated } from './messages';
+import { randomMessage, type MessageSource } from './random-message';
+import { CANARY_BYTES, RawRing, ringBytes, splitRingTarget, writeRandomChain, type RingTarget } from './ring-writer';
 import type { Rng } from './rng';
 
 export interface FuzzTarget {
@@ -81,7 +81,7 @@ function readSyscalls(pid: number): number {
   return m ? Number(m[1]) : 0;
 }
 
-class FuzzConnection {
+class FuzzConnection implements MessageSource {
   readonly actions: string[] = [];
   readonly scriptErrors: string[] = [];
   mem: GuestMemory | undefined;
@@ -99,7 +99,7 @@ class FuzzConnection {
   ioDone = 0;
   offered = DEFAULT_BLK_FEATURES | featureBit(VirtioFeature.RING_EVENT_IDX) | featureBit(VirtioFeature.RING_INDIRECT_DESC) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
   /** Memfds the daemon may have mapped that we do not map ourselves (safe to truncate). */
-  private readonly foreignMemfds: FuzzFd[] = [];
+  readonly foreignMemfds: FuzzFd[] = [];
 
   constructor(
     readonly fe: Frontend,
@@ -109,6 +109,10 @@ class FuzzConnection {
     readonly findings: Set<FindingKey>,
   ) {
     this.model = Array.from({ length: target.queues + 1 }, () => ({ num: 0, mappedNum: 0, started: false, kick: undefined }));
+  }
+
+  get queues(): number {
+    return this.target.queues;
   }
 
   log(s: string): void {
@@ -308,155 +312,25 @@ class FuzzConnection {
 
   // ------------------------------------------------------------ random messages
 
-  /** Region descriptions: ours (valid), or made up with memfds of random sizes. */
-  private regions(n: number): { regions: WireRegion[]; fds: FuzzFd[] } {
-    const rng = this.rng;
-    const mem = this.mem;
-    if (mem && rng.chance(0.4)) {
-      const rs = mem.regions.slice(0, n || mem.regions.length);
-      return { regions: rs, fds: rs.map((r) => ({ fd: r.fd, kind: 'memfd' as const })) };
-    }
-    const regions: WireRegion[] = [];
-    const fds: FuzzFd[] = [];
-    let gpa = rng.chance(0.7) ? 0x1000_0000 : Number(rng.u64() & 0xffff_ffff_f000n);
-    for (let i = 0; i < n; i++) {
-      const f = rng.chance(0.8) ? this.fd('memfd') : this.fd();
-      const size = f.size !== undefined && rng.chance(0.6) ? f.size : rng.weighted<number | bigint>([[3, rng.int(1, 512) * PAGE], [1, rng.u64()], [1, 0]]);
-      const mmapOffset = rng.weighted<number | bigint>([[6, 0], [1, PAGE], [1, rng.u64()]]);
-      regions.push({ gpa, size, uva: 0x7e00_0000_0000 + i * 2 ** 32, mmapOffset });
-      fds.push(f);
-      if (f.kind === 'memfd') this.foreignMemfds.push(f);
-      gpa += typeof size === 'number' ? size : 2 * MiB;
-    }
-    return { regions, fds };
-  }
-
-  private queueIndex(): number {
-    return this.rng.weighted<number>([[8, this.rng.int(0, this.target.queues - 1)], [1, this.target.queues], [1, this.rng.u32ish()]]);
-  }
-
-  /** A random request with a payload that mostly parses: the daemon's state machine is the target. */
+  /** A random, mostly parseable message, sent. */
   randomMessage(): void {
-    const rng = this.rng;
-    const mem = this.mem;
-    const req = rng.weighted<number>([
-      [2, Request.GET_FEATURES], [2, Request.SET_FEATURES], [1, Request.SET_OWNER], [1, Request.RESET_OWNER],
-      [2, Request.GET_PROTOCOL_FEATURES], [2, Request.SET_PROTOCOL_FEATURES], [3, Request.SET_MEM_TABLE],
-      [3, Request.SET_VRING_NUM], [3, Request.SET_VRING_ADDR], [2, Request.SET_VRING_BASE], [3, Request.GET_VRING_BASE],
-      [4, Request.SET_VRING_KICK], [4, Request.SET_VRING_CALL], [2, Request.SET_VRING_ERR], [3, Request.SET_VRING_ENABLE],
-      [1, Request.GET_QUEUE_NUM], [2, Request.GET_CONFIG], [2, Request.SET_CONFIG], [1, Request.SET_BACKEND_REQ_FD],
-      [1, Request.GET_MAX_MEM_SLOTS], [3, Request.ADD_MEM_REG], [2, Request.REM_MEM_REG], [2, rng.int(0, 60)],
-    ]);
-    let payload: Buffer;
-    let fds: FuzzFd[] = [];
-    switch (req) {
-      case Request.SET_FEATURES:
-        payload = encodeU64Payload(rng.chance(0.6) ? this.offered & rng.u64() : rng.u64());
-        break;
-      case Request.SET_PROTOCOL_FEATURES:
-        payload = encodeU64Payload(rng.chance(0.6) ? DEFAULT_PROTOCOL_FEATURES & rng.u64() : rng.u64());
-        break;
-      case Request.SET_MEM_TABLE: {
-        const n = rng.weighted<number>([[6, mem?.regions.length ?? 1], [2, rng.int(0, 8)], [1, 9]]);
-        const r = this.regions(Math.min(n, 8));
-        payload = encodeMemTablePayload(r.regions, rng.chance(0.9) ? r.regions.length : rng.int(0, 12));
-        fds = rng.chance(0.9) ? r.fds : r.fds.slice(0, rng.int(0, r.fds.length));
-        break;
-      }
-      case Request.ADD_MEM_REG:
-      case Request.REM_MEM_REG: {
-        const r = this.regions(1);
-        payload = encodeMemRegPayload(r.regions[0]!); // one asked for
-        fds = req === Request.ADD_MEM_REG || rng.chance(0.3) ? r.fds : [];
-        break;
-      }
-      case Request.SET_VRING_NUM:
-        payload = encodeVringStatePayload(this.queueIndex(), rng.weighted<number>([[6, 1 << rng.int(0, 10)], [1, 0], [1, rng.u32ish()]]));
-        break;
-      case Request.SET_VRING_BASE:
-      case Request.SET_VRING_ENABLE:
-      case Request.GET_VRING_BASE:
-        payload = encodeVringStatePayload(this.queueIndex(), rng.weighted<number>([[4, rng.int(0, 1)], [2, rng.int(0, 0xffff)], [1, rng.u32ish()]]));
-        break;
-      case Request.SET_VRING_ADDR: {
-        const gpaToUva = (len: number): number | bigint => {
-          if (!mem || rng.chance(0.15)) return rng.u64();
-          const gpa = someGpa(mem, rng, len);
-          // Misaligned now and then; in guest memory, translated to its uva.
-          return typeof gpa === 'bigint' ? gpa : mem.gpaToUva(gpa) + (rng.chance(0.1) ? rng.int(1, 15) : 0);
-        };
-        const num = 256;
-        const b = ringBytes(num);
-        payload = encodeVringAddrPayload({ index: this.queueIndex(), flags: rng.chance(0.9) ? 0 : rng.u32ish(), desc: gpaToUva(b.desc), used: gpaToUva(b.used), avail: gpaToUva(b.avail), log: rng.u64() });
-        break;
-      }
-      case Request.SET_VRING_KICK:
-      case Request.SET_VRING_CALL:
-      case Request.SET_VRING_ERR: {
-        const noFd = rng.chance(0.1);
-        payload = encodeVringFilePayload(this.queueIndex(), noFd);
-        if (rng.chance(0.05)) payload = encodeU64Payload(rng.u64());
-        fds = rng.weighted<FuzzFd[]>([[8, noFd ? [] : [this.fd()]], [1, []], [1, [this.fd(), this.fd()]]]);
-        break;
-      }
-      case Request.GET_CONFIG:
-      case Request.SET_CONFIG: {
-        const size = rng.weighted<number>([[4, 60], [2, rng.int(0, 256)], [1, rng.int(257, 400)]]);
-        const offset = rng.weighted<number>([[4, 0], [2, rng.int(0, 256)], [1, rng.u32ish()]]);
-        payload = encodeConfigPayload(offset, rng.weighted<number>([[4, 0], [1, 1], [1, rng.u32ish()]]), rng.bytes(Math.min(size, 300)), rng.chance(0.9) ? undefined : rng.u32ish());
-        break;
-      }
-      case Request.SET_BACKEND_REQ_FD:
-        payload = Buffer.alloc(0);
-        fds = [this.fd()];
-        break;
-      case Request.GET_FEATURES:
-      case Request.GET_PROTOCOL_FEATURES:
-      case Request.SET_OWNER:
-      case Request.RESET_OWNER:
-      case Request.GET_QUEUE_NUM:
-      case Request.GET_MAX_MEM_SLOTS:
-        payload = Buffer.alloc(0);
-        break;
-      default:
-        payload = randomPayload(rng);
-    }
-    if (fds.length === 0 && rng.chance(0.05)) fds = Array.from({ length: rng.int(1, 10) }, () => this.fd());
-    this.send(encodeMessage(req, requestFlags(rng), payload), fds, `${requestName(req)} ${payload.toString('hex').slice(0, 96)}`);
+    const m = randomMessage(this);
+    this.send(m.bytes, m.fds, m.what);
   }
 
   /** A random message, mutated on the wire. */
   mutatedMessage(): void {
-    const before = this.actions.length;
-    // Build the message without sending it: capture the send.
-    let captured: { bytes: Buffer; fds: FuzzFd[]; what: string } | undefined;
-    const send = this.send;
-    this.send = (bytes, fds, what) => (captured = { bytes, fds, what });
-    try {
-      this.randomMessage();
-    } finally {
-      this.send = send;
-    }
-    if (!captured) return;
-    this.actions.length = before;
+    const m = randomMessage(this);
+    const x = mutate(m.bytes, this.rng);
     this.canaryGpa = undefined; // a mutated address may point anywhere
-    const m = mutate(captured.bytes, this.rng);
-    this.send(m.bytes, captured.fds, `mutated (${m.what}) ${captured.what}`);
+    this.send(x.bytes, m.fds, `mutated (${x.what}) ${m.what}`);
   }
 
   /** A random message cut short, just before the close. */
   truncatedMessage(): void {
-    let captured: { bytes: Buffer; fds: FuzzFd[]; what: string } | undefined;
-    const send = this.send;
-    this.send = (bytes, fds, what) => (captured = { bytes, fds, what });
-    try {
-      this.randomMessage();
-    } finally {
-      this.send = send;
-    }
-    if (!captured) return;
-    const t = truncated(captured.bytes, this.rng);
-    this.send(t.bytes, this.rng.chance(0.5) ? captured.fds : [], `${t.what}: ${captured.what}`);
+    const m = randomMessage(this);
+    const x = truncated(m.bytes, this.rng);
+    this.send(x.bytes, this.rng.chance(0.5) ? m.fds : [], `${x.what}: ${m.what}`);
   }
 
   // ------------------------------------------------------------ rings and I/O
