@@ -9,9 +9,11 @@
 // shared rings, kicks and real I/O (test/helpers/fuzz/).
 //
 // After every connection: the daemon is alive (no signal, no sanitizer
-// report), it logs the connection closed (a hang shows here), and its
-// event loop is idle once we are (a loop spinning on a kick fd makes
-// thousands of read(2) calls). Every CHECK_EVERY connections and at the
+// report), it logs the connection closed (a hang shows here), its event
+// loop is idle once we are (a loop spinning on a kick fd makes thousands of
+// read(2) calls), it wrote nothing into the canary page no ring or
+// descriptor points at, and (finding 1's switch on) it hung up on a
+// SET_VRING_NUM that grew a running ring. Every CHECK_EVERY connections and at the
 // end: its fd count is back to the baseline, and a well-behaved frontend
 // writes and reads back data.
 //
@@ -103,6 +105,9 @@ t.test('message fuzzer: random, mutated and truncated vhost-user messages with r
     }
     if (!closed) {
       return fail(t, d, i, report, `daemon did not close the connection within ${CLOSE_GUARD_MS} ms: hung (killed)`);
+    }
+    if (report.acceptedGrow !== undefined) {
+      return fail(t, d, i, report, `daemon kept serving after ${report.acceptedGrow}`);
     }
     if (report.canaryHit !== undefined) {
       return fail(t, d, i, report, `daemon wrote into guest memory that no ring or descriptor points at (canary offset ${report.canaryHit})`);

@@ -48,6 +48,8 @@ export interface ConnectionReport {
   idleReads: number | undefined;
   /** Raw connections: where the daemon wrote into the canary (guest memory nothing pointed at), if it did. */
   canaryHit: number | undefined;
+  /** Finding 1: the SET_VRING_NUM that grew a running ring, when the daemon kept the connection after it. */
+  acceptedGrow: string | undefined;
   /** Rounds of real I/O (write, read, flush) that completed. */
   ioDone: number;
   /** Errors of the fuzzer's own steps other than the daemon hanging up (should stay empty). */
@@ -93,6 +95,12 @@ class FuzzConnection implements MessageSource {
   kickSent = false;
   /** Raw connections: the canary's gpa (see CANARY_BYTES); cleared once a mutated message may have pointed anything there. */
   canaryGpa: number | undefined;
+  /** A mutated message went out: the model of the daemon's rings may be wrong from here on. */
+  modelUnsure = false;
+  /** The random phase is over (the last step needs nothing after it). */
+  done = false;
+  /** Set when a running ring was grown (finding 1): the daemon must then hang up. */
+  grewRunningRing: string | undefined;
   /** The most read(2) calls seen in one idle window (undefined: never measured). */
   maxIdleReads: number | undefined;
   /** Real requests that completed (the connection got deep enough to serve I/O). */
@@ -323,6 +331,7 @@ class FuzzConnection implements MessageSource {
     const m = randomMessage(this);
     const x = mutate(m.bytes, this.rng);
     this.canaryGpa = undefined; // a mutated address may point anywhere
+    this.modelUnsure = true; // a cut or re-typed message: the daemon may read it otherwise
     this.send(x.bytes, m.fds, `mutated (${x.what}) ${m.what}`);
   }
 
@@ -428,8 +437,21 @@ class FuzzConnection implements MessageSource {
     const ring = this.rings[q];
     if (q < 0 || !ring || !this.memLive) return;
     const max = this.target.maxQueueSize;
+    if (!this.fe.isOpen || max <= this.model[q]!.mappedNum) return;
     this.log(`grow running ring ${q} from ${ring.size} to ${max}`);
     this.msg(Request.SET_VRING_NUM, encodeVringStatePayload(q, max));
+    // The daemon must refuse it (finding 1's rule): its damage (reads and
+    // writes past the ring's checked size) is silent unless it faults, so
+    // the refusal itself is what the fuzzer checks.
+    this.grewRunningRing ??= `SET_VRING_NUM ${max} on running ring ${q} of size ${this.model[q]!.mappedNum}`;
+    if (this.rng.chance(0.5)) {
+      // Nothing more: a daemon that took it keeps the connection open (the
+      // ring is not popped, so no other rule ends it first).
+      this.done = true;
+      return;
+    }
+    // Or make heads past the old size available and kick: the daemon reads
+    // and writes past what it checked, which faults if nothing is mapped there.
     for (let i = 0; i < 16; i++) {
       try {
         ring.pushAvail(this.rng.int(ring.size, max - 1));
@@ -527,6 +549,7 @@ export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactor
   const fe = await Frontend.connect(target.socket, { timeoutMs: 2000 });
   const c = new FuzzConnection(fe, rng, target, fds, findings);
   let canaryHit: number | undefined;
+  let acceptedGrow: string | undefined;
   const note = (err: unknown) => {
     const m = (err as Error).message ?? String(err);
     // The daemon hanging up on us is the expected end of most connections.
@@ -544,16 +567,17 @@ export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactor
     const gentle = rng.chance(0.5);
     c.log(gentle ? 'gentle' : 'hostile');
     const steps = rng.int(0, gentle ? 40 : 20);
-    for (let i = 0; i < steps && fe.isOpen; i++) await c.randomAction(gentle);
+    for (let i = 0; i < steps && fe.isOpen && !c.done; i++) await c.randomAction(gentle);
     if (fe.isOpen && c.kickSent) c.noteIdleReads(await c.idleReads());
     canaryHit = c.canaryHit();
+    if (c.grewRunningRing !== undefined && !c.modelUnsure && !(await until(() => !fe.isOpen, 2000))) acceptedGrow = c.grewRunningRing;
     if (canaryHit !== undefined) c.log(`canary written at offset ${canaryHit}: ${c.mem!.read(c.canaryGpa! + canaryHit, 16).toString('hex')}`);
-    if (fe.isOpen && rng.chance(0.25)) c.truncatedMessage();
+    if (fe.isOpen && !c.done && rng.chance(0.25)) c.truncatedMessage();
   } catch (err) {
     note(err);
   } finally {
     fe.close();
     if (c.mode === 'raw') c.mem?.close();
   }
-  return { actions: c.actions, idleReads: c.maxIdleReads, canaryHit, scriptErrors: c.scriptErrors, ioDone: c.ioDone };
+  return { actions: c.actions, idleReads: c.maxIdleReads, canaryHit, acceptedGrow, scriptErrors: c.scriptErrors, ioDone: c.ioDone };
 }

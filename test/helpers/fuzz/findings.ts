@@ -12,7 +12,10 @@
 // known bug is filtered out.
 
 export const FINDINGS = {
-  /** #1: SET_VRING_NUM raising the size of a started ring (used-ring writes past the region). */
+  /**
+   * #1: SET_VRING_NUM raising the size of a started ring (used-ring writes past the region).
+   * With it on, the fuzzer also requires the daemon to hang up after such a message.
+   */
   'num-on-running-ring': { finding: 1, enabled: false },
   /** #2: ftruncate of a memfd after it was mapped (SIGBUS on the next touch). */
   'shrinking-memfd': { finding: 2, enabled: false },
