@@ -57,6 +57,8 @@ t.test('message fuzzer: random, mutated and truncated vhost-user messages with r
   const findings = enabledFindings();
   t.comment(`seed ${SEED} (VUBLK_FUZZ_SEED=${SEED} repeats it), ${ITERATIONS} connections from ${FROM}`);
   t.comment(asan ? `daemon runs the ASan+UBSan addon (${asanAddonPath})` : `ASan build missing at ${asanAddonPath} (scripts/build-asan.sh builds it): fuzzing the normal build, memory errors show only as crashes`);
+  // npm test builds it (scripts/ensure-setup.js): with CI set, as for every missing prerequisite, that is a failure.
+  if (!asan && process.env.CI) t.fail(`CI is set: the ASan build must exist at ${asanAddonPath}`);
   t.comment(`known-finding generators on: ${[...findings].join(', ') || 'none'} (of ${FINDING_KEYS.map((k) => `${k} (#${FINDINGS[k].finding})`).join(', ')})`);
 
   const d = await startToolDaemon(t, { asan, imageBytes: IMAGE_BYTES, queues: QUEUES });
