@@ -82,6 +82,10 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   Napi::Value Close(const Napi::CallbackInfo& info) {
     closeHandle();
+    // The callback usually closes over the object that holds this watcher;
+    // as a strong reference it would keep both reachable for ever. A closed
+    // watcher never calls it (OnPoll sees no handle data).
+    callback_.Reset();
     return info.Env().Undefined();
   }
 

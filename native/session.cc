@@ -748,6 +748,13 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value Destroy(const Napi::CallbackInfo& info) {
     teardown();
     if (!self_.IsEmpty()) self_.Reset();
+    // The callbacks close over the connection that holds this object: kept
+    // as strong references they would make the session, its arrays and the
+    // whole connection reachable for ever. Nothing calls them once destroyed_.
+    callbacks_.Reset();
+    onChains_.Reset();
+    onCompletions_.Reset();
+    onViolation_.Reset();
     return info.Env().Undefined();
   }
 

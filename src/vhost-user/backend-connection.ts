@@ -615,10 +615,15 @@ export class BackendConnection {
       for (let q = 0; q < this.device.queues; q++) this.session.pauseVring(q, true);
       const inflight = this.handler.inflight();
       if (inflight > 0) log.info('draining in-flight requests', { conn: this.id, inflight });
+      // The timer is cleared once drained: pending, it would keep this
+      // closed connection (its arrays, handler, session) reachable for the
+      // whole timeout, and a frontend reconnecting in a loop piles them up.
+      let timer: NodeJS.Timeout | undefined;
       const drained = await Promise.race([
         this.handler.whenIdle().then(() => true),
-        new Promise<false>((r) => setTimeout(() => r(false), DRAIN_TIMEOUT_MS).unref()),
+        new Promise<false>((r) => (timer = setTimeout(() => r(false), DRAIN_TIMEOUT_MS).unref())),
       ]);
+      clearTimeout(timer);
       if (!drained) {
         // Requests still in flight are abandoned; their ops still with the
         // kernel are cancelled or waited for just below.

@@ -40,6 +40,9 @@ function asanEnv(): NodeJS.ProcessEnv {
   };
 }
 
+/** Path of the ASan build of the addon (scripts/build-asan.sh writes it). */
+export const asanAddonPath = path.join(repoRoot, 'build-asan', 'Release', 'vublk_native.node');
+
 /** Whether the daemon process `pid` runs the ASan build of the addon. */
 export function runsAsanAddon(pid: number): boolean {
   const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8');
@@ -75,12 +78,13 @@ function exists(p: string): boolean {
  */
 export async function startVublk(
   args: string[],
-  opts: { cwd?: string; socket?: string; timeoutMs?: number; wrapper?: string[] } = {},
+  opts: { cwd?: string; socket?: string; timeoutMs?: number; wrapper?: string[]; asan?: boolean; nodeArgs?: string[] } = {},
 ): Promise<VublkProcess> {
   const socketIdx = args.indexOf('--socket');
   const socket = opts.socket ?? (socketIdx >= 0 ? path.resolve(opts.cwd ?? '.', args[socketIdx + 1] ?? '') : '');
-  const env = { ...process.env, ...(asanEnabled() ? asanEnv() : {}) };
-  const [cmd, ...cmdArgs] = [...(opts.wrapper ?? []), process.execPath, vublkBin, ...args] as [string, ...string[]];
+  // opts.asan overrides VUBLK_TEST_ASAN (the fuzzer picks the ASan build itself when it exists).
+  const env = { ...process.env, ...((opts.asan ?? asanEnabled()) ? asanEnv() : {}) };
+  const [cmd, ...cmdArgs] = [...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), vublkBin, ...args] as [string, ...string[]];
   const child = spawn(cmd, cmdArgs, { cwd: opts.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const via = opts.wrapper?.length ? ` (via ${opts.wrapper.join(' ')})` : '';
   let err = '';
