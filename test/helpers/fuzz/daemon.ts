@@ -30,6 +30,7 @@ export async function startToolDaemon(t: Test, opts: { asan: boolean; imageBytes
     v,
     dir,
     image,
+    disk: image,
     socket,
     imageBytes: opts.imageBytes,
     capacitySectors: opts.imageBytes / SECTOR_SIZE,

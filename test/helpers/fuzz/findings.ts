@@ -1,9 +1,9 @@
 // Switches for the fuzzer's generators that reach issue #7's known findings.
 //
-// Each finding below has an owner fixing it on another branch. Until those
-// fixes land, a generator that reaches one would turn the suite red for a
-// bug that is already known, so it is off by default; the merge that brings
-// a fix turns its switch on (enabled: true). VUBLK_FUZZ_FINDINGS overrides
+// Each of these generators reached a bug of issue #7 before it was fixed
+// (the fuzzer found all four on seed 11). All are on, so the suite fails if
+// one of the bugs returns; the table stays so a run can single one out or
+// leave one out when bisecting. VUBLK_FUZZ_FINDINGS overrides
 // the table for a run: "all", "none", or a comma list of keys, e.g.
 //   VUBLK_FUZZ_FINDINGS=shrinking-memfd,hung-up-kick-fd
 // With a switch off, the fuzzer still sends everything else of that kind
@@ -16,13 +16,13 @@ export const FINDINGS = {
    * #1: SET_VRING_NUM raising the size of a started ring (used-ring writes past the region).
    * With it on, the fuzzer also requires the daemon to hang up after such a message.
    */
-  'num-on-running-ring': { finding: 1, enabled: false },
+  'num-on-running-ring': { finding: 1, enabled: true },
   /** #2: ftruncate of a memfd after it was mapped (SIGBUS on the next touch). */
-  'shrinking-memfd': { finding: 2, enabled: false },
+  'shrinking-memfd': { finding: 2, enabled: true },
   /** #3: a blocking pipe write end that is full, as call fd (write(2) blocks the loop for good). */
-  'blocking-call-fd': { finding: 3, enabled: false },
+  'blocking-call-fd': { finding: 3, enabled: true },
   /** #3: a kick fd that stays readable or errors (pipe whose other end hung up): the loop spins. */
-  'hung-up-kick-fd': { finding: 3, enabled: false },
+  'hung-up-kick-fd': { finding: 3, enabled: true },
 } as const;
 
 export type FindingKey = keyof typeof FINDINGS;
