@@ -48,6 +48,7 @@ import {
 } from './protocol';
 import { violation } from './violation';
 import { checkRingSize } from './vring-rules';
+import { withUringEntries, wantedUringEntries } from './uring-entries';
 import { checkNotifierFd } from './notifier-fd';
 import { drainTimeoutMs, waitForNativeWork } from './drain';
 import {
@@ -59,7 +60,6 @@ import {
   hasFeature,
 } from '../virtio/constants';
 
-const URING_ENTRIES_MAX = 4096;
 /** How long a closing connection waits for in-flight requests before it abandons them. */
 const DRAIN_TIMEOUT_MS = drainTimeoutMs();
 
@@ -118,14 +118,16 @@ export class BackendConnection {
       onFatal: (message) => this.breakConnection(message),
       onHostError: (res, type, offset) => this.hostError(res, type, offset),
     });
-    const entries = Math.min(URING_ENTRIES_MAX, nextPow2(device.queues * device.maxQueueSize));
     // Native calls these from the event loop: nothing may escape them, or a
     // bug on one connection would take the daemon down.
-    this.session = new native.Session(device.queues, device.maxQueueSize, device.disk.fd, entries, DEFAULT_BOUNCE_BYTES, this.arrays, {
-      onChains: (q, n) => this.guard(() => this.handler.onChains(q, n)),
-      onCompletions: (n) => this.guard(() => this.handler.onCompletions(n)),
-      onViolation: (q, rule) => this.breakConnection(q < 0 ? rule : `queue ${q}: ${rule}`),
-    }, device.disk.sizeBytes, device.disk.kind === 'block');
+    const callbacks = {
+      onChains: (q: number, n: number) => this.guard(() => this.handler.onChains(q, n)),
+      onCompletions: (n: number) => this.guard(() => this.handler.onCompletions(n)),
+      onViolation: (q: number, rule: string) => this.breakConnection(q < 0 ? rule : `queue ${q}: ${rule}`),
+    };
+    this.session = withUringEntries(wantedUringEntries(device.queues, device.maxQueueSize), id, (entries) =>
+      new native.Session(device.queues, device.maxQueueSize, device.disk.fd, entries, DEFAULT_BOUNCE_BYTES, this.arrays, callbacks,
+        device.disk.sizeBytes, device.disk.kind === 'block'));
     const session = this.session;
     this.handler.attach({
       submit: (n) => {
@@ -685,10 +687,4 @@ function describe(err: unknown): string {
   if (err instanceof ProtocolViolation) return err.rule;
   if (err instanceof Error) return err.message;
   return String(err);
-}
-
-function nextPow2(n: number): number {
-  let p = 1;
-  while (p < n) p *= 2;
-  return p;
 }
