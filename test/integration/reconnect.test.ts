@@ -1,16 +1,21 @@
 // Frontends come and go; the daemon and the disk stay. One frontend is
 // served at a time: the next is served once the previous has left, whether
-// it left idle, with requests in flight, or with a GET_VRING_BASE pending,
+// it left idle, with requests in flight (held in the kernel by a frozen file
+// system), or with a GET_VRING_BASE pending,
 // and sees what it wrote. The guest's write-cache choice stays with the
 // device across frontends.
 
 import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
 import { BlkStatus, BlkType, SECTOR_SIZE, BlkDriver, type BlkRequest } from '../frontend/blk-driver';
 import { Frontend } from '../frontend/frontend';
 import { parseBlkConfig } from '../frontend/blk-driver';
 import { encodeConfigPayload } from '../../src/vhost-user/message';
 import { Request } from '../../src/vhost-user/protocol';
-import { connIdSince, connect, logSince, pattern, readImage, sleep, spinUntilPopped, startDaemon, waitConnClosed } from './harness';
+import { connIdSince, connect, logSince, pattern, readImage, sleep, spinUntilPopped, startDaemon, until, waitConnClosed } from './harness';
+import { frozenFsUnsupported, makeFreezableFs } from '../helpers/frozen-fs';
+import { tmpDir } from '../helpers/vublk-process';
 
 const IMAGE_BYTES = 32 << 20;
 
@@ -42,8 +47,19 @@ t.test('a second frontend is served after the first disconnects and reads what t
   t.notOk(logSince(d, 0).some((l) => /^vublk: (warn|error): /.test(l)), 'no warn or error lines');
 });
 
-t.test('a frontend that closes with requests in flight: the daemon drains them, then serves the next', async (t) => {
-  const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, queues: 2, queueSize: 256 });
+t.test('a frontend that closes with requests in flight: the daemon drains them, then serves the next', { skip: frozenFsUnsupported() }, async (t) => {
+  // The image lives on a file system the test freezes, so the writes are
+  // still in the kernel when the frontend leaves, however fast the disk:
+  // on a plain image they could all complete before the daemon saw the EOF.
+  const dir = tmpDir('vublk-int-reconnect-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const ffs = makeFreezableFs(t, dir);
+  const image = path.join(ffs.mnt, 'disk.img');
+  fs.closeSync(fs.openSync(image, 'w'));
+  fs.truncateSync(image, IMAGE_BYTES);
+  const d = await startDaemon(t, { diskFile: image, imageBytes: IMAGE_BYTES, queues: 2, queueSize: 256 });
+  // Teardowns run last-registered first: thaw before the daemon is stopped.
+  t.teardown(() => ffs.thaw());
   const mark = d.v.stderr().length;
   const first = await connect(t, d, { queues: 2, queueSize: 256 });
   const c1 = await connIdSince(d, mark);
@@ -55,14 +71,17 @@ t.test('a frontend that closes with requests in flight: the daemon drains them, 
       reqs.push({ q, type: BlkType.OUT, sector: (q * 64 + i) * 256, data: pattern(128 * 1024, i * 2 + q), layout: layouts[i % 4]! });
     }
   }
+  ffs.freeze();
   const pending = first.drv.submitBatch(reqs).map((p) => p.then(() => 'done', () => 'abandoned'));
   t.ok(spinUntilPopped(first.fe, 0, 64) && spinUntilPopped(first.fe, 1, 64), 'the daemon popped all 128 requests');
   first.fe.close();
   const outcomes = await Promise.all(pending);
   t.comment(`${outcomes.filter((o) => o === 'abandoned').length} of ${reqs.length} requests had no used entry yet at close`);
-  await waitConnClosed(d, mark, c1);
+  t.ok(await until(() => logSince(d, mark).some((l) => /draining in-flight requests/.test(l)), 10_000), 'the daemon starts draining');
   const drain = logSince(d, mark).find((l) => /draining in-flight requests/.test(l));
   t.match(drain ?? '', new RegExp(`conn=${c1} inflight=[1-9]`), `the daemon had requests in flight when the frontend left: ${drain ?? '(no drain line)'}`);
+  ffs.thaw();
+  await waitConnClosed(d, mark, c1, 20_000);
 
   // The next frontend is served, and every byte it writes and reads is right.
   const second = await connect(t, d, { queues: 2, queueSize: 256 });
