@@ -271,6 +271,11 @@ export interface RunGuestOptions {
   timeoutMs: number;
   /** Guest RAM (default 1024). */
   memMiB?: number;
+  /**
+   * Back guest RAM with a file in this directory (QEMU's memory-backend-file,
+   * e.g. /dev/shm or a hugetlbfs mount) instead of a memfd.
+   */
+  memPath?: string;
   /** Guest vCPUs (default 2). */
   smp?: number;
   /** Receives every serial/QEMU output line. */
@@ -329,7 +334,9 @@ export async function runGuest(opts: RunGuestOptions): Promise<RunGuestResult> {
       '-kernel', kernel,
       '-initrd', initrd,
       '-append', 'console=ttyS0 panic=-1 quiet',
-      '-object', `memory-backend-memfd,id=mem,size=${mem}M,share=on`,
+      '-object', opts.memPath === undefined
+        ? `memory-backend-memfd,id=mem,size=${mem}M,share=on`
+        : `memory-backend-file,id=mem,size=${mem}M,mem-path=${qemuOptValue(opts.memPath)},share=on`,
       '-numa', 'node,memdev=mem',
       '-chardev', `socket,id=c0,path=${qemuOptValue(opts.socket)}${reconnectSecs > 0 ? `,reconnect=${reconnectSecs}` : ''}`,
       '-device', `vhost-user-blk-pci,chardev=c0,num-queues=${opts.queues}${opts.queueSize !== undefined ? `,queue-size=${opts.queueSize}` : ''}`,

@@ -18,6 +18,7 @@ import { Frontend, type SetupOptions } from '../frontend/frontend';
 import type { GuestMemoryOptions } from '../frontend/guest-memory';
 import { DescFlags, DESC_SIZE } from '../frontend/split-ring';
 import { asanEnabled, runsAsanAddon } from '../helpers/vublk-process';
+import { hugePagesUnsupported, hugetlbfsDir } from '../helpers/hugetlbfs';
 import {
   connIdSince,
   expectServes,
@@ -98,10 +99,16 @@ function publish(fe: Frontend, heads: number[], onUsed?: (len: number) => void):
  * made available and kicked; the frontend must be disconnected with one warn
  * line naming region 1, and a fresh frontend served.
  */
-function shrinkCase(name: string, setup: SetupOptions, arrange: (fe: Frontend) => number[], memory: GuestMemoryOptions = {}): void {
-  t.test(name, async (t) => {
+function shrinkCase(
+  name: string,
+  setup: SetupOptions,
+  arrange: (fe: Frontend) => number[],
+  memory: GuestMemoryOptions | ((t: Test) => GuestMemoryOptions) = {},
+  skip: string | false = false,
+): void {
+  t.test(name, { skip }, async (t) => {
     const d = await sharedDaemon();
-    const { fe, mark, conn } = await connected(t, d, setup, memory);
+    const { fe, mark, conn } = await connected(t, d, setup, typeof memory === 'function' ? memory(t) : memory);
     const heads = arrange(fe);
     shrinkRegion1(fe);
     publish(fe, heads);
@@ -254,38 +261,28 @@ shrinkCase('a /dev/shm file region truncated under the ring', {}, (fe) => [
   ]),
 ], { fileDir: shm ?? '/tmp' });
 
-/** A hugetlbfs mount with free huge pages, or why there is none. */
-function hugetlbfs(): { dir: string } | { skip: string } {
-  const meminfo = fs.readFileSync('/proc/meminfo', 'utf8');
-  const free = Number(/HugePages_Free:\s+(\d+)/.exec(meminfo)?.[1] ?? 0);
-  const size = Number(/Hugepagesize:\s+(\d+) kB/.exec(meminfo)?.[1] ?? 0) * 1024;
-  if (free * size < 16 * MiB) return { skip: 'fewer than 16 MiB of free huge pages (vm.nr_hugepages)' };
-  const mount = fs
-    .readFileSync('/proc/mounts', 'utf8')
-    .split('\n')
-    .map((l) => l.split(' '))
-    .find((f) => f[2] === 'hugetlbfs');
-  if (!mount?.[1]) return { skip: 'no hugetlbfs mount' };
-  try {
-    fs.accessSync(mount[1], fs.constants.W_OK);
-  } catch {
-    return { skip: `${mount[1]} is not writable` };
-  }
-  return { dir: mount[1] };
-}
+// hugetlbfs (QEMU's memory-backend-file on a hugetlbfs mount): served as
+// usual, and a truncated file faults like any other. As root the test
+// reserves the huge pages it needs (test/helpers/hugetlbfs.ts).
+const HUGE_BYTES = 8 * MiB;
+const noHuge = hugePagesUnsupported(HUGE_BYTES) ?? false;
 
-const huge = hugetlbfs();
-t.test('regions backed by hugetlbfs files serve normal I/O', { skip: 'skip' in huge ? huge.skip : false }, async (t) => {
-  if (!('dir' in huge)) return;
+t.test('regions backed by hugetlbfs files serve normal I/O', { skip: noHuge }, async (t) => {
   const d = await sharedDaemon();
-  const pageRegions = [4 * MiB, 4 * MiB];
-  const { fe } = await connected(t, d, {}, { fileDir: huge.dir, regions: pageRegions });
+  const { fe } = await connected(t, d, {}, { fileDir: hugetlbfsDir(t, HUGE_BYTES) });
   const drv = new BlkDriver(fe);
   const data = pattern(64 * 1024, 11);
   const w = await drv.write(0, 4096, data, { straddle: true });
   const r = await drv.read(0, 4096, data.length, { straddle: true });
   t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), 'write and read back across the region boundary');
 });
+
+shrinkCase('a hugetlbfs file region truncated under the ring', {}, (fe) => [
+  chain(fe, [
+    [header(fe, BlkType.FLUSH, 1), 16, false],
+    [fe.mem!.alloc(1, 1, { region: 0 }), 1, true],
+  ]),
+], (t) => ({ fileDir: hugetlbfsDir(t, HUGE_BYTES) }), noHuge);
 
 // Last: the handler vublk installed for SIGBUS leaves Node's signal handling
 // alone. After every fault above, SIGTERM still drains and exits 0.
