@@ -99,7 +99,13 @@ export const CANARY_BYTES = 4096;
 
 /** A gpa in guest memory outside the canary (len bytes fit, if they can), or a wild value now and then. */
 export function someGpa(mem: GuestMemory, rng: Rng, len: number): number | bigint {
-  if (rng.chance(0.1)) return rng.u64();
+  if (rng.chance(0.1)) {
+    const wild = rng.u64();
+    // Wild values favour 0, 1 and small page multiples, which can land in
+    // the canary at region 0's start: such a one is drawn again in memory.
+    const canary = BigInt(mem.regions[0]?.gpa ?? 0);
+    if (!(wild + BigInt(Math.max(len, 1)) > canary && wild < canary + BigInt(CANARY_BYTES))) return wild;
+  }
   const r = rng.pick(mem.regions);
   const lo = r.index === 0 ? r.gpa + CANARY_BYTES : r.gpa;
   return lo + rng.int(0, Math.max(0, r.gpa + r.size - len - lo));
