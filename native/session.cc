@@ -11,13 +11,13 @@
 // JS object is made per request.
 #include <linux/fs.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include <memory>
 #include <vector>
 
+#include "buffer-table.h"
 #include "errno-error.h"
 #include "exports.h"
 #include "guest-access.h"
@@ -49,14 +49,6 @@ constexpr unsigned kOpBlkDiscard = 4;
 constexpr unsigned kOpFlagFixed = 1;
 constexpr unsigned kOpFlagDsync = 2;
 constexpr unsigned kIovMax = 1024;
-constexpr unsigned kCopyStride = 5;
-// bufId naming the session's bounce arena (guest regions are 0..508).
-constexpr uint32_t kBounceBufId = 1024;
-// bufId of a read-only buffer of zeroes: the source for writes and copies of
-// zeroes (WRITE_ZEROES fallback, zero-patched RMW blocks).
-constexpr uint32_t kZeroBufId = 1025;
-constexpr uint64_t kZeroBytes = 1 << 20;
-constexpr uint64_t kMaxBounceBytes = 1ull << 32;
 // Largest fixed buffer io_uring takes; larger regions are registered in chunks.
 constexpr uint64_t kFixedChunk = 1ull << 30;
 constexpr unsigned kMaxQueues = 64;
@@ -192,17 +184,7 @@ class Session : public Napi::ObjectWrap<Session> {
     onCompletions_ = Napi::Persistent(cbs.Get("onCompletions").As<Napi::Function>());
     onViolation_ = Napi::Persistent(cbs.Get("onViolation").As<Napi::Function>());
 
-    // Bounce arena: page aligned (so any O_DIRECT memory alignment holds),
-    // reserved lazily: only pages that bounce I/O touches cost memory.
-    void* arena = mmap(nullptr, bounceBytes, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (arena == MAP_FAILED) throwErrno(env, errno, "mmap");
-    bounce_ = static_cast<uint8_t*>(arena);
-    bounceLen_ = bounceBytes;
-    // Never written: every page maps the kernel's zero page.
-    void* z = mmap(nullptr, kZeroBytes, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (z == MAP_FAILED) throwErrno(env, errno, "mmap");
-    zeroes_ = static_cast<uint8_t*>(z);
+    buffers_.init(env, bounceBytes);
 
     int rc = uring_.init(static_cast<unsigned>(entries));
     if (rc < 0) throwErrno(env, -rc, "io_uring_queue_init");
@@ -263,31 +245,7 @@ class Session : public Napi::ObjectWrap<Session> {
     // can and the kernel finishes the rest in the background; pages under
     // O_DIRECT I/O stay pinned by the kernel, so unmapping below is safe.
     uring_.close();
-    mem_.clear();
-    if (bounce_) munmap(bounce_, bounceLen_);
-    bounce_ = nullptr;
-    if (zeroes_) munmap(zeroes_, kZeroBytes);
-    zeroes_ = nullptr;
-  }
-
-  // Host pointer for (bufId, offset, len): a guest region or the bounce
-  // arena, bounds-checked; nullptr if it lies outside.
-  uint8_t* ptr(double bufId, double offset, double len) const {
-    // Range-check the doubles before any cast: an out-of-range cast is UB.
-    constexpr double kLimit = 9007199254740992.0;  // 2^53
-    if (!(bufId >= 0 && bufId <= kZeroBufId && offset >= 0 && offset <= kLimit && len >= 0 &&
-          len <= kLimit))
-      return nullptr;
-    uint64_t off = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(len);
-    if (bufId == kZeroBufId) {
-      if (!zeroes_ || off > kZeroBytes || n > kZeroBytes - off) return nullptr;
-      return zeroes_ + off;
-    }
-    if (bufId == kBounceBufId) {
-      if (!bounce_ || off > bounceLen_ || n > bounceLen_ - off) return nullptr;
-      return bounce_ + off;
-    }
-    return mem_.bufPtr(static_cast<uint32_t>(bufId), off, n);
+    buffers_.release();
   }
 
   // --- memory ---
@@ -298,7 +256,7 @@ class Session : public Napi::ObjectWrap<Session> {
     if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
     uint64_t gpa = argU64(info, 1), size = argU64(info, 2), uva = argU64(info, 3), off = argU64(info, 4);
     std::string err;
-    int id = mem_.add(fd.release(), gpa, size, uva, off, err);  // closes it, mapped or not
+    int id = buffers_.mem().add(fd.release(), gpa, size, uva, off, err);  // closes it, mapped or not
     if (id < 0) throw Napi::Error::New(env, err);
     return Napi::Number::New(env, id);
   }
@@ -307,7 +265,7 @@ class Session : public Napi::ObjectWrap<Session> {
     // Fixed buffers point into the mapping being removed: drop them first.
     uring_.unregisterBuffers();
     fixedBase_.clear();
-    bool ok = !destroyed_ && mem_.remove(argU64(info, 0), argU64(info, 1));
+    bool ok = !destroyed_ && buffers_.mem().remove(argU64(info, 0), argU64(info, 1));
     return Napi::Boolean::New(info.Env(), ok);
   }
 
@@ -315,12 +273,12 @@ class Session : public Napi::ObjectWrap<Session> {
     uring_.unregisterBuffers();
     fixedBase_.clear();
     for (auto& v : vrings_) v->vq.unmap();
-    mem_.clear();
+    buffers_.mem().clear();
     return info.Env().Undefined();
   }
 
   Napi::Value RegionCount(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), mem_.count());
+    return Napi::Number::New(info.Env(), buffers_.mem().count());
   }
 
   // --- vrings ---
@@ -402,7 +360,7 @@ class Session : public Napi::ObjectWrap<Session> {
     Vring& v = vring(info);
     if (v.kickFd < 0) throw Napi::Error::New(env, "ring has no kick fd");
     std::string err;
-    if (!v.vq.map(mem_, err)) throw Napi::Error::New(env, err);
+    if (!v.vq.map(buffers_.mem(), err)) throw Napi::Error::New(env, err);
     if (!v.kickPoll) {
       v.kickPoll = new uv_poll_t;
       int rc = uv_poll_init(loop_, v.kickPoll, v.kickFd);
@@ -448,15 +406,15 @@ class Session : public Napi::ObjectWrap<Session> {
       if (!(head >= 0 && head < v.vq.num())) throw Napi::RangeError::New(env, "pushUsed: bad head");
       if (!(u[1] >= 0 && u[1] <= UINT32_MAX))
         throw Napi::RangeError::New(env, "pushUsed: bad used length");
-      if (u[2] >= 0 && !(u[2] < kBounceBufId && ptr(u[2], u[3], 1)))
+      if (u[2] >= 0 && !(u[2] < kBounceBufId && buffers_.ptr(u[2], u[3], 1)))
         throw Napi::RangeError::New(env, "pushUsed: status byte outside guest memory");
     }
-    if (faulted_) return env.Undefined();  // the ring is abandoned with the connection
+    if (buffers_.faulted()) return env.Undefined();  // the ring is abandoned with the connection
     bool notify = false;
-    if (!guardedGuestAccess(mem_, fault_, [&] {
+    if (!guardedGuestAccess(buffers_.mem(), buffers_.fault(), [&] {
           u = used;
           for (int64_t i = 0; i < n; i++, u += kUsedStride) {
-            if (u[2] >= 0) *ptr(u[2], u[3], 1) = static_cast<uint8_t>(u[4]);
+            if (u[2] >= 0) *buffers_.ptr(u[2], u[3], 1) = static_cast<uint8_t>(u[4]);
             v.vq.addUsed(static_cast<uint32_t>(u[0]), static_cast<uint32_t>(u[1]));
           }
           notify = v.vq.publish();
@@ -471,38 +429,19 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value WriteGuest(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
-    // The full 53-bit value: a bufId of 2^32 must not alias region 0.
     uint64_t bufId = argU64(info, 0);
     uint64_t off = argU64(info, 1);
-    Napi::Uint8Array data = info[2].As<Napi::Uint8Array>();
-    uint8_t* dst = bufId < GuestMemory::kMaxRegions
-                       ? mem_.bufPtr(static_cast<uint32_t>(bufId), off, data.ByteLength())
-                       : nullptr;
-    if (!dst) throw Napi::RangeError::New(env, "writeGuest: outside guest memory");
-    const uint8_t* src = data.Data();
-    size_t len = data.ByteLength();
-    if (!faulted_ && !guardedGuestAccess(mem_, fault_, [&] { memcpy(dst, src, len); }))
-      guestFaulted(-1);
+    if (!buffers_.writeGuest(env, bufId, off, info[2].As<Napi::Uint8Array>())) guestFaulted(-1);
     return env.Undefined();
   }
 
-  // readGuest(bufId, offset, dst): copies dst.length bytes of guest memory
-  // into dst; throws if out of bounds. (DISCARD/WRITE_ZEROES segment lists.)
+  // readGuest(bufId, offset, dst): see BufferTable::readGuest.
   Napi::Value ReadGuest(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
     Napi::Uint8Array dst = info[2].As<Napi::Uint8Array>();
     double bufId = info[0].As<Napi::Number>().DoubleValue();
-    uint8_t* src = bufId < kBounceBufId ? ptr(bufId, info[1].As<Napi::Number>().DoubleValue(),
-                                              static_cast<double>(dst.ByteLength()))
-                                        : nullptr;
-    if (!src) throw Napi::RangeError::New(env, "readGuest: outside guest memory");
-    uint8_t* out = dst.Data();
-    size_t len = dst.ByteLength();
-    if (faulted_ || !guardedGuestAccess(mem_, fault_, [&] { memcpy(out, src, len); })) {
-      memset(out, 0, len);  // no stale bytes: the request is failed with the connection
-      guestFaulted(-1);
-    }
+    if (!buffers_.readGuest(env, bufId, info[1], dst)) guestFaulted(-1);
     return env.Undefined();
   }
 
@@ -515,7 +454,7 @@ class Session : public Napi::ObjectWrap<Session> {
       throw Napi::RangeError::New(env, "submit: count out of range");
     // No more disk I/O for a frontend whose memory faulted: none is taken,
     // so JS fails every op (EIO) and the connection drains at once.
-    if (faulted_) return Napi::Number::New(env, 0);
+    if (buffers_.faulted()) return Napi::Number::New(env, 0);
     const double* ops = static_cast<const double*>(sqOps_.data);
     const double* iovs = static_cast<const double*>(sqIovs_.data);
     size_t maxIovs = iovScratch_.size();
@@ -551,7 +490,7 @@ class Session : public Napi::ObjectWrap<Session> {
       double bytes = 0;  // <= 1024 iovecs of < 2^53 each: exact enough to compare below
       for (size_t m = static_cast<size_t>(start); m < static_cast<size_t>(start + count); m++) {
         const double* iv = iovs + m * kIovStride;
-        uint8_t* p = ptr(iv[0], iv[1], iv[2]);
+        uint8_t* p = buffers_.ptr(iv[0], iv[1], iv[2]);
         if (!p) throw Napi::RangeError::New(env, "submit: iovec outside guest memory and bounce arena");
         if (op[0] == kOpReadv && iv[0] == kZeroBufId)
           throw Napi::RangeError::New(env, "submit: cannot read into the zero buffer");
@@ -633,29 +572,14 @@ class Session : public Napi::ObjectWrap<Session> {
     return info.Env().Undefined();
   }
 
-  // copy(n): n copies [srcBufId, srcOffset, dstBufId, dstOffset, len] from
-  // arrays.copies, between guest memory and the bounce arena. All are
-  // checked before any is done.
+  // copy(n): n copies from arrays.copies (see BufferTable::copy).
   Napi::Value Copy(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
     int64_t n = argInt(info, 0);
     if (n < 0 || static_cast<size_t>(n) * kCopyStride > copies_.length)
       throw Napi::RangeError::New(env, "copy: count out of range");
-    const double* c = static_cast<const double*>(copies_.data);
-    for (int64_t k = 0; k < n; k++) {
-      const double* e = c + k * kCopyStride;
-      if (!ptr(e[0], e[1], e[4]) || !ptr(e[2], e[3], e[4]) || e[2] == kZeroBufId)
-        throw Napi::RangeError::New(env, "copy: range outside guest memory and bounce arena");
-    }
-    if (faulted_) return env.Undefined();
-    if (!guardedGuestAccess(mem_, fault_, [&] {
-          for (int64_t k = 0; k < n; k++) {
-            const double* e = c + k * kCopyStride;
-            memmove(ptr(e[2], e[3], e[4]), ptr(e[0], e[1], e[4]), static_cast<size_t>(e[4]));
-          }
-        }))
-      guestFaulted(-1);
+    if (!buffers_.copy(env, static_cast<const double*>(copies_.data), n)) guestFaulted(-1);
     return env.Undefined();
   }
 
@@ -670,7 +594,7 @@ class Session : public Napi::ObjectWrap<Session> {
     std::vector<iovec> iov;
     fixedBase_.assign(GuestMemory::kMaxRegions, -1);
     for (uint32_t id = 0; id < GuestMemory::kMaxRegions; id++) {
-      const Region* r = mem_.region(id);
+      const Region* r = buffers_.mem().region(id);
       if (!r) continue;
       fixedBase_[id] = static_cast<int>(iov.size());
       for (uint64_t off = 0; off < r->size; off += kFixedChunk) {
@@ -808,16 +732,16 @@ class Session : public Napi::ObjectWrap<Session> {
 
   void deliverOne(Vring& v) {
     Napi::Env env = Env();
-    while (!destroyed_ && !faulted_ && v.started && v.enabled && !v.paused) {
+    while (!destroyed_ && !buffers_.faulted() && v.started && v.enabled && !v.paused) {
       batch_.nChains = 0;
       batch_.nSegs = 0;
       std::string err;
       bool ok = false;
-      if (!guardedGuestAccess(mem_, fault_, [&] { ok = v.vq.pop(mem_, batch_, err); })) {
+      if (!guardedGuestAccess(buffers_.mem(), buffers_.fault(), [&] { ok = v.vq.pop(buffers_.mem(), batch_, err); })) {
         ok = false;
         batch_.nChains = 0;  // abandoned with the connection
-        faulted_ = true;
-        err = describeGuestFault(mem_, fault_);
+        buffers_.markFaulted();
+        err = describeGuestFault(buffers_.mem(), buffers_.fault());
       }
       if (batch_.nChains > 0) {
         callJs(env, onChains_, callbacks_.Value(),
@@ -836,11 +760,10 @@ class Session : public Napi::ObjectWrap<Session> {
   // it once to JS, which breaks the connection (q < 0: no queue). From then
   // on the session touches no guest memory and takes no disk I/O.
   void guestFaulted(int q) {
-    if (faulted_) return;
-    faulted_ = true;
+    if (!buffers_.markFaulted()) return;
     Napi::Env env = Env();
     callJs(env, onViolation_, callbacks_.Value(),
-           {Napi::Number::New(env, q), Napi::String::New(env, describeGuestFault(mem_, fault_))});
+           {Napi::Number::New(env, q), Napi::String::New(env, describeGuestFault(buffers_.mem(), buffers_.fault()))});
   }
 
   static void OnUringEvent(uv_poll_t* h, int, int) {
@@ -857,7 +780,7 @@ class Session : public Napi::ObjectWrap<Session> {
     }
   }
 
-  GuestMemory mem_;
+  BufferTable buffers_;  // guest memory, bounce arena, zero buffer; see guestFaulted()
   std::vector<std::unique_ptr<Vring>> vrings_;
   Uring uring_;
   uv_loop_t* loop_ = nullptr;
@@ -869,13 +792,8 @@ class Session : public Napi::ObjectWrap<Session> {
   unsigned maxQueueSize_ = 0;
   bool destroyed_ = false;
   bool delivering_ = false;
-  bool faulted_ = false;  // a guest memory access faulted: see guestFaulted()
-  GuestFault fault_;
   PopBatch batch_{};
   SharedArray chains_, headers_, segs_, sqOps_, sqIovs_, cqes_, used_, copies_;
-  uint8_t* bounce_ = nullptr;
-  uint64_t bounceLen_ = 0;
-  uint8_t* zeroes_ = nullptr;
   std::vector<int> fixedBase_;  // first fixed buffer index per bufId, -1 if none
   std::vector<iovec> iovScratch_;
   Napi::ObjectReference callbacks_;
