@@ -12,6 +12,7 @@
         "native/split-virtqueue.cc",
         "native/uring.cc",
         "native/buffer-table.cc",
+        "native/disk-queue.cc",
         "native/session.cc",
         "native/disk-probe.cc",
         "native/notifier-fd.cc"

@@ -9,8 +9,6 @@
 //
 // Shared arrays (layouts in src/native/binding.ts) carry every batch, so no
 // JS object is made per request.
-#include <linux/fs.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -18,6 +16,7 @@
 #include <vector>
 
 #include "buffer-table.h"
+#include "disk-queue.h"
 #include "errno-error.h"
 #include "exports.h"
 #include "guest-access.h"
@@ -25,32 +24,13 @@
 #include "js-callback.h"
 #include "notifier-fd.h"
 #include "split-virtqueue.h"
-#include "uring.h"
 
 namespace vublk {
 
 namespace {
 
-constexpr unsigned kOpStride = 6;
-constexpr unsigned kIovStride = 3;
 constexpr unsigned kCqeStride = 2;
 constexpr unsigned kUsedStride = 5;
-constexpr unsigned kOpReadv = 0;
-constexpr unsigned kOpWritev = 1;
-constexpr unsigned kOpFsync = 2;
-// fallocate: fileOffset = op[2], length = op[3], mode = op[4].
-constexpr unsigned kOpFallocate = 3;
-constexpr int kFallocPunch = 0x01 | 0x02;  // FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
-constexpr int kFallocZero = 0x01 | 0x10;   // FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE
-// BLKDISCARD on a block device: fileOffset = op[2], length = op[3]. io_uring
-// has no discard op, so it runs on libuv's thread pool and its result comes
-// back through the ring's completion path.
-constexpr unsigned kOpBlkDiscard = 4;
-constexpr unsigned kOpFlagFixed = 1;
-constexpr unsigned kOpFlagDsync = 2;
-constexpr unsigned kIovMax = 1024;
-// Largest fixed buffer io_uring takes; larger regions are registered in chunks.
-constexpr uint64_t kFixedChunk = 1ull << 30;
 constexpr unsigned kMaxQueues = 64;
 
 struct SharedArray {
@@ -127,7 +107,8 @@ class Session : public Napi::ObjectWrap<Session> {
   // A throw part-way (a bad argument, mmap, io_uring or uv_poll failing)
   // releases whatever was made so far: no destructor runs for an object
   // whose constructor threw.
-  explicit Session(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Session>(info) {
+  explicit Session(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<Session>(info), disk_(buffers_, *this) {
     try {
       init(info);
     } catch (...) {
@@ -143,7 +124,7 @@ class Session : public Napi::ObjectWrap<Session> {
     Napi::Env env = info.Env();
     int64_t queues = argInt(info, 0);
     int64_t maxQueueSize = argInt(info, 1);
-    diskFd_ = static_cast<int>(argInt(info, 2));
+    int diskFd = static_cast<int>(argInt(info, 2));
     int64_t entries = argInt(info, 3);
     uint64_t bounceBytes = argU64(info, 4);
     if (queues < 1 || queues > kMaxQueues) throw Napi::RangeError::New(env, "queues out of range");
@@ -151,8 +132,8 @@ class Session : public Napi::ObjectWrap<Session> {
       throw Napi::RangeError::New(env, "maxQueueSize out of range");
     if (entries < 1 || entries > 32768) throw Napi::RangeError::New(env, "uringEntries out of range");
     // Every op's file range is checked against the disk's size in Submit.
-    diskBytes_ = argU64(info, 7);
-    blockDevice_ = info[8].ToBoolean();
+    uint64_t diskBytes = argU64(info, 7);
+    bool blockDevice = info[8].ToBoolean();
     maxQueueSize_ = static_cast<unsigned>(maxQueueSize);
 
     if (bounceBytes == 0 || bounceBytes > kMaxBounceBytes || bounceBytes % 4096)
@@ -176,7 +157,6 @@ class Session : public Napi::ObjectWrap<Session> {
     batch_.segs = static_cast<double*>(segs_.data);
     batch_.maxChains = maxChains;
     batch_.maxSegs = static_cast<unsigned>(segs_.length / kSegStride);
-    iovScratch_.resize(sqIovs_.length / kIovStride);
 
     Napi::Object cbs = info[6].As<Napi::Object>();
     callbacks_ = Napi::Persistent(cbs);
@@ -186,11 +166,11 @@ class Session : public Napi::ObjectWrap<Session> {
 
     buffers_.init(env, bounceBytes);
 
-    int rc = uring_.init(static_cast<unsigned>(entries));
-    if (rc < 0) throwErrno(env, -rc, "io_uring_queue_init");
     napi_get_uv_event_loop(env, &loop_);
+    disk_.init(env, loop_, diskFd, diskBytes, blockDevice, static_cast<unsigned>(entries),
+               sqIovs_.length / kIovStride);
     uringPoll_ = new uv_poll_t;
-    rc = uv_poll_init(loop_, uringPoll_, uring_.eventFd());
+    int rc = uv_poll_init(loop_, uringPoll_, disk_.uring().eventFd());
     if (rc != 0) {
       delete uringPoll_;
       uringPoll_ = nullptr;
@@ -244,7 +224,7 @@ class Session : public Napi::ObjectWrap<Session> {
     // except when the daemon exits. Then exiting the ring cancels what it
     // can and the kernel finishes the rest in the background; pages under
     // O_DIRECT I/O stay pinned by the kernel, so unmapping below is safe.
-    uring_.close();
+    disk_.close();
     buffers_.release();
   }
 
@@ -263,15 +243,13 @@ class Session : public Napi::ObjectWrap<Session> {
 
   Napi::Value RemoveRegion(const Napi::CallbackInfo& info) {
     // Fixed buffers point into the mapping being removed: drop them first.
-    uring_.unregisterBuffers();
-    fixedBase_.clear();
+    disk_.unregisterBuffers();
     bool ok = !destroyed_ && buffers_.mem().remove(argU64(info, 0), argU64(info, 1));
     return Napi::Boolean::New(info.Env(), ok);
   }
 
   Napi::Value ClearRegions(const Napi::CallbackInfo& info) {
-    uring_.unregisterBuffers();
-    fixedBase_.clear();
+    disk_.unregisterBuffers();
     for (auto& v : vrings_) v->vq.unmap();
     buffers_.mem().clear();
     return info.Env().Undefined();
@@ -452,105 +430,9 @@ class Session : public Napi::ObjectWrap<Session> {
     int64_t n = argInt(info, 0);
     if (n < 0 || static_cast<size_t>(n) * kOpStride > sqOps_.length)
       throw Napi::RangeError::New(env, "submit: count out of range");
-    // No more disk I/O for a frontend whose memory faulted: none is taken,
-    // so JS fails every op (EIO) and the connection drains at once.
-    if (buffers_.faulted()) return Napi::Number::New(env, 0);
-    const double* ops = static_cast<const double*>(sqOps_.data);
-    const double* iovs = static_cast<const double*>(sqIovs_.data);
-    size_t maxIovs = iovScratch_.size();
-    // Check every op before queuing any, so a bad one leaves nothing half-done.
-    for (int64_t k = 0; k < n; k++) {
-      const double* op = ops + k * kOpStride;
-      if (!(op[0] == kOpReadv || op[0] == kOpWritev || op[0] == kOpFsync || op[0] == kOpFallocate ||
-            op[0] == kOpBlkDiscard))
-        throw Napi::RangeError::New(env, "submit: unknown opcode");
-      if (!(op[1] >= 0 && op[1] <= 9007199254740992.0 && op[5] >= 0 && op[5] <= 255))
-        throw Napi::RangeError::New(env, "submit: bad userData or flags");
-      if (op[0] == kOpFsync) continue;
-      if (op[0] == kOpFallocate || op[0] == kOpBlkDiscard) {
-        if (!(op[2] >= 0 && op[2] <= 9007199254740992.0 && op[3] > 0 && op[3] <= 9007199254740992.0 &&
-              (op[0] == kOpBlkDiscard || op[4] == kFallocPunch || op[4] == kFallocZero)))
-          throw Napi::RangeError::New(env, "submit: bad fallocate/discard range or mode");
-        if (op[0] == kOpBlkDiscard && !blockDevice_)
-          throw Napi::RangeError::New(env, "submit: BLKDISCARD on a disk that is not a block device");
-        if (!insideDisk(op[2], op[3]))
-          throw Napi::RangeError::New(env, "submit: fallocate/discard range outside the disk");
-        continue;
-      }
-      double start = op[3], count = op[4];
-      if (!(start >= 0 && count >= 1 && count <= kIovMax && start + count <= maxIovs))
-        throw Napi::RangeError::New(env, "submit: iovec range out of bounds");
-      if (!(op[2] >= 0 && op[2] <= 9007199254740992.0))
-        throw Napi::RangeError::New(env, "submit: file offset out of range");
-      if ((static_cast<unsigned>(op[5]) & kOpFlagFixed) &&
-          (count != 1 || fixedIndex(iovs[static_cast<size_t>(start) * kIovStride],
-                                    iovs[static_cast<size_t>(start) * kIovStride + 1],
-                                    iovs[static_cast<size_t>(start) * kIovStride + 2]) < 0))
-        throw Napi::RangeError::New(env, "submit: FIXED op is not one iovec in one registered buffer");
-      double bytes = 0;  // <= 1024 iovecs of < 2^53 each: exact enough to compare below
-      for (size_t m = static_cast<size_t>(start); m < static_cast<size_t>(start + count); m++) {
-        const double* iv = iovs + m * kIovStride;
-        uint8_t* p = buffers_.ptr(iv[0], iv[1], iv[2]);
-        if (!p) throw Napi::RangeError::New(env, "submit: iovec outside guest memory and bounce arena");
-        if (op[0] == kOpReadv && iv[0] == kZeroBufId)
-          throw Napi::RangeError::New(env, "submit: cannot read into the zero buffer");
-        iovScratch_[m] = iovec{p, static_cast<size_t>(iv[2])};
-        bytes += iv[2];
-      }
-      if (!insideDisk(op[2], bytes))
-        throw Napi::RangeError::New(env, "submit: read/write range outside the disk");
-    }
-    int64_t queued = 0;
-    int rc = 0;
-    for (; queued < n; queued++) {
-      const double* op = ops + queued * kOpStride;
-      unsigned opcode = static_cast<unsigned>(op[0]);
-      uint64_t userData = static_cast<uint64_t>(op[1]);
-      uint64_t off = static_cast<uint64_t>(op[2]);
-      const iovec* iov =
-          opcode == kOpFallocate || opcode == kOpBlkDiscard ? nullptr : iovScratch_.data() + static_cast<size_t>(op[3]);
-      unsigned cnt = static_cast<unsigned>(op[4]);
-      unsigned flags = static_cast<unsigned>(op[5]);
-      bool dsync = flags & kOpFlagDsync;
-      bool ok;
-      if (opcode == kOpFsync) {
-        ok = uring_.prepFsync(diskFd_, userData);
-      } else if (opcode == kOpBlkDiscard) {
-        // Hand the SQ to the kernel first, so that the ops taken are always
-        // the first `queued - dropped` of the batch.
-        rc = uring_.submit();
-        if (rc < 0) break;
-        ok = queueBlkDiscard(off, static_cast<uint64_t>(op[3]), userData);
-      } else if (opcode == kOpFallocate) {
-        ok = uring_.prepFallocate(diskFd_, static_cast<int>(op[4]), off, static_cast<uint64_t>(op[3]),
-                                  userData);
-      } else if (flags & kOpFlagFixed) {
-        const double* iv = iovs + static_cast<size_t>(op[3]) * kIovStride;
-        ok = uring_.prepFixed(opcode == kOpWritev, diskFd_, iov->iov_base,
-                              static_cast<unsigned>(iov->iov_len), off,
-                              static_cast<unsigned>(fixedIndex(iv[0], iv[1], iv[2])), userData, dsync);
-      } else if (opcode == kOpReadv) {
-        ok = uring_.prepReadv(diskFd_, iov, cnt, off, userData);
-      } else {
-        ok = uring_.prepWritev(diskFd_, iov, cnt, off, userData, dsync);
-      }
-      if (!ok) break;
-    }
-    if (rc == 0) rc = uring_.submit();
-    int64_t taken = queued - static_cast<int64_t>(uring_.dropped());
-    if (rc < 0) {
-      // The ops after the first `taken` never reach the kernel (Uring made
-      // their SQEs no-ops); JS fails exactly those.
-      Napi::Error e = errnoError(env, -rc, "io_uring_submit");
-      e.Set("taken", Napi::Number::New(env, static_cast<double>(taken)));
-      throw e;
-    }
+    int64_t queued = disk_.submit(env, static_cast<const double*>(sqOps_.data),
+                                  static_cast<const double*>(sqIovs_.data), n);
     return Napi::Number::New(env, static_cast<double>(queued));
-  }
-
-  // Is [offset, offset + len) inside the disk? (doubles < 2^53, checked by the caller)
-  bool insideDisk(double offset, double len) const {
-    return offset <= static_cast<double>(diskBytes_) && len <= static_cast<double>(diskBytes_) - offset;
   }
 
   // {ioUring, threadPool}: native work of this session still outstanding
@@ -558,8 +440,8 @@ class Session : public Napi::ObjectWrap<Session> {
   // connection waits for both to reach 0 before destroy().
   Napi::Value Outstanding(const Napi::CallbackInfo& info) {
     Napi::Object o = Napi::Object::New(info.Env());
-    o.Set("ioUring", static_cast<double>(destroyed_ ? 0 : uring_.inflight()));
-    o.Set("threadPool", static_cast<double>(pendingDiscards_));
+    o.Set("ioUring", static_cast<double>(disk_.inflight()));
+    o.Set("threadPool", static_cast<double>(disk_.pendingDiscards()));
     return o;
   }
 
@@ -567,8 +449,7 @@ class Session : public Napi::ObjectWrap<Session> {
   // -ECANCELED) arrive through onCompletions as usual.
   Napi::Value CancelIo(const Napi::CallbackInfo& info) {
     if (destroyed_) return info.Env().Undefined();
-    int rc = uring_.cancelAll();
-    if (rc < 0) throwErrno(info.Env(), -rc, "io_uring_submit");
+    disk_.cancelAll(info.Env());
     return info.Env().Undefined();
   }
 
@@ -583,90 +464,16 @@ class Session : public Napi::ObjectWrap<Session> {
     return env.Undefined();
   }
 
-  // Registers every guest region with io_uring as fixed buffers, in chunks of
-  // at most kFixedChunk (the kernel's limit per buffer is 1 GiB). Returns the
-  // number of fixed buffers; throws {code, errno} if the kernel refuses
-  // (e.g. RLIMIT_MEMLOCK), leaving none registered. The caller has drained
-  // I/O on the previous table.
+  // Registers every guest region as fixed buffers (DiskQueue::registerBuffers).
   Napi::Value RegisterBuffers(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
-    std::vector<iovec> iov;
-    fixedBase_.assign(GuestMemory::kMaxRegions, -1);
-    for (uint32_t id = 0; id < GuestMemory::kMaxRegions; id++) {
-      const Region* r = buffers_.mem().region(id);
-      if (!r) continue;
-      fixedBase_[id] = static_cast<int>(iov.size());
-      for (uint64_t off = 0; off < r->size; off += kFixedChunk) {
-        uint64_t len = r->size - off < kFixedChunk ? r->size - off : kFixedChunk;
-        iov.push_back(iovec{r->host + off, static_cast<size_t>(len)});
-      }
-    }
-    int rc = uring_.registerBuffers(iov.data(), static_cast<unsigned>(iov.size()));
-    if (rc < 0) {
-      fixedBase_.clear();
-      throwErrno(env, -rc, "io_uring_register_buffers");
-    }
-    return Napi::Number::New(env, static_cast<double>(iov.size()));
+    return Napi::Number::New(env, static_cast<double>(disk_.registerBuffers(env)));
   }
 
   Napi::Value UnregisterBuffers(const Napi::CallbackInfo& info) {
-    uring_.unregisterBuffers();
-    fixedBase_.clear();
+    disk_.unregisterBuffers();
     return info.Env().Undefined();
-  }
-
-  // Fixed buffer index for (bufId, offset, len), or -1 if it is not inside
-  // one registered chunk.
-  int fixedIndex(double bufId, double offset, double len) const {
-    if (fixedBase_.empty() || !(bufId >= 0 && bufId < GuestMemory::kMaxRegions)) return -1;
-    int base = fixedBase_[static_cast<size_t>(bufId)];
-    if (base < 0 || !(offset >= 0 && len > 0)) return -1;
-    uint64_t off = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(len);
-    if (off / kFixedChunk != (off + n - 1) / kFixedChunk) return -1;
-    return base + static_cast<int>(off / kFixedChunk);
-  }
-
-  struct DiscardWork {
-    uv_work_t work;
-    Session* session;
-    int fd;
-    uint64_t range[2];
-    uint64_t userData;
-    int res;
-  };
-
-  // Runs BLKDISCARD on the thread pool. The JS object is kept alive (Ref)
-  // until the result is back on the loop thread.
-  bool queueBlkDiscard(uint64_t off, uint64_t len, uint64_t userData) {
-    auto* w = new DiscardWork{};
-    w->work.data = w;
-    w->session = this;
-    w->fd = diskFd_;
-    w->range[0] = off;
-    w->range[1] = len;
-    w->userData = userData;
-    int rc = uv_queue_work(
-        loop_, &w->work,
-        [](uv_work_t* req) {
-          auto* d = static_cast<DiscardWork*>(req->data);
-          d->res = ioctl(d->fd, BLKDISCARD, d->range) == 0 ? 0 : -errno;
-        },
-        [](uv_work_t* req, int status) {
-          auto* d = static_cast<DiscardWork*>(req->data);
-          Session* s = d->session;
-          s->pendingDiscards_--;
-          if (!s->destroyed_) s->uring_.postCompletion(d->userData, status == 0 ? d->res : -ECANCELED);
-          s->Unref();
-          delete d;
-        });
-    if (rc != 0) {
-      delete w;
-      return false;
-    }
-    pendingDiscards_++;
-    Ref();
-    return true;
   }
 
   Napi::Value Destroy(const Napi::CallbackInfo& info) {
@@ -771,31 +578,25 @@ class Session : public Napi::ObjectWrap<Session> {
     if (!s) return;
     Napi::Env env = s->Env();
     Napi::HandleScope scope(env);
-    s->uring_.ackEvent();
+    s->disk_.uring().ackEvent();
     unsigned max = static_cast<unsigned>(s->cqes_.length / kCqeStride);
     while (!s->destroyed_) {
-      unsigned n = s->uring_.reap(static_cast<double*>(s->cqes_.data), max);
+      unsigned n = s->disk_.uring().reap(static_cast<double*>(s->cqes_.data), max);
       if (n == 0) break;
       callJs(env, s->onCompletions_, s->callbacks_.Value(), {Napi::Number::New(env, n)});
     }
   }
 
   BufferTable buffers_;  // guest memory, bounce arena, zero buffer; see guestFaulted()
+  DiskQueue disk_;       // after buffers_: it reads them
   std::vector<std::unique_ptr<Vring>> vrings_;
-  Uring uring_;
   uv_loop_t* loop_ = nullptr;
   uv_poll_t* uringPoll_ = nullptr;
-  int diskFd_ = -1;
-  uint64_t diskBytes_ = 0;
-  bool blockDevice_ = false;
-  unsigned pendingDiscards_ = 0;
   unsigned maxQueueSize_ = 0;
   bool destroyed_ = false;
   bool delivering_ = false;
   PopBatch batch_{};
   SharedArray chains_, headers_, segs_, sqOps_, sqIovs_, cqes_, used_, copies_;
-  std::vector<int> fixedBase_;  // first fixed buffer index per bufId, -1 if none
-  std::vector<iovec> iovScratch_;
   Napi::ObjectReference callbacks_;
   Napi::ObjectReference self_;
   Napi::FunctionReference onChains_, onCompletions_, onViolation_;
