@@ -11,6 +11,8 @@
         "native/guest-access.cc",
         "native/split-virtqueue.cc",
         "native/uring.cc",
+        "native/buffer-table.cc",
+        "native/disk-queue.cc",
         "native/session.cc",
         "native/disk-probe.cc",
         "native/notifier-fd.cc"

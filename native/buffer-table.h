@@ -1,0 +1,69 @@
+// BufferTable: what a bufId names (guest regions 0..508, the bounce arena,
+// the zero buffer), the bounds-checked ptr() lookup for it, and the guest
+// copies JS asks for (writeGuest, readGuest, copy), each under the SIGBUS
+// guard. It owns the guest memory maps, the arena and the zero buffer.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+
+#include "guest-access.h"
+#include "guest-memory.h"
+
+namespace vublk {
+
+constexpr unsigned kCopyStride = 5;
+// bufId naming the session's bounce arena (guest regions are 0..508).
+constexpr uint32_t kBounceBufId = 1024;
+// bufId of a read-only buffer of zeroes: the source for writes and copies of
+// zeroes (WRITE_ZEROES fallback, zero-patched RMW blocks).
+constexpr uint32_t kZeroBufId = 1025;
+constexpr uint64_t kZeroBytes = 1 << 20;
+constexpr uint64_t kMaxBounceBytes = 1ull << 32;
+
+class BufferTable {
+ public:
+  ~BufferTable() { release(); }
+  // Maps the bounce arena (bounceBytes, checked by the caller) and the zero
+  // buffer; throws {code, errno} if mmap fails.
+  void init(Napi::Env env, uint64_t bounceBytes);
+  // Unmaps guest memory, the arena and the zero buffer (idempotent).
+  void release();
+
+  GuestMemory& mem() { return mem_; }
+  const GuestMemory& mem() const { return mem_; }
+  GuestFault& fault() { return fault_; }
+  // A guarded access faulted: from then on the session touches no guest
+  // memory and takes no disk I/O.
+  bool faulted() const { return faulted_; }
+  // Sets faulted(); true if it was not set before.
+  bool markFaulted() {
+    bool first = !faulted_;
+    faulted_ = true;
+    return first;
+  }
+
+  // Host pointer for (bufId, offset, len): a guest region or the bounce
+  // arena, bounds-checked; nullptr if it lies outside.
+  uint8_t* ptr(double bufId, double offset, double len) const;
+
+  // Guest copies: each throws a RangeError for a range outside its buffers,
+  // touches no guest memory once faulted(), and returns false if its access
+  // faulted (readGuest: or faulted() was already set; it zeroes dst then).
+  // The caller reports a false with the session's guestFaulted.
+  bool writeGuest(Napi::Env env, uint64_t bufId, uint64_t off, Napi::Uint8Array data);
+  // offset is read only for a bufId below the arena's.
+  bool readGuest(Napi::Env env, double bufId, Napi::Value offset, Napi::Uint8Array dst);
+  bool copy(Napi::Env env, const double* copies, int64_t n);
+
+ private:
+  GuestMemory mem_;
+  GuestFault fault_;
+  bool faulted_ = false;
+  uint8_t* bounce_ = nullptr;
+  uint64_t bounceLen_ = 0;
+  uint8_t* zeroes_ = nullptr;
+};
+
+}  // namespace vublk

@@ -1,0 +1,83 @@
+// DiskQueue: the disk side of a session. It owns the io_uring and the disk
+// fd's ops: submit (every op checked, its file range inside the disk, before
+// any is queued), fixed-buffer registration and fixedIndex, the BLKDISCARD
+// worker on libuv's thread pool, and what is outstanding or cancelled.
+#pragma once
+
+#include <napi.h>
+#include <sys/uio.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "buffer-table.h"
+#include "uring.h"
+
+namespace vublk {
+
+constexpr unsigned kOpStride = 6;
+constexpr unsigned kIovStride = 3;
+constexpr unsigned kOpReadv = 0;
+constexpr unsigned kOpWritev = 1;
+constexpr unsigned kOpFsync = 2;
+// fallocate: fileOffset = op[2], length = op[3], mode = op[4].
+constexpr unsigned kOpFallocate = 3;
+constexpr int kFallocPunch = 0x01 | 0x02;  // FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
+constexpr int kFallocZero = 0x01 | 0x10;   // FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE
+// BLKDISCARD on a block device: fileOffset = op[2], length = op[3]. io_uring
+// has no discard op, so it runs on libuv's thread pool and its result comes
+// back through the ring's completion path.
+constexpr unsigned kOpBlkDiscard = 4;
+constexpr unsigned kOpFlagFixed = 1;
+constexpr unsigned kOpFlagDsync = 2;
+constexpr unsigned kIovMax = 1024;
+// Largest fixed buffer io_uring takes; larger regions are registered in chunks.
+constexpr uint64_t kFixedChunk = 1ull << 30;
+
+class DiskQueue {
+ public:
+  // owner: the JS object kept alive (Ref) while a BLKDISCARD is on the
+  // thread pool, so this queue outlives it.
+  DiskQueue(const BufferTable& buffers, Napi::Reference<Napi::Object>& owner)
+      : buffers_(buffers), owner_(owner) {}
+  // Sets up the ring of `entries`; throws {code, errno} if io_uring refuses.
+  // maxIovs: the iovecs arrays.sqIovs holds.
+  void init(Napi::Env env, uv_loop_t* loop, int diskFd, uint64_t diskBytes, bool blockDevice,
+            unsigned entries, size_t maxIovs);
+  // Releases the ring; later discard results are dropped.
+  void close();
+
+  Uring& uring() { return uring_; }
+
+  // Checks then queues n ops [opcode, userData, fileOffset, iovStart, iovCount,
+  // flags] with their iovecs; returns how many were queued.
+  int64_t submit(Napi::Env env, const double* ops, const double* iovs, int64_t n);
+  // Ops the kernel holds, BLKDISCARDs on the thread pool.
+  unsigned inflight() const { return closed_ ? 0 : uring_.inflight(); }
+  unsigned pendingDiscards() const { return pendingDiscards_; }
+  // Asks the kernel to cancel every op in flight; throws if it refuses.
+  void cancelAll(Napi::Env env);
+  // Registers every guest region as fixed buffers; returns how many.
+  size_t registerBuffers(Napi::Env env);
+  void unregisterBuffers();
+
+ private:
+  bool insideDisk(double offset, double len) const;
+  int fixedIndex(double bufId, double offset, double len) const;
+  bool queueBlkDiscard(uint64_t off, uint64_t len, uint64_t userData);
+
+  const BufferTable& buffers_;
+  Napi::Reference<Napi::Object>& owner_;
+  Uring uring_;
+  uv_loop_t* loop_ = nullptr;
+  int diskFd_ = -1;
+  uint64_t diskBytes_ = 0;
+  bool blockDevice_ = false;
+  bool closed_ = false;
+  unsigned pendingDiscards_ = 0;
+  std::vector<int> fixedBase_;  // first fixed buffer index per bufId, -1 if none
+  std::vector<iovec> iovScratch_;
+};
+
+}  // namespace vublk

@@ -1,0 +1,240 @@
+// Session: one frontend connection's data plane, as a JS object: the N-API
+// glue and the rings. It owns the virtqueues with their kick/call/err
+// eventfds; guest memory is its BufferTable's, the io_uring for the disk its
+// DiskQueue's. JS decides everything; this class moves bytes:
+//
+//   kick eventfd ---> pop chains ---> onChains(q, n, segs)       one call per batch
+//   JS submit(n) ---> io_uring SQEs                              one call per batch
+//   uring eventfd --> reap CQEs  ---> onCompletions(n)           one call per batch
+//   JS pushUsed(q, n) -> status bytes, used ring, call eventfd   one call per batch
+//
+// Shared arrays (layouts in src/native/binding.ts) carry every batch, so no
+// JS object is made per request. The methods defined here are the thin ones;
+// session.cc holds set-up, teardown, the rings and the event handlers.
+#pragma once
+
+#include <napi.h>
+#include <uv.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "buffer-table.h"
+#include "disk-queue.h"
+#include "errno-error.h"
+#include "split-virtqueue.h"
+
+namespace vublk {
+
+struct SharedArray {
+  Napi::Reference<Napi::TypedArray> ref;
+  void* data = nullptr;
+  size_t length = 0;  // elements
+};
+
+class Session;
+
+struct Vring {
+  SplitVirtqueue vq;
+  int kickFd = -1;
+  int callFd = -1;
+  int errFd = -1;
+  bool enabled = false;
+  bool started = false;
+  bool paused = false;
+  bool pollPending = false;
+  uv_poll_t* kickPoll = nullptr;
+  Session* session = nullptr;
+  unsigned index = 0;
+};
+
+class Session : public Napi::ObjectWrap<Session> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+
+  // A throw part-way (a bad argument, mmap, io_uring or uv_poll failing)
+  // releases whatever was made so far: no destructor runs for an object
+  // whose constructor threw.
+  explicit Session(const Napi::CallbackInfo& info)
+      : Napi::ObjectWrap<Session>(info), disk_(buffers_, *this) {
+    try {
+      init(info);
+    } catch (...) {
+      teardown();
+      throw;
+    }
+  }
+
+  ~Session() override { teardown(); }
+
+ private:
+  Napi::Value RegionCount(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), buffers_.mem().count());
+  }
+
+  Napi::Value SetVringAddr(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    v.vq.setAddr(argU64(info, 1), argU64(info, 2), argU64(info, 3));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetVringBase(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    v.vq.setBase(static_cast<uint16_t>(argInt(info, 1)));
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetVringCall(const Napi::CallbackInfo& info) {
+    setFd(info, &Vring::callFd);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetVringErr(const Napi::CallbackInfo& info) {
+    setFd(info, &Vring::errFd);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetVringEnabled(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    v.enabled = info[1].ToBoolean();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetEventIdx(const Napi::CallbackInfo& info) {
+    for (auto& v : vrings_) v->vq.setEventIdx(info[0].ToBoolean());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value SetIndirect(const Napi::CallbackInfo& info) {
+    for (auto& v : vrings_) v->vq.setIndirect(info[0].ToBoolean());
+    return info.Env().Undefined();
+  }
+
+  Napi::Value PauseVring(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    v.paused = info[1].ToBoolean();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value PollVring(const Napi::CallbackInfo& info) {
+    Vring& v = vring(info);
+    deliver(v);
+    return info.Env().Undefined();
+  }
+
+  Napi::Value VringStarted(const Napi::CallbackInfo& info) {
+    return Napi::Boolean::New(info.Env(), vring(info).started);
+  }
+
+  // --- io_uring ---
+  Napi::Value Submit(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    int64_t n = argInt(info, 0);
+    if (n < 0 || static_cast<size_t>(n) * kOpStride > sqOps_.length)
+      throw Napi::RangeError::New(env, "submit: count out of range");
+    int64_t queued = disk_.submit(env, static_cast<const double*>(sqOps_.data),
+                                  static_cast<const double*>(sqIovs_.data), n);
+    return Napi::Number::New(env, static_cast<double>(queued));
+  }
+
+  // {ioUring, threadPool}: native work of this session still outstanding
+  // (ops the kernel holds, BLKDISCARDs on libuv's thread pool). A closing
+  // connection waits for both to reach 0 before destroy().
+  Napi::Value Outstanding(const Napi::CallbackInfo& info) {
+    Napi::Object o = Napi::Object::New(info.Env());
+    o.Set("ioUring", static_cast<double>(disk_.inflight()));
+    o.Set("threadPool", static_cast<double>(disk_.pendingDiscards()));
+    return o;
+  }
+
+  // Asks the kernel to cancel every op in flight; their completions (or
+  // -ECANCELED) arrive through onCompletions as usual.
+  Napi::Value CancelIo(const Napi::CallbackInfo& info) {
+    if (destroyed_) return info.Env().Undefined();
+    disk_.cancelAll(info.Env());
+    return info.Env().Undefined();
+  }
+
+  // Registers every guest region as fixed buffers (DiskQueue::registerBuffers).
+  Napi::Value RegisterBuffers(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    return Napi::Number::New(env, static_cast<double>(disk_.registerBuffers(env)));
+  }
+
+  Napi::Value UnregisterBuffers(const Napi::CallbackInfo& info) {
+    disk_.unregisterBuffers();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value WriteGuest(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    uint64_t bufId = argU64(info, 0);
+    uint64_t off = argU64(info, 1);
+    if (!buffers_.writeGuest(env, bufId, off, info[2].As<Napi::Uint8Array>())) guestFaulted(-1);
+    return env.Undefined();
+  }
+
+  // readGuest(bufId, offset, dst): see BufferTable::readGuest.
+  Napi::Value ReadGuest(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    Napi::Uint8Array dst = info[2].As<Napi::Uint8Array>();
+    double bufId = info[0].As<Napi::Number>().DoubleValue();
+    if (!buffers_.readGuest(env, bufId, info[1], dst)) guestFaulted(-1);
+    return env.Undefined();
+  }
+
+  // copy(n): n copies from arrays.copies (see BufferTable::copy).
+  Napi::Value Copy(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+    int64_t n = argInt(info, 0);
+    if (n < 0 || static_cast<size_t>(n) * kCopyStride > copies_.length)
+      throw Napi::RangeError::New(env, "copy: count out of range");
+    if (!buffers_.copy(env, static_cast<const double*>(copies_.data), n)) guestFaulted(-1);
+    return env.Undefined();
+  }
+
+  // Defined in session.cc: set-up and teardown, regions, the rings, events.
+  void init(const Napi::CallbackInfo& info);
+  void bind(Napi::Env env, Napi::Object arrays, const char* name, napi_typedarray_type type,
+            SharedArray& out);
+  Vring& vring(const Napi::CallbackInfo& info);
+  void teardown();
+  Napi::Value AddRegion(const Napi::CallbackInfo& info);
+  Napi::Value RemoveRegion(const Napi::CallbackInfo& info);
+  Napi::Value ClearRegions(const Napi::CallbackInfo& info);
+  Napi::Value SetVringNum(const Napi::CallbackInfo& info);
+  Napi::Value StopVring(const Napi::CallbackInfo& info);
+  void setFd(const Napi::CallbackInfo& info, int Vring::*field);
+  Napi::Value SetVringKick(const Napi::CallbackInfo& info);
+  Napi::Value StartVring(const Napi::CallbackInfo& info);
+  Napi::Value PushUsed(const Napi::CallbackInfo& info);
+  Napi::Value Destroy(const Napi::CallbackInfo& info);
+  static void OnKick(uv_poll_t* h, int status, int events);
+  void ringBroken(Vring& v, const std::string& err);
+  void deliver(Vring& v);
+  void deliverOne(Vring& v);
+  void guestFaulted(int q);
+  static void OnUringEvent(uv_poll_t* h, int, int);
+
+  BufferTable buffers_;  // guest memory, bounce arena, zero buffer; see guestFaulted()
+  DiskQueue disk_;       // after buffers_: it reads them
+  std::vector<std::unique_ptr<Vring>> vrings_;
+  uv_loop_t* loop_ = nullptr;
+  uv_poll_t* uringPoll_ = nullptr;
+  unsigned maxQueueSize_ = 0;
+  bool destroyed_ = false;
+  bool delivering_ = false;
+  PopBatch batch_{};
+  SharedArray chains_, headers_, segs_, sqOps_, sqIovs_, cqes_, used_, copies_;
+  Napi::ObjectReference callbacks_;
+  Napi::ObjectReference self_;
+  Napi::FunctionReference onChains_, onCompletions_, onViolation_;
+};
+
+}  // namespace vublk
