@@ -45,6 +45,13 @@ class GuestMemory {
   bool remove(uint64_t gpa, uint64_t size);
   void clear();
   unsigned count() const { return count_; }
+  // Bytes mapped over all regions (what fixed-buffer registration would pin).
+  uint64_t totalBytes() const {
+    uint64_t n = 0;
+    for (const Region& r : regions_)
+      if (r.active) n += r.size;
+    return n;
+  }
 
   // The span of [gpa, gpa+len) that starts at gpa and stays in one region.
   // Returns false if gpa is not in guest memory.

@@ -39,7 +39,7 @@ Napi::Function Session::Define(Napi::Env env) {
       {InstanceMethod<&Session::AddRegion>("addRegion"),
        InstanceMethod<&Session::RemoveRegion>("removeRegion"),
        InstanceMethod<&Session::ClearRegions>("clearRegions"),
-       InstanceMethod<&Session::RegionCount>("regionCount"),
+       InstanceMethod<&Session::RegionBytes>("regionBytes"),
        InstanceMethod<&Session::SetVringNum>("setVringNum"),
        InstanceMethod<&Session::SetVringAddr>("setVringAddr"),
        InstanceMethod<&Session::SetVringBase>("setVringBase"),

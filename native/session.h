@@ -69,8 +69,8 @@ class Session : public Napi::ObjectWrap<Session> {
   ~Session() override { teardown(); }
 
  private:
-  Napi::Value RegionCount(const Napi::CallbackInfo& info) {
-    return Napi::Number::New(info.Env(), buffers_.mem().count());
+  Napi::Value RegionBytes(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(buffers_.mem().totalBytes()));
   }
 
   Napi::Value SetVringAddr(const Napi::CallbackInfo& info) {

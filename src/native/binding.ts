@@ -94,7 +94,8 @@ export interface Session {
   removeRegion(gpa: number, size: number): boolean;
   /** Unmaps every region. Caller ensures no I/O is in flight on them. */
   clearRegions(): void;
-  regionCount(): number;
+  /** Bytes of guest memory mapped now, over all regions. */
+  regionBytes(): number;
 
   // --- virtqueues (index q < queues given to the constructor) ---
   setVringNum(q: number, num: number): void;

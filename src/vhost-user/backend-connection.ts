@@ -84,8 +84,6 @@ export class BackendConnection {
   /** The message being handled was refused without breaking the connection. */
   private refused = false;
   private readonly fixedBuffers: FixedBufferPolicy;
-  /** Bytes of guest memory mapped now (what registration would pin). */
-  private regionBytes = 0;
   private hostErrors = 0;
   private closing: Promise<void> | undefined;
   /** The daemon is exiting: close() stops waiting for native I/O. */
@@ -339,7 +337,6 @@ export class BackendConnection {
     const running = await this.quiesce();
     try {
       this.session.clearRegions();
-      this.regionBytes = 0;
       for (let i = 0; i < table.regions.length; i++) {
         const r = table.regions[i]!;
         msg.fds[i] = -1; // addRegion closes it, mapped or not
@@ -366,7 +363,7 @@ export class BackendConnection {
   /** Registers guest memory as io_uring fixed buffers if the policy allows (see fixed-buffers.ts). Called with I/O drained. */
   private registerMemory(): void {
     this.handler.setRegistered(false);
-    this.handler.setRegistered(this.fixedBuffers.apply(this.regionBytes, () => this.session.registerBuffers()));
+    this.handler.setRegistered(this.fixedBuffers.apply(this.session.regionBytes(), () => this.session.registerBuffers()));
   }
 
   /** Logs the per-queue counters, one line per queue. */
@@ -386,7 +383,6 @@ export class BackendConnection {
     // Our mapping starts page aligned at file offset 0: the region's first
     // byte sits mmap_offset into a page.
     this.handler.setRegionPhase(bufId, r.mmapOffset);
-    this.regionBytes += r.size;
   }
 
   private async remMemReg(msg: Message): Promise<void> {
@@ -397,7 +393,6 @@ export class BackendConnection {
     if (!this.session.removeRegion(r.gpa, r.size)) {
       throw violation(`REM_MEM_REG names no mapped region (gpa 0x${r.gpa.toString(16)} size ${r.size})`);
     }
-    this.regionBytes -= r.size;
     this.registerMemory();
     this.resume(running);
   }
