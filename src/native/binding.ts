@@ -114,14 +114,37 @@ export interface Session {
   setIndirect(indirect: boolean): void;
   /**
    * Starts popping if the ring has a kick fd, is enabled and not paused.
-   * Translates ring addresses; throws Error(message) if they do not lie in guest memory.
+   * Translates ring addresses; throws Error(message) if they do not lie in
+   * guest memory, or if the inflight region cannot describe the ring.
+   *
+   * The first start after setVringBase or setInflight recovers from the
+   * inflight region (when one is set for q): it finishes an interrupted
+   * publish, sets the avail position to used->idx + heads still in flight,
+   * and queues those heads (oldest counter first) to be delivered before new
+   * avail entries. Returns how many heads it will resubmit (0 without a
+   * region, or on later starts).
    */
-  startVring(q: number): void;
+  startVring(q: number): number;
   /** Temporarily stop popping (e.g. while the memory table changes). */
   pauseVring(q: number, paused: boolean): void;
   /** Pops what is available now (after unpause); may call onChains synchronously. */
   pollVring(q: number): void;
   vringStarted(q: number): boolean;
+
+  // --- inflight region (VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD) ---
+  /**
+   * Maps the frontend's inflight region (SET_INFLIGHT_FD). fd is always
+   * closed by this call (the mapping keeps the memory). Throws Error(message)
+   * naming the field that is wrong: mmapSize not what numQueues x queueSize
+   * needs, an offset not page aligned or past the file, numQueues outside
+   * 1..queues, queueSize outside 1..maxQueueSize, a file that is not sealed
+   * against shrinking, a queue region whose version is neither 0 nor 1 or
+   * whose desc_num is not queueSize. Replaces an earlier region; every ring
+   * must be stopped. Queues below numQueues track requests in it.
+   */
+  setInflight(fd: number, mmapSize: number, mmapOffset: number, numQueues: number, queueSize: number): void;
+  /** Unmaps the inflight region (RESET_DEVICE); rings must be stopped. */
+  clearInflight(): void;
 
   /** Writes status bytes, fills used entries and notifies the guest: n entries in arrays.used. */
   pushUsed(q: number, n: number): void;
@@ -197,8 +220,12 @@ export interface NativeBinding {
   recvMsg(fd: number, buf: Uint8Array, offset: number, length: number, maxFds: number): RecvResult;
   /** Sends all bytes with fds attached to the first byte; waits at most timeoutMs. */
   sendMsg(fd: number, buf: Uint8Array, fds: number[], timeoutMs: number): void;
-  /** Sends what fits now of buf[offset, offset+length) without waiting; returns the bytes sent (0: socket full). */
-  sendSome(fd: number, buf: Uint8Array, offset: number, length: number): number;
+  /**
+   * Sends what fits now of buf[offset, offset+length) without waiting; returns
+   * the bytes sent (0: socket full). fds (at most 8) go with the first byte
+   * sent; the caller keeps them and passes them only until a send took bytes.
+   */
+  sendSome(fd: number, buf: Uint8Array, offset: number, length: number, fds?: number[]): number;
   closeFd(fd: number): void;
   /** What /proc/self/fd/N links to ("anon_inode:[eventfd]", "pipe:[123]", ...); "" if not open. */
   fdTarget(fd: number): string;
@@ -213,6 +240,12 @@ export interface NativeBinding {
   memfdCreate(name: string, size: number): number;
   /** Maps fd shared read-write; the ArrayBuffer unmaps when collected. */
   mapShared(fd: number, size: number, offset: number): ArrayBuffer;
+  /**
+   * The inflight region GET_INFLIGHT_FD hands out: a zeroed memfd sized for
+   * numQueues x queueSize split-ring queue regions, sealed against growing
+   * and shrinking. Returns its fd (the caller's) and mmapSize.
+   */
+  inflightCreate(numQueues: number, queueSize: number): { fd: number; mmapSize: number };
   /** A non-blocking eventfd (blocking: true for tests that need one that blocks). */
   eventfdCreate(blocking?: boolean): number;
   /** Returns the counter, or 0 if it would block. */
