@@ -20,6 +20,8 @@ export class QueueCounters {
   /** Requests completed, and those completed with an error status. */
   requests = 0;
   errors = 0;
+  /** Requests an earlier backend left in flight, taken from the inflight region when the ring started. */
+  resubmitted = 0;
 
   add(o: QueueCounters): void {
     this.bytesBounced += o.bytesBounced;
@@ -31,5 +33,6 @@ export class QueueCounters {
     this.plainOps += o.plainOps;
     this.requests += o.requests;
     this.errors += o.errors;
+    this.resubmitted += o.resubmitted;
   }
 }

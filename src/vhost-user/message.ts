@@ -376,6 +376,23 @@ export function needsReply(msg: Message): boolean {
   return (msg.flags & Flags.NEED_REPLY) !== 0;
 }
 
+/** Whether a request has a reply of its own (so REPLY_ACK adds none). */
+export function hasReply(request: number): boolean {
+  switch (request) {
+    case Request.GET_FEATURES:
+    case Request.GET_PROTOCOL_FEATURES:
+    case Request.GET_VRING_BASE:
+    case Request.GET_QUEUE_NUM:
+    case Request.GET_CONFIG:
+    case Request.GET_MAX_MEM_SLOTS:
+    case Request.GET_INFLIGHT_FD:
+    case Request.GET_STATUS:
+      return true;
+    default:
+      return false;
+  }
+}
+
 // ------------------------------------------------------ per-request decoding
 
 /** Payload types; 'unsupported' covers requests a vhost-user-blk back-end does not serve. */
