@@ -76,7 +76,10 @@ export class WriteCacheStateFile {
     try {
       st = fs.statSync(this.file);
     } catch (err) {
-      if (errCode(err) === 'ENOENT') return undefined;
+      if (errCode(err) === 'ENOENT') {
+        this.checkDirectory();
+        return undefined;
+      }
       throw this.invalid(`cannot be read (${errCode(err)})`);
     }
     if (!st.isFile()) throw this.invalid('is not a regular file');
@@ -137,6 +140,20 @@ export class WriteCacheStateFile {
       }
     } catch (err) {
       throw new StateFileError(`cannot write state file ${this.file}: fsync of ${dir} failed (${errCode(err)})`, { path: this.file, syscall: 'fsync', cause: err });
+    }
+  }
+
+  /** A file that is absent is fine; one that could never be created is found out now, not at the guest's first SET_CONFIG. */
+  private checkDirectory(): void {
+    const dir = path.dirname(this.file);
+    let isDir = false;
+    try {
+      isDir = fs.statSync(dir).isDirectory();
+    } catch {
+      // reported below
+    }
+    if (!isDir) {
+      throw new StateFileError(`state file ${this.file} cannot be created: ${dir} is not a directory; create it or pass another --state-file`, { path: this.file });
     }
   }
 

@@ -135,3 +135,12 @@ t.test('a state file under a path that is not a directory cannot be read', (t) =
   t.match((loadError(new WriteCacheStateFile(file, disk)) as Error).message, /cannot be read \(ENOTDIR\)/);
   t.end();
 });
+
+t.test('an absent file in a directory that does not exist is refused at load, not at the first save', (t) => {
+  const { dir, disk } = setup(t);
+  const file = path.join(dir, 'no-such-dir', 'x.state');
+  const err = loadError(new WriteCacheStateFile(file, disk));
+  t.type(err, StateFileError);
+  t.equal((err as Error).message, `state file ${file} cannot be created: ${path.dirname(file)} is not a directory; create it or pass another --state-file`);
+  t.end();
+});

@@ -101,7 +101,10 @@ t.test('a state file that cannot be written refuses the SET_CONFIG and keeps the
   const dir = tmpDir('vublk-int-wce-');
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const stateFile = path.join(dir, 'gone', 'vublk.state');
+  fs.mkdirSync(path.dirname(stateFile));
   const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, extraArgs: ['--state-file', stateFile] });
+  // Gone after start-up (which checks that the directory is there).
+  fs.rmdirSync(path.dirname(stateFile));
   const c = await session(t, d.v, d.socket, async (fe, drv) => {
     await t.rejects(setWriteback(fe, false), /back-end refused SET_CONFIG \(ack 1\)/, 'REPLY_ACK 1');
     t.equal(parseBlkConfig(await fe.readConfig()).writeback, 1, 'GET_CONFIG still shows write-back');
@@ -150,6 +153,11 @@ t.test('a state file it cannot trust stops the daemon at start-up, naming the fi
   const torn = await runVublk(['--disk', a, '--socket', socket]);
   t.equal(torn.code, 1);
   t.match(torn.stderr, `vublk: error: state file ${stateFile} is not valid JSON; delete it`);
+
+  const nowhere = path.join(dir, 'nowhere', 'x.state');
+  const noDir = await runVublk(['--disk', a, '--socket', socket, '--state-file', nowhere]);
+  t.equal(noDir.code, 1);
+  t.match(noDir.stderr, `vublk: error: state file ${nowhere} cannot be created: ${path.dirname(nowhere)} is not a directory`);
 
   fs.rmSync(stateFile);
   const fresh = await startVublk(['--disk', b, '--socket', socket]);
