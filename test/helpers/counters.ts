@@ -15,6 +15,7 @@ export const COUNTER_KEYS = [
   'ioSplits',
   'fixedOps',
   'plainOps',
+  'durableWrites',
   'requests',
   'errors',
   'resubmitted',
