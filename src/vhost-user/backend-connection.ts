@@ -516,6 +516,10 @@ export class BackendConnection {
     } catch (err) {
       throw violation(`${what}: queue ${q}: ${describe(err)}`);
     }
+    if (resubmit < 0) {
+      resubmit = -1 - resubmit;
+      log.warn('inflight region was behind the ring: re-synchronised, not kept by vublk', { conn: this.id, queue: q, count: resubmit });
+    }
     if (resubmit > 0) {
       log.info('resubmitting requests left in flight by an earlier backend', { conn: this.id, queue: q, count: resubmit });
       this.handler.counters()[q]!.resubmitted += resubmit; // q < device.queues: queueIndex checked it
