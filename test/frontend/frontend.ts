@@ -538,8 +538,9 @@ export class Frontend {
   }
 
   /** GET_VRING_BASE: stops queue q in the back-end and returns its last avail idx. */
-  async getVringBase(q: number): Promise<number> {
-    const m = await this.call(Request.GET_VRING_BASE, encodeVringStatePayload(q, 0));
+  async getVringBase(q: number, timeoutMs: number = this.timeoutMs): Promise<number> {
+    this.send(Request.GET_VRING_BASE, encodeVringStatePayload(q, 0));
+    const m = await this.recvReply(Request.GET_VRING_BASE, timeoutMs);
     if (m.size !== 8) throw new Error(`GET_VRING_BASE reply has ${m.size} payload bytes, expected 8`);
     const index = m.payload.readUInt32LE(0);
     if (index !== q) throw new Error(`GET_VRING_BASE reply is for queue ${index}, expected ${q}`);
