@@ -4,9 +4,10 @@
  * The guest (2 vCPUs, 2 virtqueues, chardev reconnect=1) runs fio randwrite
  * with crc32c verify (4k-128k, iodepth 32, one job per vCPU pinned to it on
  * its own region) for RUNTIME_S seconds. Meanwhile the host kills vublk at
- * random moments (seeded, VUBLK_TEST_SEED repeats a run) at least MIN_KILLS
- * times and starts a new one on the same image and socket; QEMU reconnects
- * and hands it the same inflight region. Then fio must exit 0, a separate
+ * random moments (seeded, VUBLK_TEST_SEED repeats a run; each time once its
+ * io_uring has an operation in flight) at least MIN_KILLS times and starts
+ * a new one on the same image and socket; QEMU reconnects and hands it the
+ * same inflight region. Then fio must exit 0, a separate
  * read-only verify pass over both regions must be clean, the guest's dmesg
  * must show no I/O or ring error, and no vublk may log a warn/error line.
  *
@@ -45,6 +46,7 @@ import {
   startVublk,
   stopDaemon,
   tail,
+  untilUringBusy,
   vublkPrerequisites,
   vublkProblemLines,
   waitForDaemonLine,
@@ -65,6 +67,8 @@ const MIN_KILLS = 5;
 const MAX_KILLS = 8;
 /** A vublk is killed this long (uniform, ms) after QEMU connected to it... */
 const ALIVE_MS: [number, number] = [2000, 7000];
+/** ...once its io_uring has an operation in flight (waiting at most this long)... */
+const BUSY_WAIT_MS = 3000;
 /** ...and the next one starts this long (uniform, ms) after it exited. */
 const DOWN_MS: [number, number] = [100, 1500];
 /** QEMU retries every second (reconnect=1): give up on it after this long. */
@@ -163,7 +167,7 @@ interface Generation {
   /** Generations after the first: when QEMU connected (ms after it was ready), if it did. */
   reconnectMs?: number | undefined;
   /** Set when the test stopped it while fio ran. */
-  killed?: { aliveMs: number; exit: Exit; socketLeft: boolean };
+  killed?: { aliveMs: number; inflight: number | undefined; busyWaitMs: number; exit: Exit; socketLeft: boolean };
   /** Exit of the last generation, stopped with SIGTERM after the guest ended. */
   finalExit?: Exit;
 }
@@ -237,9 +241,12 @@ async function runWithKills(tt: Test, kill: Kill, seed: number): Promise<Outcome
       await sleep(aliveMs);
       if (!fioRunning) return;
       await snapshotCounters(cur.child);
+      // The guest is slow (TCG) and the host disk fast: most of the time no
+      // request is in flight. Wait for one, so each kill leaves work behind.
+      const busy = await untilUringBusy(cur.child.pid, BUSY_WAIT_MS);
       cur.child.off('exit', cur.onUnexpectedExit);
       const exit = await stopDaemon(cur.child, { signal: kill, timeoutMs: 15000 });
-      cur.killed = { aliveMs, exit, socketLeft: await isSocket(socket) };
+      cur.killed = { aliveMs, ...busy, exit, socketLeft: await isSocket(socket) };
       await sleep(between(DOWN_MS));
       const next = await spawnGeneration();
       const ready = Date.now();
@@ -318,7 +325,7 @@ function checkOutcome(tt: Test, o: Outcome, kill: Kill): void {
   for (const g of o.gens) {
     const k = g.killed;
     tt.comment(`vublk #${g.n}: ${g.reconnectMs !== undefined ? `QEMU connected ${g.reconnectMs} ms after start; ` : ''}` +
-      (k ? `${kill} after ${k.aliveMs} ms: exit code ${k.exit.code} signal ${k.exit.signal}` : 'not killed') +
+      (k ? `${kill} after ${k.aliveMs} + ${k.busyWaitMs} ms with ${k.inflight ?? 'unknown'} io_uring ops in flight: exit code ${k.exit.code} signal ${k.exit.signal}` : 'not killed') +
       ` | ${lastCounters(g).map((f) => `q${f.queue} requests=${f.requests} resubmitted=${f.resubmitted ?? '?'}`).join(' ')}`);
   }
   const guestOutput = tail(o.res.output, 40);
@@ -347,7 +354,10 @@ function checkOutcome(tt: Test, o: Outcome, kill: Kill): void {
   const requests = sumCounter(o.gens, 'requests');
   tt.ok(requests.perQueue.every((n) => n > 0), `both virtqueues carried requests (${requests.perQueue.join(', ')})`);
   const resub = sumCounter(o.gens, 'resubmitted');
-  tt.equal(resub.missing, 0, 'every counters line has a resubmitted count', { lines: resub.lines });
+  tt.equal(resub.missing, 0, 'every counters line has a resubmitted count', {
+    lines: resub.lines,
+    why: resub.missing > 0 ? 'this vublk counts no resubmitted requests: it has no inflight region (INFLIGHT_SHMFD)' : undefined,
+  });
   const total = resub.perQueue.reduce((a, b) => a + b, 0);
   tt.comment(`resubmitted over the run: ${total} (per queue ${resub.perQueue.join(', ')})`);
   if (kill === 'SIGKILL') {

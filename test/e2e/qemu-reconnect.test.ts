@@ -26,7 +26,6 @@
  */
 import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
 import {
   ROUND_MARKER,
   allPrerequisites,
@@ -41,6 +40,7 @@ import {
   startVublk,
   stopDaemon,
   tail,
+  untilUringBusy,
   vublkPrerequisites,
   vublkProblemLines,
   waitForDaemonLine,
@@ -100,36 +100,6 @@ interface Outcome {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
- * Sum over the process's io_uring instances of SqHead - CqTail (SQEs the
- * kernel consumed minus CQEs it posted): disk operations in flight. Best effort.
- */
-function uringInflight(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    let n = 0;
-    let rings = 0;
-    for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-      let target: string;
-      try {
-        target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-      } catch {
-        continue;
-      }
-      if (!target.includes('io_uring')) continue;
-      const info = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
-      const sq = /^SqHead:\s*(\d+)/m.exec(info);
-      const cq = /^CqTail:\s*(\d+)/m.exec(info);
-      if (!sq || !cq) return undefined;
-      n += (Number(sq[1]) - Number(cq[1])) >>> 0;
-      rings++;
-    }
-    return rings > 0 ? n : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/**
  * One guest boot (chardev reconnect=1) running the rounds script. When the
  * guest starts writing each round of RESTART_ROUNDS, the current vublk gets
  * `kill` (once it has disk I/O in flight) and a new one is started on the same
@@ -173,13 +143,7 @@ async function runWithRestarts(tt: Test, kill: 'SIGTERM' | 'SIGKILL'): Promise<O
   const replace = async (): Promise<void> => {
     const cur = gens[gens.length - 1]!;
     await sleep(KILL_DELAY_MS);
-    const t0 = Date.now();
-    let inflight = uringInflight(cur.child.pid);
-    while (inflight !== undefined && inflight === 0 && Date.now() - t0 < BUSY_WAIT_MS) {
-      await sleep(1);
-      inflight = uringInflight(cur.child.pid);
-    }
-    const busyWaitMs = Date.now() - t0;
+    const { inflight, busyWaitMs } = await untilUringBusy(cur.child.pid, BUSY_WAIT_MS);
     const guestProgress = progress();
     cur.child.off('exit', cur.onUnexpectedExit);
     const t1 = Date.now();
