@@ -25,8 +25,6 @@
  * prerequisites the test is skipped, except under CI (env CI set).
  */
 import t, { type Test } from 'tap';
-import type { ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
 import {
   ROUND_MARKER,
   allPrerequisites,
@@ -38,14 +36,16 @@ import {
   isSocket,
   roundsScript,
   runGuest,
-  startVublk,
+  startVublkGeneration,
   stopDaemon,
   tail,
+  untilUringBusy,
   vublkPrerequisites,
   vublkProblemLines,
   waitForDaemonLine,
   type Exit,
   type RunGuestResult,
+  type VublkGeneration,
 } from '../helpers/qemu-guest';
 
 const QUEUES = 2;
@@ -66,11 +66,7 @@ const GUEST_TIMEOUT_MS = 3 * 60 * 1000;
 const log = e2eLog;
 
 /** One vublk process of a run. */
-interface Generation {
-  n: number;
-  child: ChildProcess;
-  /** Aborts the guest if this vublk exits without being told to. */
-  onUnexpectedExit: (code: number | null, sig: NodeJS.Signals | null) => void;
+interface Generation extends VublkGeneration {
   /** Generations after the first: QEMU's connection, and how long after the daemon was ready it came. */
   connectedLine?: string | undefined;
   reconnectMs?: number;
@@ -100,36 +96,6 @@ interface Outcome {
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /**
- * Sum over the process's io_uring instances of SqHead - CqTail (SQEs the
- * kernel consumed minus CQEs it posted): disk operations in flight. Best effort.
- */
-function uringInflight(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
-  try {
-    let n = 0;
-    let rings = 0;
-    for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
-      let target: string;
-      try {
-        target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-      } catch {
-        continue;
-      }
-      if (!target.includes('io_uring')) continue;
-      const info = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
-      const sq = /^SqHead:\s*(\d+)/m.exec(info);
-      const cq = /^CqTail:\s*(\d+)/m.exec(info);
-      if (!sq || !cq) return undefined;
-      n += (Number(sq[1]) - Number(cq[1])) >>> 0;
-      rings++;
-    }
-    return rings > 0 ? n : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/**
  * One guest boot (chardev reconnect=1) running the rounds script. When the
  * guest starts writing each round of RESTART_ROUNDS, the current vublk gets
  * `kill` (once it has disk I/O in flight) and a new one is started on the same
@@ -146,22 +112,8 @@ async function runWithRestarts(tt: Test, kill: 'SIGTERM' | 'SIGKILL'): Promise<O
   // A daemon that dies on its own leaves the guest hanging: stop QEMU early.
   const ac = new AbortController();
   const spawnGeneration = async (): Promise<Generation> => {
-    const n = gens.length + 1;
-    const child = await startVublk({
-      image,
-      socket,
-      queues: QUEUES,
-      // After a SIGKILL the stale socket stays: vublk must replace it itself.
-      removeStaleSocket: false,
-      ...(log ? { log: (l: string) => log(`[vublk#${n}] ${l}`) } : {}),
-    });
-    const g: Generation = {
-      n,
-      child,
-      onUnexpectedExit: (code, sig) =>
-        ac.abort(new Error(`vublk #${n} exited on its own (code ${code}, signal ${sig})`)),
-    };
-    child.once('exit', g.onUnexpectedExit);
+    const onUnexpectedExit = (e: Error): void => ac.abort(e);
+    const g = await startVublkGeneration({ image, socket, queues: QUEUES, n: gens.length + 1, onUnexpectedExit });
     gens.push(g);
     return g;
   };
@@ -173,15 +125,9 @@ async function runWithRestarts(tt: Test, kill: 'SIGTERM' | 'SIGKILL'): Promise<O
   const replace = async (): Promise<void> => {
     const cur = gens[gens.length - 1]!;
     await sleep(KILL_DELAY_MS);
-    const t0 = Date.now();
-    let inflight = uringInflight(cur.child.pid);
-    while (inflight !== undefined && inflight === 0 && Date.now() - t0 < BUSY_WAIT_MS) {
-      await sleep(1);
-      inflight = uringInflight(cur.child.pid);
-    }
-    const busyWaitMs = Date.now() - t0;
+    const { inflight, busyWaitMs } = await untilUringBusy(cur.child.pid, BUSY_WAIT_MS);
     const guestProgress = progress();
-    cur.child.off('exit', cur.onUnexpectedExit);
+    cur.expectExit();
     const t1 = Date.now();
     const exit = await stopDaemon(cur.child, { signal: kill, timeoutMs: 15000 });
     cur.killed = {
@@ -228,7 +174,7 @@ async function runWithRestarts(tt: Test, kill: 'SIGTERM' | 'SIGKILL'): Promise<O
   });
   await chain;
   const last = gens[gens.length - 1]!;
-  last.child.off('exit', last.onUnexpectedExit);
+  last.expectExit();
   last.finalExit = await stopDaemon(last.child, { signal: 'SIGTERM', timeoutMs: 15000 });
   return { res, gens, restartError };
 }

@@ -804,6 +804,51 @@ export async function startDaemon(cmd: string, args: string[], opts: StartDaemon
   }
 }
 
+/**
+ * Sum over the process's io_uring instances of SqHead - CqTail (SQEs the
+ * kernel consumed minus CQEs it posted): disk operations in flight. Best effort.
+ */
+export function uringInflight(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    let n = 0;
+    let rings = 0;
+    for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+      let target: string;
+      try {
+        target = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      if (!target.includes('io_uring')) continue;
+      const info = fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+      const sq = /^SqHead:\s*(\d+)/m.exec(info);
+      const cq = /^CqTail:\s*(\d+)/m.exec(info);
+      if (!sq || !cq) return undefined;
+      n += (Number(sq[1]) - Number(cq[1])) >>> 0;
+      rings++;
+    }
+    return rings > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Polls uringInflight(pid) until it is > 0 or maxMs have passed: the moment
+ * to kill a daemon that has disk I/O in flight. `inflight` is the last value
+ * read (undefined: not readable), busyWaitMs how long that took.
+ */
+export async function untilUringBusy(pid: number | undefined, maxMs: number): Promise<{ inflight: number | undefined; busyWaitMs: number }> {
+  const t0 = Date.now();
+  let inflight = uringInflight(pid);
+  while (inflight === 0 && Date.now() - t0 < maxMs) {
+    await new Promise((r) => setTimeout(r, 1));
+    inflight = uringInflight(pid);
+  }
+  return { inflight, busyWaitMs: Date.now() - t0 };
+}
+
 /** Signal a daemon (SIGTERM by default), SIGKILL after `timeoutMs`; resolves with its exit status. */
 export function stopDaemon(
   child: ChildProcess,
@@ -904,6 +949,41 @@ export function startVublk(opts: VublkOptions): Promise<ChildProcess> {
       ...(opts.removeStaleSocket === false ? { removeStaleSocket: false, readyLine: /\bvublk: info: serving\b/ } : {}),
     },
   );
+}
+
+/** One of the vublk processes that replace each other on one image and socket in a restart test. */
+export interface VublkGeneration {
+  /** 1 for the first vublk of the run, then 2, 3... */
+  n: number;
+  child: ChildProcess;
+  /** Stops treating its exit as a failure: call before stopping it on purpose. */
+  expectExit(): void;
+}
+
+/**
+ * Starts vublk #n on image and socket, over the stale socket a killed one
+ * left (vublk must replace it itself); onUnexpectedExit gets an error if it
+ * exits before expectExit() (a dead backend leaves the guest hanging).
+ * VUBLK_E2E_VERBOSE=1 streams its output tagged [vublk#n].
+ */
+export async function startVublkGeneration(o: {
+  image: string;
+  socket: string;
+  queues: number;
+  n: number;
+  onUnexpectedExit: (err: Error) => void;
+}): Promise<VublkGeneration> {
+  const child = await startVublk({
+    image: o.image,
+    socket: o.socket,
+    queues: o.queues,
+    removeStaleSocket: false,
+    ...(e2eLog ? { log: (l: string) => e2eLog?.(`[vublk#${o.n}] ${l}`) } : {}),
+  });
+  const onExit = (code: number | null, sig: NodeJS.Signals | null): void =>
+    o.onUnexpectedExit(new Error(`vublk #${o.n} exited on its own (code ${code}, signal ${sig})`));
+  child.once('exit', onExit);
+  return { n: o.n, child, expectExit: () => void child.off('exit', onExit) };
 }
 
 /** Create a sparse raw image of `bytes`. */
