@@ -15,7 +15,9 @@
         "native/disk-queue.cc",
         "native/session.cc",
         "native/disk-probe.cc",
-        "native/notifier-fd.cc"
+        "native/notifier-fd.cc",
+        "native/inflight.cc",
+        "native/crash-point.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -7,6 +7,7 @@
 
 #include "errno-error.h"
 #include "exports.h"
+#include "inflight.h"
 
 namespace vublk {
 
@@ -48,6 +49,21 @@ Napi::Value MapShared(const Napi::CallbackInfo& info) {
       new size_t(len));
 }
 
+// inflightCreate(numQueues, queueSize) -> {fd, mmapSize}: GET_INFLIGHT_FD's region.
+Napi::Value InflightCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t numQueues = argInt(info, 0), queueSize = argInt(info, 1);
+  if (numQueues < 1 || numQueues > 0xffff || queueSize < 1 || queueSize > 0xffff)
+    throw Napi::RangeError::New(env, "inflightCreate: numQueues and queueSize must be in 1..65535");
+  uint64_t size = 0;
+  int fd = createInflightFd(static_cast<unsigned>(numQueues), static_cast<unsigned>(queueSize), &size);
+  if (fd < 0) throwErrno(env, -fd, "memfd_create");
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("fd", fd);
+  o.Set("mmapSize", static_cast<double>(size));
+  return o;
+}
+
 // eventfdCreate(blocking = false): tests need a blocking one to play a
 // frontend that hands vublk an fd whose writes would block.
 Napi::Value EventfdCreate(const Napi::CallbackInfo& info) {
@@ -87,6 +103,7 @@ Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
 void InitMemfd(Napi::Env env, Napi::Object exports) {
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate));
   exports.Set("mapShared", Napi::Function::New(env, MapShared));
+  exports.Set("inflightCreate", Napi::Function::New(env, InflightCreate));
   exports.Set("eventfdCreate", Napi::Function::New(env, EventfdCreate));
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite));

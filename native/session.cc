@@ -51,6 +51,8 @@ Napi::Function Session::Define(Napi::Env env) {
        InstanceMethod<&Session::SetEventIdx>("setEventIdx"),
        InstanceMethod<&Session::SetIndirect>("setIndirect"),
        InstanceMethod<&Session::StartVring>("startVring"),
+       InstanceMethod<&Session::SetInflight>("setInflight"),
+       InstanceMethod<&Session::ClearInflight>("clearInflight"),
        InstanceMethod<&Session::PauseVring>("pauseVring"),
        InstanceMethod<&Session::PollVring>("pollVring"),
        InstanceMethod<&Session::VringStarted>("vringStarted"),
@@ -165,6 +167,9 @@ void Session::teardown() {
     closeFd(v->errFd);
     v->started = false;
   }
+  for (auto& v : vrings_)
+    if (v) v->vq.setInflight(nullptr);
+  inflight_.unmap();
   closePoll(uringPoll_);
   // JS destroys only once outstanding() is 0 (src/vhost-user/drain.ts),
   // except when the daemon exits. Then exiting the ring cancels what it
@@ -245,6 +250,20 @@ Napi::Value Session::StartVring(const Napi::CallbackInfo& info) {
   if (v.kickFd < 0) throw Napi::Error::New(env, "ring has no kick fd");
   std::string err;
   if (!v.vq.map(buffers_.mem(), err)) throw Napi::Error::New(env, err);
+  if (buffers_.faulted()) throw Napi::Error::New(env, "guest memory faulted");
+  unsigned resubmit = 0;
+  bool resynced = false;
+  bool ok = false;
+  if (!guardedGuestAccess(buffers_.mem(), buffers_.fault(),
+                          [&] { ok = v.vq.start(err, &resubmit, &resynced); })) {
+    buffers_.markFaulted();
+    v.vq.unmap();
+    throw Napi::Error::New(env, describeGuestFault(buffers_.mem(), buffers_.fault()));
+  }
+  if (!ok) {
+    v.vq.unmap();
+    throw Napi::Error::New(env, err);
+  }
   if (!v.kickPoll) {
     v.kickPoll = new uv_poll_t;
     int rc = uv_poll_init(loop_, v.kickPoll, v.kickFd);
@@ -257,6 +276,43 @@ Napi::Value Session::StartVring(const Napi::CallbackInfo& info) {
     uv_poll_start(v.kickPoll, UV_READABLE | UV_DISCONNECT, OnKick);
   }
   v.started = true;
+  // -1 - n: n heads resubmitted from a region whose used_idx had to be
+  // re-synchronised (JS warns); n >= 0: a clean recovery of n heads.
+  return Napi::Number::New(env, resynced ? -1.0 - resubmit : resubmit);
+}
+
+void Session::requireStopped(Napi::Env env, const char* what) {
+  for (auto& v : vrings_)
+    if (v->started) throw Napi::Error::New(env, std::string(what) + " while a ring is running");
+}
+
+Napi::Value Session::SetInflight(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  UniqueFd fd(static_cast<int>(argInt(info, 0)));
+  if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+  uint64_t size = argU64(info, 1), offset = argU64(info, 2);
+  int64_t numQueues = argInt(info, 3), queueSize = argInt(info, 4);
+  requireStopped(env, "SET_INFLIGHT_FD");
+  if (numQueues < 0 || numQueues > 0xffff || queueSize < 0 || queueSize > 0xffff)
+    throw Napi::Error::New(env, "SET_INFLIGHT_FD num_queues or queue_size does not fit 16 bits");
+  std::string err;
+  for (auto& v : vrings_) v->vq.setInflight(nullptr);
+  if (!inflight_.map(fd.release(), size, offset, static_cast<unsigned>(numQueues),
+                     static_cast<unsigned>(queueSize), static_cast<unsigned>(vrings_.size()),
+                     maxQueueSize_, err)) {
+    inflight_.unmap();  // a frontend that sent a bad region has none
+    throw Napi::Error::New(env, err);
+  }
+  for (size_t i = 0; i < vrings_.size(); i++) vrings_[i]->vq.setInflight(inflight_.queue(static_cast<unsigned>(i)));
+  return env.Undefined();
+}
+
+Napi::Value Session::ClearInflight(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (destroyed_) return env.Undefined();
+  requireStopped(env, "clearInflight");
+  for (auto& v : vrings_) v->vq.setInflight(nullptr);
+  inflight_.unmap();
   return env.Undefined();
 }
 

@@ -23,6 +23,7 @@
 #include "buffer-table.h"
 #include "disk-queue.h"
 #include "errno-error.h"
+#include "inflight.h"
 #include "split-virtqueue.h"
 
 namespace vublk {
@@ -85,8 +86,13 @@ class Session : public Napi::ObjectWrap<Session> {
     return info.Env().Undefined();
   }
 
+  // A call fd that arrives on a running ring is signalled once (as
+  // libvhost-user does): a driver waiting for an interrupt across a
+  // reconnect would otherwise wait for a completion that came before.
   Napi::Value SetVringCall(const Napi::CallbackInfo& info) {
     setFd(info, &Vring::callFd);
+    Vring& v = vring(info);
+    if (v.started && v.callFd >= 0) signalCall(v.callFd);
     return info.Env().Undefined();
   }
 
@@ -213,6 +219,9 @@ class Session : public Napi::ObjectWrap<Session> {
   void setFd(const Napi::CallbackInfo& info, int Vring::*field);
   Napi::Value SetVringKick(const Napi::CallbackInfo& info);
   Napi::Value StartVring(const Napi::CallbackInfo& info);
+  Napi::Value SetInflight(const Napi::CallbackInfo& info);
+  Napi::Value ClearInflight(const Napi::CallbackInfo& info);
+  void requireStopped(Napi::Env env, const char* what);
   Napi::Value PushUsed(const Napi::CallbackInfo& info);
   Napi::Value Destroy(const Napi::CallbackInfo& info);
   static void OnKick(uv_poll_t* h, int status, int events);
@@ -224,6 +233,7 @@ class Session : public Napi::ObjectWrap<Session> {
 
   BufferTable buffers_;  // guest memory, bounce arena, zero buffer; see guestFaulted()
   DiskQueue disk_;       // after buffers_: it reads them
+  InflightRegion inflight_;  // before vrings_: their queues point into it
   std::vector<std::unique_ptr<Vring>> vrings_;
   uv_loop_t* loop_ = nullptr;
   uv_poll_t* uringPoll_ = nullptr;

@@ -1,6 +1,8 @@
 #include "split-virtqueue.h"
 
 #include <cstdio>
+
+#include "crash-point.h"
 #include <cstring>
 
 namespace vublk {
@@ -74,12 +76,42 @@ bool SplitVirtqueue::map(const GuestMemory& mem, std::string& err) {
   return true;
 }
 
+bool SplitVirtqueue::start(std::string& err, unsigned* resubmitted, bool* resynced) {
+  *resubmitted = 0;
+  *resynced = false;
+  if (!recoverPending_) return true;
+  if (inflight_) {
+    InflightQueue::Recovery r;
+    if (!inflight_->recover(num_, used_, lastAvail_, r, err)) return false;
+    lastAvail_ = r.lastAvail;
+    usedIdx_ = r.usedIdx;
+    publishedIdx_ = r.usedIdx;
+    resubmit_ = std::move(r.resubmit);
+    counter_ = r.nextCounter;
+    *resubmitted = static_cast<unsigned>(resubmit_.size());
+    *resynced = r.resynced;
+  } else {
+    resubmit_.clear();
+  }
+  resubmitPos_ = 0;
+  batch_.clear();
+  recoverPending_ = false;
+  return true;
+}
+
 bool SplitVirtqueue::hasAvailable() const {
-  return mapped_ && loadAcquire16(avail_ + 2) != lastAvail_;
+  return mapped_ && (resubmitPos_ < resubmit_.size() || loadAcquire16(avail_ + 2) != lastAvail_);
 }
 
 bool SplitVirtqueue::pop(const GuestMemory& mem, PopBatch& batch, std::string& err) {
   if (!mapped_) return true;
+  // Heads an earlier backend popped and never used go first, oldest first:
+  // the avail position already counts them.
+  while (resubmitPos_ < resubmit_.size()) {
+    if (batch.nChains >= batch.maxChains || batch.maxSegs - batch.nSegs < kMaxChainSegs) return true;
+    if (!walkChain(mem, resubmit_[resubmitPos_], batch, err)) return false;
+    resubmitPos_++;
+  }
   for (;;) {
     uint16_t availIdx = loadAcquire16(avail_ + 2);
     uint16_t pending = static_cast<uint16_t>(availIdx - lastAvail_);
@@ -97,7 +129,15 @@ bool SplitVirtqueue::pop(const GuestMemory& mem, PopBatch& batch, std::string& e
         err = fmt("Guest says index %llu is available (queue size %llu)", head, num_);
         return false;
       }
+      if (inflight_ && inflight_->inflight(head)) {
+        err = fmt("Guest made head %llu available again while it is in flight", head);
+        return false;
+      }
       if (!walkChain(mem, head, batch, err)) return false;
+      if (inflight_) {
+        inflight_->markPopped(head, counter_++);
+        crashPoint(CrashPoint::kPopMarked, 1);
+      }
       lastAvail_++;
       pending--;
     }
@@ -250,14 +290,37 @@ void SplitVirtqueue::addUsed(uint32_t head, uint32_t len) {
   store32(e, head);
   store32(e + 4, len);
   usedIdx_++;
+  if (inflight_) batch_.push_back(static_cast<uint16_t>(head));
 }
 
+// With an inflight region the stores follow the spec's order, so that a
+// SIGKILL between any two leaves a state recover() puts right: link each
+// head into the last-batch list, publish used->idx, clear each head's
+// flag, then store used_idx.
 bool SplitVirtqueue::publish() {
   if (!mapped_) return false;
   uint16_t old = publishedIdx_;
   if (old == usedIdx_) return false;
+  const unsigned n = static_cast<unsigned>(batch_.size());
+  if (inflight_) {
+    for (uint16_t h : batch_) inflight_->linkUsed(h);
+    crashPoint(CrashPoint::kUsedWritten, n);
+  }
   storeRelease16(used_ + 2, usedIdx_);
   publishedIdx_ = usedIdx_;
+  if (inflight_) {
+    // A release store keeps earlier stores before it, not later ones after.
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    crashPoint(CrashPoint::kUsedPublished, n);
+    for (unsigned i = 0; i < n; i++) {
+      inflight_->clearInflight(batch_[i]);
+      if (i == 0 && n >= 2) crashPoint(CrashPoint::kInflightPartlyCleared, n);
+    }
+    crashPoint(CrashPoint::kInflightCleared, n);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    inflight_->setUsedIdx(usedIdx_);
+    batch_.clear();
+  }
   // Order the used->idx store before reading what the driver asked for.
   __atomic_thread_fence(__ATOMIC_SEQ_CST);
   if (eventIdx_) {

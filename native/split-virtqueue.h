@@ -13,8 +13,10 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "guest-memory.h"
+#include "inflight.h"
 
 namespace vublk {
 
@@ -58,6 +60,13 @@ class SplitVirtqueue {
     lastAvail_ = idx;
     usedIdx_ = idx;
     publishedIdx_ = idx;
+    recoverPending_ = true;
+  }
+  // The queue's record in the inflight region (nullptr: none). The next
+  // start() recovers from it.
+  void setInflight(InflightQueue* q) {
+    inflight_ = q;
+    recoverPending_ = true;
   }
   uint16_t lastAvail() const { return lastAvail_; }
   void setEventIdx(bool on) { eventIdx_ = on; }
@@ -68,6 +77,12 @@ class SplitVirtqueue {
   bool map(const GuestMemory& mem, std::string& err);
   void unmap() { mapped_ = false; }
   bool mapped() const { return mapped_; }
+
+  // After map(), on the first start since setBase()/setInflight(): recovers
+  // from the inflight region (see InflightQueue::recover) and queues the
+  // heads to resubmit ahead of new avail entries. Reads used->idx, so the
+  // caller guards it. False with err if the region cannot describe the ring.
+  bool start(std::string& err, unsigned* resubmitted, bool* resynced);
 
   // Pops available chains into batch until it is full or the ring is empty.
   // Returns false on a broken rule (err says which); chains popped before
@@ -98,6 +113,13 @@ class SplitVirtqueue {
   uint16_t lastAvail_ = 0;
   uint16_t usedIdx_ = 0;       // next used slot, private until publish()
   uint16_t publishedIdx_ = 0;  // used->idx as the driver last saw it
+
+  InflightQueue* inflight_ = nullptr;
+  bool recoverPending_ = true;
+  std::vector<uint16_t> resubmit_;  // heads recovered from the region, oldest first
+  size_t resubmitPos_ = 0;          // how many of them pop() has delivered
+  uint64_t counter_ = 0;            // next DescStateSplit counter
+  std::vector<uint16_t> batch_;     // heads added since the last publish()
 };
 
 }  // namespace vublk

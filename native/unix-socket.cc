@@ -181,8 +181,9 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// sendSome(fd, buf, offset, length) -> bytes sent now (0 if the socket is
-// full). Never waits: whatever does not fit is the caller's to queue.
+// sendSome(fd, buf, offset, length, fds?) -> bytes sent now (0 if the
+// socket is full). Never waits: whatever does not fit is the caller's to
+// queue. fds (still the caller's) travel with the first byte sent.
 Napi::Value SendSome(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = static_cast<int>(argInt(info, 0));
@@ -191,9 +192,31 @@ Napi::Value SendSome(const Napi::CallbackInfo& info) {
   uint64_t len = argU64(info, 3);
   if (off > buf.ByteLength() || len > buf.ByteLength() - off)
     throw Napi::RangeError::New(env, "sendSome: range outside the buffer");
+  std::vector<int> fds;
+  if (info.Length() > 4 && info[4].IsArray()) {
+    Napi::Array jsFds = info[4].As<Napi::Array>();
+    if (jsFds.Length() > kMaxFdsPerMsg) throw Napi::RangeError::New(env, "sendSome: too many fds");
+    for (uint32_t i = 0; i < jsFds.Length(); i++)
+      fds.push_back(jsFds.Get(i).As<Napi::Number>().Int32Value());
+  }
+  if (!fds.empty() && len == 0) throw Napi::RangeError::New(env, "sendSome: fds need a byte to travel with");
+  iovec iov{buf.Data() + off, static_cast<size_t>(len)};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMsg)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  if (!fds.empty()) {
+    msg.msg_control = control;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
   ssize_t n;
   do {
-    n = send(fd, buf.Data() + off, static_cast<size_t>(len), MSG_NOSIGNAL | MSG_DONTWAIT);
+    n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return Napi::Number::New(env, 0);

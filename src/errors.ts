@@ -4,7 +4,7 @@
 // connection it happened on; a failed guest request never throws, it becomes
 // a virtio status byte (src/blk/status.ts).
 
-export type VublkErrorCode = 'E_USAGE' | 'E_DISK' | 'E_SOCKET' | 'E_PROTOCOL';
+export type VublkErrorCode = 'E_USAGE' | 'E_DISK' | 'E_SOCKET' | 'E_STATE' | 'E_PROTOCOL';
 
 /** Details of a failed system call, when there was one. */
 export interface SyscallDetails {
@@ -53,6 +53,11 @@ export class DiskError extends SyscallError {
 /** The listening socket cannot be created, bound or accepted on. */
 export class SocketError extends SyscallError {
   readonly code = 'E_SOCKET' as const;
+}
+
+/** The state file (the write cache mode kept across restarts) cannot be read, is invalid, or cannot be written. */
+export class StateFileError extends SyscallError {
+  readonly code = 'E_STATE' as const;
 }
 
 /**

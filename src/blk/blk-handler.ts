@@ -456,6 +456,7 @@ export class BlkHandler {
     let n = buildVector(plan, BOUNCE_BUF_ID, base, A, this.vec);
     const opcode = plan.write ? OP_WRITEV : OP_READV;
     const flags = plan.write && !this.opts.writeback() ? OP_FLAG_DSYNC : 0;
+    if (flags !== 0) (this.queues[req.queue] as QueueState).counters.durableWrites++;
     if (plan.split) {
       // Feasible by construction (startRw checked the same cuts).
       const ops = splitPoints(this.vec, n, plan.aStart, A, this.cuts);
@@ -686,6 +687,7 @@ export class BlkHandler {
     const A = this.opts.rules.offsetAlign;
     const base = req.bounceOffset;
     const dsync = this.opts.writeback() ? 0 : OP_FLAG_DSYNC;
+    if (dsync !== 0) (this.queues[req.queue] as QueueState).counters.durableWrites++;
     req.phase = PHASE_MAIN;
     req.pendingOps = (plan.head ? 1 : 0) + (plan.tail ? 1 : 0) + (plan.midEnd > plan.midStart ? 1 : 0);
     if (plan.head) {

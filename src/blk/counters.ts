@@ -17,6 +17,8 @@ export class QueueCounters {
   fixedOps = 0;
   /** Disk ops issued as plain READV / WRITEV / FSYNC / FALLOCATE / BLKDISCARD. */
   plainOps = 0;
+  /** Writes (and WRITE_ZEROES segments) issued with RWF_DSYNC: the guest had the write cache off. */
+  durableWrites = 0;
   /** Requests completed, and those completed with an error status. */
   requests = 0;
   errors = 0;
@@ -29,6 +31,7 @@ export class QueueCounters {
     this.ioSplits += o.ioSplits;
     this.fixedOps += o.fixedOps;
     this.plainOps += o.plainOps;
+    this.durableWrites += o.durableWrites;
     this.requests += o.requests;
     this.errors += o.errors;
   }

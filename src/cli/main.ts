@@ -4,6 +4,7 @@ import path from 'node:path';
 import { parseOptions, usageText, DEFAULT_DISK_BYTES, DEFAULT_DISK_PATH, type Options } from './options';
 import { ensureDefaultImage, openHostDisk, closeHostDisk } from '../disk/host-disk';
 import { BlkDevice } from '../device/blk-device';
+import { WriteCacheStateFile, diskIdentity } from '../device/write-cache-state';
 import { VhostUserServer } from '../daemon/server';
 import { isVublkError } from '../errors';
 import { log, setLogLevel } from '../log';
@@ -32,7 +33,9 @@ export function startDaemon(opts: Options): Running {
   let device: BlkDevice;
   const server = (() => {
     try {
-      device = new BlkDevice(disk, opts);
+      const writeCacheState =
+        opts.stateFile === null ? undefined : new WriteCacheStateFile(path.resolve(opts.stateFile), diskIdentity(disk.path, disk.fd));
+      device = new BlkDevice(disk, { ...opts, writeCacheState });
       const s = new VhostUserServer(path.resolve(opts.socket), device);
       s.start();
       return s;
@@ -61,6 +64,7 @@ export function startDaemon(opts: Options): Running {
     logicalBlockSize: opts.logicalBlockSize,
     readOnly: device!.blkDisk.readOnly,
     features: featureNames(device!.features).join(','),
+    stateFile: opts.stateFile === null ? 'none' : path.resolve(opts.stateFile),
   });
   let stopping: Promise<void> | undefined;
   return {

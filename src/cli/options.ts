@@ -24,6 +24,10 @@ export const MIN_QUEUE_SIZE = 2;
 export const DEFAULT_SERIAL = 'vublk';
 export const DEFAULT_LOGICAL_BLOCK_SIZE = 512;
 export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
+/** The default state file is the socket path with this suffix. */
+export const STATE_FILE_SUFFIX = '.state';
+/** --state-file none: keep the write cache mode in memory only. */
+export const NO_STATE_FILE = 'none';
 /** sizeof(sockaddr_un.sun_path) on Linux is 108, one byte of which is the NUL. */
 export const MAX_SOCKET_PATH_BYTES = 107;
 
@@ -43,6 +47,11 @@ export interface Options {
   fixedBuffers: boolean;
   /** --max-pinned-memory in bytes; undefined: DEFAULT_PINNED_FRACTION of the host's RAM (decided at start-up). */
   maxPinnedMemory: number | undefined;
+  /**
+   * Where the guest's write cache mode is kept across restarts: --state-file,
+   * by default the socket path + STATE_FILE_SUFFIX; null for --state-file none.
+   */
+  stateFile: string | null;
   /** --help was given: print usageText() and exit 0; other options are not validated. */
   help: boolean;
 }
@@ -88,6 +97,11 @@ const SPECS: readonly OptionSpec[] = [
     name: 'max-pinned-memory',
     arg: 'SIZE',
     help: 'most guest memory registered (pinned) as io_uring fixed buffers per connection, e.g. 4G; beyond it plain reads and writes (default: a quarter of RAM)',
+  },
+  {
+    name: 'state-file',
+    arg: 'PATH|none',
+    help: `file that keeps the guest's write cache mode across restarts (default: the socket path + "${STATE_FILE_SUFFIX}"); "${NO_STATE_FILE}": keep it in memory only`,
   },
   { name: 'help', arg: undefined, help: 'print this help and exit' },
 ];
@@ -191,6 +205,7 @@ export function parseOptions(argv: readonly string[]): Options {
     logLevel: DEFAULT_LOG_LEVEL,
     fixedBuffers: true,
     maxPinnedMemory: undefined,
+    stateFile: DEFAULT_SOCKET_PATH + STATE_FILE_SUFFIX,
     help: false,
   };
   if (argv.some((a) => a === '--help' || a === '-h')) {
@@ -198,6 +213,7 @@ export function parseOptions(argv: readonly string[]): Options {
     return opts;
   }
 
+  let stateFile: string | undefined;
   const seen = new Set<string>();
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] ?? '';
@@ -260,10 +276,15 @@ export function parseOptions(argv: readonly string[]): Options {
       case 'max-pinned-memory':
         opts.maxPinnedMemory = parseSize('max-pinned-memory', value);
         break;
+      case 'state-file':
+        stateFile = parsePath('state-file', value);
+        break;
       default:
         // SPECS and this switch list the same names; reaching here is a bug.
         throw new Error(`option --${name} has no parser`);
     }
   }
+  // A file named "none" is still reachable as ./none.
+  opts.stateFile = stateFile === NO_STATE_FILE ? null : (stateFile ?? opts.socket + STATE_FILE_SUFFIX);
   return opts;
 }

@@ -11,6 +11,7 @@ import { ProtocolFeature, featureBit } from '../vhost-user/protocol';
 import { SECTOR_SIZE } from '../virtio/constants';
 import type { HostRules } from '../align/rw-plan';
 import type { ZeroDiscardLimits } from '../blk/discard-zeroes';
+import { log } from '../log';
 
 /**
  * Segments per DISCARD / WRITE_ZEROES request (max_*_seg). Linux merges
@@ -28,6 +29,18 @@ export interface BlkDeviceOptions {
   fixedBuffers: boolean;
   /** Most guest memory a connection registers (pins); undefined: DEFAULT_PINNED_FRACTION of RAM. */
   maxPinnedMemory?: number | undefined;
+  /** Where the write cache mode is kept across restarts; undefined: in memory only (--state-file none). */
+  writeCacheState?: WriteCacheStore | undefined;
+}
+
+/** The write cache mode's home across restarts (WriteCacheStateFile; a test may give another). */
+export interface WriteCacheStore {
+  /** Named in log lines. */
+  readonly file: string;
+  /** true: write-back; undefined: nothing saved. Throws (a VublkError) rather than guess. */
+  load(): boolean | undefined;
+  /** Durable once it returns; throws on failure. */
+  save(writeback: boolean): void;
 }
 
 /**
@@ -61,6 +74,7 @@ export class BlkDevice {
     return this.disk.rules;
   }
   private readonly config: BlkConfig;
+  private readonly writeCacheState: WriteCacheStore | undefined;
   private readonly configBytes = new Uint8Array(BLK_CONFIG_SIZE);
 
   constructor(
@@ -74,6 +88,8 @@ export class BlkDevice {
     this.maxPinnedBytes = opts.maxPinnedMemory ?? Math.floor(os.totalmem() * DEFAULT_PINNED_FRACTION);
     const readOnly = opts.readOnly || disk.readOnly;
     const zd = disk.discard;
+    this.writeCacheState = opts.writeCacheState;
+    const savedWriteback = this.writeCacheState?.load();
     this.features = deviceFeatures({ readOnly, queues: opts.queues, discard: zd.discard, writeZeroes: zd.writeZeroes });
     // Whole blocks only, guest and host: a trailing partial block is not
     // exposed (O_DIRECT could not reach it).
@@ -93,6 +109,7 @@ export class BlkDevice {
       maxWriteZeroesBytes: readOnly || !zd.writeZeroes ? 0 : zd.maxWriteZeroesBytes,
       writeZeroesMayUnmap: zd.mayUnmap,
       maxSegments: ZERO_DISCARD_SEGMENTS,
+      writeback: savedWriteback ?? true,
     });
     this.zeroDiscardLimits = {
       capacitySectors: this.config.capacity,
@@ -111,7 +128,14 @@ export class BlkDevice {
       writeZeroes: (this.config.maxWriteZeroesSectors ?? 0) > 0,
     };
     // The write cache mode (CONFIG_WCE) belongs to the device, not to a
-    // connection: a QEMU that reconnects does not repeat the guest's choice.
+    // connection: a QEMU that reconnects does not repeat the guest's choice,
+    // not even to a restarted vublk, hence the state file.
+    if (savedWriteback !== undefined) {
+      log.info('write cache mode restored from state file', {
+        file: this.writeCacheState?.file,
+        mode: savedWriteback ? 'write-back' : 'write-through',
+      });
+    }
   }
 
   get capacitySectors(): number {
@@ -128,11 +152,43 @@ export class BlkDevice {
     return readConfig(this.configBytes, offset, size);
   }
 
-  /** SET_CONFIG from the driver: only the writeback byte may change. */
+  /**
+   * SET_CONFIG from the driver: only the writeback byte may change. A new
+   * mode is saved (durably) before it takes effect; false if it could not be,
+   * and the mode stays as it was.
+   */
   writeConfig(offset: number, data: Uint8Array): boolean {
-    if (!applyConfigWrite(this.config, offset, data)) return false;
+    const next: BlkConfig = { ...this.config };
+    if (!applyConfigWrite(next, offset, data)) return false;
+    const before = this.writeback();
+    const after = next.writeback !== 0;
+    if (after !== before && this.writeCacheState !== undefined && !this.saveWriteCache(this.writeCacheState, after, before)) {
+      return false;
+    }
+    this.config.writeback = next.writeback;
     encodeConfig(this.config, this.configBytes);
     return true;
+  }
+
+  private saveWriteCache(state: WriteCacheStore, writeback: boolean, previous: boolean): boolean {
+    try {
+      state.save(writeback);
+      return true;
+    } catch (err) {
+      log.error('cannot save the write cache mode; SET_CONFIG refused, the mode stays', {
+        file: state.file,
+        mode: previous ? 'write-back' : 'write-through',
+        error: err as Error,
+      });
+      // A failure after the rename (syncing the directory) leaves the new
+      // mode in the file: put the one still in force back, if that works.
+      try {
+        state.save(previous);
+      } catch {
+        // the first error was logged
+      }
+      return false;
+    }
   }
 
 }

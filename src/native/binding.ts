@@ -121,8 +121,11 @@ export interface Session {
    * inflight region (when one is set for q): it finishes an interrupted
    * publish, sets the avail position to used->idx + heads still in flight,
    * and queues those heads (oldest counter first) to be delivered before new
-   * avail entries. Returns how many heads it will resubmit (0 without a
-   * region, or on later starts).
+   * avail entries. Returns how many heads n it will resubmit (0 without a
+   * region, or on later starts), or -1 - n when the region's used_idx was
+   * behind the ring by more than an interrupted batch explains: then nothing
+   * was cleared, used_idx was re-synchronised and the n marked heads are
+   * resubmitted (worth a warning: the region was not kept by vublk).
    */
   startVring(q: number): number;
   /** Temporarily stop popping (e.g. while the memory table changes). */

@@ -25,6 +25,7 @@ t.test('defaults', (t) => {
     logLevel: 'info',
     fixedBuffers: true,
     maxPinnedMemory: undefined,
+    stateFile: './vublk.sock.state',
     help: false,
   });
   t.end();
@@ -43,6 +44,7 @@ t.test('every option, both spellings', (t) => {
     logLevel: 'debug',
     fixedBuffers: false,
     maxPinnedMemory: 4 * 2 ** 30,
+    stateFile: '/var/lib/vublk/vm1.state',
     help: false,
   };
   t.same(
@@ -65,6 +67,8 @@ t.test('every option, both spellings', (t) => {
       '--no-fixed-buffers',
       '--max-pinned-memory',
       '4G',
+      '--state-file',
+      '/var/lib/vublk/vm1.state',
     ]),
     expected,
   );
@@ -80,6 +84,7 @@ t.test('every option, both spellings', (t) => {
       '--log-level=debug',
       '--no-fixed-buffers',
       '--max-pinned-memory=4g',
+      '--state-file=/var/lib/vublk/vm1.state',
     ]),
     expected,
   );
@@ -111,6 +116,7 @@ t.test('--help wins', (t) => {
     '--serial',
     '--logical-block-size',
     '--log-level',
+    '--state-file',
     '--help',
   ]) {
     t.equal(text.split('\n').filter((l) => l.trimStart().startsWith(`${opt} `)).length, 1, `one line for ${opt}`);
@@ -189,5 +195,16 @@ t.test('--max-pinned-memory: bytes with an optional binary suffix', (t) => {
     t.ok(err instanceof UsageError, `${JSON.stringify(bad)} is refused`);
     t.match((err as Error).message, /^--max-pinned-memory expects a size in bytes/, 'naming the option');
   }
+  t.end();
+});
+
+t.test('--state-file: a path, "none", or the socket path + ".state"', (t) => {
+  t.equal(parseOptions(['--socket', '/run/vublk/vm2.sock']).stateFile, '/run/vublk/vm2.sock.state', 'follows --socket');
+  t.equal(parseOptions(['--state-file', '/srv/s.json', '--socket', '/run/a.sock']).stateFile, '/srv/s.json', 'given: kept, wherever the socket is');
+  t.equal(parseOptions(['--state-file', 'none']).stateFile, null, '"none": in memory only');
+  t.equal(parseOptions(['--state-file=./none']).stateFile, './none', 'a file named none is ./none');
+  t.equal((thrown(['--state-file=']) as Error | undefined)?.message, '--state-file expects a path, got ""');
+  t.equal((thrown(['--state-file']) as Error | undefined)?.message, '--state-file expects a value (PATH|none)');
+  t.type(thrown(['--state-file', 'a', '--state-file', 'b']), UsageError, 'given twice');
   t.end();
 });

@@ -15,6 +15,7 @@ export const COUNTER_KEYS = [
   'ioSplits',
   'fixedOps',
   'plainOps',
+  'durableWrites',
   'requests',
   'errors',
 ] as const;
@@ -53,7 +54,7 @@ export function countersOf(stderr: string, conn: number, reason: string): Counte
 
 /** Sum over queues. */
 export function total(cs: readonly Counters[]): Record<CounterKey, number> {
-  const t = { bytesBounced: 0, rmwCycles: 0, overlapWaits: 0, iovCollapses: 0, ioSplits: 0, fixedOps: 0, plainOps: 0, requests: 0, errors: 0 };
+  const t = { bytesBounced: 0, rmwCycles: 0, overlapWaits: 0, iovCollapses: 0, ioSplits: 0, fixedOps: 0, plainOps: 0, durableWrites: 0, requests: 0, errors: 0 };
   for (const c of cs) for (const k of COUNTER_KEYS) t[k] += c[k];
   return t;
 }

@@ -10,7 +10,7 @@ import path from 'node:path';
 import os from 'node:os';
 
 const root = path.resolve(__dirname, '..', '..', '..');
-const src = ['native/fuzz/vring-fuzz.cc', 'native/guest-memory.cc', 'native/split-virtqueue.cc'].map((f) =>
+const src = ['native/fuzz/vring-fuzz.cc', 'native/guest-memory.cc', 'native/split-virtqueue.cc', 'native/inflight.cc', 'native/crash-point.cc'].map((f) =>
   path.join(root, f),
 );
 

@@ -1,0 +1,46 @@
+#include "crash-point.h"
+
+#include <signal.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace vublk {
+
+namespace {
+
+struct Armed {
+  CrashPoint point = CrashPoint::kNone;
+  unsigned minBatch = 1;
+};
+
+Armed readEnv() {
+  Armed a;
+  const char* v = getenv("VUBLK_TEST_CRASH_AT");
+  if (!v || !*v) return a;
+  static const struct {
+    const char* name;
+    CrashPoint point;
+  } kNames[] = {{"pop-marked", CrashPoint::kPopMarked},
+                {"used-written", CrashPoint::kUsedWritten},
+                {"used-published", CrashPoint::kUsedPublished},
+                {"inflight-partly-cleared", CrashPoint::kInflightPartlyCleared},
+                {"inflight-cleared", CrashPoint::kInflightCleared}};
+  const char* colon = strchr(v, ':');
+  size_t len = colon ? static_cast<size_t>(colon - v) : strlen(v);
+  for (const auto& n : kNames)
+    if (strlen(n.name) == len && strncmp(n.name, v, len) == 0) a.point = n.point;
+  if (colon) a.minBatch = static_cast<unsigned>(strtoul(colon + 1, nullptr, 10));
+  return a;
+}
+
+const Armed kArmed = readEnv();
+
+}  // namespace
+
+void crashPoint(CrashPoint point, unsigned batch) {
+  if (point != kArmed.point || batch < kArmed.minBatch) return;
+  raise(SIGKILL);
+}
+
+}  // namespace vublk
