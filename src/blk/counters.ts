@@ -22,6 +22,8 @@ export class QueueCounters {
   /** Requests completed, and those completed with an error status. */
   requests = 0;
   errors = 0;
+  /** Requests an earlier backend left in flight, taken from the inflight region when the ring started. */
+  resubmitted = 0;
 
   add(o: QueueCounters): void {
     this.bytesBounced += o.bytesBounced;
@@ -34,5 +36,6 @@ export class QueueCounters {
     this.durableWrites += o.durableWrites;
     this.requests += o.requests;
     this.errors += o.errors;
+    this.resubmitted += o.resubmitted;
   }
 }

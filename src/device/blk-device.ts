@@ -56,7 +56,10 @@ export const PROTOCOL_FEATURES =
   featureBit(ProtocolFeature.REPLY_ACK) |
   featureBit(ProtocolFeature.CONFIG) |
   featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
-  featureBit(ProtocolFeature.BACKEND_REQ);
+  featureBit(ProtocolFeature.BACKEND_REQ) |
+  featureBit(ProtocolFeature.INFLIGHT_SHMFD) |
+  featureBit(ProtocolFeature.RESET_DEVICE) |
+  featureBit(ProtocolFeature.STATUS);
 
 export class BlkDevice {
   readonly features: bigint;

@@ -10,7 +10,6 @@
 // `broken` is sticky: once a rule is broken (logged once) nothing more is
 // read from this frontend.
 
-import { constants as osConstants } from 'node:os';
 import { native, type Session } from '../native/binding';
 import { BlkHandler, DEFAULT_BOUNCE_BYTES, allocateArrays, type HandlerArrays } from '../blk/blk-handler';
 import type { BlkDevice } from '../device/blk-device';
@@ -27,8 +26,11 @@ import {
   decodeBackendReqFd,
   decodeConfig,
   decodeEmpty,
+  decodeGetInflight,
   decodeMemTable,
   decodeRemMemReg,
+  decodeSetInflight,
+  decodeStatus,
   decodeU64,
   decodeVringAddr,
   decodeVringFile,
@@ -36,6 +38,7 @@ import {
   encodeConfigReply,
   encodeU64Reply,
   encodeVringStateReply,
+  hasReply,
   needsReply,
 } from './message';
 import {
@@ -50,7 +53,10 @@ import { violation } from './violation';
 import { checkRingSize } from './vring-rules';
 import { withUringEntries, wantedUringEntries } from './uring-entries';
 import { checkNotifierFd } from './notifier-fd';
-import { drainTimeoutMs, waitForNativeWork } from './drain';
+import { drainTimeoutMs, settlesWithin, waitForNativeWork } from './drain';
+import { checkSetInflight, createInflight } from './inflight';
+import { DeviceStatusByte } from './device-status';
+import { HostErrorLog } from './host-error-log';
 import {
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
@@ -84,7 +90,8 @@ export class BackendConnection {
   /** The message being handled was refused without breaking the connection. */
   private refused = false;
   private readonly fixedBuffers: FixedBufferPolicy;
-  private hostErrors = 0;
+  private readonly status: DeviceStatusByte;
+  private readonly hostErrors: HostErrorLog;
   private closing: Promise<void> | undefined;
   /** The daemon is exiting: close() stops waiting for native I/O. */
   private exiting = false;
@@ -97,6 +104,8 @@ export class BackendConnection {
     private readonly onClosed: (conn: BackendConnection) => void,
   ) {
     this.id = id;
+    this.status = new DeviceStatusByte(id);
+    this.hostErrors = new HostErrorLog(id, () => this.broken);
     this.reader = new MessageReader({
       recv: (buf, off, len, maxFds) => native.recvMsg(this.fd, buf, off, len, maxFds),
       closeFd: (f) => native.closeFd(f),
@@ -114,7 +123,7 @@ export class BackendConnection {
       rules: device.rules,
       zeroDiscard: device.zeroDiscardLimits,
       onFatal: (message) => this.breakConnection(message),
-      onHostError: (res, type, offset) => this.hostError(res, type, offset),
+      onHostError: (res, type, offset) => this.hostErrors.report(res, type, offset),
     });
     // Native calls these from the event loop: nothing may escape them, or a
     // bug on one connection would take the daemon down.
@@ -185,6 +194,11 @@ export class BackendConnection {
     h.set(Request.GET_CONFIG, (m) => this.getConfig(m));
     h.set(Request.SET_CONFIG, (m) => this.setConfig(m));
     h.set(Request.SET_BACKEND_REQ_FD, (m) => this.setBackendReqFd(m));
+    h.set(Request.GET_INFLIGHT_FD, (m) => this.getInflightFd(m));
+    h.set(Request.SET_INFLIGHT_FD, (m) => this.setInflightFd(m));
+    h.set(Request.RESET_DEVICE, (m) => this.resetDevice(m));
+    h.set(Request.SET_STATUS, (m) => this.setStatus(m));
+    h.set(Request.GET_STATUS, (m) => this.getStatus(m));
     return h;
   }
 
@@ -261,10 +275,13 @@ export class BackendConnection {
     this.send(encodeU64Reply(msg.request, refused ? 1 : 0));
   }
 
-  /** Replies never wait on the socket (see FrontendChannel); none after close began. */
-  private send(bytes: Uint8Array): void {
-    if (this.closing) return;
-    this.channel.send(bytes);
+  /** Replies never wait on the socket (see FrontendChannel); none after close began. fds: ours, closed once sent. */
+  private send(bytes: Uint8Array, fds: number[] = []): void {
+    if (this.closing) {
+      closeAll(fds);
+      return;
+    }
+    this.channel.send(bytes, fds);
   }
 
   /**
@@ -316,14 +333,55 @@ export class BackendConnection {
     this.ackedProtocolFeatures = value;
   }
 
+  /** Deprecated RESET_OWNER: disables the rings and forgets the features. */
   private async resetOwner(msg: Message): Promise<void> {
     decodeEmpty(msg);
     await this.stopAllRings();
+    this.forgetFeatures();
+  }
+
+  /** RESET_DEVICE: as RESET_OWNER, and forgets status, inflight region and ring bases; ownership and protocol features stay. */
+  private async resetDevice(msg: Message): Promise<void> {
+    this.requireProtocolFeature(msg, ProtocolFeature.RESET_DEVICE);
+    decodeEmpty(msg);
+    await this.stopAllRings();
+    this.forgetFeatures();
+    this.status.reset();
+    this.session.clearInflight();
+    for (let q = 0; q < this.device.queues; q++) this.session.setVringBase(q, 0);
+  }
+
+  private forgetFeatures(): void {
     this.ackedFeatures = 0n;
     this.featuresSet = false;
     this.session.setEventIdx(false);
     this.session.setIndirect(false);
     this.handler.setNegotiated(false, false);
+  }
+
+  private setStatus(msg: Message): void {
+    this.requireProtocolFeature(msg, ProtocolFeature.STATUS);
+    this.status.set(decodeStatus(msg), this.featuresSet);
+  }
+
+  private getStatus(msg: Message): void {
+    this.requireProtocolFeature(msg, ProtocolFeature.STATUS);
+    decodeEmpty(msg);
+    this.send(encodeU64Reply(msg.request, this.status.get()));
+  }
+
+  private getInflightFd(msg: Message): void {
+    this.requireProtocolFeature(msg, ProtocolFeature.INFLIGHT_SHMFD);
+    const { reply, fd } = createInflight(decodeGetInflight(msg), this.device);
+    this.send(reply, [fd]);
+  }
+
+  private setInflightFd(msg: Message): void {
+    this.requireProtocolFeature(msg, ProtocolFeature.INFLIGHT_SHMFD);
+    const r = decodeSetInflight(msg);
+    checkSetInflight(this.session, r, this.device);
+    msg.fds.length = 0; // setInflight closes it, mapped or not
+    this.session.setInflight(r.fd, r.mmapSize, r.mmapOffset, r.numQueues, r.queueSize);
   }
 
   private getMaxMemSlots(msg: Message): void {
@@ -428,7 +486,11 @@ export class BackendConnection {
     const s = decodeVringState(msg);
     const q = this.queueIndex(s.index, 'GET_VRING_BASE');
     this.session.pauseVring(q, true);
-    await this.settled(this.handler.whenIdle(q));
+    if (!(await this.settled(settlesWithin(this.handler.whenIdle(q), DRAIN_TIMEOUT_MS)))) {
+      log.error(`GET_VRING_BASE: queue ${q} did not drain`, { conn: this.id, inflight: this.handler.inflight(q), timeoutMs: DRAIN_TIMEOUT_MS });
+      this.closeSoon('GET_VRING_BASE could not drain the ring');
+      throw new ConnectionClosing('no reply: the ring did not drain');
+    }
     const base = this.session.stopVring(q);
     this.session.pauseVring(q, false);
     this.send(encodeVringStateReply(msg.request, q, base));
@@ -448,10 +510,15 @@ export class BackendConnection {
   }
 
   private startRing(q: number, what: string): void {
+    let resubmit: number;
     try {
-      this.session.startVring(q);
+      resubmit = this.session.startVring(q);
     } catch (err) {
       throw violation(`${what}: queue ${q}: ${describe(err)}`);
+    }
+    if (resubmit > 0) {
+      log.info('resubmitting requests left in flight by an earlier backend', { conn: this.id, queue: q, count: resubmit });
+      this.handler.counters()[q]!.resubmitted += resubmit; // q < device.queues: queueIndex checked it
     }
     this.session.pollVring(q);
   }
@@ -521,6 +588,13 @@ export class BackendConnection {
 
   // ------------------------------------------------------------ rings
 
+  /** Messages of a protocol feature are a violation unless the frontend acked it. */
+  private requireProtocolFeature(msg: Message, bit: number): void {
+    if ((this.ackedProtocolFeatures & featureBit(bit)) === 0n) {
+      throw violation(`${requestName(msg.request)} without its protocol feature (bit ${bit}) negotiated`);
+    }
+  }
+
   private protocolFeaturesAcked(): boolean {
     return (this.ackedFeatures & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n;
   }
@@ -552,26 +626,6 @@ export class BackendConnection {
       this.session.stopVring(q);
       this.session.pauseVring(q, false);
     }
-  }
-
-  /**
-   * A host I/O error reached the guest as an error status. Storage operators
-   * need to see these, but a failing disk must not flood the log: the first
-   * ten per connection, then every thousandth.
-   */
-  private hostError(res: number, type: number, offset: number): void {
-    // A broken connection's leftover ops fail by design (after a guest
-    // memory fault the session takes none): the violation line said why.
-    if (this.broken) return;
-    this.hostErrors++;
-    if (this.hostErrors > 10 && this.hostErrors % 1000 !== 0) return;
-    log.warn('host I/O error', {
-      conn: this.id,
-      error: errnoName(-res),
-      requestType: type,
-      offset,
-      count: this.hostErrors,
-    });
   }
 
   private guard(fn: () => void): void {
@@ -612,16 +666,7 @@ export class BackendConnection {
       for (let q = 0; q < this.device.queues; q++) this.session.pauseVring(q, true);
       const inflight = this.handler.inflight();
       if (inflight > 0) log.info('draining in-flight requests', { conn: this.id, inflight });
-      // The timer is cleared once drained: pending, it would keep this
-      // closed connection (its arrays, handler, session) reachable for the
-      // whole timeout, and a frontend reconnecting in a loop piles them up.
-      let timer: NodeJS.Timeout | undefined;
-      const drained = await Promise.race([
-        this.handler.whenIdle().then(() => true),
-        new Promise<false>((r) => (timer = setTimeout(() => r(false), DRAIN_TIMEOUT_MS).unref())),
-      ]);
-      clearTimeout(timer);
-      if (!drained) {
+      if (!(await settlesWithin(this.handler.whenIdle(), DRAIN_TIMEOUT_MS))) {
         // Requests still in flight are abandoned; their ops still with the
         // kernel are cancelled or waited for just below.
         log.error('in-flight requests did not drain; closing anyway', {
@@ -647,20 +692,6 @@ export class BackendConnection {
   }
 }
 
-function hasReply(request: number): boolean {
-  switch (request) {
-    case Request.GET_FEATURES:
-    case Request.GET_PROTOCOL_FEATURES:
-    case Request.GET_VRING_BASE:
-    case Request.GET_QUEUE_NUM:
-    case Request.GET_CONFIG:
-    case Request.GET_MAX_MEM_SLOTS:
-      return true;
-    default:
-      return false;
-  }
-}
-
 function closeAll(fds: number[]): void {
   for (const f of fds) if (f >= 0) native.closeFd(f);
   fds.length = 0;
@@ -671,11 +702,6 @@ function ruleFor(request: number, err: unknown): string {
   const name = requestName(request);
   const text = describe(err);
   return text.startsWith(name) ? text : `${name}: ${text}`;
-}
-
-function errnoName(errno: number): string {
-  for (const [name, value] of Object.entries(osConstants.errno)) if (value === errno) return name;
-  return `errno ${errno}`;
 }
 
 function describe(err: unknown): string {

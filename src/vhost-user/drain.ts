@@ -35,6 +35,22 @@ export function drainTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   return n;
 }
 
+/**
+ * Whether `wait` settles within ms. The timer is cleared once it does:
+ * pending, it would keep whatever `wait` belongs to (a closed connection's
+ * arrays, handler, session) reachable for the whole timeout, and a frontend
+ * reconnecting in a loop piles them up.
+ */
+export async function settlesWithin(wait: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const settled = await Promise.race([
+    wait.then(() => true),
+    new Promise<false>((r) => (timer = setTimeout(() => r(false), ms).unref())),
+  ]);
+  clearTimeout(timer);
+  return settled;
+}
+
 function total(o: { ioUring: number; threadPool: number }): number {
   return o.ioUring + o.threadPool;
 }

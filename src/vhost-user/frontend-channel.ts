@@ -32,7 +32,10 @@ export class FrontendChannel {
     fd: number,
     private readonly events: ChannelEvents,
   ) {
-    this.replies = new ReplyQueue((buf, off, len) => native.sendSome(fd, buf, off, len));
+    this.replies = new ReplyQueue(
+      (buf, off, len, fds) => native.sendSome(fd, buf, off, len, fds),
+      (f) => native.closeFd(f),
+    );
     this.watcher = new native.FdWatcher(fd, (ev) => this.onEvents(ev));
     this.update();
   }
@@ -43,12 +46,18 @@ export class FrontendChannel {
     this.update();
   }
 
-  /** Sends a reply, or queues it behind earlier ones; never waits, never throws. */
-  send(bytes: Uint8Array): void {
-    if (this.stopped) return;
+  /**
+   * Sends a reply, or queues it behind earlier ones; never waits, never
+   * throws. The channel owns fds from here on (closed once sent, or dropped).
+   */
+  send(bytes: Uint8Array, fds: number[] = []): void {
+    if (this.stopped) {
+      for (const f of fds) native.closeFd(f);
+      return;
+    }
     let ok: boolean;
     try {
-      ok = this.replies.push(bytes);
+      ok = this.replies.push(bytes, fds);
     } catch (err) {
       this.events.sendFailed(err);
       return;

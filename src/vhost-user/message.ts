@@ -87,6 +87,18 @@ export interface VringFile {
   fd: number;
 }
 
+/**
+ * GET_INFLIGHT_FD / SET_INFLIGHT_FD (VhostUserInflight). GET_INFLIGHT_FD
+ * carries only numQueues and queueSize; fd is -1 there.
+ */
+export interface Inflight {
+  mmapSize: number;
+  mmapOffset: number;
+  numQueues: number;
+  queueSize: number;
+  fd: number;
+}
+
 /** GET_CONFIG / SET_CONFIG. data is a view of the message payload (size bytes). */
 export interface ConfigAccess {
   offset: number;
@@ -318,9 +330,67 @@ export function decodeBackendReqFd(msg: Message): number {
   return msg.fds[0]!; // exactly one fd was checked above
 }
 
+function readInflight(msg: Message): Omit<Inflight, 'fd'> {
+  expectSize(msg, PayloadSize.INFLIGHT);
+  const p = msg.payload;
+  return {
+    mmapSize: safeNumber(msg, 'mmap_size', p.readBigUInt64LE(0)),
+    mmapOffset: safeNumber(msg, 'mmap_offset', p.readBigUInt64LE(8)),
+    numQueues: p.readUInt16LE(16),
+    queueSize: p.readUInt16LE(18),
+  };
+}
+
+/**
+ * GET_INFLIGHT_FD: 24 bytes, no fd. Only num_queues and queue_size mean
+ * something (QEMU sends zero mmap fields); the handler checks their range.
+ */
+export function decodeGetInflight(msg: Message): Inflight {
+  const r = readInflight(msg);
+  expectFds(msg, 0, 0, 'the back-end creates the region');
+  return { ...r, fd: -1 };
+}
+
+/**
+ * SET_INFLIGHT_FD: 24 bytes, exactly one fd (the region). mmap_offset +
+ * mmap_size must not pass 2^53-1; whether they fit the file and the queue
+ * layout is checked when the region is mapped.
+ */
+export function decodeSetInflight(msg: Message): Inflight {
+  const r = readInflight(msg);
+  expectFds(msg, 1, 1, 'the inflight region');
+  if (r.mmapSize === 0) throw violation(`${name(msg)} mmap_size is 0`);
+  checkRange(msg, 'region', 'mmap_offset', BigInt(r.mmapOffset), BigInt(r.mmapSize));
+  return { ...r, fd: msg.fds[0]! }; // exactly one fd was checked above
+}
+
+/** SET_STATUS: a u64 holding the virtio device status byte; higher bits are a violation. */
+export function decodeStatus(msg: Message): number {
+  const v = decodeU64(msg);
+  if (v > 0xffn) throw violation(`${name(msg)} 0x${v.toString(16)} does not fit the 8-bit device status`);
+  return Number(v);
+}
+
 /** Whether the front-end asked for a REPLY_ACK reply to this message. */
 export function needsReply(msg: Message): boolean {
   return (msg.flags & Flags.NEED_REPLY) !== 0;
+}
+
+/** Whether a request has a reply of its own (so REPLY_ACK adds none). */
+export function hasReply(request: number): boolean {
+  switch (request) {
+    case Request.GET_FEATURES:
+    case Request.GET_PROTOCOL_FEATURES:
+    case Request.GET_VRING_BASE:
+    case Request.GET_QUEUE_NUM:
+    case Request.GET_CONFIG:
+    case Request.GET_MAX_MEM_SLOTS:
+    case Request.GET_INFLIGHT_FD:
+    case Request.GET_STATUS:
+      return true;
+    default:
+      return false;
+  }
 }
 
 // ------------------------------------------------------ per-request decoding
@@ -337,6 +407,7 @@ export type PayloadKind =
   | 'vring-file'
   | 'config'
   | 'backend-fd'
+  | 'inflight'
   | 'unsupported';
 
 const KIND_ENTRIES: ReadonlyArray<readonly [number, PayloadKind]> = [
@@ -352,6 +423,8 @@ const KIND_ENTRIES: ReadonlyArray<readonly [number, PayloadKind]> = [
   [Request.SET_FEATURES, 'u64'],
   [Request.SET_PROTOCOL_FEATURES, 'u64'],
   [Request.SET_STATUS, 'u64'],
+  [Request.GET_INFLIGHT_FD, 'inflight'],
+  [Request.SET_INFLIGHT_FD, 'inflight'],
   [Request.SET_VRING_NUM, 'vring-state'],
   [Request.SET_VRING_BASE, 'vring-state'],
   // GET_VRING_BASE carries the state {index, 0}; GET_CONFIG a config header + zeroes.
@@ -387,6 +460,7 @@ export type DecodedRequest =
   | { kind: 'vring-file'; file: VringFile }
   | { kind: 'config'; config: ConfigAccess }
   | { kind: 'backend-fd'; fd: number }
+  | { kind: 'inflight'; inflight: Inflight }
   | { kind: 'unsupported' };
 
 /**
@@ -417,6 +491,8 @@ export function decodeRequest(msg: Message): DecodedRequest {
       return { kind: 'config', config: decodeConfig(msg) };
     case 'backend-fd':
       return { kind: 'backend-fd', fd: decodeBackendReqFd(msg) };
+    case 'inflight':
+      return { kind: 'inflight', inflight: msg.request === Request.GET_INFLIGHT_FD ? decodeGetInflight(msg) : decodeSetInflight(msg) };
     case 'unsupported':
       return { kind: 'unsupported' };
   }
@@ -533,6 +609,16 @@ export function encodeMemTablePayload(regions: readonly WireRegion[], nregions: 
 export function encodeMemRegPayload(r: WireRegion): Buffer {
   const p = Buffer.alloc(PayloadSize.SINGLE_MEM_REGION);
   writeRegion(p, 8, r);
+  return p;
+}
+
+/** GET_INFLIGHT_FD / SET_INFLIGHT_FD payload (and the GET_INFLIGHT_FD reply's). */
+export function encodeInflightPayload(i: { mmapSize: number | bigint; mmapOffset: number | bigint; numQueues: number; queueSize: number }): Buffer {
+  const p = Buffer.alloc(PayloadSize.INFLIGHT);
+  p.writeBigUInt64LE(BigInt(i.mmapSize), 0);
+  p.writeBigUInt64LE(BigInt(i.mmapOffset), 8);
+  p.writeUInt16LE(i.numQueues & 0xffff, 16);
+  p.writeUInt16LE(i.queueSize & 0xffff, 18);
   return p;
 }
 

@@ -16,13 +16,18 @@
 //   eventfds, the back-end channel) and closes them all in close(). fds sent
 //   to the back-end are duplicated by the kernel; ours stay ours.
 // - When the back-end disconnects, every pending reply and I/O is rejected
-//   and `closed` resolves.
+//   and `closed` resolves; unless the guest (memory and rings) was passed in
+//   as a GuestState: then it outlives the connection as QEMU's does, chains
+//   in flight stay pending, and the next Frontend set up with the same
+//   GuestState (and InflightRegion) picks them up, as QEMU after a backend
+//   restart (reconnect=1).
 
 import { native, type FdWatcher } from '../../src/native/binding';
 import {
   type Message,
   encodeAck,
   encodeConfigPayload,
+  encodeInflightPayload,
   encodeMemRegPayload,
   encodeMemTablePayload,
   encodeMessage,
@@ -46,6 +51,8 @@ import {
 } from '../../src/vhost-user/protocol';
 import { GuestMemory, type GuestMemoryOptions } from './guest-memory';
 import { SplitRing, type RingSeg } from './split-ring';
+import { InflightRegion } from './inflight-region';
+import { DeviceStatus } from '../../src/vhost-user/device-status';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -91,6 +98,9 @@ export const DEFAULT_PROTOCOL_FEATURES = [
   ProtocolFeature.CONFIG,
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.BACKEND_REQ,
+  ProtocolFeature.INFLIGHT_SHMFD,
+  ProtocolFeature.RESET_DEVICE,
+  ProtocolFeature.STATUS,
 ].reduce((m, b) => m | featureBit(b), 0n);
 
 /** sizeof(struct virtio_blk_config) up to write_zeroes_may_unmap + padding (QEMU 7.2 default). */
@@ -123,6 +133,38 @@ export interface SetupOptions {
   qemuInitNotifiers?: boolean;
   /** Set NEED_REPLY on every message that has no reply of its own (REPLY_ACK must be negotiated). */
   needReplyAll?: boolean;
+  /**
+   * INFLIGHT_SHMFD, as QEMU 7.2 vhost-user-blk: false refuses the feature;
+   * a region is created by GET_INFLIGHT_FD once (if not yet created) and
+   * sent with SET_INFLIGHT_FD on every setup. Default: a region of this
+   * Frontend's own, closed with it.
+   */
+  inflight?: InflightRegion | false;
+  /**
+   * Guest memory and rings that survive this connection (see GuestState).
+   * Rings it already holds are reused, with SET_VRING_BASE = their used
+   * index (QEMU after a backend crash) unless vringBases says otherwise.
+   */
+  guest?: GuestState;
+  /** SET_VRING_BASE per queue (default 0, or the used index of a reused ring). */
+  vringBases?: number[];
+}
+
+/**
+ * Guest RAM and virtqueues that outlive a Frontend, as QEMU's guest outlives
+ * a backend: the caller owns it and closes it (rejecting chains never
+ * completed).
+ */
+export class GuestState {
+  mem: GuestMemory | undefined;
+  readonly rings: SplitRing<Completion>[] = [];
+
+  close(): void {
+    const err = new Error('guest closed');
+    for (const r of this.rings) for (const c of r.abandonAll()) c.reject(err);
+    this.mem?.close();
+    this.mem = undefined;
+  }
 }
 
 export interface SendOptions {
@@ -171,6 +213,8 @@ export class Frontend {
   configChanges = 0;
   /** Resolves when the back-end closes the connection (or close() is called). */
   readonly closed: Promise<void>;
+  /** The inflight region in use (after setup, if INFLIGHT_SHMFD was negotiated). */
+  inflight: InflightRegion | undefined;
 
   private readonly reader: MessageReader;
   private readonly watcher: FdWatcher;
@@ -182,6 +226,8 @@ export class Frontend {
   private closeError: Error | undefined;
   private resolveClosed!: () => void;
   private needReplyAll = false;
+  private guest: GuestState | undefined;
+  private ownInflight = false;
 
   private constructor(fd: number, timeoutMs: number) {
     this.fd = fd;
@@ -243,12 +289,14 @@ export class Frontend {
    * Waits for the next reply. With `request`, it must be the reply to that
    * request. Rejects on timeout or when the back-end disconnects.
    */
-  recvReply(request?: number, timeoutMs: number = this.timeoutMs): Promise<Message> {
+  recvReply(request?: number, timeoutMs: number = this.timeoutMs, keepFds = false): Promise<Message> {
     const check = (m: Message): Message => {
       if (request !== undefined && m.request !== request) {
+        for (const f of m.fds) native.closeFd(f);
         throw new Error(`expected a reply to ${requestName(request)} but got one to ${requestName(m.request)}`);
       }
-      for (const f of m.fds) native.closeFd(f); // replies to our requests carry no fds
+      // Only GET_INFLIGHT_FD's reply carries an fd: the caller asked for it.
+      if (!keepFds) for (const f of m.fds.splice(0)) native.closeFd(f);
       return m;
     };
     const queued = this.inbox.shift();
@@ -319,7 +367,9 @@ export class Frontend {
     const protocolBit = featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
     if (this.offeredFeatures & protocolBit) {
       this.offeredProtocolFeatures = await this.getU64(Request.GET_PROTOCOL_FEATURES);
-      this.protocolFeatures = this.offeredProtocolFeatures & (opts.protocolFeatures ?? DEFAULT_PROTOCOL_FEATURES);
+      let accept = opts.protocolFeatures ?? DEFAULT_PROTOCOL_FEATURES;
+      if (opts.inflight === false) accept &= ~featureBit(ProtocolFeature.INFLIGHT_SHMFD);
+      this.protocolFeatures = this.offeredProtocolFeatures & accept;
       this.send(Request.SET_PROTOCOL_FEATURES, encodeU64Payload(this.protocolFeatures));
     }
     this.needReplyAll = (opts.needReplyAll ?? false) && this.has(ProtocolFeature.REPLY_ACK);
@@ -355,15 +405,23 @@ export class Frontend {
     if (!this.hasFeature(VirtioFeature.VERSION_1)) throw new Error('back-end does not offer VIRTIO_F_VERSION_1');
     if (nq > 1 && !this.hasFeature(VirtioFeature.BLK_MQ)) throw new Error('back-end does not offer VIRTIO_BLK_F_MQ');
     await this.command(Request.SET_FEATURES, encodeU64Payload(this.features));
+    if (this.has(ProtocolFeature.STATUS)) await this.addStatus(DeviceStatus.FEATURES_OK);
+    if (this.has(ProtocolFeature.INFLIGHT_SHMFD) && opts.inflight !== false) await this.startInflight(opts.inflight, nq, qsize);
 
-    this.mem = GuestMemory.create(opts.memory);
+    this.guest = opts.guest;
+    this.mem = this.guest?.mem ?? GuestMemory.create(opts.memory);
+    if (this.guest) this.guest.mem = this.mem;
     await this.sendMemoryTable(opts.memTable ?? 'auto');
 
     const eventIdx = this.hasFeature(VirtioFeature.RING_EVENT_IDX);
     for (let i = 0; i < nq; i++) {
+      const reused = this.guest?.rings[i];
+      if (reused && (reused.size !== qsize || reused.eventIdx !== eventIdx)) throw new Error(`guest ring ${i} does not match queueSize/EVENT_IDX`);
+      const ring = reused ?? new SplitRing<Completion>(this.mem, { size: qsize, eventIdx });
+      if (this.guest && !reused) this.guest.rings[i] = ring;
       const q: QueueState = {
         index: i,
-        ring: new SplitRing<Completion>(this.mem, { size: qsize, eventIdx }),
+        ring,
         kickFd: this.own(native.eventfdCreate()),
         callFd: this.own(native.eventfdCreate()),
         watcher: undefined,
@@ -371,26 +429,105 @@ export class Frontend {
         calls: 0,
       };
       this.queues.push(q);
-      await this.command(Request.SET_VRING_NUM, encodeVringStatePayload(i, qsize));
-      await this.command(Request.SET_VRING_BASE, encodeVringStatePayload(i, 0));
+      q.watcher = new native.FdWatcher(q.callFd, () => this.onCall(q));
+      q.watcher.start();
+    }
+    await this.startRings(this.queues.map((q) => opts.vringBases?.[q.index] ?? (this.guest ? q.ring.usedIdx() : 0)));
+  }
+
+  /**
+   * Starts the rings again on this connection, as QEMU's vhost_dev_start
+   * after a stop() (and RESET_DEVICE): SET_FEATURES, the inflight region,
+   * every ring from `bases`, enable, DRIVER_OK.
+   */
+  async restart(bases: number[]): Promise<void> {
+    await this.command(Request.SET_FEATURES, encodeU64Payload(this.features));
+    if (this.has(ProtocolFeature.STATUS)) await this.addStatus(DeviceStatus.FEATURES_OK);
+    if (this.inflight) await this.setInflightFd(this.inflight);
+    await this.startRings(bases);
+  }
+
+  private async startRings(bases: number[]): Promise<void> {
+    const mem = this.mem!; // setup() made it
+    for (const q of this.queues) {
+      const i = q.index;
+      await this.command(Request.SET_VRING_NUM, encodeVringStatePayload(i, q.ring.size));
+      await this.command(Request.SET_VRING_BASE, encodeVringStatePayload(i, bases[i] ?? 0));
       await this.command(
         Request.SET_VRING_ADDR,
         encodeVringAddrPayload({
           index: i,
-          desc: this.mem.gpaToUva(q.ring.descGpa),
-          used: this.mem.gpaToUva(q.ring.usedGpa),
-          avail: this.mem.gpaToUva(q.ring.availGpa),
+          desc: mem.gpaToUva(q.ring.descGpa),
+          used: mem.gpaToUva(q.ring.usedGpa),
+          avail: mem.gpaToUva(q.ring.availGpa),
           log: q.ring.usedGpa,
         }),
       );
       await this.command(Request.SET_VRING_KICK, encodeVringFilePayload(i, false), [q.kickFd]);
       await this.command(Request.SET_VRING_CALL, encodeVringFilePayload(i, false), [q.callFd]);
-      q.watcher = new native.FdWatcher(q.callFd, () => this.onCall(q));
-      q.watcher.start();
     }
-    if (this.offeredFeatures & protocolBit) {
+    if (this.offeredFeatures & featureBit(VHOST_USER_F_PROTOCOL_FEATURES)) {
       for (const q of this.queues) await this.command(Request.SET_VRING_ENABLE, encodeVringStatePayload(q.index, 1), [], true);
     }
+    if (this.has(ProtocolFeature.STATUS)) {
+      await this.addStatus(DeviceStatus.ACKNOWLEDGE | DeviceStatus.DRIVER | DeviceStatus.DRIVER_OK);
+    }
+    // Completions a new backend made while the rings were being set up (resubmitted requests).
+    for (const q of this.queues) this.drain(q);
+  }
+
+  /** QEMU 7.2's vhost_user_add_status: GET_STATUS, then SET_STATUS with bits added. */
+  async addStatus(bits: number): Promise<void> {
+    const now = Number(await this.getU64(Request.GET_STATUS));
+    await this.command(Request.SET_STATUS, encodeU64Payload(now | bits));
+  }
+
+  /**
+   * Stops the device as QEMU 7.2's vhost_dev_stop: SET_STATUS 0 (with
+   * STATUS), then GET_VRING_BASE for each queue. Returns the bases.
+   */
+  async stop(): Promise<number[]> {
+    if (this.has(ProtocolFeature.STATUS)) await this.command(Request.SET_STATUS, encodeU64Payload(0));
+    const bases: number[] = [];
+    for (const q of this.queues) bases.push(await this.getVringBase(q.index));
+    return bases;
+  }
+
+  /** GET_INFLIGHT_FD; the reply's fd is the caller's. */
+  async getInflightFd(numQueues: number, queueSize: number): Promise<{ fd: number; mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number }> {
+    this.send(Request.GET_INFLIGHT_FD, encodeInflightPayload({ mmapSize: 0, mmapOffset: 0, numQueues, queueSize }));
+    const m = await this.recvReply(Request.GET_INFLIGHT_FD, this.timeoutMs, true);
+    const fd = m.fds.shift();
+    for (const f of m.fds) native.closeFd(f);
+    if (fd === undefined) throw new Error('GET_INFLIGHT_FD reply carries no fd');
+    if (m.size !== 24) {
+      native.closeFd(fd);
+      throw new Error(`GET_INFLIGHT_FD reply has ${m.size} payload bytes, expected 24`);
+    }
+    const p = m.payload;
+    return { fd, mmapSize: Number(p.readBigUInt64LE(0)), mmapOffset: Number(p.readBigUInt64LE(8)), numQueues: p.readUInt16LE(16), queueSize: p.readUInt16LE(18) };
+  }
+
+  /** SET_INFLIGHT_FD with the region's fields (or forged ones) and fd. */
+  async setInflightFd(r: { fd: number; mmapSize: number | bigint; mmapOffset: number | bigint; numQueues: number; queueSize: number }, wait = true): Promise<void> {
+    await this.command(Request.SET_INFLIGHT_FD, encodeInflightPayload(r), r.fd >= 0 ? [r.fd] : [], wait);
+  }
+
+  /** QEMU 7.2 vhost_user_blk_start: create the region once, then hand it over. */
+  private async startInflight(region: InflightRegion | undefined, nq: number, qsize: number): Promise<void> {
+    this.ownInflight = region === undefined;
+    const r = region ?? new InflightRegion();
+    this.inflight = r;
+    if (!r.created) {
+      const got = await this.getInflightFd(nq, qsize);
+      try {
+        r.adopt(got);
+      } catch (err) {
+        native.closeFd(got.fd);
+        throw err;
+      }
+    }
+    await this.setInflightFd(r);
   }
 
   /** GET_CONFIG of `size` bytes at offset 0; returns the config bytes. */
@@ -619,9 +756,13 @@ export class Frontend {
     for (const m of this.inbox.splice(0)) for (const f of m.fds) native.closeFd(f);
     native.closeFd(this.fd);
     for (const fd of this.ownedFds.splice(0)) native.closeFd(fd);
-    // Chains still in flight will never complete: reject them.
-    for (const q of this.queues) for (const c of q.ring.abandonAll()) c.reject(err);
-    this.mem?.close();
+    if (this.ownInflight) this.inflight?.close();
+    // Chains still in flight will never complete: reject them; unless the
+    // guest outlives us (its next connection may complete them).
+    if (!this.guest) {
+      for (const q of this.queues) for (const c of q.ring.abandonAll()) c.reject(err);
+      this.mem?.close();
+    }
     this.resolveClosed();
   }
 

@@ -18,6 +18,7 @@ export const COUNTER_KEYS = [
   'durableWrites',
   'requests',
   'errors',
+  'resubmitted',
 ] as const;
 
 export type CounterKey = (typeof COUNTER_KEYS)[number];
@@ -54,7 +55,7 @@ export function countersOf(stderr: string, conn: number, reason: string): Counte
 
 /** Sum over queues. */
 export function total(cs: readonly Counters[]): Record<CounterKey, number> {
-  const t = { bytesBounced: 0, rmwCycles: 0, overlapWaits: 0, iovCollapses: 0, ioSplits: 0, fixedOps: 0, plainOps: 0, durableWrites: 0, requests: 0, errors: 0 };
+  const t = Object.fromEntries(COUNTER_KEYS.map((k) => [k, 0])) as Record<CounterKey, number>;
   for (const c of cs) for (const k of COUNTER_KEYS) t[k] += c[k];
   return t;
 }

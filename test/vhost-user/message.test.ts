@@ -7,9 +7,12 @@ import {
   decodeBackendReqFd,
   decodeConfig,
   decodeEmpty,
+  decodeGetInflight,
   decodeMemTable,
   decodeRemMemReg,
   decodeRequest,
+  decodeSetInflight,
+  decodeStatus,
   decodeU64,
   decodeVringAddr,
   decodeVringFile,
@@ -17,6 +20,7 @@ import {
   encodeAck,
   encodeConfigPayload,
   encodeConfigReply,
+  encodeInflightPayload,
   encodeMemRegPayload,
   encodeMemTablePayload,
   encodeMessage,
@@ -198,6 +202,30 @@ t.test('SET_BACKEND_REQ_FD', async (tt) => {
   violates(tt, () => decodeBackendReqFd(msg(Request.SET_BACKEND_REQ_FD, Buffer.alloc(8), [12])), /payload is 8 bytes, expected 0/);
 });
 
+t.test('GET_INFLIGHT_FD / SET_INFLIGHT_FD', async (tt) => {
+  const p = encodeInflightPayload({ mmapSize: 0, mmapOffset: 0, numQueues: 2, queueSize: 256 });
+  tt.equal(p.length, 24, 'VhostUserInflight is padded to 24 bytes');
+  tt.same(decodeGetInflight(msg(Request.GET_INFLIGHT_FD, p)), { mmapSize: 0, mmapOffset: 0, numQueues: 2, queueSize: 256, fd: -1 });
+  violates(tt, () => decodeGetInflight(msg(Request.GET_INFLIGHT_FD, p, [3])), /GET_INFLIGHT_FD carries 1 fds, expected 0/);
+  violates(tt, () => decodeGetInflight(msg(Request.GET_INFLIGHT_FD, p.subarray(0, 20))), /payload is 20 bytes, expected 24/);
+  const set = encodeInflightPayload({ mmapSize: 4224, mmapOffset: 4096, numQueues: 1, queueSize: 128 });
+  tt.same(decodeSetInflight(msg(Request.SET_INFLIGHT_FD, set, [7])), { mmapSize: 4224, mmapOffset: 4096, numQueues: 1, queueSize: 128, fd: 7 });
+  violates(tt, () => decodeSetInflight(msg(Request.SET_INFLIGHT_FD, set)), /SET_INFLIGHT_FD carries 0 fds, expected 1/);
+  violates(tt, () => decodeSetInflight(msg(Request.SET_INFLIGHT_FD, set, [7, 8])), /carries 2 fds, expected 1/);
+  violates(tt, () => decodeSetInflight(msg(Request.SET_INFLIGHT_FD, p, [7])), /mmap_size is 0/);
+  const huge = encodeInflightPayload({ mmapSize: 4096, mmapOffset: 2n ** 63n, numQueues: 1, queueSize: 128 });
+  violates(tt, () => decodeSetInflight(msg(Request.SET_INFLIGHT_FD, huge, [7])), /mmap_offset 0x8000000000000000 exceeds 2\^53-1/);
+  const wraps = encodeInflightPayload({ mmapSize: 2n ** 53n - 1n, mmapOffset: 4096, numQueues: 1, queueSize: 128 });
+  violates(tt, () => decodeSetInflight(msg(Request.SET_INFLIGHT_FD, wraps, [7])), /mmap_offset\+size ends beyond 2\^53-1/);
+});
+
+t.test('SET_STATUS', async (tt) => {
+  tt.equal(decodeStatus(msg(Request.SET_STATUS, encodeU64Payload(0xff))), 0xff);
+  tt.equal(decodeStatus(msg(Request.SET_STATUS, encodeU64Payload(0))), 0);
+  violates(tt, () => decodeStatus(msg(Request.SET_STATUS, encodeU64Payload(0x100))), /SET_STATUS 0x100 does not fit the 8-bit device status/);
+  violates(tt, () => decodeStatus(msg(Request.SET_STATUS, encodeU64Payload(1), [4])), /carries 1 fds, expected 0/);
+});
+
 t.test('decodeRequest routes by request code', async (tt) => {
   tt.same(decodeRequest(msg(Request.GET_FEATURES)), { kind: 'none' });
   tt.same(decodeRequest(msg(Request.GET_PROTOCOL_FEATURES)), { kind: 'none' });
@@ -212,7 +240,10 @@ t.test('decodeRequest routes by request code', async (tt) => {
   tt.same(decodeRequest(msg(Request.SET_VRING_CALL, encodeVringFilePayload(1, false), [8])), { kind: 'vring-file', file: { index: 1, fd: 8 } });
   tt.equal(decodeRequest(msg(Request.GET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(60)))).kind, 'config');
   tt.same(decodeRequest(msg(Request.SET_BACKEND_REQ_FD, Buffer.alloc(0), [4])), { kind: 'backend-fd', fd: 4 });
-  for (const code of [Request.SET_LOG_BASE, Request.IOTLB_MSG, Request.GET_INFLIGHT_FD, 0, 41, 1000]) {
+  const inflight = encodeInflightPayload({ mmapSize: 8192, mmapOffset: 0, numQueues: 2, queueSize: 128 });
+  tt.same(decodeRequest(msg(Request.GET_INFLIGHT_FD, inflight)), { kind: 'inflight', inflight: { mmapSize: 8192, mmapOffset: 0, numQueues: 2, queueSize: 128, fd: -1 } });
+  tt.same(decodeRequest(msg(Request.SET_INFLIGHT_FD, inflight, [9])), { kind: 'inflight', inflight: { mmapSize: 8192, mmapOffset: 0, numQueues: 2, queueSize: 128, fd: 9 } });
+  for (const code of [Request.SET_LOG_BASE, Request.IOTLB_MSG, 0, 41, 1000]) {
     tt.equal(payloadKind(code), 'unsupported', `code ${code}`);
     tt.same(decodeRequest(msg(code, Buffer.alloc(24), [1])), { kind: 'unsupported' });
   }
