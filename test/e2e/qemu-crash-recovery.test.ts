@@ -14,9 +14,12 @@
  *  - SIGKILL: nothing is drained; the requests vublk had popped and not yet
  *    completed exist only in the inflight region. The new vublk resubmits
  *    them: the sum of `resubmitted` in the counters lines over the run must
- *    be > 0. Without the inflight region they are lost: the guest's I/O then
- *    hangs (fio never ends: the watchdog says so) or a head completed twice
- *    breaks the ring.
+ *    be > 0. Without the region QEMU only restarts each ring at its used
+ *    index: that re-offers the popped requests when they were completed in
+ *    order (the usual case here, so the guest mostly survives and the test
+ *    fails on the count); a request popped before a later completed one is
+ *    lost (the guest's I/O hangs: the fio watchdog says so) and the later
+ *    one returned twice (the guest's ring breaks: dmesg).
  *  - SIGTERM: vublk drains and exits 0; resubmitted may be 0.
  *
  * How fio's verify sees a failure: every 4 KiB of every write carries a
