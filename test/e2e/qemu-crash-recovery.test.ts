@@ -46,7 +46,7 @@ import {
   guestTest,
   isSocket,
   runGuest,
-  startVublk,
+  startVublkGeneration,
   stopDaemon,
   tail,
   untilUringBusy,
@@ -55,6 +55,7 @@ import {
   waitForDaemonLine,
   type Exit,
   type RunGuestResult,
+  type VublkGeneration,
 } from '../helpers/qemu-guest';
 import { loggedCounters } from '../helpers/counters';
 import { prng } from '../helpers/prng';
@@ -162,11 +163,7 @@ exit 0
 type Kill = 'SIGKILL' | 'SIGTERM';
 
 /** One vublk process of a run. */
-interface Generation {
-  n: number;
-  child: ChildProcess;
-  /** Aborts the guest if this vublk exits without being told to. */
-  onUnexpectedExit: (code: number | null, sig: NodeJS.Signals | null) => void;
+interface Generation extends VublkGeneration {
   /** Generations after the first: when QEMU connected (ms after it was ready), if it did. */
   reconnectMs?: number | undefined;
   /** Set when the test stopped it while fio ran. */
@@ -213,21 +210,7 @@ async function runWithKills(tt: Test, kill: Kill, seed: number): Promise<Outcome
     ac.abort(error);
   };
   const spawnGeneration = async (): Promise<Generation> => {
-    const n = gens.length + 1;
-    const child = await startVublk({
-      image,
-      socket,
-      queues: QUEUES,
-      // After a SIGKILL the stale socket stays: vublk must replace it itself.
-      removeStaleSocket: false,
-      ...(log ? { log: (l: string) => log?.(`[vublk#${n}] ${l}`) } : {}),
-    });
-    const g: Generation = {
-      n,
-      child,
-      onUnexpectedExit: (code, sig) => stopRun(new Error(`vublk #${n} exited on its own (code ${code}, signal ${sig})`)),
-    };
-    child.once('exit', g.onUnexpectedExit);
+    const g = await startVublkGeneration({ image, socket, queues: QUEUES, n: gens.length + 1, onUnexpectedExit: stopRun });
     gens.push(g);
     return g;
   };
@@ -247,7 +230,7 @@ async function runWithKills(tt: Test, kill: Kill, seed: number): Promise<Outcome
       // The guest is slow (TCG) and the host disk fast: most of the time no
       // request is in flight. Wait for one, so each kill leaves work behind.
       const busy = await untilUringBusy(cur.child.pid, BUSY_WAIT_MS);
-      cur.child.off('exit', cur.onUnexpectedExit);
+      cur.expectExit();
       const exit = await stopDaemon(cur.child, { signal: kill, timeoutMs: 15000 });
       cur.killed = { aliveMs, ...busy, exit, socketLeft: await isSocket(socket) };
       await sleep(between(DOWN_MS));
@@ -291,7 +274,7 @@ async function runWithKills(tt: Test, kill: Kill, seed: number): Promise<Outcome
   fioRunning = false;
   await kills;
   const last = gens[gens.length - 1]!;
-  last.child.off('exit', last.onUnexpectedExit);
+  last.expectExit();
   if (!last.killed) last.finalExit = await stopDaemon(last.child, { signal: 'SIGTERM', timeoutMs: 15000 });
   return { res, gens, error, fioMs };
 }

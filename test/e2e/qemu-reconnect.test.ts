@@ -25,7 +25,6 @@
  * prerequisites the test is skipped, except under CI (env CI set).
  */
 import t, { type Test } from 'tap';
-import type { ChildProcess } from 'node:child_process';
 import {
   ROUND_MARKER,
   allPrerequisites,
@@ -37,7 +36,7 @@ import {
   isSocket,
   roundsScript,
   runGuest,
-  startVublk,
+  startVublkGeneration,
   stopDaemon,
   tail,
   untilUringBusy,
@@ -46,6 +45,7 @@ import {
   waitForDaemonLine,
   type Exit,
   type RunGuestResult,
+  type VublkGeneration,
 } from '../helpers/qemu-guest';
 
 const QUEUES = 2;
@@ -66,11 +66,7 @@ const GUEST_TIMEOUT_MS = 3 * 60 * 1000;
 const log = e2eLog;
 
 /** One vublk process of a run. */
-interface Generation {
-  n: number;
-  child: ChildProcess;
-  /** Aborts the guest if this vublk exits without being told to. */
-  onUnexpectedExit: (code: number | null, sig: NodeJS.Signals | null) => void;
+interface Generation extends VublkGeneration {
   /** Generations after the first: QEMU's connection, and how long after the daemon was ready it came. */
   connectedLine?: string | undefined;
   reconnectMs?: number;
@@ -116,22 +112,8 @@ async function runWithRestarts(tt: Test, kill: 'SIGTERM' | 'SIGKILL'): Promise<O
   // A daemon that dies on its own leaves the guest hanging: stop QEMU early.
   const ac = new AbortController();
   const spawnGeneration = async (): Promise<Generation> => {
-    const n = gens.length + 1;
-    const child = await startVublk({
-      image,
-      socket,
-      queues: QUEUES,
-      // After a SIGKILL the stale socket stays: vublk must replace it itself.
-      removeStaleSocket: false,
-      ...(log ? { log: (l: string) => log(`[vublk#${n}] ${l}`) } : {}),
-    });
-    const g: Generation = {
-      n,
-      child,
-      onUnexpectedExit: (code, sig) =>
-        ac.abort(new Error(`vublk #${n} exited on its own (code ${code}, signal ${sig})`)),
-    };
-    child.once('exit', g.onUnexpectedExit);
+    const onUnexpectedExit = (e: Error): void => ac.abort(e);
+    const g = await startVublkGeneration({ image, socket, queues: QUEUES, n: gens.length + 1, onUnexpectedExit });
     gens.push(g);
     return g;
   };
@@ -145,7 +127,7 @@ async function runWithRestarts(tt: Test, kill: 'SIGTERM' | 'SIGKILL'): Promise<O
     await sleep(KILL_DELAY_MS);
     const { inflight, busyWaitMs } = await untilUringBusy(cur.child.pid, BUSY_WAIT_MS);
     const guestProgress = progress();
-    cur.child.off('exit', cur.onUnexpectedExit);
+    cur.expectExit();
     const t1 = Date.now();
     const exit = await stopDaemon(cur.child, { signal: kill, timeoutMs: 15000 });
     cur.killed = {
@@ -192,7 +174,7 @@ async function runWithRestarts(tt: Test, kill: 'SIGTERM' | 'SIGKILL'): Promise<O
   });
   await chain;
   const last = gens[gens.length - 1]!;
-  last.child.off('exit', last.onUnexpectedExit);
+  last.expectExit();
   last.finalExit = await stopDaemon(last.child, { signal: 'SIGTERM', timeoutMs: 15000 });
   return { res, gens, restartError };
 }

@@ -951,6 +951,41 @@ export function startVublk(opts: VublkOptions): Promise<ChildProcess> {
   );
 }
 
+/** One of the vublk processes that replace each other on one image and socket in a restart test. */
+export interface VublkGeneration {
+  /** 1 for the first vublk of the run, then 2, 3... */
+  n: number;
+  child: ChildProcess;
+  /** Stops treating its exit as a failure: call before stopping it on purpose. */
+  expectExit(): void;
+}
+
+/**
+ * Starts vublk #n on image and socket, over the stale socket a killed one
+ * left (vublk must replace it itself); onUnexpectedExit gets an error if it
+ * exits before expectExit() (a dead backend leaves the guest hanging).
+ * VUBLK_E2E_VERBOSE=1 streams its output tagged [vublk#n].
+ */
+export async function startVublkGeneration(o: {
+  image: string;
+  socket: string;
+  queues: number;
+  n: number;
+  onUnexpectedExit: (err: Error) => void;
+}): Promise<VublkGeneration> {
+  const child = await startVublk({
+    image: o.image,
+    socket: o.socket,
+    queues: o.queues,
+    removeStaleSocket: false,
+    ...(e2eLog ? { log: (l: string) => e2eLog?.(`[vublk#${o.n}] ${l}`) } : {}),
+  });
+  const onExit = (code: number | null, sig: NodeJS.Signals | null): void =>
+    o.onUnexpectedExit(new Error(`vublk #${o.n} exited on its own (code ${code}, signal ${sig})`));
+  child.once('exit', onExit);
+  return { n: o.n, child, expectExit: () => void child.off('exit', onExit) };
+}
+
 /** Create a sparse raw image of `bytes`. */
 export async function createSparseImage(file: string, bytes: number): Promise<void> {
   const fh = await fsp.open(file, 'w');
