@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <string>
 #include <vector>
 
 #include "errno-error.h"
@@ -133,6 +134,25 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   return r;
 }
 
+// The fds a JS array names, at most kMaxFdsPerMsg of them.
+std::vector<int> fdList(Napi::Env env, Napi::Array jsFds, const char* who) {
+  if (jsFds.Length() > kMaxFdsPerMsg) throw Napi::RangeError::New(env, std::string(who) + ": too many fds");
+  std::vector<int> fds;
+  for (uint32_t i = 0; i < jsFds.Length(); i++) fds.push_back(jsFds.Get(i).As<Napi::Number>().Int32Value());
+  return fds;
+}
+
+// Attaches fds to msg as SCM_RIGHTS in control (room for kMaxFdsPerMsg).
+void attachFds(msghdr& msg, char* control, const std::vector<int>& fds) {
+  msg.msg_control = control;
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+}
+
 // sendMsg(fd, buf, fds, timeoutMs): all bytes, fds with the first byte.
 Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -140,10 +160,7 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
   Napi::Uint8Array buf = info[1].As<Napi::Uint8Array>();
   Napi::Array jsFds = info[2].As<Napi::Array>();
   int timeoutMs = static_cast<int>(argInt(info, 3));
-  if (jsFds.Length() > kMaxFdsPerMsg) throw Napi::RangeError::New(env, "sendMsg: too many fds");
-  std::vector<int> fds;
-  for (uint32_t i = 0; i < jsFds.Length(); i++)
-    fds.push_back(jsFds.Get(i).As<Napi::Number>().Int32Value());
+  std::vector<int> fds = fdList(env, jsFds, "sendMsg");
 
   size_t sent = 0;
   size_t total = buf.ByteLength();
@@ -154,15 +171,7 @@ Napi::Value SendMsg(const Napi::CallbackInfo& info) {
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
-    if (!fdsSent) {
-      msg.msg_control = control;
-      msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      c->cmsg_level = SOL_SOCKET;
-      c->cmsg_type = SCM_RIGHTS;
-      c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-      memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-    }
+    if (!fdsSent) attachFds(msg, control, fds);
     ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -193,27 +202,14 @@ Napi::Value SendSome(const Napi::CallbackInfo& info) {
   if (off > buf.ByteLength() || len > buf.ByteLength() - off)
     throw Napi::RangeError::New(env, "sendSome: range outside the buffer");
   std::vector<int> fds;
-  if (info.Length() > 4 && info[4].IsArray()) {
-    Napi::Array jsFds = info[4].As<Napi::Array>();
-    if (jsFds.Length() > kMaxFdsPerMsg) throw Napi::RangeError::New(env, "sendSome: too many fds");
-    for (uint32_t i = 0; i < jsFds.Length(); i++)
-      fds.push_back(jsFds.Get(i).As<Napi::Number>().Int32Value());
-  }
+  if (info.Length() > 4 && info[4].IsArray()) fds = fdList(env, info[4].As<Napi::Array>(), "sendSome");
   if (!fds.empty() && len == 0) throw Napi::RangeError::New(env, "sendSome: fds need a byte to travel with");
   iovec iov{buf.Data() + off, static_cast<size_t>(len)};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMsg)];
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  if (!fds.empty()) {
-    msg.msg_control = control;
-    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
-    cmsghdr* c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-    memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
-  }
+  if (!fds.empty()) attachFds(msg, control, fds);
   ssize_t n;
   do {
     n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
