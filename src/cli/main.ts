@@ -7,7 +7,7 @@ import { BlkDevice } from '../device/blk-device';
 import { WriteCacheStateFile, diskIdentity } from '../device/write-cache-state';
 import { VhostUserServer } from '../daemon/server';
 import { isVublkError } from '../errors';
-import { log, setLogLevel } from '../log';
+import { log, setLogFormat, setLogLevel } from '../log';
 import { featureNames } from '../virtio/constants';
 import { qemuCommandLine } from './qemu-command';
 import { checkNativeLayout } from '../native/layout-check';
@@ -20,6 +20,7 @@ export interface Running {
 
 /** Starts serving; throws a VublkError naming the problem. */
 export function startDaemon(opts: Options): Running {
+  setLogFormat(opts.logFormat);
   setLogLevel(opts.logLevel);
   checkNativeLayout();
   let diskPath = opts.disk;
@@ -82,7 +83,7 @@ export function main(argv: string[]): void {
   try {
     opts = parseOptions(argv);
   } catch (err) {
-    process.stderr.write(`vublk: error: ${(err as Error).message}\n`);
+    log.error((err as Error).message);
     process.stderr.write('Try "vublk --help".\n');
     process.exit(2);
   }
@@ -115,7 +116,7 @@ export function main(argv: string[]): void {
     running = startDaemon(opts);
   } catch (err) {
     if (isVublkError(err)) {
-      process.stderr.write(`vublk: error: ${err.message}\n`);
+      log.error(err.message);
       process.exit(1);
     }
     throw err;

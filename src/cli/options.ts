@@ -3,7 +3,7 @@
 
 import { MAX_QUEUES } from '../blk/features';
 import { UsageError } from '../errors';
-import { LOG_LEVELS, type LogLevel, isLogLevel } from '../log';
+import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel, isLogFormat, isLogLevel } from '../log';
 import { VIRTIO_BLK_ID_BYTES } from '../virtio/constants';
 import { MAX_RING_SIZE } from '../vhost-user/vring-rules';
 
@@ -24,6 +24,8 @@ export const MIN_QUEUE_SIZE = 2;
 export const DEFAULT_SERIAL = 'vublk';
 export const DEFAULT_LOGICAL_BLOCK_SIZE = 512;
 export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
+/** Text on a terminal and in the journal alike; JSON lines only when asked for. */
+export const DEFAULT_LOG_FORMAT: LogFormat = 'text';
 /** The default state file is the socket path with this suffix. */
 export const STATE_FILE_SUFFIX = '.state';
 /** --state-file none: keep the write cache mode in memory only. */
@@ -43,6 +45,7 @@ export interface Options {
   serial: string;
   logicalBlockSize: 512 | 4096;
   logLevel: LogLevel;
+  logFormat: LogFormat;
   /** Register guest memory as io_uring fixed buffers (off: --no-fixed-buffers). */
   fixedBuffers: boolean;
   /** --max-pinned-memory in bytes; undefined: DEFAULT_PINNED_FRACTION of the host's RAM (decided at start-up). */
@@ -88,6 +91,11 @@ const SPECS: readonly OptionSpec[] = [
     help: `block size the guest sees (default ${DEFAULT_LOGICAL_BLOCK_SIZE})`,
   },
   { name: 'log-level', arg: LOG_LEVELS.join('|'), help: `log verbosity (default ${DEFAULT_LOG_LEVEL})` },
+  {
+    name: 'log-format',
+    arg: LOG_FORMATS.join('|'),
+    help: `log lines as "vublk: level: message key=value" or as JSON objects (default ${DEFAULT_LOG_FORMAT})`,
+  },
   {
     name: 'no-fixed-buffers',
     arg: undefined,
@@ -168,6 +176,11 @@ function parseLogLevel(raw: string): LogLevel {
   throw new UsageError(`--log-level expects one of ${LOG_LEVELS.join(', ')}, got ${show(raw)}`);
 }
 
+function parseLogFormat(raw: string): LogFormat {
+  if (isLogFormat(raw)) return raw;
+  throw new UsageError(`--log-format expects one of ${LOG_FORMATS.join(', ')}, got ${show(raw)}`);
+}
+
 function parsePath(name: string, raw: string): string {
   if (raw === '') throw new UsageError(`--${name} expects a path, got ""`);
   if (raw.includes('\0')) throw new UsageError(`--${name} expects a path without NUL bytes, got ${show(raw)}`);
@@ -203,6 +216,7 @@ export function parseOptions(argv: readonly string[]): Options {
     serial: DEFAULT_SERIAL,
     logicalBlockSize: DEFAULT_LOGICAL_BLOCK_SIZE,
     logLevel: DEFAULT_LOG_LEVEL,
+    logFormat: DEFAULT_LOG_FORMAT,
     fixedBuffers: true,
     maxPinnedMemory: undefined,
     stateFile: DEFAULT_SOCKET_PATH + STATE_FILE_SUFFIX,
@@ -269,6 +283,9 @@ export function parseOptions(argv: readonly string[]): Options {
         break;
       case 'log-level':
         opts.logLevel = parseLogLevel(value);
+        break;
+      case 'log-format':
+        opts.logFormat = parseLogFormat(value);
         break;
       case 'no-fixed-buffers':
         opts.fixedBuffers = false;

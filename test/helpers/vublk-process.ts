@@ -74,11 +74,20 @@ function exists(p: string): boolean {
  * Starts vublk and waits until it serves (socket exists and the start line is
  * logged). With `wrapper`, through that command: `wrapper... node
  * bin/vublk.js args...`; it must exec node in the same process (setpriv and
- * prlimit do), so child.pid is vublk's pid and signals reach it.
+ * prlimit do), so child.pid is vublk's pid and signals reach it. `ready`
+ * matches the start-up line (default: the text format's "serving" line).
  */
 export async function startVublk(
   args: string[],
-  opts: { cwd?: string; socket?: string; timeoutMs?: number; wrapper?: string[]; asan?: boolean; nodeArgs?: string[] } = {},
+  opts: {
+    cwd?: string;
+    socket?: string;
+    timeoutMs?: number;
+    wrapper?: string[];
+    asan?: boolean;
+    nodeArgs?: string[];
+    ready?: RegExp;
+  } = {},
 ): Promise<VublkProcess> {
   const socketIdx = args.indexOf('--socket');
   const socket = opts.socket ?? (socketIdx >= 0 ? path.resolve(opts.cwd ?? '.', args[socketIdx + 1] ?? '') : '');
@@ -139,7 +148,7 @@ export async function startVublk(
   };
   const deadline = Date.now() + (opts.timeoutMs ?? 15000);
   await Promise.race([
-    proc.waitForLog(/vublk: info: serving /, opts.timeoutMs ?? 15000),
+    proc.waitForLog(opts.ready ?? /vublk: info: serving /, opts.timeoutMs ?? 15000),
     exited.then((r) => {
       throw new Error(`vublk${via} exited (${r.code ?? r.signal}) before serving; stderr:\n${err}`);
     }),
