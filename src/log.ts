@@ -55,8 +55,6 @@ const destination = {
   lastLevel: 0,
   lastMsg: '',
   lastObj: {} as object,
-  lastTime: '',
-  lastLogger: undefined as unknown as Logger,
   write(record: string): void {
     const level = LEVEL_BY_NUMBER.get(this.lastLevel) ?? 'error';
     const line = format === 'json' ? record : formatLine(level, this.lastMsg, this.lastObj as LogFields) + '\n';
