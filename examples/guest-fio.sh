@@ -172,18 +172,15 @@ attach_args=(--socket "$socket" --queues "$queues" --mem "$mem")
 [ -z "$accel" ] || attach_args+=(--accel "$accel")
 console=$tmp/console.log
 say "booting the guest on $socket ($queues queue(s), $smp vCPU(s), $mem); fio: $fio_cmd"
+boot=(timeout -s KILL "$timeout_secs" "$here/qemu-attach.sh" "${attach_args[@]}" --
+  -smp "$smp" -nographic -no-reboot
+  -kernel "$cache/vmlinuz" -initrd "$tmp/initrd.img" -append 'console=ttyS0 panic=-1 quiet')
 set +e
 if [ "$verbose" -eq 1 ]; then
-  timeout -s KILL "$timeout_secs" "$here/qemu-attach.sh" "${attach_args[@]}" -- \
-    -smp "$smp" -nographic -no-reboot \
-    -kernel "$cache/vmlinuz" -initrd "$tmp/initrd.img" -append 'console=ttyS0 panic=-1 quiet' \
-    </dev/null 2>&1 | tee "$console" >&2
+  "${boot[@]}" </dev/null 2>&1 | tee "$console" >&2
   qemu_rc=${PIPESTATUS[0]}
 else
-  timeout -s KILL "$timeout_secs" "$here/qemu-attach.sh" "${attach_args[@]}" -- \
-    -smp "$smp" -nographic -no-reboot \
-    -kernel "$cache/vmlinuz" -initrd "$tmp/initrd.img" -append 'console=ttyS0 panic=-1 quiet' \
-    </dev/null >"$console" 2>&1
+  "${boot[@]}" </dev/null >"$console" 2>&1
   qemu_rc=$?
 fi
 set -e
