@@ -86,7 +86,7 @@ if [ -z "$accel" ]; then
 fi
 case $accel in
   kvm) accel_args=(-accel kvm -cpu host) ;;
-  tcg) accel_args=(-accel tcg -cpu max) ;;
+  tcg) accel_args=(-accel tcg,thread=multi -cpu max) ;;
   *) die "--accel expects kvm or tcg, got '$accel'" ;;
 esac
 

@@ -20,6 +20,8 @@ const PACKAGES = {
   test: [
     'qemu-system-x86', 'qemu-utils', 'fio', 'busybox-static', 'e2fsprogs',
     'util-linux', 'cpio', 'kmod', 'xz-utils', 'libasan8', 'strace',
+    // virt-xml-validate checks examples/libvirt-domain.xml against libvirt's schema.
+    'libvirt-clients', 'libxml2-utils',
   ],
 };
 
