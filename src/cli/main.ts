@@ -131,6 +131,6 @@ export function main(argv: string[]): void {
     }
     throw err;
   }
-  notifier = notifyService(running.server);
   process.stdout.write(`Attach a QEMU guest with:\n  ${qemuCommandLine(running.server.socketPath, opts.queues)}\n`);
+  notifier = notifyService(running.server);
 }
