@@ -9,9 +9,9 @@ import { DEFAULT_EXEC } from '../../src/cli/install-unit';
 
 export const unitDir = path.join(repoRoot, 'systemd');
 
-/** The value of the last `key=` line of a unit file (systemd: the last assignment wins). */
-export function unitValue(unitFile: string, key: string): string {
-  const text = fs.readFileSync(path.join(unitDir, unitFile), 'utf8');
+/** The value of the last `key=` line of a unit file in dir (systemd: the last assignment wins). */
+export function unitValue(unitFile: string, key: string, dir = unitDir): string {
+  const text = fs.readFileSync(path.join(dir, unitFile), 'utf8');
   const lines = text.split('\n').filter((l) => l.startsWith(`${key}=`));
   const last = lines[lines.length - 1];
   if (last === undefined) throw new Error(`${unitFile} has no ${key}=`);
@@ -69,4 +69,17 @@ export function execStartArgv(inst: Instance, vublkBin: string): string[] {
   }
   if (argv[0] !== DEFAULT_EXEC) throw new Error(`ExecStart= runs ${argv[0]}, expected ${DEFAULT_EXEC}`);
   return [process.execPath, vublkBin, ...argv.slice(1)];
+}
+
+/** An EnvironmentFile as systemd reads the simple form: KEY=value or KEY="value", # comments. */
+export function parseEnvironmentFile(text: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const line of text.split('\n')) {
+    if (line.trim() === '' || line.startsWith('#')) continue;
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(line);
+    if (!m) throw new Error(`not an environment assignment: ${line}`);
+    const raw = m[2]!;
+    env[m[1]!] = raw.startsWith('"') && raw.endsWith('"') && raw.length >= 2 ? raw.slice(1, -1) : raw;
+  }
+  return env;
 }

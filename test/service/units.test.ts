@@ -25,7 +25,7 @@ t.test('systemd-analyze verify passes on vublk@data.service and vublk@data.socke
   stubExecutable(root, DEFAULT_EXEC);
   const r = verifyUnits(root, UNITS);
   t.equal(r.code, 0, 'exit 0');
-  t.same(r.vublkLines, [], `no warnings about our units:\n${r.output}`);
+  t.same(r.vublkLines, [], 'no warnings about our units', { output: r.output });
 });
 
 t.test('the verify check fails on what it should: an unknown key, a missing ExecStart program', { skip }, async (t) => {
@@ -42,9 +42,9 @@ t.test('systemd-analyze security rates the service\'s exposure at most 2.0 (of 1
   installShipped(root);
   const r = spawnSync('systemd-analyze', ['security', '--offline=yes', `--root=${root}`, 'vublk@data.service'], { encoding: 'utf8', timeout: 60_000 });
   const m = /Overall exposure level for vublk@data\.service: ([0-9.]+)/.exec(r.stdout);
-  t.ok(m, `an exposure level is printed:\n${r.stdout}${r.stderr}`);
+  t.ok(m, 'an exposure level is printed', { output: `${r.stdout}${r.stderr}` });
   t.comment(`exposure level ${m?.[1]}`);
-  t.ok(Number(m?.[1]) <= 2.0, `exposure ${m?.[1]} <= 2.0; what it still allows:\n${r.stdout.split('\n').filter((l) => l.startsWith('✗')).join('\n')}`);
+  t.ok(Number(m?.[1]) <= 2.0, `exposure ${m?.[1]} <= 2.0`, { allowed: r.stdout.split('\n').filter((l) => l.startsWith('✗')) });
 });
 
 t.test('the units keep what the service relies on', async (t) => {
