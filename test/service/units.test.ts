@@ -50,7 +50,7 @@ t.test('systemd-analyze security rates the service\'s exposure at most 2.0 (of 1
 t.test('the units keep what the service relies on', async (t) => {
   t.equal(unitValue('vublk@.service', 'Type'), 'notify');
   t.equal(unitValue('vublk@.service', 'NotifyAccess'), 'main');
-  t.match(unitValue('vublk@.service', 'SystemCallFilter'), /^@system-service io_uring_setup io_uring_enter io_uring_register$/, 'io_uring is allowed');
+  t.match(unitValue('vublk@.service', 'SystemCallFilter'), /^@system-service @pkey io_uring_setup io_uring_enter io_uring_register$/, 'io_uring is allowed');
   t.equal(unitValue('vublk@.service', 'ProtectSystem'), 'strict');
   t.equal(unitValue('vublk@.service', 'RestrictAddressFamilies'), 'AF_UNIX');
   t.equal(unitValue('vublk@.service', 'DevicePolicy'), 'closed');
