@@ -3,6 +3,7 @@
 // returns, or closed here if the message cannot be delivered whole.
 #include <fcntl.h>
 #include <poll.h>
+#include <stddef.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -221,6 +222,51 @@ Napi::Value SendSome(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(n));
 }
 
+// socketInfo(fd) -> {unix, stream, listening, address}: what a socket handed
+// over by a supervisor is. address is the bound path, "@name" for an
+// abstract name, "" if unbound. Throws ENOTSOCK/EBADF for anything else.
+Napi::Value SocketInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(argInt(info, 0));
+  int domain = 0, type = 0, accepting = 0;
+  socklen_t olen = sizeof domain;
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &olen) != 0) throwErrno(env, errno, "getsockopt");
+  olen = sizeof type;
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) != 0) throwErrno(env, errno, "getsockopt");
+  olen = sizeof accepting;
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &accepting, &olen) != 0) throwErrno(env, errno, "getsockopt");
+  std::string address;
+  sockaddr_un addr{};
+  socklen_t alen = sizeof addr;
+  if (domain == AF_UNIX && getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &alen) == 0 &&
+      alen > offsetof(sockaddr_un, sun_path)) {
+    size_t n = alen - offsetof(sockaddr_un, sun_path);
+    if (addr.sun_path[0] == '\0') {
+      address = "@" + std::string(addr.sun_path + 1, n - 1);
+    } else {
+      address = std::string(addr.sun_path, strnlen(addr.sun_path, n));
+    }
+  }
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("unix", Napi::Boolean::New(env, domain == AF_UNIX));
+  r.Set("stream", Napi::Boolean::New(env, type == SOCK_STREAM));
+  r.Set("listening", Napi::Boolean::New(env, accepting != 0));
+  r.Set("address", Napi::String::New(env, address));
+  return r;
+}
+
+// adoptFd(fd): makes an inherited fd non-blocking and close-on-exec, as every
+// fd vublk opens itself is.
+Napi::Value AdoptFd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(argInt(info, 0));
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) throwErrno(env, errno, "fcntl");
+  int fdfl = fcntl(fd, F_GETFD);
+  if (fdfl < 0 || fcntl(fd, F_SETFD, fdfl | FD_CLOEXEC) != 0) throwErrno(env, errno, "fcntl");
+  return env.Undefined();
+}
+
 Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   int fd = static_cast<int>(argInt(info, 0));
   if (fd >= 0) close(fd);
@@ -237,6 +283,8 @@ void InitUnixSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("sendMsg", Napi::Function::New(env, SendMsg));
   exports.Set("sendSome", Napi::Function::New(env, SendSome));
   exports.Set("closeFd", Napi::Function::New(env, CloseFd));
+  exports.Set("socketInfo", Napi::Function::New(env, SocketInfo));
+  exports.Set("adoptFd", Napi::Function::New(env, AdoptFd));
 }
 
 }  // namespace vublk

@@ -6,10 +6,13 @@ import { ensureDefaultImage, openHostDisk, closeHostDisk } from '../disk/host-di
 import { BlkDevice } from '../device/blk-device';
 import { WriteCacheStateFile, diskIdentity } from '../device/write-cache-state';
 import { VhostUserServer } from '../daemon/server';
+import { passedSocket } from '../daemon/passed-socket';
+import { notifyService, type ServiceNotifier } from '../daemon/service-notify';
 import { isVublkError } from '../errors';
 import { log, setLogFormat, setLogLevel } from '../log';
 import { featureNames } from '../virtio/constants';
 import { qemuCommandLine } from './qemu-command';
+import { installUnitMain } from './install-unit';
 import { checkNativeLayout } from '../native/layout-check';
 
 export interface Running {
@@ -23,6 +26,7 @@ export function startDaemon(opts: Options): Running {
   setLogFormat(opts.logFormat);
   setLogLevel(opts.logLevel);
   checkNativeLayout();
+  const passed = passedSocket(opts.socketFd, opts.socketGiven);
   let diskPath = opts.disk;
   if (diskPath === undefined) {
     diskPath = DEFAULT_DISK_PATH;
@@ -37,7 +41,7 @@ export function startDaemon(opts: Options): Running {
       const writeCacheState =
         opts.stateFile === null ? undefined : new WriteCacheStateFile(path.resolve(opts.stateFile), diskIdentity(disk.path, disk.fd));
       device = new BlkDevice(disk, { ...opts, writeCacheState });
-      const s = new VhostUserServer(path.resolve(opts.socket), device);
+      const s = new VhostUserServer(passed?.name ?? path.resolve(opts.socket), device, passed);
       s.start();
       return s;
     } catch (err) {
@@ -60,6 +64,7 @@ export function startDaemon(opts: Options): Running {
     kind: disk.kind,
     bytes: disk.sizeBytes,
     socket: server.socketPath,
+    ...(passed === undefined ? {} : { socketPassedBy: passed.source }),
     queues: opts.queues,
     queueSize: opts.queueSize,
     logicalBlockSize: opts.logicalBlockSize,
@@ -79,6 +84,10 @@ export function startDaemon(opts: Options): Running {
 }
 
 export function main(argv: string[]): void {
+  if (argv[0] === 'install-unit') {
+    process.exitCode = installUnitMain(argv.slice(1));
+    return;
+  }
   let opts: Options;
   try {
     opts = parseOptions(argv);
@@ -95,11 +104,13 @@ export function main(argv: string[]): void {
   // as the "serving" line appears must find them (the default action would
   // kill the process without draining).
   let running: Running | undefined;
+  let notifier: ServiceNotifier | undefined;
   let stopping = false;
   const shutdown = (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info('shutting down', { signal });
+    notifier?.stopping();
     (running?.stop() ?? Promise.resolve()).then(
       () => process.exit(0),
       (err: unknown) => {
@@ -122,4 +133,5 @@ export function main(argv: string[]): void {
     throw err;
   }
   process.stdout.write(`Attach a QEMU guest with:\n  ${qemuCommandLine(running.server.socketPath, opts.queues)}\n`);
+  notifier = notifyService(running.server);
 }

@@ -32,6 +32,8 @@ export const STATE_FILE_SUFFIX = '.state';
 export const NO_STATE_FILE = 'none';
 /** sizeof(sockaddr_un.sun_path) on Linux is 108, one byte of which is the NUL. */
 export const MAX_SOCKET_PATH_BYTES = 107;
+/** Largest --socket-fd accepted (INT_MAX, the largest fd number). */
+export const MAX_SOCKET_FD = 2147483647;
 
 export interface Options {
   /** Host disk (image file or block device); undefined when --disk was omitted. */
@@ -39,6 +41,14 @@ export interface Options {
   /** True when --disk was omitted: the daemon creates DEFAULT_DISK_PATH, a sparse DEFAULT_DISK_BYTES image. */
   defaultDisk: boolean;
   socket: string;
+  /** --socket was given (not the default). */
+  socketGiven: boolean;
+  /**
+   * --socket-fd: serve this inherited listening socket instead of binding
+   * --socket (refused together with --socket). Socket activation
+   * (LISTEN_FDS) needs no option: see src/daemon/passed-socket.ts.
+   */
+  socketFd: number | undefined;
   queues: number;
   queueSize: number;
   readOnly: boolean;
@@ -73,6 +83,11 @@ const SPECS: readonly OptionSpec[] = [
     help: `image file or block device to serve (default: create ${DEFAULT_DISK_PATH}, a sparse 1 GiB image)`,
   },
   { name: 'socket', arg: 'PATH', help: `vhost-user socket to listen on (default ${DEFAULT_SOCKET_PATH})` },
+  {
+    name: 'socket-fd',
+    arg: 'N',
+    help: 'serve this inherited listening Unix socket instead of --socket (systemd socket activation needs no option)',
+  },
   { name: 'queues', arg: 'N', help: `number of request queues, 1..${MAX_QUEUES} (default ${DEFAULT_QUEUES})` },
   {
     name: 'queue-size',
@@ -116,7 +131,7 @@ const SPECS: readonly OptionSpec[] = [
 
 /** The --help text: a usage line, then one line per option. */
 export function usageText(): string {
-  const lines = ['usage: vublk [options]', '', 'Serve a disk to a QEMU guest as a vhost-user-blk device.', ''];
+  const lines = ['usage: vublk [options]', '       vublk install-unit NAME --disk PATH ... (systemd units; see install-unit --help)', '', 'Serve a disk to a QEMU guest as a vhost-user-blk device.', ''];
   const heads = SPECS.map((s) => (s.arg === undefined ? `--${s.name}` : `--${s.name} ${s.arg}`));
   const width = Math.max(...heads.map((h) => h.length));
   SPECS.forEach((s, i) => {
@@ -210,6 +225,8 @@ export function parseOptions(argv: readonly string[]): Options {
     disk: undefined,
     defaultDisk: true,
     socket: DEFAULT_SOCKET_PATH,
+    socketGiven: false,
+    socketFd: undefined,
     queues: DEFAULT_QUEUES,
     queueSize: DEFAULT_QUEUE_SIZE,
     readOnly: false,
@@ -265,6 +282,10 @@ export function parseOptions(argv: readonly string[]): Options {
         break;
       case 'socket':
         opts.socket = parseSocketPath(value);
+        opts.socketGiven = true;
+        break;
+      case 'socket-fd':
+        opts.socketFd = parseInteger('socket-fd', value, 0, MAX_SOCKET_FD, `a file descriptor number between 0 and ${MAX_SOCKET_FD}`);
         break;
       case 'queues':
         opts.queues = parseInteger('queues', value, 1, MAX_QUEUES, `an integer between 1 and ${MAX_QUEUES}`);
@@ -300,6 +321,9 @@ export function parseOptions(argv: readonly string[]): Options {
         // SPECS and this switch list the same names; reaching here is a bug.
         throw new Error(`option --${name} has no parser`);
     }
+  }
+  if (opts.socketGiven && opts.socketFd !== undefined) {
+    throw new UsageError('--socket and --socket-fd both name the socket to serve; give one of them');
   }
   // A file named "none" is still reachable as ./none.
   opts.stateFile = stateFile === NO_STATE_FILE ? null : (stateFile ?? opts.socket + STATE_FILE_SUFFIX);

@@ -1,6 +1,8 @@
 // The listening socket. It outlives frontends: one connection is served at a
 // time; the next waits in the backlog until the current one has drained and
-// released its memory, then is accepted.
+// released its memory, then is accepted. The socket is vublk's own (bound
+// at start, unlinked at stop) or passed by a supervisor (passed-socket.ts):
+// then it is only served, and closing vublk's copy leaves it listening.
 
 import fs from 'node:fs';
 import { native } from '../native/binding';
@@ -8,6 +10,7 @@ import { BackendConnection } from '../vhost-user/backend-connection';
 import type { BlkDevice } from '../device/blk-device';
 import { SocketError } from '../errors';
 import { log } from '../log';
+import type { PassedSocket } from './passed-socket';
 
 const BACKLOG = 16;
 
@@ -44,14 +47,23 @@ export class VhostUserServer {
   private nextId = 1;
   private stopping = false;
   /** Called after each connection has closed (tests and metrics use it). */
-  onConnectionClosed: (() => void) | undefined;
+  onConnectionClosed: ((conn: number) => void) | undefined;
+  /** Called when a frontend has been accepted and is being served. */
+  onConnectionOpened: ((conn: number) => void) | undefined;
 
+  /** socketPath: the path to bind, or the passed socket's name (for logs). */
   constructor(
     readonly socketPath: string,
     private readonly device: BlkDevice,
+    private readonly passed?: PassedSocket,
   ) {}
 
   start(): void {
+    if (this.passed !== undefined) {
+      this.listenFd = this.passed.fd;
+      this.watch();
+      return;
+    }
     claimSocketPath(this.socketPath);
     try {
       this.listenFd = native.listenUnix(this.socketPath, BACKLOG);
@@ -59,6 +71,10 @@ export class VhostUserServer {
       const code = (err as { code?: string }).code ?? String(err);
       throw new SocketError(`cannot listen on socket ${this.socketPath}: ${code}`, { path: this.socketPath });
     }
+    this.watch();
+  }
+
+  private watch(): void {
     this.watcher = new native.FdWatcher(this.listenFd, () => this.acceptNext());
     this.watcher.start();
   }
@@ -82,7 +98,8 @@ export class VhostUserServer {
     // Stop watching while this one is served: the next frontend waits.
     this.watcher?.stop();
     try {
-      this.active = new BackendConnection(fd, id, this.device, () => this.connectionClosed());
+      this.active = new BackendConnection(fd, id, this.device, () => this.connectionClosed(id));
+      this.onConnectionOpened?.(id);
     } catch (err) {
       native.closeFd(fd);
       log.error('cannot set up connection', { conn: id, error: err as Error });
@@ -90,15 +107,15 @@ export class VhostUserServer {
     }
   }
 
-  private connectionClosed(): void {
+  private connectionClosed(id: number): void {
     this.active = undefined;
-    this.onConnectionClosed?.();
+    this.onConnectionClosed?.(id);
     if (this.stopping) return;
     this.watcher?.start();
     this.acceptNext();
   }
 
-  /** Stops accepting, drains and closes the connection, removes the socket. */
+  /** Stops accepting, drains and closes the connection, removes the socket (unless it was passed). */
   async stop(): Promise<void> {
     if (this.stopping) return;
     this.stopping = true;
@@ -107,7 +124,7 @@ export class VhostUserServer {
     if (this.listenFd >= 0) native.closeFd(this.listenFd);
     this.listenFd = -1;
     try {
-      fs.unlinkSync(this.socketPath);
+      if (this.passed === undefined) fs.unlinkSync(this.socketPath);
     } catch {
       // already gone
     }

@@ -230,6 +230,15 @@ export interface NativeBinding {
    */
   sendSome(fd: number, buf: Uint8Array, offset: number, length: number, fds?: number[]): number;
   closeFd(fd: number): void;
+  /**
+   * What a socket handed over by a supervisor is; address is its bound path,
+   * "@name" for an abstract name, "" when unbound. Throws ENOTSOCK or EBADF.
+   */
+  socketInfo(fd: number): { unix: boolean; stream: boolean; listening: boolean; address: string };
+  /** Makes an inherited fd non-blocking and close-on-exec. */
+  adoptFd(fd: number): void;
+  /** Sends one sd_notify datagram to address (a path, or "@name" for an abstract socket). */
+  sdNotify(address: string, message: string): void;
   /** What /proc/self/fd/N links to ("anon_inode:[eventfd]", "pipe:[123]", ...); "" if not open. */
   fdTarget(fd: number): string;
   FdWatcher: {

@@ -17,6 +17,8 @@ t.test('defaults', (t) => {
     disk: undefined,
     defaultDisk: true,
     socket: './vublk.sock',
+    socketGiven: false,
+    socketFd: undefined,
     queues: 1,
     queueSize: 1024,
     readOnly: false,
@@ -32,11 +34,25 @@ t.test('defaults', (t) => {
   t.end();
 });
 
+t.test('--socket-fd takes an fd number and is refused with --socket', (t) => {
+  const o = parseOptions(['--socket-fd', '3', '--state-file', 'none']);
+  t.equal(o.socketFd, 3);
+  t.equal(o.socketGiven, false);
+  t.equal(parseOptions(['--socket-fd=0']).socketFd, 0);
+  for (const bad of ['-1', 'x', '3.5', '2147483648', '']) {
+    t.match(thrown(['--socket-fd=' + bad]), { code: 'E_USAGE', message: /^--socket-fd expects a file descriptor number between 0 and 2147483647, got/ }, bad);
+  }
+  t.match(thrown(['--socket-fd', '3', '--socket', '/run/x.sock']), { code: 'E_USAGE', message: '--socket and --socket-fd both name the socket to serve; give one of them' });
+  t.end();
+});
+
 t.test('every option, both spellings', (t) => {
   const expected = {
     disk: '/dev/nvme0n1',
     defaultDisk: false,
     socket: '/run/vublk/vm1.sock',
+    socketGiven: true,
+    socketFd: undefined,
     queues: 4,
     queueSize: 1024,
     readOnly: true,

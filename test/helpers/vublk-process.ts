@@ -76,6 +76,8 @@ function exists(p: string): boolean {
  * bin/vublk.js args...`; it must exec node in the same process (setpriv and
  * prlimit do), so child.pid is vublk's pid and signals reach it. `ready`
  * matches the start-up line (default: the text format's "serving" line).
+ * `env` is added to the environment; `fd3` is passed to the child as its
+ * fd 3 (a listening socket for socket activation).
  */
 export async function startVublk(
   args: string[],
@@ -87,14 +89,17 @@ export async function startVublk(
     asan?: boolean;
     nodeArgs?: string[];
     ready?: RegExp;
+    env?: NodeJS.ProcessEnv;
+    fd3?: number;
   } = {},
 ): Promise<VublkProcess> {
   const socketIdx = args.indexOf('--socket');
   const socket = opts.socket ?? (socketIdx >= 0 ? path.resolve(opts.cwd ?? '.', args[socketIdx + 1] ?? '') : '');
   // opts.asan overrides VUBLK_TEST_ASAN (the fuzzer picks the ASan build itself when it exists).
-  const env = { ...process.env, ...((opts.asan ?? asanEnabled()) ? asanEnv() : {}) };
+  const env = { ...process.env, ...((opts.asan ?? asanEnabled()) ? asanEnv() : {}), ...opts.env };
   const [cmd, ...cmdArgs] = [...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), vublkBin, ...args] as [string, ...string[]];
-  const child = spawn(cmd, cmdArgs, { cwd: opts.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const stdio = opts.fd3 === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', opts.fd3];
+  const child = spawn(cmd, cmdArgs, { cwd: opts.cwd, env, stdio: stdio as ['ignore', 'pipe', 'pipe'] });
   const via = opts.wrapper?.length ? ` (via ${opts.wrapper.join(' ')})` : '';
   let err = '';
   let out = '';
