@@ -11,10 +11,13 @@ import { log, setLogLevel } from '../log';
 import { featureNames } from '../virtio/constants';
 import { qemuCommandLine } from './qemu-command';
 import { checkNativeLayout } from '../native/layout-check';
+import { MetricsEndpoint } from '../metrics/endpoint';
 
 export interface Running {
   server: VhostUserServer;
   device: BlkDevice;
+  /** The --metrics-listen endpoint, not yet listening: main() starts it. */
+  metrics: MetricsEndpoint | undefined;
   stop(): Promise<void>;
 }
 
@@ -67,11 +70,13 @@ export function startDaemon(opts: Options): Running {
     stateFile: opts.stateFile === null ? 'none' : path.resolve(opts.stateFile),
   });
   let stopping: Promise<void> | undefined;
+  const metrics = opts.metricsListen === undefined ? undefined : new MetricsEndpoint(opts.metricsListen, device!);
   return {
     server,
     device: device!,
+    metrics,
     stop() {
-      stopping ??= server.stop().then(() => closeHostDisk(disk));
+      stopping ??= Promise.all([server.stop(), metrics?.stop()]).then(() => closeHostDisk(disk));
       return stopping;
     },
   };
@@ -120,5 +125,16 @@ export function main(argv: string[]): void {
     }
     throw err;
   }
-  process.stdout.write(`Attach a QEMU guest with:\n  ${qemuCommandLine(running.server.socketPath, opts.queues)}\n`);
+  const r = running;
+  // A metrics endpoint that cannot listen is a start-up error like any other.
+  Promise.resolve()
+    .then(() => r.metrics?.start())
+    .then(
+      () => process.stdout.write(`Attach a QEMU guest with:\n  ${qemuCommandLine(r.server.socketPath, opts.queues)}\n`),
+      (err: unknown) => {
+        process.stderr.write(`vublk: error: ${(err as Error).message}\n`);
+        stopping = true;
+        void r.stop().finally(() => process.exit(1));
+      },
+    );
 }
