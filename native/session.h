@@ -51,8 +51,9 @@ struct Vring {
   unsigned index = 0;
   // For the metrics endpoint, over the session's life (read by RingCounters).
   double kicks = 0;  // kick eventfd wake-ups that found the counter set
-  double calls = 0;  // guest notifications signalled on the call eventfd
+  double calls = 0;  // guest notifications signalled for published used entries
 
+  // Notifies the guest of used entries just published (counted in calls).
   void signalGuest() {
     if (callFd < 0) return;
     signalCall(callFd);
@@ -102,7 +103,7 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value SetVringCall(const Napi::CallbackInfo& info) {
     setFd(info, &Vring::callFd);
     Vring& v = vring(info);
-    if (v.started) v.signalGuest();
+    if (v.started && v.callFd >= 0) signalCall(v.callFd);  // not a completion: not counted
     return info.Env().Undefined();
   }
 

@@ -134,7 +134,7 @@ export function createRegistry(source: MetricsSource, snapshot: Snapshot): Regis
 
   perQueue('inflight_requests', 'Requests popped from the queue and not yet completed.', (t) => t.inflight, true);
   perQueue('kicks_total', 'Kick eventfd wake-ups: the driver notified the queue (coalesced kicks count once).', (t) => t.kicks);
-  perQueue('calls_total', 'Guest notifications signalled on the call eventfd.', (t) => t.calls);
+  perQueue('calls_total', 'Guest notifications (call eventfd) signalled for published completions; at most one per completion batch.', (t) => t.calls);
   for (const [name, help, field] of QUEUE_COUNTERS) perQueue(name, help, (t) => t.counters[field] as number);
   new Counter({
     name: `${PREFIX}disk_ops_total`,
