@@ -87,12 +87,6 @@ export class RequestStats {
     addInto(this.seconds, o.seconds);
   }
 
-  clear(): void {
-    this.requests.fill(0);
-    this.bytes.fill(0);
-    this.buckets.fill(0);
-    this.seconds.fill(0);
-  }
 
   /** Completions of type index t with status s. */
   count(t: number, s: number): number {

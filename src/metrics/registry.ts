@@ -86,68 +86,43 @@ export function createRegistry(source: MetricsSource, snapshot: Snapshot): Regis
   collectDefaultMetrics({ register: registry, prefix: PREFIX });
   const registers = [registry];
 
-  const perQueue = (name: string, help: string, value: (t: QueueTotals) => number, gauge = false): void => {
-    const collect = function (this: Counter<'queue'> | Gauge<'queue'>): void {
+  /** A metric whose series each queue's totals fill at scrape time: set(labels beside queue, value). */
+  type Fill = (set: (labels: Record<string, string>, value: number) => void, t: QueueTotals) => void;
+  const perQueue = (name: string, help: string, labelNames: string[], fill: Fill, gauge = false): void => {
+    const collect = function (this: Counter | Gauge): void {
       this.reset();
       snapshot().forEach((t, q) => {
-        const labels = { queue: String(q) };
-        if (this instanceof Gauge) this.set(labels, value(t));
-        else this.inc(labels, value(t));
+        const queue = String(q);
+        fill((labels, v) => (this instanceof Gauge ? this.set({ ...labels, queue }, v) : this.inc({ ...labels, queue }, v)), t);
       });
     };
-    const config = { name: PREFIX + name, help, labelNames: ['queue'] as const, registers, collect };
+    const config = { name: PREFIX + name, help, labelNames: ['queue', ...labelNames], registers, collect };
     if (gauge) new Gauge(config);
     else new Counter(config);
   };
+  const queueValue = (name: string, help: string, value: (t: QueueTotals) => number, gauge = false): void =>
+    perQueue(name, help, [], (set, t) => set({}, value(t)), gauge);
 
-  const requestSeries = (t: QueueTotals, ti: number): boolean => REQUEST_STATUSES.some((_, s) => t.stats.count(ti, s) > 0);
-  new Counter({
-    name: `${PREFIX}requests_total`,
-    help: 'Requests completed, by queue, request type and status (ok, ioerr, unsupp).',
-    labelNames: ['queue', 'type', 'status'] as const,
-    registers,
-    collect() {
-      this.reset();
-      snapshot().forEach((t, q) => {
-        REQUEST_TYPES.forEach((type, ti) => {
-          if (!requestSeries(t, ti)) return;
-          REQUEST_STATUSES.forEach((status, s) => this.inc({ queue: String(q), type, status }, t.stats.count(ti, s)));
-        });
-      });
-    },
-  });
-  new Counter({
-    name: `${PREFIX}request_bytes_total`,
-    help: 'Data bytes of requests completed OK: read, written, discarded or zeroed, or the id returned.',
-    labelNames: ['queue', 'type'] as const,
-    registers,
-    collect() {
-      this.reset();
-      snapshot().forEach((t, q) => {
-        REQUEST_TYPES.forEach((type, ti) => {
-          if (requestSeries(t, ti)) this.inc({ queue: String(q), type }, t.stats.bytes[ti] as number);
-        });
-      });
-    },
-  });
+  /** Each type the queue has completed requests of (see the top of this file). */
+  const seenTypes = (t: QueueTotals, each: (type: string, ti: number) => void): void =>
+    REQUEST_TYPES.forEach((type, ti) => {
+      if (REQUEST_STATUSES.some((_, s) => t.stats.count(ti, s) > 0)) each(type, ti);
+    });
+  perQueue('requests_total', 'Requests completed, by queue, request type and status (ok, ioerr, unsupp).', ['type', 'status'], (set, t) =>
+    seenTypes(t, (type, ti) => REQUEST_STATUSES.forEach((status, s) => set({ type, status }, t.stats.count(ti, s)))),
+  );
+  perQueue('request_bytes_total', 'Data bytes of requests completed OK: read, written, discarded or zeroed, or the id returned.', ['type'], (set, t) =>
+    seenTypes(t, (type, ti) => set({ type }, t.stats.bytes[ti] as number)),
+  );
   registry.registerMetric(latencyHistogram(snapshot));
 
-  perQueue('inflight_requests', 'Requests popped from the queue and not yet completed.', (t) => t.inflight, true);
-  perQueue('kicks_total', 'Kick eventfd wake-ups: the driver notified the queue (coalesced kicks count once).', (t) => t.kicks);
-  perQueue('calls_total', 'Guest notifications (call eventfd) signalled for published completions; at most one per completion batch.', (t) => t.calls);
-  for (const [name, help, field] of QUEUE_COUNTERS) perQueue(name, help, (t) => t.counters[field] as number);
-  new Counter({
-    name: `${PREFIX}disk_ops_total`,
-    help: 'Disk operations issued, fixed (READ_FIXED/WRITE_FIXED on registered guest memory) or plain.',
-    labelNames: ['queue', 'kind'] as const,
-    registers,
-    collect() {
-      this.reset();
-      snapshot().forEach((t, q) => {
-        this.inc({ queue: String(q), kind: 'fixed' }, t.counters.fixedOps);
-        this.inc({ queue: String(q), kind: 'plain' }, t.counters.plainOps);
-      });
-    },
+  queueValue('inflight_requests', 'Requests popped from the queue and not yet completed.', (t) => t.inflight, true);
+  queueValue('kicks_total', 'Kick eventfd wake-ups: the driver notified the queue (coalesced kicks count once).', (t) => t.kicks);
+  queueValue('calls_total', 'Guest notifications (call eventfd) signalled for published completions; at most one per completion batch.', (t) => t.calls);
+  for (const [name, help, field] of QUEUE_COUNTERS) queueValue(name, help, (t) => t.counters[field] as number);
+  perQueue('disk_ops_total', 'Disk operations issued, fixed (READ_FIXED/WRITE_FIXED on registered guest memory) or plain.', ['kind'], (set, t) => {
+    set({ kind: 'fixed' }, t.counters.fixedOps);
+    set({ kind: 'plain' }, t.counters.plainOps);
   });
 
   const scalar = (name: string, help: string, value: () => number, gauge = false): void => {
