@@ -65,6 +65,7 @@ Napi::Function Session::Define(Napi::Env env) {
        InstanceMethod<&Session::UnregisterBuffers>("unregisterBuffers"),
        InstanceMethod<&Session::Outstanding>("outstanding"),
        InstanceMethod<&Session::CancelIo>("cancelIo"),
+       InstanceMethod<&Session::RingCounters>("ringCounters"),
        InstanceMethod<&Session::Destroy>("destroy")});
 }
 
@@ -346,7 +347,7 @@ Napi::Value Session::PushUsed(const Napi::CallbackInfo& info) {
     guestFaulted(static_cast<int>(argInt(info, 0)));
     return env.Undefined();
   }
-  if (notify && v.callFd >= 0) signalCall(v.callFd);
+  if (notify) v.signalGuest();
   return env.Undefined();
 }
 
@@ -375,6 +376,7 @@ void Session::OnKick(uv_poll_t* h, int status, int events) {
     v->session->ringBroken(*v, err.empty() ? "kick fd hung up" : err);
     return;
   }
+  if (k == KickState::kKicked) v->kicks++;
   v->session->deliver(*v);
 }
 

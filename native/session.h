@@ -24,6 +24,7 @@
 #include "disk-queue.h"
 #include "errno-error.h"
 #include "inflight.h"
+#include "notifier-fd.h"
 #include "split-virtqueue.h"
 
 namespace vublk {
@@ -48,6 +49,16 @@ struct Vring {
   uv_poll_t* kickPoll = nullptr;
   Session* session = nullptr;
   unsigned index = 0;
+  // For the metrics endpoint, over the session's life (read by RingCounters).
+  double kicks = 0;  // kick eventfd wake-ups that found the counter set
+  double calls = 0;  // guest notifications signalled for published used entries
+
+  // Notifies the guest of used entries just published (counted in calls).
+  void signalGuest() {
+    if (callFd < 0) return;
+    signalCall(callFd);
+    calls++;
+  }
 };
 
 class Session : public Napi::ObjectWrap<Session> {
@@ -92,7 +103,7 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value SetVringCall(const Napi::CallbackInfo& info) {
     setFd(info, &Vring::callFd);
     Vring& v = vring(info);
-    if (v.started && v.callFd >= 0) signalCall(v.callFd);
+    if (v.started && v.callFd >= 0) signalCall(v.callFd);  // not a completion: not counted
     return info.Env().Undefined();
   }
 
@@ -131,6 +142,20 @@ class Session : public Napi::ObjectWrap<Session> {
 
   Napi::Value VringStarted(const Napi::CallbackInfo& info) {
     return Napi::Boolean::New(info.Env(), vring(info).started);
+  }
+
+  // ringCounters(out): [kicks, calls] per queue into out (a Float64Array of
+  // at least 2 x queues). Still answers after destroy(): the rings stay.
+  Napi::Value RingCounters(const Napi::CallbackInfo& info) {
+    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
+        info[0].As<Napi::TypedArray>().ElementLength() < 2 * vrings_.size())
+      throw Napi::TypeError::New(info.Env(), "ringCounters expects a Float64Array of 2 x queues");
+    Napi::Float64Array out = info[0].As<Napi::Float64Array>();
+    for (size_t i = 0; i < vrings_.size(); i++) {
+      out[2 * i] = vrings_[i] ? vrings_[i]->kicks : 0;
+      out[2 * i + 1] = vrings_[i] ? vrings_[i]->calls : 0;
+    }
+    return info.Env().Undefined();
   }
 
   // --- io_uring ---

@@ -18,6 +18,7 @@ import { splitChain, SEG_STRIDE } from './split-chain';
 import { statusForErrno } from './status';
 import { BouncePool } from './bounce-pool';
 import { QueueCounters } from './counters';
+import { RequestStats, requestBytes } from './request-stats';
 import { OpBatch, OP_STRIDE, SQ_IOV_STRIDE, COPY_STRIDE } from './op-batch';
 import { UsedBatch, USED_STRIDE } from './used-batch';
 import { CompletionIds, OPS_PER_SLOT } from './completion-id';
@@ -110,6 +111,8 @@ export interface BlkHandlerOptions {
   onFatal?: (message: string) => void;
   /** A host I/O error (negative errno) became a guest error status. */
   onHostError?: (res: number, opcode: number, offset: number) => void;
+  /** Milliseconds for request latencies, read once per batch (default performance.now). */
+  clock?: () => number;
 }
 
 /** Sizes of the shared arrays: one batch of chains, ops, completions. */
@@ -179,6 +182,7 @@ class QueueState {
   inflight = 0;
   idleWaiters: Array<() => void> = [];
   readonly counters = new QueueCounters();
+  readonly stats = new RequestStats();
 
   constructor(maxQueueSize: number) {
     // Slots are made on a head's first use: a guest rarely uses every head.
@@ -216,6 +220,9 @@ export class BlkHandler {
   private zeroRangeWorks = true;
   private readonly phaseOf = (bufId: number): number => this.regionPhase[bufId] ?? 0;
   private readonly ids: CompletionIds;
+  private readonly clock: () => number;
+  /** The clock when the current pop or completion batch began: every latency ends there. */
+  private now = 0;
 
   constructor(
     private readonly arrays: HandlerArrays,
@@ -223,6 +230,7 @@ export class BlkHandler {
   ) {
     this.maxQueueSize = opts.maxQueueSize;
     this.ids = new CompletionIds(opts.queues * opts.maxQueueSize);
+    this.clock = opts.clock ?? (() => performance.now());
     // Until SET_FEATURES says otherwise, nothing beyond reads/writes is negotiated.
     this.disk = { ...opts.disk, discard: false, writeZeroes: false };
     for (let q = 0; q < opts.queues; q++) this.queues.push(new QueueState(opts.maxQueueSize));
@@ -250,6 +258,11 @@ export class BlkHandler {
   /** Per-queue counters (live objects). */
   counters(): readonly QueueCounters[] {
     return this.queues.map((s) => s.counters);
+  }
+
+  /** Per-queue request statistics (live objects). */
+  requestStats(): readonly RequestStats[] {
+    return this.queues.map((s) => s.stats);
   }
 
   private slot(slotId: number): BlkRequest {
@@ -303,6 +316,7 @@ export class BlkHandler {
   onChains(q: number, nChains: number): void {
     const { chains, segs, headers } = this.arrays;
     const state = this.queue(q);
+    this.now = this.clock();
     for (let i = 0; i < nChains; i++) {
       const c = i * CHAIN_STRIDE;
       const head = chains[c] as number;
@@ -329,6 +343,7 @@ export class BlkHandler {
       req.slotId = q * this.maxQueueSize + head;
       req.generation = state.generation[head] = this.ids.next(state.generation[head] as number);
       req.registered = this.registered;
+      req.poppedAt = this.now;
       state.busy[head] = 1;
       state.inflight++;
       this.start(q, req);
@@ -858,6 +873,7 @@ export class BlkHandler {
   /** A batch of disk op completions (called by the data plane). */
   onCompletions(n: number): void {
     const { cqes } = this.arrays;
+    this.now = this.clock();
     for (let i = 0; i < n; i++) {
       this.complete(cqes[i * CQE_STRIDE] as number, cqes[i * CQE_STRIDE + 1] as number);
     }
@@ -892,6 +908,7 @@ export class BlkHandler {
     const state = this.queues[q] as QueueState;
     state.counters.requests++;
     if (status !== VIRTIO_BLK_S_OK) state.counters.errors++;
+    state.stats.record(req.type, status, status === VIRTIO_BLK_S_OK ? requestBytes(req) : 0, (this.now - req.poppedAt) / 1000);
     const used = state.pendingUsed;
     if (used.full) {
       // More finished in this batch than the queue has heads (a racing

@@ -95,6 +95,8 @@ export class BlkRequest {
   iovNeeded = 0;
 
   // Set by the handler while the request is in flight:
+  /** When it was popped (the handler's clock, ms): its pop batch's timestamp. */
+  poppedAt = 0;
   /** Queue index and slot id (queue * maxQueueSize + head). */
   queue = 0;
   slotId = 0;

@@ -14,10 +14,13 @@ import { featureNames } from '../virtio/constants';
 import { qemuCommandLine } from './qemu-command';
 import { installUnitMain } from './install-unit';
 import { checkNativeLayout } from '../native/layout-check';
+import { MetricsEndpoint } from '../metrics/endpoint';
 
 export interface Running {
   server: VhostUserServer;
   device: BlkDevice;
+  /** The --metrics-listen endpoint, not yet listening: main() starts it. */
+  metrics: MetricsEndpoint | undefined;
   stop(): Promise<void>;
 }
 
@@ -73,11 +76,13 @@ export function startDaemon(opts: Options): Running {
     stateFile: opts.stateFile === null ? 'none' : path.resolve(opts.stateFile),
   });
   let stopping: Promise<void> | undefined;
+  const metrics = opts.metricsListen === undefined ? undefined : new MetricsEndpoint(opts.metricsListen, device!);
   return {
     server,
     device: device!,
+    metrics,
     stop() {
-      stopping ??= server.stop().then(() => closeHostDisk(disk));
+      stopping ??= Promise.all([server.stop(), metrics?.stop()]).then(() => closeHostDisk(disk));
       return stopping;
     },
   };
@@ -132,6 +137,22 @@ export function main(argv: string[]): void {
     }
     throw err;
   }
-  process.stdout.write(`Attach a QEMU guest with:\n  ${qemuCommandLine(running.server.socketPath, opts.queues)}\n`);
-  notifier = notifyService(running.server);
+  const r = running;
+  // A metrics endpoint that cannot listen is a start-up error like any other;
+  // systemd hears READY=1 only once everything is served.
+  Promise.resolve()
+    .then(() => r.metrics?.start())
+    .then(
+      () => {
+        process.stdout.write(`Attach a QEMU guest with:
+  ${qemuCommandLine(r.server.socketPath, opts.queues)}
+`);
+        if (!stopping) notifier = notifyService(r.server);
+      },
+      (err: unknown) => {
+        log.error((err as Error).message);
+        stopping = true;
+        void r.stop().finally(() => process.exit(1));
+      },
+    );
 }

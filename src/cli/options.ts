@@ -6,6 +6,7 @@ import { UsageError } from '../errors';
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel, isLogFormat, isLogLevel } from '../log';
 import { VIRTIO_BLK_ID_BYTES } from '../virtio/constants';
 import { MAX_RING_SIZE } from '../vhost-user/vring-rules';
+import { parseMetricsAddress, type MetricsAddress } from '../metrics/listen-address';
 
 export const DEFAULT_DISK_PATH = './vublk-disk.img';
 /** Size of the sparse image created when --disk is omitted. */
@@ -65,6 +66,8 @@ export interface Options {
    * by default the socket path + STATE_FILE_SUFFIX; null for --state-file none.
    */
   stateFile: string | null;
+  /** --metrics-listen: where the Prometheus endpoint listens; undefined: no endpoint. */
+  metricsListen: MetricsAddress | undefined;
   /** --help was given: print usageText() and exit 0; other options are not validated. */
   help: boolean;
 }
@@ -125,6 +128,11 @@ const SPECS: readonly OptionSpec[] = [
     name: 'state-file',
     arg: 'PATH|none',
     help: `file that keeps the guest's write cache mode across restarts (default: the socket path + "${STATE_FILE_SUFFIX}"); "${NO_STATE_FILE}": keep it in memory only`,
+  },
+  {
+    name: 'metrics-listen',
+    arg: 'PATH|HOST:PORT',
+    help: 'serve Prometheus metrics at /metrics on a Unix socket or a TCP address, e.g. 127.0.0.1:9101 (wildcard addresses are refused; port 0 picks a free port, logged)',
   },
   { name: 'help', arg: undefined, help: 'print this help and exit' },
 ];
@@ -237,6 +245,7 @@ export function parseOptions(argv: readonly string[]): Options {
     fixedBuffers: true,
     maxPinnedMemory: undefined,
     stateFile: DEFAULT_SOCKET_PATH + STATE_FILE_SUFFIX,
+    metricsListen: undefined,
     help: false,
   };
   if (argv.some((a) => a === '--help' || a === '-h')) {
@@ -316,6 +325,9 @@ export function parseOptions(argv: readonly string[]): Options {
         break;
       case 'state-file':
         stateFile = parsePath('state-file', value);
+        break;
+      case 'metrics-listen':
+        opts.metricsListen = parseMetricsAddress(value);
         break;
       default:
         // SPECS and this switch list the same names; reaching here is a bug.

@@ -15,7 +15,7 @@ import type { PassedSocket } from './passed-socket';
 const BACKLOG = 16;
 
 /** Refuses a live socket; removes a stale one (nobody listening). */
-function claimSocketPath(socketPath: string): void {
+export function claimSocketPath(socketPath: string): void {
   let st: fs.Stats;
   try {
     st = fs.lstatSync(socketPath);

@@ -12,6 +12,7 @@ import { SECTOR_SIZE } from '../virtio/constants';
 import type { HostRules } from '../align/rw-plan';
 import type { ZeroDiscardLimits } from '../blk/discard-zeroes';
 import { log } from '../log';
+import { DeviceStats } from '../metrics/device-stats';
 
 /**
  * Segments per DISCARD / WRITE_ZEROES request (max_*_seg). Linux merges
@@ -72,6 +73,8 @@ export class BlkDevice {
   readonly maxPinnedBytes: number;
   readonly blkDisk: BlkDisk;
   readonly zeroDiscardLimits: ZeroDiscardLimits;
+  /** Counters over the daemon's life, for the metrics endpoint (connections report to it). */
+  readonly stats: DeviceStats;
   /** The host's O_DIRECT rules the alignment layer works to. */
   get rules(): HostRules {
     return this.disk.rules;
@@ -86,6 +89,7 @@ export class BlkDevice {
   ) {
     this.queues = opts.queues;
     this.maxQueueSize = opts.queueSize;
+    this.stats = new DeviceStats(opts.queues);
     this.serial = opts.serial;
     this.fixedBuffers = opts.fixedBuffers;
     this.maxPinnedBytes = opts.maxPinnedMemory ?? Math.floor(os.totalmem() * DEFAULT_PINNED_FRACTION);

@@ -181,6 +181,13 @@ export interface Session {
    */
   registerBuffers(): number;
   unregisterBuffers(): void;
+  /**
+   * Writes [kicks, calls] of each queue into out[2q], out[2q+1] (out holds at
+   * least 2 x queues): kick eventfd wake-ups, and guest notifications
+   * signalled for published used entries, over the session's life. Still
+   * answers after destroy().
+   */
+  ringCounters(out: Float64Array): void;
   /** Closes everything: rings, fds, maps, the uring. Idempotent. */
   destroy(): void;
 }

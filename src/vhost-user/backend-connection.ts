@@ -166,6 +166,7 @@ export class BackendConnection {
       sendFailed: (err) => this.closeSoon(`cannot send reply: ${describe(err)}`),
       notReading: (rule) => this.breakConnection(rule),
     });
+    device.stats.opened(this.handler, this.session);
   }
 
   // ------------------------------------------------------------ messages
@@ -647,6 +648,7 @@ export class BackendConnection {
   breakConnection(rule: string): void {
     if (this.broken) return;
     this.broken = true;
+    this.device.stats.violations++;
     log.warn('disconnecting frontend: protocol violation', { conn: this.id, rule });
     this.closeSoon('protocol violation');
   }
@@ -683,6 +685,7 @@ export class BackendConnection {
       await waitForNativeWork(this.session, this.id, () => this.handler.abandonAll(), () => this.exiting);
       this.channel.close();
       this.logCounters('closed');
+      this.device.stats.closing(this.handler, this.session);
       this.session.destroy();
       this.handler.abandonAll();
       if (this.backendReqFd >= 0) native.closeFd(this.backendReqFd);
