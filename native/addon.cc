@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vublk::InitSession(env, exports);
   vublk::InitDiskProbe(env, exports);
   vublk::InitNotifierFd(env, exports);
+  vublk::InitFileLock(env, exports);
   return exports;
 }
 

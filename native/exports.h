@@ -10,4 +10,5 @@ void InitMemfd(Napi::Env env, Napi::Object exports);
 void InitSession(Napi::Env env, Napi::Object exports);
 void InitDiskProbe(Napi::Env env, Napi::Object exports);
 void InitNotifierFd(Napi::Env env, Napi::Object exports);
+void InitFileLock(Napi::Env env, Napi::Object exports);
 }  // namespace vublk

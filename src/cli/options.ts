@@ -52,6 +52,8 @@ export interface Options {
    * by default the socket path + STATE_FILE_SUFFIX; null for --state-file none.
    */
   stateFile: string | null;
+  /** Take QEMU's image locks on the disk (off: --no-image-lock; see src/disk/image-lock.ts). */
+  imageLock: boolean;
   /** --help was given: print usageText() and exit 0; other options are not validated. */
   help: boolean;
 }
@@ -102,6 +104,11 @@ const SPECS: readonly OptionSpec[] = [
     name: 'state-file',
     arg: 'PATH|none',
     help: `file that keeps the guest's write cache mode across restarts (default: the socket path + "${STATE_FILE_SUFFIX}"); "${NO_STATE_FILE}": keep it in memory only`,
+  },
+  {
+    name: 'no-image-lock',
+    arg: undefined,
+    help: "do not take QEMU's image locks (as QEMU's locking=off): only when another user of the image is known to be safe",
   },
   { name: 'help', arg: undefined, help: 'print this help and exit' },
 ];
@@ -206,6 +213,7 @@ export function parseOptions(argv: readonly string[]): Options {
     fixedBuffers: true,
     maxPinnedMemory: undefined,
     stateFile: DEFAULT_SOCKET_PATH + STATE_FILE_SUFFIX,
+    imageLock: true,
     help: false,
   };
   if (argv.some((a) => a === '--help' || a === '-h')) {
@@ -278,6 +286,9 @@ export function parseOptions(argv: readonly string[]): Options {
         break;
       case 'state-file':
         stateFile = parsePath('state-file', value);
+        break;
+      case 'no-image-lock':
+        opts.imageLock = false;
         break;
       default:
         // SPECS and this switch list the same names; reaching here is a bug.

@@ -26,6 +26,7 @@ t.test('defaults', (t) => {
     fixedBuffers: true,
     maxPinnedMemory: undefined,
     stateFile: './vublk.sock.state',
+    imageLock: true,
     help: false,
   });
   t.end();
@@ -45,6 +46,7 @@ t.test('every option, both spellings', (t) => {
     fixedBuffers: false,
     maxPinnedMemory: 4 * 2 ** 30,
     stateFile: '/var/lib/vublk/vm1.state',
+    imageLock: false,
     help: false,
   };
   t.same(
@@ -69,6 +71,7 @@ t.test('every option, both spellings', (t) => {
       '4G',
       '--state-file',
       '/var/lib/vublk/vm1.state',
+      '--no-image-lock',
     ]),
     expected,
   );
@@ -85,6 +88,7 @@ t.test('every option, both spellings', (t) => {
       '--no-fixed-buffers',
       '--max-pinned-memory=4g',
       '--state-file=/var/lib/vublk/vm1.state',
+      '--no-image-lock',
     ]),
     expected,
   );
