@@ -18,7 +18,7 @@ function hasTool(name: string): boolean {
 const noQemuIo = hasTool('qemu-io') && hasTool('qemu-img') ? false : 'qemu-io/qemu-img not installed';
 
 function run(cmd: string, args: string[]): { code: number | null; out: string } {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 20_000 });
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 10_000 });
   return { code: r.status, out: `${r.stdout}${r.stderr}` };
 }
 
@@ -93,6 +93,14 @@ t.test('qemu-io and qemu-img writing are refused while vublk runs; info -U works
   const src = makeImage(s.dir, 1 << 20, 'src.img');
   const convert = run('qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, s.image]);
   t.not(convert.code, 0, `qemu-img convert onto the image refused: ${convert.out.trim()}`);
+  if (hasTool('qemu-system-x86_64')) {
+    // Stays up (and is killed at the timeout) if it gets the image.
+    // The permissions are taken when the device attaches (-S: no guest runs).
+    const q = run('qemu-system-x86_64', ['-machine', 'pc,accel=tcg', '-nodefaults', '-display', 'none', '-monitor', 'none', '-S',
+      '-drive', `file=${s.image},format=raw,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0']);
+    t.equal(q.code, 1, 'QEMU with -drive file=IMG exits 1');
+    t.match(q.out, /Failed to get "write" lock/, `QEMU says why: ${q.out.trim()}`);
+  }
   const info = run('qemu-img', ['info', '-U', '-f', 'raw', s.image]);
   t.equal(info.code, 0, 'qemu-img info -U still works');
   const readOnly = run('qemu-io', ['-r', '-U', '-c', 'read 0 512', '-f', 'raw', s.image]);
