@@ -4,29 +4,17 @@
 // coalesce); a channel the frontend closed is logged once, never thrown.
 
 import t, { type Test } from 'tap';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { native } from '../../src/native/binding';
 import { BackendChannel } from '../../src/vhost-user/backend-channel';
 import { BackendRequest, Flags, ProtocolFeature, featureBit } from '../../src/vhost-user/protocol';
 import { setLogSink } from '../../src/log';
+import { connectedPair } from '../helpers/socket-pair';
 
 const ACKED = featureBit(ProtocolFeature.BACKEND_REQ) | featureBit(ProtocolFeature.CONFIG) | featureBit(ProtocolFeature.MQ);
 
 /** A connected pair: `ours` goes to the channel (vublk's end), `peer` plays the frontend. */
 async function pair(t: Test): Promise<{ ours: number; peer: number; closePeer(): void }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-bch-'));
-  const sock = path.join(dir, 's');
-  const lfd = native.listenUnix(sock, 1);
-  const ours = native.connectUnix(sock);
-  let peer = -1;
-  for (let i = 0; i < 100 && peer < 0; i++) {
-    peer = native.acceptUnix(lfd);
-    if (peer < 0) await new Promise((r) => setTimeout(r, 2));
-  }
-  native.closeFd(lfd);
-  fs.rmSync(dir, { recursive: true, force: true });
+  const { client: ours, server: peer } = await connectedPair();
   let peerOpen = true;
   const closePeer = (): void => {
     if (peerOpen) native.closeFd(peer);
