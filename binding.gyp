@@ -18,7 +18,8 @@
         "native/notifier-fd.cc",
         "native/inflight.cc",
         "native/crash-point.cc",
-        "native/sd-notify.cc"
+        "native/sd-notify.cc",
+        "native/file-lock.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

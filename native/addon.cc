@@ -14,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vublk::InitDiskProbe(env, exports);
   vublk::InitNotifierFd(env, exports);
   vublk::InitSdNotify(env, exports);
+  vublk::InitFileLock(env, exports);
   return exports;
 }
 

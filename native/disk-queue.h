@@ -53,6 +53,11 @@ class DiskQueue {
   // Checks then queues n ops [opcode, userData, fileOffset, iovStart, iovCount,
   // flags] with their iovecs; returns how many were queued.
   int64_t submit(Napi::Env env, const double* ops, const double* iovs, int64_t n);
+  // The disk grew (online resize): later ops may reach the new end. Never
+  // shrinks: ops of requests checked against the old size may still come.
+  void growDisk(uint64_t bytes) {
+    if (bytes > diskBytes_) diskBytes_ = bytes;
+  }
   // Ops the kernel holds, BLKDISCARDs on the thread pool.
   unsigned inflight() const { return closed_ ? 0 : uring_.inflight(); }
   unsigned pendingDiscards() const { return pendingDiscards_; }

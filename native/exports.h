@@ -11,4 +11,5 @@ void InitSession(Napi::Env env, Napi::Object exports);
 void InitDiskProbe(Napi::Env env, Napi::Object exports);
 void InitNotifierFd(Napi::Env env, Napi::Object exports);
 void InitSdNotify(Napi::Env env, Napi::Object exports);
+void InitFileLock(Napi::Env env, Napi::Object exports);
 }  // namespace vublk

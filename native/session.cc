@@ -64,6 +64,7 @@ Napi::Function Session::Define(Napi::Env env) {
        InstanceMethod<&Session::RegisterBuffers>("registerBuffers"),
        InstanceMethod<&Session::UnregisterBuffers>("unregisterBuffers"),
        InstanceMethod<&Session::Outstanding>("outstanding"),
+       InstanceMethod<&Session::GrowDisk>("growDisk"),
        InstanceMethod<&Session::CancelIo>("cancelIo"),
        InstanceMethod<&Session::RingCounters>("ringCounters"),
        InstanceMethod<&Session::Destroy>("destroy")});

@@ -170,6 +170,12 @@ class Session : public Napi::ObjectWrap<Session> {
     return Napi::Number::New(env, static_cast<double>(queued));
   }
 
+  // growDisk(bytes): Submit's bound on file ranges follows an online resize.
+  Napi::Value GrowDisk(const Napi::CallbackInfo& info) {
+    disk_.growDisk(argU64(info, 0));
+    return info.Env().Undefined();
+  }
+
   // {ioUring, threadPool}: native work of this session still outstanding
   // (ops the kernel holds, BLKDISCARDs on libuv's thread pool). A closing
   // connection waits for both to reach 0 before destroy().

@@ -4,7 +4,7 @@
 // connection it happened on; a failed guest request never throws, it becomes
 // a virtio status byte (src/blk/status.ts).
 
-export type VublkErrorCode = 'E_USAGE' | 'E_DISK' | 'E_SOCKET' | 'E_STATE' | 'E_PROTOCOL';
+export type VublkErrorCode = 'E_USAGE' | 'E_DISK' | 'E_LOCK' | 'E_SOCKET' | 'E_STATE' | 'E_PROTOCOL';
 
 /** Details of a failed system call, when there was one. */
 export interface SyscallDetails {
@@ -48,6 +48,11 @@ abstract class SyscallError extends VublkError {
 /** The host disk cannot be opened, probed or used. */
 export class DiskError extends SyscallError {
   readonly code = 'E_DISK' as const;
+}
+
+/** Another process uses the image in a way vublk's use conflicts with (src/disk/image-lock.ts). */
+export class ImageLockError extends SyscallError {
+  readonly code = 'E_LOCK' as const;
 }
 
 /** The listening socket cannot be created, bound or accepted on. */

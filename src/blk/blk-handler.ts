@@ -82,7 +82,10 @@ export interface DataPlane {
 }
 
 export interface BlkDisk {
+  /** Changed by the device on an online resize; the handler reads it at every check. */
   capacitySectors: number;
+  /** The sector after the highest one a write was accepted for; kept up by the handler. */
+  writtenEndSector?: number;
   readOnly: boolean;
   logicalBlockSize: number;
   /** DISCARD / WRITE_ZEROES offered. */
@@ -232,7 +235,17 @@ export class BlkHandler {
     this.ids = new CompletionIds(opts.queues * opts.maxQueueSize);
     this.clock = opts.clock ?? (() => performance.now());
     // Until SET_FEATURES says otherwise, nothing beyond reads/writes is negotiated.
-    this.disk = { ...opts.disk, discard: false, writeZeroes: false };
+    const disk = opts.disk;
+    this.disk = {
+      get capacitySectors() {
+        return disk.capacitySectors;
+      },
+      readOnly: disk.readOnly,
+      logicalBlockSize: disk.logicalBlockSize,
+      blockDevice: disk.blockDevice,
+      discard: false,
+      writeZeroes: false,
+    };
     for (let q = 0; q < opts.queues; q++) this.queues.push(new QueueState(opts.maxQueueSize));
     this.serialBytes = encodeSerial(opts.serial);
     this.bounce = new BouncePool(opts.bounceBytes);
@@ -358,6 +371,7 @@ export class BlkHandler {
       this.finish(q, req, fail);
       return;
     }
+    if (req.type === VIRTIO_BLK_T_OUT) this.noteWrite(req.sector + req.dataLen / SECTOR_SIZE);
     switch (req.type) {
       case VIRTIO_BLK_T_IN:
       case VIRTIO_BLK_T_OUT:
@@ -532,6 +546,15 @@ export class BlkHandler {
   }
 
   /** All ops of the current phase are done: next phase, or the end. */
+  /**
+   * Remembers the end of a write once it is accepted (not when it completes:
+   * a shrink must not cut under a write still in flight either).
+   */
+  private noteWrite(endSector: number): void {
+    const disk = this.opts.disk;
+    if (endSector > (disk.writtenEndSector ?? 0)) disk.writtenEndSector = endSector;
+  }
+
   /** Starts a request whose range lock was just granted, or whose bounce space came free. */
   private issue(req: BlkRequest): void {
     if (req.type === VIRTIO_BLK_T_IN || req.type === VIRTIO_BLK_T_OUT) this.issueRw(req);
@@ -625,6 +648,9 @@ export class BlkHandler {
     if (fail >= 0) {
       this.finish(req.queue, req, fail);
       return;
+    }
+    if (req.type === VIRTIO_BLK_T_WRITE_ZEROES) {
+      for (let i = 0; i < list.count; i++) this.noteWrite((list.sector[i] as number) + (list.sectors[i] as number));
     }
     req.error = 0;
     this.nextSegment(req);

@@ -2,7 +2,8 @@
 
 import path from 'node:path';
 import { parseOptions, usageText, DEFAULT_DISK_BYTES, DEFAULT_DISK_PATH, type Options } from './options';
-import { ensureDefaultImage, openHostDisk, closeHostDisk } from '../disk/host-disk';
+import { ensureDefaultImage, openHostDisk, closeHostDisk, currentSizeBytes } from '../disk/host-disk';
+import { CapacityWatch, type ResizeTrigger } from '../device/capacity-watch';
 import { BlkDevice } from '../device/blk-device';
 import { WriteCacheStateFile, diskIdentity } from '../device/write-cache-state';
 import { VhostUserServer } from '../daemon/server';
@@ -21,6 +22,8 @@ export interface Running {
   device: BlkDevice;
   /** The --metrics-listen endpoint, not yet listening: main() starts it. */
   metrics: MetricsEndpoint | undefined;
+  /** Looks at the disk's size now (online resize). */
+  checkSize(trigger: ResizeTrigger): void;
   stop(): Promise<void>;
 }
 
@@ -37,7 +40,7 @@ export function startDaemon(opts: Options): Running {
       log.info('created default disk image', { path: path.resolve(diskPath), bytes: DEFAULT_DISK_BYTES });
     }
   }
-  const disk = openHostDisk(diskPath, opts.readOnly);
+  const disk = openHostDisk(diskPath, opts.readOnly, opts.imageLock);
   let device: BlkDevice;
   const server = (() => {
     try {
@@ -75,13 +78,17 @@ export function startDaemon(opts: Options): Running {
     features: featureNames(device!.features).join(','),
     stateFile: opts.stateFile === null ? 'none' : path.resolve(opts.stateFile),
   });
+  const watch = new CapacityWatch(device!, () => currentSizeBytes(disk));
+  watch.start();
   let stopping: Promise<void> | undefined;
   const metrics = opts.metricsListen === undefined ? undefined : new MetricsEndpoint(opts.metricsListen, device!);
   return {
     server,
     device: device!,
     metrics,
+    checkSize: (trigger) => watch.check(trigger),
     stop() {
+      watch.stop();
       stopping ??= Promise.all([server.stop(), metrics?.stop()]).then(() => closeHostDisk(disk));
       return stopping;
     },
@@ -126,6 +133,8 @@ export function main(argv: string[]): void {
   };
   // SIGUSR1: log the current connection's counters (bounces, RMW cycles, ...).
   process.on('SIGUSR1', () => running?.server.connection?.logCounters('SIGUSR1'));
+  // SIGHUP: the disk may have changed size (online resize).
+  process.on('SIGHUP', () => running?.checkSize('SIGHUP'));
   process.on('SIGINT', () => shutdown('SIGINT'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   try {

@@ -68,6 +68,8 @@ export interface Options {
   stateFile: string | null;
   /** --metrics-listen: where the Prometheus endpoint listens; undefined: no endpoint. */
   metricsListen: MetricsAddress | undefined;
+  /** Take QEMU's image locks on the disk (off: --no-image-lock; see src/disk/image-lock.ts). */
+  imageLock: boolean;
   /** --help was given: print usageText() and exit 0; other options are not validated. */
   help: boolean;
 }
@@ -133,6 +135,11 @@ const SPECS: readonly OptionSpec[] = [
     name: 'metrics-listen',
     arg: 'PATH|HOST:PORT',
     help: 'serve Prometheus metrics at /metrics on a Unix socket or a TCP address, e.g. 127.0.0.1:9101 (wildcard addresses are refused; port 0 picks a free port, logged)',
+  },
+  {
+    name: 'no-image-lock',
+    arg: undefined,
+    help: "do not take QEMU's image locks (as QEMU's locking=off): only when another user of the image is known to be safe",
   },
   { name: 'help', arg: undefined, help: 'print this help and exit' },
 ];
@@ -246,6 +253,7 @@ export function parseOptions(argv: readonly string[]): Options {
     maxPinnedMemory: undefined,
     stateFile: DEFAULT_SOCKET_PATH + STATE_FILE_SUFFIX,
     metricsListen: undefined,
+    imageLock: true,
     help: false,
   };
   if (argv.some((a) => a === '--help' || a === '-h')) {
@@ -328,6 +336,9 @@ export function parseOptions(argv: readonly string[]): Options {
         break;
       case 'metrics-listen':
         opts.metricsListen = parseMetricsAddress(value);
+        break;
+      case 'no-image-lock':
+        opts.imageLock = false;
         break;
       default:
         // SPECS and this switch list the same names; reaching here is a bug.

@@ -62,6 +62,14 @@ export const PROTOCOL_FEATURES =
   featureBit(ProtocolFeature.RESET_DEVICE) |
   featureBit(ProtocolFeature.STATUS);
 
+/** What resize() did, in sectors; writtenEnd: the sector after the highest write accepted. */
+export interface ResizeResult {
+  outcome: 'applied' | 'unchanged' | 'refused';
+  before: number;
+  after: number;
+  writtenEnd: number;
+}
+
 export class BlkDevice {
   readonly features: bigint;
   readonly protocolFeatures = PROTOCOL_FEATURES;
@@ -82,6 +90,9 @@ export class BlkDevice {
   private readonly config: BlkConfig;
   private readonly writeCacheState: WriteCacheStore | undefined;
   private readonly configBytes = new Uint8Array(BLK_CONFIG_SIZE);
+  /** Capacity counts whole blocks of this many bytes (guest and host). */
+  private readonly capacityUnit: number;
+  private readonly capacityListeners = new Set<(hostBytes: number) => void>();
 
   constructor(
     readonly disk: HostDisk,
@@ -101,10 +112,9 @@ export class BlkDevice {
     // Whole blocks only, guest and host: a trailing partial block is not
     // exposed (O_DIRECT could not reach it).
     const lbs = opts.logicalBlockSize;
-    const unit = Math.max(lbs, disk.rules.offsetAlign);
-    const capacitySectors = Math.floor(disk.sizeBytes / unit) * (unit / SECTOR_SIZE);
+    this.capacityUnit = Math.max(lbs, disk.rules.offsetAlign);
     this.config = makeBlkConfig({
-      capacitySectors,
+      capacitySectors: this.capacityFor(disk.sizeBytes),
       logicalBlockSize: lbs,
       physicalBlockSize: Math.max(disk.rules.physicalBlock, lbs),
       minIoBytes: Math.max(disk.rules.ioMin, disk.rules.offsetAlign),
@@ -118,22 +128,26 @@ export class BlkDevice {
       maxSegments: ZERO_DISCARD_SEGMENTS,
       writeback: savedWriteback ?? true,
     });
-    this.zeroDiscardLimits = {
+    // The request path reads the capacity from blkDisk alone (see resize()).
+    const blkDisk = (this.blkDisk = {
       capacitySectors: this.config.capacity,
+      writtenEndSector: 0,
+      readOnly,
+      logicalBlockSize: lbs,
+      blockDevice: disk.kind === 'block',
+      discard: (this.config.maxDiscardSectors ?? 0) > 0,
+      writeZeroes: (this.config.maxWriteZeroesSectors ?? 0) > 0,
+    });
+    this.zeroDiscardLimits = {
+      get capacitySectors() {
+        return blkDisk.capacitySectors;
+      },
       maxDiscardSectors: this.config.maxDiscardSectors ?? 0,
       maxWriteZeroesSectors: this.config.maxWriteZeroesSectors ?? 0,
       maxSegments: ZERO_DISCARD_SEGMENTS,
       mayUnmap: (this.config.writeZeroesMayUnmap ?? 0) === 1,
     };
     encodeConfig(this.config, this.configBytes);
-    this.blkDisk = {
-      capacitySectors: this.config.capacity,
-      readOnly,
-      logicalBlockSize: lbs,
-      blockDevice: disk.kind === 'block',
-      discard: (this.config.maxDiscardSectors ?? 0) > 0,
-      writeZeroes: (this.config.maxWriteZeroesSectors ?? 0) > 0,
-    };
     // The write cache mode (CONFIG_WCE) belongs to the device, not to a
     // connection: a QEMU that reconnects does not repeat the guest's choice,
     // not even to a restarted vublk, hence the state file.
@@ -147,6 +161,40 @@ export class BlkDevice {
 
   get capacitySectors(): number {
     return this.config.capacity;
+  }
+
+  /** Capacity for a host disk of sizeBytes: whole guest and host blocks only. */
+  capacityFor(sizeBytes: number): number {
+    const unit = this.capacityUnit;
+    return Math.floor(sizeBytes / unit) * (unit / SECTOR_SIZE);
+  }
+
+  /**
+   * The host disk is now sizeBytes (online resize): the capacity it allows
+   * takes effect for config space and the request path at once, and every
+   * listener (connection) is told. A shrink below the end of the highest
+   * write accepted since start-up is refused: nothing changes.
+   */
+  resize(sizeBytes: number): ResizeResult {
+    const before = this.config.capacity;
+    const after = this.capacityFor(sizeBytes);
+    const writtenEnd = this.blkDisk.writtenEndSector ?? 0;
+    if (after < before && after < writtenEnd) return { outcome: 'refused', before, after, writtenEnd };
+    // The native bound (HostDisk.sizeBytes) follows even when the capacity
+    // does not: a partial block grown to a whole one is reachable next time.
+    this.disk.sizeBytes = sizeBytes;
+    if (after === before) return { outcome: 'unchanged', before, after, writtenEnd };
+    this.config.capacity = after;
+    this.blkDisk.capacitySectors = after;
+    encodeConfig(this.config, this.configBytes);
+    for (const fn of [...this.capacityListeners]) fn(sizeBytes);
+    return { outcome: 'applied', before, after, writtenEnd };
+  }
+
+  /** Calls fn(hostBytes) after every capacity change; returns the way to stop. */
+  onCapacityChange(fn: (hostBytes: number) => void): () => void {
+    this.capacityListeners.add(fn);
+    return () => this.capacityListeners.delete(fn);
   }
 
   /** True while the guest has the volatile write cache on. */

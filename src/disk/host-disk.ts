@@ -5,7 +5,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DiskError } from '../errors';
 import { probeDirectIo, type DirectIoRules } from './probe';
+import { native } from '../native/binding';
 import { probeDiscard, type DiscardCaps } from './discard-probe';
+import { lockImage, vublkPerms } from './image-lock';
 
 export interface HostDisk {
   path: string;
@@ -41,7 +43,8 @@ export function ensureDefaultImage(file: string, bytes: number): boolean {
   }
 }
 
-export function openHostDisk(file: string, readOnly: boolean): HostDisk {
+/** lock: take QEMU's image locks (image-lock.ts) before anything touches the disk. */
+export function openHostDisk(file: string, readOnly: boolean, lock = false): HostDisk {
   const abs = path.resolve(file);
   let st: fs.Stats;
   try {
@@ -69,6 +72,7 @@ export function openHostDisk(file: string, readOnly: boolean): HostDisk {
   }
   let rules: DirectIoRules;
   try {
+    if (lock) lockImage(fd, abs, vublkPerms(readOnly));
     rules = probeDirectIo(fd, file, st.blksize);
   } catch (err) {
     fs.closeSync(fd);
@@ -88,4 +92,9 @@ export function openHostDisk(file: string, readOnly: boolean): HostDisk {
 export function closeHostDisk(disk: HostDisk): void {
   if (disk.fd >= 0) fs.closeSync(disk.fd);
   disk.fd = -1;
+}
+
+/** The disk's size now: fstat for a file, BLKGETSIZE64 for a block device. Throws on failure. */
+export function currentSizeBytes(disk: HostDisk): number {
+  return disk.kind === 'block' ? native.probeDisk(disk.fd).sizeBytes : fs.fstatSync(disk.fd).size;
 }

@@ -171,6 +171,8 @@ export interface Session {
    * BLKDISCARDs on libuv's thread pool (threadPool). destroy() must wait for 0.
    */
   outstanding(): { ioUring: number; threadPool: number };
+  /** Raises the disk size ops are checked against (online resize); a smaller value is ignored. */
+  growDisk(bytes: number): void;
   /** Asks the kernel to cancel every op in flight (IORING_ASYNC_CANCEL_ANY); they complete as usual. */
   cancelIo(): void;
   /** Performs n copies from arrays.copies (guest memory <-> bounce arena). Throws if any is out of bounds. */
@@ -281,6 +283,12 @@ export interface NativeBinding {
   trialReadv(fd: number, segLen: number, count: number): number;
   /** Synchronous fallocate(2) for probing: 0 or -errno. */
   fallocate(fd: number, mode: number, offset: number, length: number): number;
+
+  // OFD byte-range locks (fcntl F_OFD_SETLK / F_OFD_GETLK); type 0 unlock, 1 read, 2 write
+  /** Takes (or drops) a lock without waiting; throws {code: 'EAGAIN'} on a conflict. */
+  ofdLock(fd: number, start: number, length: number, type: number): void;
+  /** Whether another open file holds a lock that conflicts with one of `type`. */
+  ofdConflicts(fd: number, start: number, length: number, type: number): boolean;
 
   /** Constants shared with native. */
   constants: {

@@ -18,6 +18,7 @@ import { background } from '../background';
 import { ProtocolViolation } from '../errors';
 import { MessageReader } from './message-reader';
 import { FrontendChannel } from './frontend-channel';
+import { BackendChannel } from './backend-channel';
 import { FixedBufferPolicy } from './fixed-buffers';
 import {
   type Message,
@@ -85,7 +86,8 @@ export class BackendConnection {
   private ackedFeatures = 0n;
   private featuresSet = false;
   private ackedProtocolFeatures = 0n;
-  private backendReqFd = -1;
+  private readonly backendChannel: BackendChannel;
+  private readonly unwatchCapacity: () => void;
   private busy = false;
   /** The message being handled was refused without breaking the connection. */
   private refused = false;
@@ -159,6 +161,12 @@ export class BackendConnection {
       readGuest: (bufId, off, dst) => session.readGuest(bufId, off, dst),
     });
     this.handlers = this.handlerTable();
+    // Online resize: ops may reach the new end; the frontend re-reads the config.
+    this.backendChannel = new BackendChannel(id);
+    this.unwatchCapacity = device.onCapacityChange((bytes) => {
+      session.growDisk(bytes);
+      this.backendChannel.configChanged(this.ackedProtocolFeatures);
+    });
     this.channel = new FrontendChannel(fd, {
       readable: () => this.pump(),
       // Nobody is left to take the reply the handler works towards.
@@ -587,8 +595,7 @@ export class BackendConnection {
   private setBackendReqFd(msg: Message): void {
     const fd = decodeBackendReqFd(msg);
     msg.fds.length = 0;
-    if (this.backendReqFd >= 0) native.closeFd(this.backendReqFd);
-    this.backendReqFd = fd;
+    this.backendChannel.attach(fd);
   }
 
   // ------------------------------------------------------------ rings
@@ -669,6 +676,7 @@ export class BackendConnection {
     this.closing = (async () => {
       this.channel.stop();
       this.reader.discard();
+      this.unwatchCapacity();
       for (let q = 0; q < this.device.queues; q++) this.session.pauseVring(q, true);
       const inflight = this.handler.inflight();
       if (inflight > 0) log.info('draining in-flight requests', { conn: this.id, inflight });
@@ -688,8 +696,7 @@ export class BackendConnection {
       this.device.stats.closing(this.handler, this.session);
       this.session.destroy();
       this.handler.abandonAll();
-      if (this.backendReqFd >= 0) native.closeFd(this.backendReqFd);
-      this.backendReqFd = -1;
+      this.backendChannel.close();
       native.closeFd(this.fd);
       this.fd = -1;
       log.info('frontend connection closed', { conn: this.id, reason });

@@ -29,6 +29,7 @@ t.test('defaults', (t) => {
     fixedBuffers: true,
     maxPinnedMemory: undefined,
     stateFile: './vublk.sock.state',
+    imageLock: true,
     help: false,
   });
   t.end();
@@ -63,6 +64,7 @@ t.test('every option, both spellings', (t) => {
     fixedBuffers: false,
     maxPinnedMemory: 4 * 2 ** 30,
     stateFile: '/var/lib/vublk/vm1.state',
+    imageLock: false,
     help: false,
   };
   t.same(
@@ -89,6 +91,7 @@ t.test('every option, both spellings', (t) => {
       '4G',
       '--state-file',
       '/var/lib/vublk/vm1.state',
+      '--no-image-lock',
     ]),
     expected,
   );
@@ -106,6 +109,7 @@ t.test('every option, both spellings', (t) => {
       '--no-fixed-buffers',
       '--max-pinned-memory=4g',
       '--state-file=/var/lib/vublk/vm1.state',
+      '--no-image-lock',
     ]),
     expected,
   );

@@ -279,6 +279,12 @@ export class Frontend {
     else this.watcher.stop();
   }
 
+  /** Stops (false) or resumes (true) reading the back-end channel: its messages then pile up in the kernel. */
+  setBackendReading(on: boolean): void {
+    if (on) this.backend?.watcher.start();
+    else this.backend?.watcher.stop();
+  }
+
   /** Sends bytes as they are, fds attached to the first byte (for malformed-message tests). */
   sendRaw(bytes: Uint8Array, fds: number[] = []): void {
     if (this.isClosed) throw this.closeError ?? new Error('front-end is closed');

@@ -3,9 +3,8 @@
 
 import t from 'tap';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { native } from '../../src/native/binding';
+import { connectedPair } from '../helpers/socket-pair';
 import { type Message, decodeVringFile, encodeMessage, encodeMemTablePayload, encodeVringFilePayload } from '../../src/vhost-user/message';
 import { MessageReader } from '../../src/vhost-user/message-reader';
 import { Flags, Request } from '../../src/vhost-user/protocol';
@@ -21,17 +20,7 @@ interface Pair {
 }
 
 async function pair(tt: tap.Test): Promise<Pair> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-reader-'));
-  const sock = path.join(dir, 's');
-  const lfd = native.listenUnix(sock, 1);
-  const client = native.connectUnix(sock);
-  let server = -1;
-  for (let i = 0; i < 100 && server < 0; i++) {
-    server = native.acceptUnix(lfd);
-    if (server < 0) await new Promise((r) => setTimeout(r, 2));
-  }
-  native.closeFd(lfd);
-  fs.rmSync(dir, { recursive: true, force: true });
+  const { client, server } = await connectedPair();
   let clientOpen = true;
   tt.teardown(() => {
     if (clientOpen) native.closeFd(client);
