@@ -22,6 +22,8 @@ const PACKAGES = {
     'util-linux', 'cpio', 'kmod', 'xz-utils', 'libasan8', 'strace',
     // virt-xml-validate checks examples/libvirt-domain.xml against libvirt's schema.
     'libvirt-clients', 'libxml2-utils',
+    // systemd-analyze verify and systemd-socket-activate check the units in systemd/.
+    'systemd',
   ],
 };
 
