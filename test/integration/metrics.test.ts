@@ -195,9 +195,13 @@ t.test('start-up errors: a live metrics socket is refused, a stale one replaced'
   const dir = tmpDir('vublk-metrics-start-');
   let second: VublkProcess | undefined;
   teardownDaemon(t, dir, () => second);
-  const image = makeImage(dir, IMAGE_BYTES);
+  // Each daemon gets its own image: a shared one would be refused by the
+  // image lock before the metrics socket is even looked at.
   const msock = path.join(dir, 'm.sock');
-  const args = (name: string) => ['--disk', image, '--socket', path.join(dir, name), '--state-file', 'none', '--metrics-listen', msock];
+  const args = (name: string) => {
+    const image = makeImage(dir, IMAGE_BYTES, `${name}.img`);
+    return ['--disk', image, '--socket', path.join(dir, name), '--state-file', 'none', '--metrics-listen', msock];
+  };
   const first = await startVublk(args('a.sock'));
   t.teardown(() => first.stop('SIGKILL'));
   await first.waitForLog(/metrics endpoint listening/);
