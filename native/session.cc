@@ -490,6 +490,10 @@ void InitSession(Napi::Env env, Napi::Object exports) {
   c.Set("OP_BLKDISCARD", kOpBlkDiscard);
   c.Set("FALLOC_PUNCH", kFallocPunch);
   c.Set("FALLOC_ZERO", kFallocZero);
+  c.Set("HEADER_BYTES", kHeaderBytes);
+  c.Set("FIXED_CHUNK", static_cast<double>(kFixedChunk));
+  c.Set("IOV_MAX", kIovMax);
+  c.Set("MAX_QUEUES", kMaxQueues);
   exports.Set("constants", c);
 }
 

@@ -22,7 +22,7 @@
 
 import { IOV_MAX } from '../virtio/constants';
 import { BOUNCE_GRANULE } from '../blk/bounce-pool';
-import { IOV_STRIDE } from '../blk/request';
+import { IOV_STRIDE } from '../blk/shared-arrays';
 
 export interface HostRules {
   /** File offset and length alignment for O_DIRECT (bytes). */

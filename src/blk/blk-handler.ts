@@ -13,16 +13,36 @@
 // funnel. Errors of a request are status bytes; only a chain that cannot be
 // a request (no header, no status byte) is a protocol violation.
 
-import { BlkRequest, DataDirection, IOV_STRIDE, checkRequest, encodeSerial } from './request';
-import { splitChain, SEG_STRIDE } from './split-chain';
+import { BlkRequest, DataDirection, checkRequest, encodeSerial } from './request';
+import {
+  BOUNCE_BUF_ID,
+  CHAIN_STRIDE,
+  CQE_STRIDE,
+  FALLOC_PUNCH,
+  FALLOC_ZERO,
+  IOV_STRIDE,
+  MAX_REQUEST_IOVS,
+  OP_BLKDISCARD,
+  OP_FALLOCATE,
+  OP_FLAG_DSYNC,
+  OP_FLAG_FIXED,
+  OP_FSYNC,
+  OP_READV,
+  OP_WRITEV,
+  ZERO_BUF_ID,
+  ZERO_BYTES,
+  fitsFixedChunk,
+  type DataPlane,
+  type SessionArrays,
+} from './shared-arrays';
+import { splitChain } from './split-chain';
 import { statusForErrno } from './status';
 import { BouncePool } from './bounce-pool';
 import { QueueCounters } from './counters';
 import { RequestStats, requestBytes } from './request-stats';
-import { OpBatch, OP_STRIDE, SQ_IOV_STRIDE, COPY_STRIDE } from './op-batch';
-import { UsedBatch, USED_STRIDE } from './used-batch';
+import { OpBatch } from './op-batch';
+import { UsedBatch } from './used-batch';
 import { CompletionIds, OPS_PER_SLOT } from './completion-id';
-import type { SessionArrays } from '../native/binding';
 import { ELEM, RwPlan, buildVector, cutPieces, planBounceLayout, planRw, splitPoints, type HostRules } from '../align/rw-plan';
 import { LockMode, RangeLock } from '../align/range-lock';
 import { SegmentList, parseSegments, segmentBytes, type ZeroDiscardLimits } from './discard-zeroes';
@@ -38,48 +58,6 @@ import {
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../virtio/constants';
-
-export { OP_STRIDE, SQ_IOV_STRIDE, COPY_STRIDE } from './op-batch';
-export { USED_STRIDE } from './used-batch';
-/** Layout constants shared with the addon (see src/native/binding.ts). */
-export const CHAIN_STRIDE = 4;
-export const CQE_STRIDE = 2;
-export const OP_READV = 0;
-export const OP_WRITEV = 1;
-export const OP_FSYNC = 2;
-export const OP_FALLOCATE = 3;
-/** BLKDISCARD (block devices): fileOffset, length in op[3]. */
-export const OP_BLKDISCARD = 4;
-/** fallocate modes (KEEP_SIZE | PUNCH_HOLE, KEEP_SIZE | ZERO_RANGE), as native checks them. */
-export const FALLOC_PUNCH = 0x03;
-export const FALLOC_ZERO = 0x11;
-/** bufId of native's read-only buffer of zeroes, and its size. */
-export const ZERO_BUF_ID = 1025;
-export const ZERO_BYTES = 1 << 20;
-export const OP_FLAG_FIXED = 1;
-export const OP_FLAG_DSYNC = 2;
-/** bufId of the session's bounce arena (guest regions are below it). */
-export const BOUNCE_BUF_ID = 1024;
-
-/**
- * The arrays a handler shares with its data plane: the Session's arrays,
- * whose layout src/native/binding.ts documents. (A type-only import: it is
- * erased, so the handler still never loads the addon.)
- */
-export type HandlerArrays = SessionArrays;
-
-/** What the handler asks of the transport. */
-export interface DataPlane {
-  /** Queues n ops; returns how many were taken. A failed ring throws with `taken` (binding.ts). */
-  submit(n: number): number;
-  /** Publishes n used entries from arrays.used on queue q and notifies. */
-  pushUsed(q: number, n: number): void;
-  writeGuest(bufId: number, offset: number, data: Uint8Array): void;
-  /** Performs n copies from arrays.copies, in order. */
-  copy(n: number): void;
-  /** Copies guest memory at (bufId, offset) into dst (DISCARD/WRITE_ZEROES segment lists). */
-  readGuest(bufId: number, offset: number, dst: Uint8Array): void;
-}
 
 export interface BlkDisk {
   /** Changed by the device on an online resize; the handler reads it at every check. */
@@ -104,7 +82,7 @@ export interface BlkHandlerOptions {
   writeback: () => boolean;
   /** A chain broke a rule: the connection must be closed. */
   onViolation: (q: number, rule: string) => void;
-  /** Bytes in the bounce arena (see allocateArrays/Session). */
+  /** Bytes in the bounce arena (see shared-arrays.ts and the Session). */
   bounceBytes: number;
   /** The host disk's O_DIRECT rules (src/disk/probe.ts). */
   rules: HostRules;
@@ -116,28 +94,6 @@ export interface BlkHandlerOptions {
   onHostError?: (res: number, opcode: number, offset: number) => void;
   /** Milliseconds for request latencies, read once per batch (default performance.now). */
   clock?: () => number;
-}
-
-/** Sizes of the shared arrays: one batch of chains, ops, completions. */
-export const BATCH_CHAINS = 256;
-export const BATCH_SEGS = 8192;
-export const BATCH_CQES = 256;
-export const BATCH_COPIES = 4096;
-/** Default bounce arena: reserved address space, touched only as used. */
-export const DEFAULT_BOUNCE_BYTES = 64 * 1024 * 1024;
-
-export function allocateArrays(maxQueueSize: number): HandlerArrays {
-  const usedEntries = Math.max(maxQueueSize, BATCH_CHAINS, BATCH_CQES);
-  return {
-    chains: new Float64Array(BATCH_CHAINS * CHAIN_STRIDE),
-    headers: new Uint8Array(BATCH_CHAINS * 16),
-    segs: new Float64Array(BATCH_SEGS * SEG_STRIDE),
-    sqOps: new Float64Array(BATCH_CHAINS * OP_STRIDE),
-    sqIovs: new Float64Array(BATCH_SEGS * SQ_IOV_STRIDE),
-    cqes: new Float64Array(BATCH_CQES * CQE_STRIDE),
-    used: new Float64Array(usedEntries * USED_STRIDE),
-    copies: new Float64Array(BATCH_COPIES * COPY_STRIDE),
-  };
 }
 
 const EIO = 5;
@@ -159,13 +115,6 @@ const PHASE_IDLE = 0;
 const PHASE_RMW_READ = 1;
 const PHASE_MAIN = 2;
 const PHASE_DONE = 3;
-/** io_uring's largest fixed buffer: regions are registered in chunks of this. */
-const FIXED_CHUNK = 2 ** 30;
-
-/** Does guest memory [offset, offset+len) of a region lie in one registered chunk? */
-function fitsFixedChunk(offset: number, len: number): boolean {
-  return Math.floor(offset / FIXED_CHUNK) === Math.floor((offset + len - 1) / FIXED_CHUNK);
-}
 
 /**
  * Iovecs a request slot starts with: what typical requests need (Linux
@@ -174,7 +123,6 @@ function fitsFixedChunk(offset: number, len: number): boolean {
  * chain), so memory stays proportional to what the guest really sends.
  */
 const SLOT_IOVS = 64;
-const MAX_REQUEST_IOVS = 2048;
 
 /** Per-queue state: request slots by chain head, and used entries not yet pushed. */
 class QueueState {
@@ -228,7 +176,7 @@ export class BlkHandler {
   private now = 0;
 
   constructor(
-    private readonly arrays: HandlerArrays,
+    private readonly arrays: SessionArrays,
     private readonly opts: BlkHandlerOptions,
   ) {
     this.maxQueueSize = opts.maxQueueSize;

@@ -1,5 +1,5 @@
 // The batch of disk ops and memory copies being built for one submission:
-// it writes them into the shared arrays (src/native/binding.ts layouts),
+// it writes them into the shared arrays (layouts in shared-arrays.ts),
 // hands them to the data plane in one crossing each, and remembers the ops
 // the ring did not take so the handler can fail them later (never from
 // inside queueing, where failing could start other work mid-op).
@@ -8,11 +8,7 @@
 // is submitted (a write's data is in its bounce buffer first), and copies
 // and ops go out in the order they were queued.
 
-import type { DataPlane, HandlerArrays } from './blk-handler';
-
-export const OP_STRIDE = 6;
-export const SQ_IOV_STRIDE = 3;
-export const COPY_STRIDE = 5;
+import { COPY_STRIDE, IOV_STRIDE, OP_STRIDE, type DataPlane, type SessionArrays } from './shared-arrays';
 
 export class OpBatch {
   private nOps = 0;
@@ -23,7 +19,7 @@ export class OpBatch {
   readonly refused: number[] = [];
 
   constructor(
-    private readonly arrays: HandlerArrays,
+    private readonly arrays: SessionArrays,
     private readonly plane: () => DataPlane | undefined,
     /** The ring refused a submission outright: the data plane cannot go on. */
     private readonly onFatal: (message: string) => void,
@@ -32,7 +28,7 @@ export class OpBatch {
   /** Makes room for one op of `iovs` iovecs, submitting what is queued if needed. */
   reserve(iovs: number): void {
     const { sqOps, sqIovs } = this.arrays;
-    if ((this.nOps + 1) * OP_STRIDE > sqOps.length || (this.nIovs + iovs) * SQ_IOV_STRIDE > sqIovs.length) {
+    if ((this.nOps + 1) * OP_STRIDE > sqOps.length || (this.nIovs + iovs) * IOV_STRIDE > sqIovs.length) {
       this.flushCopies();
       this.submit();
     }
@@ -40,7 +36,7 @@ export class OpBatch {
 
   /** Writes iovec i (counted from nIovs) of the op about to be pushed. */
   iov(i: number, bufId: number, offset: number, len: number): void {
-    const k = (this.nIovs + i) * SQ_IOV_STRIDE;
+    const k = (this.nIovs + i) * IOV_STRIDE;
     const a = this.arrays.sqIovs;
     a[k] = bufId;
     a[k + 1] = offset;

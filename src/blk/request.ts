@@ -19,10 +19,9 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../virtio/constants';
 import type { RwPlan } from '../align/rw-plan';
+import { IOV_STRIDE } from './shared-arrays';
 import type { SegmentList } from './discard-zeroes';
 
-/** Numbers per iovec in BlkRequest.iovs: bufId, offset, len. */
-export const IOV_STRIDE = 3;
 
 /** Largest iovec capacity a slot may be built with (indirect tables cap chains anyway). */
 export const MAX_REQUEST_CAPACITY = 65536;

@@ -29,12 +29,9 @@
 // FLUSH request are ignored, never touched, and not counted in used.len.
 
 import { VIRTIO_BLK_OUTHDR_BYTES } from '../virtio/constants';
-import { BlkRequest, DataDirection, IOV_STRIDE, dataDirection } from './request';
+import { BlkRequest, DataDirection, dataDirection } from './request';
+import { IOV_STRIDE, SEG_FLAG_WRITE, SEG_STRIDE } from './shared-arrays';
 
-/** Numbers per segment in the segs table. */
-export const SEG_STRIDE = 4;
-/** Segment flag: the device may write this segment. */
-export const SEG_FLAG_WRITE = 1;
 /** Descriptor lengths are u32; a segment is a piece of one descriptor. */
 export const MAX_SEGMENT_LEN = 0xffffffff;
 

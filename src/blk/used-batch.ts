@@ -7,8 +7,7 @@
 // publishes whenever the batch is full (see BlkHandler.finish), so no entry
 // is ever dropped and none is taken from a previous batch.
 
-/** Fields per used entry: head, len, statusBufId, statusOffset, status. */
-export const USED_STRIDE = 5;
+import { USED_STRIDE } from './shared-arrays';
 
 export class UsedBatch {
   private readonly entries: Float64Array;

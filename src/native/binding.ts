@@ -5,6 +5,10 @@
 // Native errors have one shape: an Error with {code, errno, syscall}.
 
 import path from 'node:path';
+import type { SessionArrays } from '../blk/shared-arrays';
+
+// The arrays' layout is documented where it is defined.
+export type { SessionArrays } from '../blk/shared-arrays';
 
 /** Thrown by native calls that fail in a system call. */
 export interface NativeError extends Error {
@@ -33,37 +37,6 @@ export interface FdWatcher {
   stop(): void;
   /** Stop for good; the fd is NOT closed. */
   close(): void;
-}
-
-/**
- * Shared arrays between a Session and JS. They are allocated by JS once per
- * session and handed to the constructor; native reads and writes them in
- * place, so no objects are created per request. Layouts (all Float64, so every
- * value up to 2^53 is exact):
- *
- *   chains[i*CHAIN_STRIDE + ...]  : head, firstSeg, segCount, headerLen
- *   headers[i*16 .. i*16+16]      : first readable bytes of chain i (Uint8)
- *   segs[j*SEG_STRIDE + ...]      : bufId, offset, len, flags(SEG_WRITE)
- *   sqOps[k*OP_STRIDE + ...]      : opcode, userData, fileOffset, iovStart, iovCount, flags
- *   sqIovs[m*IOV_STRIDE + ...]    : bufId, offset, len
- *   cqes[n*CQE_STRIDE + ...]      : userData, res (negative errno on failure)
- *   used[u*USED_STRIDE + ...]     : head, len, statusBufId, statusOffset, status
- *   copies[c*COPY_STRIDE + ...]   : srcBufId, srcOffset, dstBufId, dstOffset, len
- *
- * bufId BOUNCE_BUF_ID names the session's bounce arena (page aligned);
- * smaller bufIds name guest memory regions. An op with OP_FLAG_FIXED has one
- * iovec inside one registered 1 GiB chunk of a region and uses READ_FIXED /
- * WRITE_FIXED.
- */
-export interface SessionArrays {
-  chains: Float64Array;
-  headers: Uint8Array;
-  segs: Float64Array;
-  sqOps: Float64Array;
-  sqIovs: Float64Array;
-  cqes: Float64Array;
-  used: Float64Array;
-  copies: Float64Array;
 }
 
 export interface SessionCallbacks {
@@ -319,6 +292,13 @@ export interface NativeBinding {
     OP_BLKDISCARD: number;
     FALLOC_PUNCH: number;
     FALLOC_ZERO: number;
+    /** Bytes of each chain's header copied into arrays.headers. */
+    HEADER_BYTES: number;
+    /** Largest registered fixed buffer: regions are registered in chunks of this. */
+    FIXED_CHUNK: number;
+    /** Most iovecs one op may carry. */
+    IOV_MAX: number;
+    MAX_QUEUES: number;
   };
 }
 

@@ -11,7 +11,8 @@
 // read from this frontend.
 
 import { native, type Session } from '../native/binding';
-import { BlkHandler, DEFAULT_BOUNCE_BYTES, allocateArrays, type HandlerArrays } from '../blk/blk-handler';
+import { BlkHandler } from '../blk/blk-handler';
+import { DEFAULT_BOUNCE_BYTES, allocateArrays, type SessionArrays } from '../blk/shared-arrays';
 import type { BlkDevice } from '../device/blk-device';
 import { log } from '../log';
 import { background } from '../background';
@@ -79,7 +80,7 @@ export class BackendConnection {
   readonly id: number;
   private readonly channel: FrontendChannel;
   private readonly reader: MessageReader;
-  private readonly arrays: HandlerArrays;
+  private readonly arrays: SessionArrays;
   private readonly handler: BlkHandler;
   private readonly session: Session;
   private readonly handlers: Map<number, Handler>;

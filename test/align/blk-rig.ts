@@ -16,19 +16,19 @@
 // from src/align.
 
 import fc from 'fast-check';
+import { BlkHandler } from '../../src/blk/blk-handler';
+import { QueueCounters } from '../../src/blk/counters';
+import { mulberry32 } from '../helpers/prng';
 import {
-  BlkHandler,
   BOUNCE_BUF_ID,
   CHAIN_STRIDE,
   OP_FLAG_FIXED,
   OP_STRIDE,
-  SQ_IOV_STRIDE,
+  IOV_STRIDE,
   USED_STRIDE,
-  type HandlerArrays,
-} from '../../src/blk/blk-handler';
-import { SEG_STRIDE } from '../../src/blk/split-chain';
-import { QueueCounters } from '../../src/blk/counters';
-import { mulberry32 } from '../helpers/prng';
+  type SessionArrays,
+  SEG_STRIDE,
+} from '../../src/blk/shared-arrays';
 
 export const T_IN = 0;
 export const T_OUT = 1;
@@ -298,7 +298,7 @@ export class Rig {
   totalOps = 0;
 
   constructor(
-    readonly arrays: HandlerArrays,
+    readonly arrays: SessionArrays,
     readonly opts: RigOptions,
   ) {
     for (let q = 0; q < 2; q++) this.freeHeads.push(Array.from({ length: QSIZE }, (_, i) => QSIZE - 1 - i));
@@ -556,7 +556,7 @@ export class Rig {
       const head = slotId - q * QSIZE;
       const req = this.inflight[q]?.get(head);
       const start = sqOps[o + 3] as number;
-      const op = { opcode: sqOps[o] as number, flags: sqOps[o + 5] as number, count: sqOps[o + 4] as number, buf0: sqIovs[start * SQ_IOV_STRIDE] as number };
+      const op = { opcode: sqOps[o] as number, flags: sqOps[o + 5] as number, count: sqOps[o + 4] as number, buf0: sqIovs[start * IOV_STRIDE] as number };
       if (req === undefined) this.errors.push(`op for queue ${q} head ${head}, which is not in flight`);
       else req.ops.push(op);
       this.totalOps++;

@@ -16,12 +16,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { native, type Session } from '../../src/native/binding';
-import { BlkHandler, allocateArrays, type DataPlane } from '../../src/blk/blk-handler';
+import { BlkHandler } from '../../src/blk/blk-handler';
 import { probeDirectIo } from '../../src/disk/probe';
 import { QueueCounters } from '../../src/blk/counters';
 import { QSIZE, Rig, arbWorkReq, fillRandom, firstDiff, selectBatch, sumCounters, type GuestMem, type WorkReq } from './blk-rig';
 import { mulberry32 } from '../helpers/prng';
 import { attachLoop } from '../helpers/loop-device';
+import { allocateArrays, type DataPlane } from '../../src/blk/shared-arrays';
 
 const DISK_BYTES = 64 << 20;
 const WINDOW_SECTORS = 2048; // each run works in a 1 MiB window: requests collide

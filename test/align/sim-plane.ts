@@ -5,9 +5,10 @@
 // completes, so missing serialisation between overlapping I/O shows up as
 // wrong bytes.
 
+import { BlkHandler } from '../../src/blk/blk-handler';
+import { IOV_MAX, QSIZE, Rig, fillRandom, type GuestMem, type Geometry, type LiveReq } from './blk-rig';
 import {
   BOUNCE_BUF_ID,
-  BlkHandler,
   COPY_STRIDE,
   CQE_STRIDE,
   OP_FLAG_FIXED,
@@ -15,12 +16,11 @@ import {
   OP_READV,
   OP_STRIDE,
   OP_WRITEV,
-  SQ_IOV_STRIDE,
+  IOV_STRIDE,
   allocateArrays,
   type DataPlane,
-  type HandlerArrays,
-} from '../../src/blk/blk-handler';
-import { IOV_MAX, QSIZE, Rig, fillRandom, type GuestMem, type Geometry, type LiveReq } from './blk-rig';
+  type SessionArrays,
+} from '../../src/blk/shared-arrays';
 
 export const EINVAL = 22;
 
@@ -43,7 +43,7 @@ export class SimPlane implements DataPlane {
   einval = 0;
 
   constructor(
-    readonly arrays: HandlerArrays,
+    readonly arrays: SessionArrays,
     readonly mem: GuestMem,
     readonly disk: Uint8Array,
     readonly g: Geometry,
@@ -81,7 +81,7 @@ export class SimPlane implements DataPlane {
         const count = sqOps[o + 4] as number;
         if (count < 1 || count > IOV_MAX) this.fail(`op with ${count} iovecs`);
         for (let m = start; m < start + count; m++) {
-          const i = m * SQ_IOV_STRIDE;
+          const i = m * IOV_STRIDE;
           const iov: [number, number, number] = [sqIovs[i] as number, sqIovs[i + 1] as number, sqIovs[i + 2] as number];
           const b = this.buf(iov[0]);
           if (b === undefined || iov[1] < 0 || iov[1] + iov[2] > b.length) this.fail(`iovec ${JSON.stringify(iov)} outside memory`);
@@ -175,7 +175,7 @@ export class SimPlane implements DataPlane {
 }
 
 export interface SimWorld {
-  arrays: HandlerArrays;
+  arrays: SessionArrays;
   mem: GuestMem;
   disk: Uint8Array;
   model: Uint8Array;

@@ -3,9 +3,18 @@
 // The handler runs here without the addon, against a recording data plane.
 
 import t from 'tap';
-import { BlkHandler, allocateArrays, CHAIN_STRIDE, CQE_STRIDE, OP_STRIDE, USED_STRIDE, type DataPlane } from '../../src/blk/blk-handler';
-import { SEG_STRIDE, SEG_FLAG_WRITE } from '../../src/blk/split-chain';
+import { BlkHandler } from '../../src/blk/blk-handler';
 import { CompletionIds, OPS_PER_SLOT } from '../../src/blk/completion-id';
+import {
+  allocateArrays,
+  CHAIN_STRIDE,
+  CQE_STRIDE,
+  OP_STRIDE,
+  USED_STRIDE,
+  type DataPlane,
+  SEG_STRIDE,
+  SEG_FLAG_WRITE,
+} from '../../src/blk/shared-arrays';
 
 const QSIZE = 256;
 const T_IN = 0;

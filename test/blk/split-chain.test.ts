@@ -7,8 +7,9 @@
 import t from 'tap';
 import fc from 'fast-check';
 import assert from 'node:assert/strict';
-import { BlkRequest, IOV_STRIDE } from '../../src/blk/request';
-import { SEG_FLAG_WRITE, SEG_STRIDE, splitChain } from '../../src/blk/split-chain';
+import { BlkRequest } from '../../src/blk/request';
+import { splitChain } from '../../src/blk/split-chain';
+import { SEG_FLAG_WRITE, SEG_STRIDE, IOV_STRIDE } from '../../src/blk/shared-arrays';
 
 interface Reporter {
   pass(message: string): void;

@@ -5,9 +5,17 @@
 // status byte location; none may be dropped or replaced by a stale entry.
 
 import t from 'tap';
-import { BATCH_CHAINS, BlkHandler, CHAIN_STRIDE, USED_STRIDE, allocateArrays, type DataPlane } from '../../src/blk/blk-handler';
-import { SEG_FLAG_WRITE, SEG_STRIDE } from '../../src/blk/split-chain';
+import { BlkHandler } from '../../src/blk/blk-handler';
 import { VIRTIO_BLK_S_UNSUPP } from '../../src/virtio/constants';
+import {
+  BATCH_CHAINS,
+  CHAIN_STRIDE,
+  USED_STRIDE,
+  allocateArrays,
+  type DataPlane,
+  SEG_FLAG_WRITE,
+  SEG_STRIDE,
+} from '../../src/blk/shared-arrays';
 
 /** Heads per queue: far fewer than a batch may carry. */
 const QSIZE = 4;

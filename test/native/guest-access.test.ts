@@ -8,9 +8,9 @@ import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { allocateArrays } from '../../src/blk/blk-handler';
 import { native, type Session } from '../../src/native/binding';
 import { repoRoot, tmpDir } from '../helpers/vublk-process';
+import { allocateArrays } from '../../src/blk/shared-arrays';
 
 const REGION = 1 << 20;
 const BOUNCE_BYTES = 1 << 20;

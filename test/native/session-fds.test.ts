@@ -17,7 +17,7 @@ import path from 'node:path';
 import { execFileSync, spawnSync } from 'node:child_process';
 import os from 'node:os';
 import { native } from '../../src/native/binding';
-import { allocateArrays } from '../../src/blk/blk-handler';
+import { allocateArrays } from '../../src/blk/shared-arrays';
 
 const noop = { onChains: () => undefined, onCompletions: () => undefined, onViolation: () => undefined };
 
@@ -59,7 +59,7 @@ t.test('fds handed to a Session are closed when the call throws after taking the
 const CHILD = `
 const fs = require('node:fs');
 const { native } = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'native', 'binding.js'))});
-const { allocateArrays } = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'blk', 'blk-handler.js'))});
+const { allocateArrays } = require(${JSON.stringify(path.join(__dirname, '..', '..', 'src', 'blk', 'shared-arrays.js'))});
 const BOUNCE = 333 * 4096;
 const arrays = allocateArrays(128);
 const noop = { onChains() {}, onCompletions() {}, onViolation() {} };

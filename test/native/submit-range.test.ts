@@ -9,7 +9,14 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { native, type Session } from '../../src/native/binding';
-import { allocateArrays, OP_READV, OP_WRITEV, OP_FALLOCATE, OP_BLKDISCARD, FALLOC_ZERO } from '../../src/blk/blk-handler';
+import {
+  allocateArrays,
+  OP_READV,
+  OP_WRITEV,
+  OP_FALLOCATE,
+  OP_BLKDISCARD,
+  FALLOC_ZERO,
+} from '../../src/blk/shared-arrays';
 
 const DISK = 1 << 20;
 
