@@ -161,7 +161,8 @@ export function main(argv: string[]): void {
       (err: unknown) => {
         log.error((err as Error).message);
         stopping = true;
-        void r.stop().finally(() => process.exit(1));
+        const exit = () => process.exit(1);
+        r.stop().then(exit, exit);
       },
     );
 }
