@@ -34,6 +34,10 @@ function formatValue(value: unknown): string {
       return 'undefined';
     case 'string':
       return value !== '' && BARE.test(value) ? value : JSON.stringify(value);
+    case 'symbol':
+      return value.toString();
+    case 'function':
+      return Function.prototype.toString.call(value);
     default:
       break;
   }
@@ -45,9 +49,10 @@ function formatValue(value: unknown): string {
   }
   try {
     const json = JSON.stringify(value, bigintAsString);
-    return json === undefined ? String(value) : json;
+    // An object JSON cannot render (a cycle, a throwing toJSON): its tag.
+    return json === undefined ? Object.prototype.toString.call(value) : json;
   } catch {
-    return JSON.stringify(String(value));
+    return JSON.stringify(Object.prototype.toString.call(value));
   }
 }
 

@@ -430,7 +430,7 @@ export class BlkHandler {
       }
       this.copyMiddle(req, true);
     }
-    let n = buildVector(plan, BOUNCE_BUF_ID, base, A, this.vec);
+    const n = buildVector(plan, BOUNCE_BUF_ID, base, A, this.vec);
     const opcode = plan.write ? OP_WRITEV : OP_READV;
     const flags = plan.write && !this.opts.writeback() ? OP_FLAG_DSYNC : 0;
     if (flags !== 0) (this.queues[req.queue] as QueueState).counters.durableWrites++;

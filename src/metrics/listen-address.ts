@@ -33,7 +33,8 @@ export function parseMetricsAddress(raw: string): MetricsAddress {
   if (m === null) return fail('');
   const port = Number(m[3]);
   if (port > 65535) fail('; a port is at most 65535');
-  const host = m[1] ?? (m[2] as string);
+  // The pattern matches exactly one of the two host groups.
+  const host = m[1] ?? m[2] ?? '';
   if (m[1] !== undefined && !net.isIPv6(host)) fail(`; ${host} is not an IPv6 address`);
   if (isWildcard(host)) {
     fail('; a wildcard address would serve the unauthenticated endpoint on every interface: name one address');

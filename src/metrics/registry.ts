@@ -30,7 +30,10 @@ export interface MetricsSource {
 type Snapshot = () => QueueTotals[];
 
 /** Per-queue counters kept in QueueCounters: metric name (after the prefix), help, field. */
-const QUEUE_COUNTERS: ReadonlyArray<[string, string, keyof QueueCounters]> = [
+/** The numeric fields of QueueCounters (not its methods). */
+type CounterField = { [K in keyof QueueCounters]: QueueCounters[K] extends number ? K : never }[keyof QueueCounters];
+
+const QUEUE_COUNTERS: ReadonlyArray<[string, string, CounterField]> = [
   ['bounced_bytes_total', 'Bytes copied between guest memory and bounce buffers.', 'bytesBounced'],
   ['rmw_cycles_total', 'Read-modify-write cycles of partial host blocks (writes and WRITE_ZEROES segments).', 'rmwCycles'],
   ['overlap_waits_total', 'Requests that waited for an overlapping request on the same host blocks.', 'overlapWaits'],
@@ -119,7 +122,7 @@ export function createRegistry(source: MetricsSource, snapshot: Snapshot): Regis
   queueValue('inflight_requests', 'Requests popped from the queue and not yet completed.', (t) => t.inflight, true);
   queueValue('kicks_total', 'Kick eventfd wake-ups: the driver notified the queue (coalesced kicks count once).', (t) => t.kicks);
   queueValue('calls_total', 'Guest notifications (call eventfd) signalled for published completions; at most one per completion batch.', (t) => t.calls);
-  for (const [name, help, field] of QUEUE_COUNTERS) queueValue(name, help, (t) => t.counters[field] as number);
+  for (const [name, help, field] of QUEUE_COUNTERS) queueValue(name, help, (t) => t.counters[field]);
   perQueue('disk_ops_total', 'Disk operations issued, fixed (READ_FIXED/WRITE_FIXED on registered guest memory) or plain.', ['kind'], (set, t) => {
     set({ kind: 'fixed' }, t.counters.fixedOps);
     set({ kind: 'plain' }, t.counters.plainOps);

@@ -42,7 +42,7 @@ export class FixedBufferPolicy {
       log.debug('guest memory registered as io_uring fixed buffers', { conn: this.opts.conn, buffers, bytes });
       return true;
     } catch (err) {
-      this.warn('cannot register guest memory with io_uring; using plain reads and writes', { error: err as Error });
+      this.warn('cannot register guest memory with io_uring; using plain reads and writes', { error: err });
       return false;
     }
   }

@@ -539,7 +539,7 @@ exit 0
   );
 }
 
-export interface Ext4Options extends GuestScriptCommon {}
+export type Ext4Options = GuestScriptCommon;
 
 /**
  * ext4 round trip: mkfs, mount, write files of assorted sizes (random data),

@@ -14,7 +14,7 @@ import fs from 'node:fs';
 import { encodeU64Payload } from '../../src/vhost-user/message';
 import { ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, featureBit } from '../../src/vhost-user/protocol';
 import { DeviceStatus } from '../../src/vhost-user/device-status';
-import { BlkDriver, BlkStatus, SECTOR_SIZE } from '../frontend/blk-driver';
+import { BlkStatus, SECTOR_SIZE } from '../frontend/blk-driver';
 import { Frontend, VirtioFeature } from '../frontend/frontend';
 import { frozenFsUnsupported, makeFreezableFs, type FrozenFs } from '../helpers/frozen-fs';
 import { tmpDir } from '../helpers/vublk-process';
