@@ -45,7 +45,8 @@ import { UsedBatch } from './used-batch';
 import { CompletionIds, OPS_PER_SLOT } from './completion-id';
 import { ELEM, RwPlan, buildVector, cutPieces, planBounceLayout, planRw, splitPoints, type HostRules } from '../align/rw-plan';
 import { LockMode, RangeLock } from '../align/range-lock';
-import { SegmentList, parseSegments, segmentBytes, type ZeroDiscardLimits } from './discard-zeroes';
+import { SegmentList, parseSegments, segmentBytes } from './discard-zeroes';
+import { segmentLimits, type DiskView, type SegmentLimits } from './disk-view';
 import {
   SECTOR_SIZE,
   VIRTIO_BLK_ID_BYTES,
@@ -59,24 +60,11 @@ import {
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../virtio/constants';
 
-export interface BlkDisk {
-  /** Changed by the device on an online resize; the handler reads it at every check. */
-  capacitySectors: number;
-  /** The sector after the highest one a write was accepted for; kept up by the handler. */
-  writtenEndSector?: number;
-  readOnly: boolean;
-  logicalBlockSize: number;
-  /** DISCARD / WRITE_ZEROES offered. */
-  discard?: boolean;
-  writeZeroes?: boolean;
-  /** The host disk is a block device (DISCARD is BLKDISCARD, not a punched hole). */
-  blockDevice?: boolean;
-}
-
 export interface BlkHandlerOptions {
   queues: number;
   maxQueueSize: number;
-  disk: BlkDisk;
+  /** The guest's view of the disk (the device's, shared): capacity and the highest write live here. */
+  disk: DiskView;
   serial: string;
   /** True while the guest has the write cache on (CONFIG_WCE writeback). */
   writeback: () => boolean;
@@ -86,8 +74,6 @@ export interface BlkHandlerOptions {
   bounceBytes: number;
   /** The host disk's O_DIRECT rules (src/disk/probe.ts). */
   rules: HostRules;
-  /** DISCARD / WRITE_ZEROES limits (what the config space offered). */
-  zeroDiscard?: ZeroDiscardLimits;
   /** The data plane failed for good: the connection must be closed. */
   onFatal?: (message: string) => void;
   /** A host I/O error (negative errno) became a guest error status. */
@@ -149,7 +135,9 @@ export class BlkHandler {
   private readonly serialBytes: Uint8Array;
   private readonly maxQueueSize: number;
   /** The disk as this connection's driver negotiated it. */
-  private readonly disk: BlkDisk;
+  private readonly disk: DiskView;
+  /** DISCARD / WRITE_ZEROES limits (what the config space offered); undefined: none stated. */
+  private readonly zeroDiscard: SegmentLimits | undefined;
   private plane: DataPlane | undefined;
   /** Queues with used entries waiting for flushUsed(). */
   private readonly dirty: number[] = [];
@@ -194,6 +182,7 @@ export class BlkHandler {
       discard: false,
       writeZeroes: false,
     };
+    this.zeroDiscard = segmentLimits(disk);
     for (let q = 0; q < opts.queues; q++) this.queues.push(new QueueState(opts.maxQueueSize));
     this.serialBytes = encodeSerial(opts.serial);
     this.bounce = new BouncePool(opts.bounceBytes);
@@ -574,7 +563,7 @@ export class BlkHandler {
 
   /** Reads and checks the segment list, then runs the segments one by one. */
   private startZeroDiscard(req: BlkRequest): void {
-    const limits = this.opts.zeroDiscard;
+    const limits = this.zeroDiscard;
     const plane = this.plane;
     if (limits === undefined || plane === undefined) {
       this.finish(req.queue, req, VIRTIO_BLK_S_IOERR);
