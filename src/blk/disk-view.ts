@@ -47,3 +47,28 @@ export function segmentLimits(disk: DiskView): SegmentLimits | undefined {
     mayUnmap: disk.mayUnmap === true,
   };
 }
+
+/**
+ * A connection's copy of `disk` before SET_FEATURES: nothing beyond reads and
+ * writes negotiated yet. The capacity is read through, so a resize shows.
+ */
+export function unnegotiatedView(disk: DiskView): DiskView {
+  return {
+    get capacitySectors() {
+      return disk.capacitySectors;
+    },
+    readOnly: disk.readOnly,
+    logicalBlockSize: disk.logicalBlockSize,
+    blockDevice: disk.blockDevice,
+    discard: false,
+    writeZeroes: false,
+  };
+}
+
+/**
+ * Remembers the end of a write once it is accepted (not when it completes:
+ * a shrink must not cut under a write still in flight either).
+ */
+export function noteWrite(disk: DiskView, endSector: number): void {
+  if (endSector > (disk.writtenEndSector ?? 0)) disk.writtenEndSector = endSector;
+}
