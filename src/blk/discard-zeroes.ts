@@ -4,7 +4,7 @@
 //
 // The whole list is checked before any segment runs, so a bad segment fails
 // the request with nothing done. Execution (head | aligned middle | tail per
-// segment, seed: write-zeroes-unaligned) lives in the handler.
+// segment, seed: write-zeroes-unaligned) lives in zero-discard-requests.ts.
 
 import { SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD } from '../virtio/constants';
 import type { SegmentLimits } from './disk-view';
