@@ -186,6 +186,48 @@ export function planRw(
   planBounceLayout(plan, A);
 }
 
+/**
+ * Plans requests under one host's rules: the whole decision of how a request
+ * (or one DISCARD / WRITE_ZEROES segment) becomes host I/O, in one call.
+ * Owns the scratch vector the split check needs; callers may reuse it
+ * (vec, cuts) to build their ops once plan() returned.
+ */
+export class RwPlanner {
+  readonly vec: Float64Array;
+  readonly cuts: number[] = [];
+
+  constructor(
+    readonly rules: HostRules,
+    private readonly phase: (bufId: number) => number,
+    /** Most ops one request may be split into. */
+    private readonly maxOps: number,
+    /** Most elements a vector can have (request iovecs + head and tail blocks). */
+    maxElems: number,
+  ) {
+    this.vec = new Float64Array(maxElems * ELEM);
+  }
+
+  /**
+   * planRw, then the fallback for a split middle: split only where every op
+   * can start host-aligned, in at most maxOps ops; else bounce the whole
+   * middle. Decided here, before any bounce space is reserved.
+   */
+  plan(plan: RwPlan, pos: number, len: number, write: boolean, iovs: Float64Array, iovCount: number): void {
+    planRw(plan, pos, len, write, iovs, iovCount, this.rules, this.phase);
+    if (!plan.split) return;
+    const A = this.rules.offsetAlign;
+    // Only the lengths matter to splitPoints: the bounce buffer id and base are placeholders.
+    const n = buildVector(plan, 0, 0, A, this.vec);
+    const ops = splitPoints(this.vec, n, plan.aStart, A, this.cuts);
+    if (ops === 0 || ops > this.maxOps) {
+      plan.split = false;
+      plan.midBounce = true;
+      plan.collapse = 0;
+      planBounceLayout(plan, A);
+    }
+  }
+}
+
 /** Lays out the request's bounce allocation: head block, tail block, middle/collapse buffer. */
 export function planBounceLayout(plan: RwPlan, A: number): void {
   let off = 0;
@@ -249,7 +291,7 @@ export function buildVector(plan: RwPlan, bounceBuf: number, bounceBase: number,
  * Where to cut a vector of n elements (starting at file offset start) into
  * ops of at most IOV_MAX elements, each starting at an A-aligned offset.
  * Writes element indices where each op starts into cuts; returns the op count,
- * or 0 if no aligned cut exists (the caller then bounces the middle).
+ * or 0 if no aligned cut exists (RwPlanner.plan then bounces the middle).
  */
 export function splitPoints(vec: Float64Array, n: number, start: number, A: number, cuts: number[]): number {
   cuts.length = 0;

@@ -17,6 +17,7 @@
 // the driver may write only `writeback` (VIRTIO_BLK_F_CONFIG_WCE).
 
 import { SECTOR_SIZE } from '../virtio/constants';
+import type { DiskView } from './disk-view';
 
 export const CFG_CAPACITY = 0;
 export const CFG_SIZE_MAX = 8;
@@ -236,5 +237,28 @@ export function makeBlkConfig(p: BlkConfigParams): BlkConfig {
     maxWriteZeroesSectors: sectors(p.maxWriteZeroesBytes),
     maxWriteZeroesSeg: p.maxWriteZeroesBytes ? (p.maxSegments ?? 1) : 0,
     writeZeroesMayUnmap: p.maxWriteZeroesBytes && p.writeZeroesMayUnmap ? 1 : 0,
+  };
+}
+
+/**
+ * The guest's view of the disk this config space describes. readOnly is a
+ * feature bit and blockDevice a host fact, neither in the struct; the
+ * capacity is a copy: whoever resizes updates both.
+ */
+export function diskViewOf(cfg: BlkConfig, readOnly: boolean, blockDevice: boolean): DiskView {
+  const maxDiscardSectors = cfg.maxDiscardSectors ?? 0;
+  const maxWriteZeroesSectors = cfg.maxWriteZeroesSectors ?? 0;
+  return {
+    capacitySectors: cfg.capacity,
+    writtenEndSector: 0,
+    readOnly,
+    logicalBlockSize: cfg.blkSize ?? SECTOR_SIZE,
+    blockDevice,
+    discard: maxDiscardSectors > 0,
+    writeZeroes: maxWriteZeroesSectors > 0,
+    maxDiscardSectors,
+    maxWriteZeroesSectors,
+    maxSegments: Math.max(cfg.maxDiscardSeg ?? 0, cfg.maxWriteZeroesSeg ?? 0),
+    mayUnmap: (cfg.writeZeroesMayUnmap ?? 0) === 1,
   };
 }

@@ -4,23 +4,13 @@
 //
 // The whole list is checked before any segment runs, so a bad segment fails
 // the request with nothing done. Execution (head | aligned middle | tail per
-// segment, seed: write-zeroes-unaligned) lives in the handler.
+// segment, seed: write-zeroes-unaligned) lives in zero-discard-requests.ts.
 
 import { SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD } from '../virtio/constants';
+import type { SegmentLimits } from './disk-view';
 
 export const SEGMENT_BYTES = 16;
 export const FLAG_UNMAP = 1;
-
-export interface ZeroDiscardLimits {
-  capacitySectors: number;
-  /** Per segment, in 512-byte sectors. */
-  maxDiscardSectors: number;
-  maxWriteZeroesSectors: number;
-  /** Segments per request. */
-  maxSegments: number;
-  /** WRITE_ZEROES with UNMAP may deallocate. */
-  mayUnmap: boolean;
-}
 
 /** A parsed segment list, reused per slot. */
 export class SegmentList {
@@ -44,7 +34,7 @@ export class SegmentList {
  * Parses `len` bytes of segments from list.raw and checks them. Returns the
  * status to fail the request with, or -1 when every segment may run.
  */
-export function parseSegments(type: number, len: number, list: SegmentList, limits: ZeroDiscardLimits): number {
+export function parseSegments(type: number, len: number, list: SegmentList, limits: SegmentLimits): number {
   list.count = 0;
   list.next = 0;
   if (len === 0 || len % SEGMENT_BYTES !== 0) return VIRTIO_BLK_S_IOERR;

@@ -21,6 +21,7 @@ import {
 import type { RwPlan } from '../align/rw-plan';
 import { IOV_STRIDE } from './shared-arrays';
 import type { SegmentList } from './discard-zeroes';
+import type { DiskView } from './disk-view';
 
 
 /** Largest iovec capacity a slot may be built with (indirect tables cap chains anyway). */
@@ -152,25 +153,13 @@ export class BlkRequest {
   }
 }
 
-/** What checkRequest needs to know about the disk. */
-export interface DiskLimits {
-  /** Disk size in 512-byte sectors. */
-  capacitySectors: number;
-  readOnly: boolean;
-  /** Logical block size the guest was told (blk_size); IN/OUT must be multiples. Default 512. */
-  logicalBlockSize?: number;
-  /** DISCARD / WRITE_ZEROES were offered (their segments are checked by the handler). */
-  discard?: boolean;
-  writeZeroes?: boolean;
-}
-
 /**
  * The status to fail `req` with, or -1 when it may proceed.
  * Called after splitChain() succeeded for it.
  */
 export function checkRequest(
   req: Pick<BlkRequest, 'type' | 'sector' | 'dataLen'>,
-  disk: DiskLimits,
+  disk: DiskView,
 ): number {
   switch (req.type) {
     case VIRTIO_BLK_T_IN:

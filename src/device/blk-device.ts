@@ -3,14 +3,13 @@
 // and its disk stay for the daemon's life.
 
 import os from 'node:os';
-import { BlkConfig, encodeConfig, makeBlkConfig, readConfig, applyConfigWrite, BLK_CONFIG_SIZE } from '../blk/config-space';
+import { BlkConfig, encodeConfig, makeBlkConfig, readConfig, applyConfigWrite, diskViewOf, BLK_CONFIG_SIZE } from '../blk/config-space';
 import { deriveSegMax, deviceFeatures } from '../blk/features';
-import type { BlkDisk } from '../blk/blk-handler';
+import type { DiskView } from '../blk/disk-view';
 import type { HostDisk } from '../disk/host-disk';
 import { ProtocolFeature, featureBit } from '../vhost-user/protocol';
 import { SECTOR_SIZE } from '../virtio/constants';
 import type { HostRules } from '../align/rw-plan';
-import type { ZeroDiscardLimits } from '../blk/discard-zeroes';
 import { log } from '../log';
 import { DeviceStats } from '../metrics/device-stats';
 
@@ -79,8 +78,8 @@ export class BlkDevice {
   readonly fixedBuffers: boolean;
   /** Most guest memory one connection registers (pins) as fixed buffers, in bytes. */
   readonly maxPinnedBytes: number;
-  readonly blkDisk: BlkDisk;
-  readonly zeroDiscardLimits: ZeroDiscardLimits;
+  /** The guest's view of the disk, shared with every connection's handler. */
+  readonly blkDisk: DiskView;
   /** Counters over the daemon's life, for the metrics endpoint (connections report to it). */
   readonly stats: DeviceStats;
   /** The host's O_DIRECT rules the alignment layer works to. */
@@ -129,24 +128,7 @@ export class BlkDevice {
       writeback: savedWriteback ?? true,
     });
     // The request path reads the capacity from blkDisk alone (see resize()).
-    const blkDisk = (this.blkDisk = {
-      capacitySectors: this.config.capacity,
-      writtenEndSector: 0,
-      readOnly,
-      logicalBlockSize: lbs,
-      blockDevice: disk.kind === 'block',
-      discard: (this.config.maxDiscardSectors ?? 0) > 0,
-      writeZeroes: (this.config.maxWriteZeroesSectors ?? 0) > 0,
-    });
-    this.zeroDiscardLimits = {
-      get capacitySectors() {
-        return blkDisk.capacitySectors;
-      },
-      maxDiscardSectors: this.config.maxDiscardSectors ?? 0,
-      maxWriteZeroesSectors: this.config.maxWriteZeroesSectors ?? 0,
-      maxSegments: ZERO_DISCARD_SEGMENTS,
-      mayUnmap: (this.config.writeZeroesMayUnmap ?? 0) === 1,
-    };
+    this.blkDisk = diskViewOf(this.config, readOnly, disk.kind === 'block');
     encodeConfig(this.config, this.configBytes);
     // The write cache mode (CONFIG_WCE) belongs to the device, not to a
     // connection: a QEMU that reconnects does not repeat the guest's choice,

@@ -124,7 +124,6 @@ export class BackendConnection {
       onViolation: (q, rule) => this.breakConnection(`queue ${q}: ${rule}`),
       bounceBytes: DEFAULT_BOUNCE_BYTES,
       rules: device.rules,
-      zeroDiscard: device.zeroDiscardLimits,
       onFatal: (message) => this.breakConnection(message),
       onHostError: (res, type, offset) => this.hostErrors.report(res, type, offset),
     });

@@ -15,7 +15,8 @@
 
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
-import { FLAG_UNMAP, SEGMENT_BYTES, SegmentList, parseSegments, segmentBytes, type ZeroDiscardLimits } from '../../src/blk/discard-zeroes';
+import { FLAG_UNMAP, SEGMENT_BYTES, SegmentList, parseSegments, segmentBytes } from '../../src/blk/discard-zeroes';
+import type { SegmentLimits } from '../../src/blk/disk-view';
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_WRITE_ZEROES } from '../../src/virtio/constants';
 
 const DISCARD = VIRTIO_BLK_T_DISCARD;
@@ -32,7 +33,7 @@ interface Seg {
   flags: number;
 }
 
-const LIMITS: ZeroDiscardLimits = {
+const LIMITS: SegmentLimits = {
   capacitySectors: 65536,
   maxDiscardSectors: 8192,
   maxWriteZeroesSectors: 16384,
@@ -63,7 +64,7 @@ function dirtyList(capacity: number): SegmentList {
   return list;
 }
 
-function parse(type: number, segs: readonly Seg[], limits: ZeroDiscardLimits = LIMITS, capacity = 64): { status: number; list: SegmentList } {
+function parse(type: number, segs: readonly Seg[], limits: SegmentLimits = LIMITS, capacity = 64): { status: number; list: SegmentList } {
   const list = dirtyList(Math.max(capacity, segs.length));
   const len = encode(list, segs);
   const status = parseSegments(type, len, list, limits);
@@ -71,7 +72,7 @@ function parse(type: number, segs: readonly Seg[], limits: ZeroDiscardLimits = L
 }
 
 /** The contract, with exact (bigint) arithmetic. */
-function model(type: number, segs: readonly Seg[], limits: ZeroDiscardLimits, listCapacity: number): number {
+function model(type: number, segs: readonly Seg[], limits: SegmentLimits, listCapacity: number): number {
   if (segs.length === 0 || segs.length > limits.maxSegments || segs.length > listCapacity) return IOERR;
   const discard = type === DISCARD;
   const max = discard ? limits.maxDiscardSectors : limits.maxWriteZeroesSectors;
@@ -85,7 +86,7 @@ function model(type: number, segs: readonly Seg[], limits: ZeroDiscardLimits, li
 }
 
 /** Checks the list after a parse against the segments and the status. */
-function checkList(t: Test, type: number, segs: readonly Seg[], status: number, list: SegmentList, limits: ZeroDiscardLimits, what: string): void {
+function checkList(t: Test, type: number, segs: readonly Seg[], status: number, list: SegmentList, limits: SegmentLimits, what: string): void {
   t.equal(list.next, 0, `${what}: next = 0`);
   if (status !== PROCEED) {
     t.equal(list.count, 0, `${what}: a failed list has count 0 (nothing may run)`);
@@ -240,7 +241,7 @@ t.test('range: beyond capacity, overflow-safe, and max sectors', (t) => {
   t.equal(parse(WZ, [seg(0, 10000)]).status, PROCEED, 'WRITE_ZEROES takes its own max');
 
   // At the top of the double range: capacity 2^53 - 1 sectors.
-  const huge: ZeroDiscardLimits = { ...LIMITS, capacitySectors: 2 ** 53 - 1, maxDiscardSectors: U32_MAX, maxWriteZeroesSectors: U32_MAX };
+  const huge: SegmentLimits = { ...LIMITS, capacitySectors: 2 ** 53 - 1, maxDiscardSectors: U32_MAX, maxWriteZeroesSectors: U32_MAX };
   const top: [string, Seg, number][] = [
     ['last sector of a 2^53-1 sector disk', seg(2n ** 53n - 2n, 1), PROCEED],
     ['empty at its end', seg(2n ** 53n - 1n, 0), PROCEED],
@@ -279,7 +280,7 @@ t.test('a bad segment anywhere fails the whole list with count 0', (t) => {
 
 // ------------------------------------------------------------ properties
 
-const limitsArb: fc.Arbitrary<ZeroDiscardLimits> = fc.record({
+const limitsArb: fc.Arbitrary<SegmentLimits> = fc.record({
   capacitySectors: fc.oneof(fc.integer({ min: 0, max: 1 << 20 }), fc.constantFrom(0, 1, 8, 2 ** 32 - 1, 2 ** 32, 2 ** 53 - 1)),
   maxDiscardSectors: fc.oneof(fc.integer({ min: 0, max: 1 << 16 }), fc.constantFrom(0, U32_MAX)),
   maxWriteZeroesSectors: fc.oneof(fc.integer({ min: 0, max: 1 << 16 }), fc.constantFrom(0, U32_MAX)),
@@ -288,7 +289,7 @@ const limitsArb: fc.Arbitrary<ZeroDiscardLimits> = fc.record({
 });
 
 /** Segments biased to the edges: near the capacity, near 2^53 and 2^64, near the maxima. */
-function segArb(l: ZeroDiscardLimits): fc.Arbitrary<Seg> {
+function segArb(l: SegmentLimits): fc.Arbitrary<Seg> {
   const cap = BigInt(l.capacitySectors);
   const near = (base: bigint, span: bigint): fc.Arbitrary<bigint> =>
     fc.bigInt({ min: -span, max: span }).map((d) => {
