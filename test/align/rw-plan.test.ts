@@ -11,7 +11,7 @@ import t, { type Test } from 'tap';
 import fc from 'fast-check';
 import { ELEM, RwPlan, buildVector, cutPieces, planRw, splitPoints, type HostRules } from '../../src/align/rw-plan';
 // Reference: guest bytes [from, to) of an iovec list as maximal per-iovec runs.
-import { cut as refCut } from './blk-rig';
+import { cut as refCut } from '../blk/blk-rig';
 
 const IOV_MAX = 1024;
 const BOUNCE = 1024;

@@ -5,7 +5,7 @@
 //
 // (a 4Kn host disk with N = 4096), checked to have that sector size,
 // detached in teardown and, as a last resort, when the test process exits.
-// Used by the integration tests, test/align/loop-4kn.test.ts and the QEMU
+// Used by the integration tests, test/blk/loop-4kn.test.ts and the QEMU
 // e2e tests (qemu-guest.ts guestDisk()).
 
 import { spawnSync } from 'node:child_process';
