@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { runRandRead } from './randread';
-import { Qsd } from '../test/frontend/qsd';
+import { Qsd } from '../test/helpers/qsd';
 import { startVublk } from '../test/helpers/vublk-process';
 
 function arg(name: string, dflt: number): number {

@@ -38,24 +38,12 @@
  */
 import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
-import {
-  BLOCK_SIZES_MARKER,
-  allPrerequisites,
-  e2eLog as log,
-  expectCleanStop,
-  expectGuestPass,
-  ext4Script,
-  fioVerifyScript,
-  guestDisk,
-  guestPrerequisites,
-  guestTest,
-  loopPrerequisites,
-  runGuestWith,
-  startVublk,
-  tail,
-  vublkPrerequisites,
-  type RunGuestResult,
-} from '../helpers/qemu-guest';
+import { startVublkBackend } from '../helpers/guest/backends';
+import { expectCleanStop, expectGuestPass, guestDisk, guestTest, runGuestWith, tail } from '../helpers/guest/harness';
+import { allPrerequisites, guestPrerequisites, loopPrerequisites, vublkPrerequisites } from '../helpers/guest/prerequisites';
+import { type RunGuestResult } from '../helpers/guest/run';
+import { BLOCK_SIZES_MARKER, ext4Script, fioVerifyScript } from '../helpers/guest/scripts';
+import { e2eLog as log } from '../helpers/guest/verbose';
 import { COUNTER_KEYS, logFields, loggedCounters, type CounterKey, type LoggedCounters } from '../helpers/counters';
 
 const QUEUES = 2;
@@ -90,7 +78,7 @@ async function boot4kn(tt: Test, what: string, script: string): Promise<BootResu
     what,
     daemon: () => vublk,
   });
-  vublk = await startVublk({
+  vublk = await startVublkBackend({
     image: disk.disk,
     socket: disk.socket,
     queues: QUEUES,

@@ -36,27 +36,14 @@
  */
 import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
-import {
-  allPrerequisites,
-  daemonLog,
-  e2eLog as log,
-  guestDisk,
-  guestPrerequisites,
-  guestScriptPreamble,
-  guestTest,
-  isSocket,
-  runGuest,
-  startVublkGeneration,
-  stopDaemon,
-  tail,
-  untilUringBusy,
-  vublkPrerequisites,
-  vublkProblemLines,
-  waitForDaemonLine,
-  type Exit,
-  type RunGuestResult,
-  type VublkGeneration,
-} from '../helpers/qemu-guest';
+import { daemonLog, isSocket, stopDaemon, waitForDaemonLine, type Exit } from '../helpers/daemon';
+import { startVublkGeneration, vublkProblemLines, type VublkGeneration } from '../helpers/guest/backends';
+import { guestDisk, guestTest, tail } from '../helpers/guest/harness';
+import { allPrerequisites, guestPrerequisites, vublkPrerequisites } from '../helpers/guest/prerequisites';
+import { runGuest, type RunGuestResult } from '../helpers/guest/run';
+import { guestScriptPreamble } from '../helpers/guest/scripts';
+import { e2eLog as log } from '../helpers/guest/verbose';
+import { untilUringBusy } from '../helpers/uring-inflight';
 import { loggedCounters } from '../helpers/counters';
 import { prng } from '../helpers/prng';
 

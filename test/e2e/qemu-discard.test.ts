@@ -54,23 +54,25 @@
 import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
+import { startVublkBackend } from '../helpers/guest/backends';
 import {
-  allPrerequisites,
-  e2eLog as log,
   expectCleanStop,
   expectGuestPass,
   guestDisk,
-  guestPrerequisites,
-  guestScriptPreamble,
   guestTest,
-  loopPrerequisites,
   runGuestWith,
-  startVublk,
   tail,
+  type GuestRun,
+} from '../helpers/guest/harness';
+import {
+  allPrerequisites,
+  guestPrerequisites,
+  loopPrerequisites,
   testWithPrerequisites,
   vublkPrerequisites,
-  type GuestRun,
-} from '../helpers/qemu-guest';
+} from '../helpers/guest/prerequisites';
+import { guestScriptPreamble } from '../helpers/guest/scripts';
+import { e2eLog as log } from '../helpers/guest/verbose';
 import { sysBlockNumber } from '../helpers/loop-device';
 import { logFields as fields, loggedCounters } from '../helpers/counters';
 
@@ -335,7 +337,7 @@ async function run(tt: Test, kind: HostKind): Promise<void> {
   const startAlloc = allocatedBytes(image);
   // On the 4K device the guest still has 512-byte blocks.
   const extraArgs = kind === 'loop4k' ? ['--logical-block-size', '512'] : [];
-  vublk = await startVublk({ image: host.disk, socket, queues: QUEUES, extraArgs, ...(log ? { log } : {}) });
+  vublk = await startVublkBackend({ image: host.disk, socket, queues: QUEUES, extraArgs, ...(log ? { log } : {}) });
 
   // Allocation of the image: at the guest's BEFORE_TRIM_MARKER, and the peak of 100 ms samples.
   let atMarker: number | undefined;

@@ -13,25 +13,21 @@
  */
 import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
+import { findCommand } from '../helpers/find-command';
+import { startVublkBackend } from '../helpers/guest/backends';
 import {
-  allPrerequisites,
-  e2eLog as log,
   expectCleanStop,
   expectGuestPass,
-  ext4Script,
-  findCommand,
-  fioVerifyScript,
   guestDisk,
-  guestPrerequisites,
   guestTest,
   runGuestWith,
-  startQsd,
-  startVublk,
   tail,
-  vublkPrerequisites,
   type GuestRun,
-  type Prerequisites,
-} from '../helpers/qemu-guest';
+} from '../helpers/guest/harness';
+import { allPrerequisites, guestPrerequisites, vublkPrerequisites, type Prerequisites } from '../helpers/guest/prerequisites';
+import { ext4Script, fioVerifyScript } from '../helpers/guest/scripts';
+import { e2eLog as log } from '../helpers/guest/verbose';
+import { startQsd } from '../helpers/qsd';
 
 const QUEUES = 2;
 const IMAGE_BYTES = 256 * 1024 * 1024;
@@ -54,7 +50,7 @@ async function startBackend(image: string, socket: string, queues: number): Prom
       break;
     case 'vublk':
       // node bin/vublk.js --disk IMG --socket SOCK --queues N
-      child = await startVublk({ image, socket, queues, ...(log ? { log } : {}) });
+      child = await startVublkBackend({ image, socket, queues, ...(log ? { log } : {}) });
       break;
     default:
       throw new Error(`VUBLK_E2E_BACKEND must be qsd or vublk, got '${BACKEND}'`);

@@ -14,19 +14,11 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import {
-  allPrerequisites,
-  e2eLog as log,
-  expectCleanStop,
-  expectGuestPass,
-  fioVerifyScript,
-  guestDisk,
-  guestPrerequisites,
-  guestTest,
-  runGuestWith,
-  startVublk,
-  vublkPrerequisites,
-} from '../helpers/qemu-guest';
+import { startVublkBackend } from '../helpers/guest/backends';
+import { expectCleanStop, expectGuestPass, guestDisk, guestTest, runGuestWith } from '../helpers/guest/harness';
+import { allPrerequisites, guestPrerequisites, vublkPrerequisites } from '../helpers/guest/prerequisites';
+import { fioVerifyScript } from '../helpers/guest/scripts';
+import { e2eLog as log } from '../helpers/guest/verbose';
 import { hugePagesUnsupported, hugetlbfsDir } from '../helpers/hugetlbfs';
 
 const IMAGE_BYTES = 64 * 1024 * 1024;
@@ -49,7 +41,7 @@ function backendCase(what: string, memPath: (tt: Test) => string, unsupported: (
     },
     async (tt) => {
       const { image, socket } = await guestDisk(tt, { prefix: 'vublk-e2e-membackend-', imageBytes: IMAGE_BYTES });
-      const vublk = await startVublk({ image, socket, queues: 1, ...(log ? { log } : {}) });
+      const vublk = await startVublkBackend({ image, socket, queues: 1, ...(log ? { log } : {}) });
       const script = fioVerifyScript({ expectQueues: 1, expectSizeBytes: IMAGE_BYTES, sizeMiB: 16, numjobs: 2, iodepth: 32, bsrange: '512-64k' });
       const run = await runGuestWith(vublk, 'vublk', { socket, queues: 1, memMiB: MEM_MIB, memPath: memPath(tt), script, timeoutMs: GUEST_TIMEOUT_MS, ...(log ? { log } : {}) }, true);
       tt.comment(`guest ${run.res.result ?? '(no result line)'} in ${(run.res.durationMs / 1000).toFixed(1)} s`);

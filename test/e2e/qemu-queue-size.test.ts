@@ -12,19 +12,11 @@
  * under CI. VUBLK_E2E_VERBOSE=1 streams guest/vublk output to stderr.
  */
 import t from 'tap';
-import {
-  allPrerequisites,
-  e2eLog as log,
-  expectCleanStop,
-  expectGuestPass,
-  fioVerifyScript,
-  guestDisk,
-  guestPrerequisites,
-  guestTest,
-  runGuestWith,
-  startVublk,
-  vublkPrerequisites,
-} from '../helpers/qemu-guest';
+import { startVublkBackend } from '../helpers/guest/backends';
+import { expectCleanStop, expectGuestPass, guestDisk, guestTest, runGuestWith } from '../helpers/guest/harness';
+import { allPrerequisites, guestPrerequisites, vublkPrerequisites } from '../helpers/guest/prerequisites';
+import { fioVerifyScript } from '../helpers/guest/scripts';
+import { e2eLog as log } from '../helpers/guest/verbose';
 
 const QUEUE_SIZE = 1024;
 const IMAGE_BYTES = 64 * 1024 * 1024;
@@ -42,7 +34,7 @@ guestTest(
   },
   async (tt) => {
     const { image, socket } = await guestDisk(tt, { prefix: 'vublk-e2e-qsize-', imageBytes: IMAGE_BYTES });
-    const vublk = await startVublk({ image, socket, queues: 1, ...(log ? { log } : {}) });
+    const vublk = await startVublkBackend({ image, socket, queues: 1, ...(log ? { log } : {}) });
     const fio = fioVerifyScript({ expectQueues: 1, expectSizeBytes: IMAGE_BYTES, sizeMiB: 16, numjobs: 2, iodepth: 256, bsrange: '512-16k' });
     // Say what the guest's block layer made of the ring (its queue depth follows the ring size).
     const script = fio.replace('FIO_OPTS=', 'step "queue depth: $(cat /sys/block/vda/queue/nr_requests)"\nFIO_OPTS=');

@@ -25,28 +25,14 @@
  * prerequisites the test is skipped, except under CI (env CI set).
  */
 import t, { type Test } from 'tap';
-import {
-  ROUND_MARKER,
-  allPrerequisites,
-  daemonLog,
-  e2eLog,
-  guestDisk,
-  guestPrerequisites,
-  guestTest,
-  isSocket,
-  roundsScript,
-  runGuest,
-  startVublkGeneration,
-  stopDaemon,
-  tail,
-  untilUringBusy,
-  vublkPrerequisites,
-  vublkProblemLines,
-  waitForDaemonLine,
-  type Exit,
-  type RunGuestResult,
-  type VublkGeneration,
-} from '../helpers/qemu-guest';
+import { daemonLog, isSocket, stopDaemon, waitForDaemonLine, type Exit } from '../helpers/daemon';
+import { startVublkGeneration, vublkProblemLines, type VublkGeneration } from '../helpers/guest/backends';
+import { guestDisk, guestTest, tail } from '../helpers/guest/harness';
+import { allPrerequisites, guestPrerequisites, vublkPrerequisites } from '../helpers/guest/prerequisites';
+import { runGuest, type RunGuestResult } from '../helpers/guest/run';
+import { ROUND_MARKER, roundsScript } from '../helpers/guest/scripts';
+import { e2eLog } from '../helpers/guest/verbose';
+import { untilUringBusy } from '../helpers/uring-inflight';
 
 const QUEUES = 2;
 const ROUNDS = 8;

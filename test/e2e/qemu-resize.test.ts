@@ -16,23 +16,14 @@ import type { ChildProcess } from 'node:child_process';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  allPrerequisites,
-  daemonLog,
-  e2eLog,
-  expectCleanStop,
-  expectGuestPass,
-  findCommand,
-  guestDisk,
-  guestPrerequisites,
-  guestScriptPreamble,
-  guestTest,
-  repoRoot,
-  runGuestWith,
-  startVublk,
-  tail,
-  vublkPrerequisites,
-} from '../helpers/qemu-guest';
+import { daemonLog } from '../helpers/daemon';
+import { findCommand } from '../helpers/find-command';
+import { startVublkBackend } from '../helpers/guest/backends';
+import { expectCleanStop, expectGuestPass, guestDisk, guestTest, runGuestWith, tail } from '../helpers/guest/harness';
+import { allPrerequisites, guestPrerequisites, vublkPrerequisites } from '../helpers/guest/prerequisites';
+import { guestScriptPreamble } from '../helpers/guest/scripts';
+import { e2eLog } from '../helpers/guest/verbose';
+import { vublkBin } from '../helpers/vublk-process';
 
 const MIB = 1024 * 1024;
 const OLD_BYTES = 64 * MIB;
@@ -75,7 +66,7 @@ exit 0
 
 /** The host's checks while QEMU runs: a second vublk and qemu-io must be refused. */
 function lockChecks(tt: Test, image: string, dir: string): void {
-  const second = spawnSync(process.execPath, [path.join(repoRoot(), 'bin', 'vublk.js'), '--disk', image, '--socket', path.join(dir, 'second.sock')], {
+  const second = spawnSync(process.execPath, [vublkBin, '--disk', image, '--socket', path.join(dir, 'second.sock')], {
     encoding: 'utf8',
     timeout: 20000,
   });
@@ -94,7 +85,7 @@ function lockChecks(tt: Test, image: string, dir: string): void {
 async function run(tt: Test): Promise<void> {
   let daemon: ChildProcess | undefined;
   const { dir, image, socket } = await guestDisk(tt, { prefix: 'vublk-e2e-resize-', imageBytes: OLD_BYTES, daemon: () => daemon });
-  daemon = await startVublk({ image, socket, queues: 1, ...(log ? { log: (l: string) => log(`[vublk] ${l}`) } : {}) });
+  daemon = await startVublkBackend({ image, socket, queues: 1, ...(log ? { log: (l: string) => log(`[vublk] ${l}`) } : {}) });
   let grownAt = 0;
   let grownSeen = 0;
   const g = await runGuestWith(daemon, 'vublk', {

@@ -22,25 +22,13 @@
 import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import {
-  allPrerequisites,
-  daemonLog,
-  e2eLog,
-  expectCleanStop,
-  expectGuestPass,
-  guestDisk,
-  guestPrerequisites,
-  guestScriptPreamble,
-  guestTest,
-  runGuest,
-  runGuestWith,
-  startVublk,
-  stopDaemon,
-  tail,
-  vublkPrerequisites,
-  vublkProblemLines,
-  waitForDaemonLine,
-} from '../helpers/qemu-guest';
+import { daemonLog, stopDaemon, waitForDaemonLine } from '../helpers/daemon';
+import { startVublkBackend, vublkProblemLines } from '../helpers/guest/backends';
+import { expectCleanStop, expectGuestPass, guestDisk, guestTest, runGuestWith, tail } from '../helpers/guest/harness';
+import { allPrerequisites, guestPrerequisites, vublkPrerequisites } from '../helpers/guest/prerequisites';
+import { runGuest } from '../helpers/guest/run';
+import { guestScriptPreamble } from '../helpers/guest/scripts';
+import { e2eLog } from '../helpers/guest/verbose';
 import { loggedCounters } from '../helpers/counters';
 
 const IMAGE_BYTES = 64 * 1024 * 1024;
@@ -145,7 +133,7 @@ async function run(tt: Test): Promise<void> {
   const stateFile = `${socket}.state`;
   const spawn = async (): Promise<ChildProcess> => {
     const n = gens.length + 1;
-    const child = await startVublk({ image, socket, queues: 1, removeStaleSocket: false, ...(log ? { log: (l: string) => log(`[vublk#${n}] ${l}`) } : {}) });
+    const child = await startVublkBackend({ image, socket, queues: 1, removeStaleSocket: false, ...(log ? { log: (l: string) => log(`[vublk#${n}] ${l}`) } : {}) });
     gens.push(child);
     return child;
   };

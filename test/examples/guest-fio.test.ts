@@ -11,21 +11,12 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { countersOf, total } from '../helpers/counters';
-import {
-  allPrerequisites,
-  daemonLog,
-  e2eLog,
-  guestDisk,
-  guestPrerequisites,
-  guestTest,
-  repoRoot,
-  startVublk,
-  stopDaemon,
-  tail,
-  vublkPrerequisites,
-  vublkProblemLines,
-  waitForDaemonLine,
-} from '../helpers/qemu-guest';
+import { daemonLog, stopDaemon, waitForDaemonLine } from '../helpers/daemon';
+import { startVublkBackend, vublkProblemLines } from '../helpers/guest/backends';
+import { guestDisk, guestTest, tail } from '../helpers/guest/harness';
+import { allPrerequisites, guestPrerequisites, vublkPrerequisites } from '../helpers/guest/prerequisites';
+import { e2eLog } from '../helpers/guest/verbose';
+import { repoRoot } from '../helpers/repo-root';
 
 const script = path.join(repoRoot(), 'examples', 'guest-fio.sh');
 const QUEUES = 2;
@@ -99,9 +90,9 @@ guestTest(
     fileTimeoutMs: 20 * 60 * 1000,
   },
   async (tt) => {
-    let vublk: Awaited<ReturnType<typeof startVublk>> | undefined;
+    let vublk: Awaited<ReturnType<typeof startVublkBackend>> | undefined;
     const disk = await guestDisk(tt, { prefix: 'vublk-guest-fio-', imageBytes: 256 * 1024 * 1024, daemon: () => vublk });
-    vublk = await startVublk({ image: disk.image, socket: disk.socket, queues: QUEUES, ...(e2eLog ? { log: e2eLog } : {}) });
+    vublk = await startVublkBackend({ image: disk.image, socket: disk.socket, queues: QUEUES, ...(e2eLog ? { log: e2eLog } : {}) });
     const common = ['--socket', disk.socket, '--queues', String(QUEUES), '--timeout', String(RUN_TIMEOUT_SECS)];
 
     await tt.test('randwrite 4k with verify, fio options after --', async (st) => {

@@ -7,7 +7,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { MAX_QUEUES } from '../../src/blk/features';
-import { findCommand, repoRoot } from '../helpers/qemu-guest';
+import { findCommand } from '../helpers/find-command';
+import { repoRoot } from '../helpers/repo-root';
 
 const xmlFile = path.join(repoRoot(), 'examples', 'libvirt-domain.xml');
 const socketUnit = path.join(repoRoot(), 'systemd', 'vublk@.socket');

@@ -8,7 +8,8 @@ import path from 'node:path';
 import { MAX_QUEUES } from '../../src/blk/features';
 import { MAX_QUEUE_SIZE, MIN_QUEUE_SIZE, parseOptions } from '../../src/cli/options';
 import { qemuCommandLine } from '../../src/cli/qemu-command';
-import { findCommand, repoRoot } from '../helpers/qemu-guest';
+import { findCommand } from '../helpers/find-command';
+import { repoRoot } from '../helpers/repo-root';
 
 const script = path.join(repoRoot(), 'examples', 'qemu-attach.sh');
 

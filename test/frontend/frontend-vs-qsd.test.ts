@@ -6,7 +6,7 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { Frontend, VirtioFeature, DEFAULT_PROTOCOL_FEATURES } from './frontend';
 import { BlkDriver, BlkStatus, BlkType, LAYOUTS, parseBlkConfig, SECTOR_SIZE, type BlkRequest } from './blk-driver';
-import { Qsd, qsdMissingReason } from './qsd';
+import { Qsd, qsdMissingReason } from '../helpers/qsd';
 import { Flags, ProtocolFeature, Request, featureBit } from '../../src/vhost-user/protocol';
 import { runRandRead } from '../../bench/randread';
 

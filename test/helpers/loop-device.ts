@@ -6,7 +6,7 @@
 // (a 4Kn host disk with N = 4096), checked to have that sector size,
 // detached in teardown and, as a last resort, when the test process exits.
 // Used by the integration tests, test/blk/loop-4kn.test.ts and the QEMU
-// e2e tests (qemu-guest.ts guestDisk()).
+// e2e tests (guest/harness.ts guestDisk()).
 
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';

@@ -1,6 +1,7 @@
-// Runs the vublk daemon as a child process for tests, the way users run it
-// (node bin/vublk.js ...). With VUBLK_TEST_ASAN=1 the child loads the
-// AddressSanitizer build of the addon, and stop() fails on any ASan report.
+// The one vublk launcher of the tests: runs the daemon as a child process the way
+// users run it (node bin/vublk.js ...), for the integration, service and e2e tests.
+// With VUBLK_TEST_ASAN=1 the child loads the AddressSanitizer build of the addon,
+// and stop() fails on any ASan report.
 
 import type { Test } from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -8,8 +9,9 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { repoRoot as findRepoRoot } from './repo-root';
 
-export const repoRoot = path.resolve(__dirname, '..', '..', '..');
+export const repoRoot = findRepoRoot();
 export const vublkBin = path.join(repoRoot, 'bin', 'vublk.js');
 
 export interface VublkProcess {
@@ -77,7 +79,8 @@ function exists(p: string): boolean {
  * prlimit do), so child.pid is vublk's pid and signals reach it. `ready`
  * matches the start-up line (default: the text format's "serving" line).
  * `env` is added to the environment; `fd3` is passed to the child as its
- * fd 3 (a listening socket for socket activation).
+ * fd 3 (a listening socket for socket activation); `onSpawn` sees the child
+ * before any of its output (to capture that too).
  */
 export async function startVublk(
   args: string[],
@@ -91,6 +94,7 @@ export async function startVublk(
     ready?: RegExp;
     env?: NodeJS.ProcessEnv;
     fd3?: number;
+    onSpawn?: (child: ChildProcess) => void;
   } = {},
 ): Promise<VublkProcess> {
   const socketIdx = args.indexOf('--socket');
@@ -100,6 +104,7 @@ export async function startVublk(
   const [cmd, ...cmdArgs] = [...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), vublkBin, ...args] as [string, ...string[]];
   const stdio = opts.fd3 === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', opts.fd3];
   const child = spawn(cmd, cmdArgs, { cwd: opts.cwd, env, stdio: stdio as ['ignore', 'pipe', 'pipe'] });
+  opts.onSpawn?.(child);
   const via = opts.wrapper?.length ? ` (via ${opts.wrapper.join(' ')})` : '';
   let err = '';
   let out = '';
