@@ -11,7 +11,7 @@ const BARE = /^[A-Za-z0-9_.:/@+,-]+$/;
 
 function escapeLine(text: string): string {
   // Keep one record per line: control characters are written escaped.
-  // eslint-disable-next-line no-control-regex
+  // eslint-disable-next-line no-control-regex -- matching control characters is the point: they get escaped
   return text.replace(/[\u0000-\u001f\u007f]/g, (c) => {
     if (c === '\n') return '\\n';
     if (c === '\r') return '\\r';

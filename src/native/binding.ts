@@ -306,7 +306,7 @@ function load(): NativeBinding {
   // dist/src/native/binding.js -> repo root is three levels up.
   const root = path.resolve(__dirname, '..', '..', '..');
   const variant = process.env.VUBLK_NATIVE_BUILD === 'asan' ? 'build-asan' : 'build';
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  // eslint-disable-next-line @typescript-eslint/no-require-imports -- a .node addon at a path chosen at run time loads only through require
   return require(path.join(root, variant, 'Release', 'vublk_native.node')) as NativeBinding;
 }
 

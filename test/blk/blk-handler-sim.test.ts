@@ -7,7 +7,7 @@
 import t, { type Test } from 'tap';
 import fc from 'fast-check';
 import { QueueCounters } from '../../src/blk/counters';
-import { T_IN, T_OUT, arbWorkReq, firstDiff, selectBatch, sumCounters, type LiveReq, type WorkReq } from './blk-rig';
+import { T_IN, T_OUT, arbWorkReq, firstDiff, internals, selectBatch, sumCounters, type LiveReq, type WorkReq } from './blk-rig';
 import { mulberry32 } from '../helpers/prng';
 import { chooser, drive, makeWorld, type SimWorld } from './sim-plane';
 
@@ -47,8 +47,7 @@ interface Outcome {
 }
 
 function noLock(w: SimWorld): void {
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  (w.handler as any).lock = { acquire: () => true, release: () => undefined, clear: () => undefined, size: 0 };
+  internals(w.handler).lock = { acquire: () => true, release: () => undefined, clear: () => undefined, size: 0 };
 }
 
 function runSim(run: Run, o: { withoutLock?: boolean; registered?: boolean } = {}): Outcome {
@@ -61,8 +60,7 @@ function runSim(run: Run, o: { withoutLock?: boolean; registered?: boolean } = {
   const problems: string[] = [];
   const reqs: LiveReq[] = [];
   // Count requests that had to wait for bounce space.
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  const waiting = (w.handler as any).waiting as number[];
+  const waiting = internals(w.handler).waiting;
   let bounceWaits = 0;
   const push = waiting.push.bind(waiting);
   waiting.push = (...ids: number[]): number => {
@@ -97,8 +95,7 @@ function runSim(run: Run, o: { withoutLock?: boolean; registered?: boolean } = {
     if (JSON.stringify(got) !== JSON.stringify(want)) problems.push(`counters ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
     if (w.handler.bounceInUse !== 0) problems.push(`bounce arena still holds ${w.handler.bounceInUse} bytes`);
     if (w.handler.inflight() !== 0) problems.push(`handler reports ${w.handler.inflight()} in flight`);
-    // eslint-disable-next-line @typescript-eslint/no-explicit-any
-    const lockSize = (w.handler as any).lock.size as number;
+    const lockSize = internals(w.handler).lock.size;
     if (lockSize !== 0) problems.push(`range lock still holds ${lockSize} entries`);
   }
   return { problems, counters: c, world: w, reqs, bounceWaits };

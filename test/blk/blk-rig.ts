@@ -30,6 +30,21 @@ import {
   SEG_STRIDE,
 } from '../../src/blk/shared-arrays';
 
+/**
+ * The handler's private state the checks look into: its range lock, the
+ * requests waiting for bounce space, and each queue's request slots.
+ */
+export interface HandlerInternals {
+  lock: { acquire(...args: unknown[]): boolean; release(...args: unknown[]): void; clear(): void; size: number };
+  waiting: number[];
+  queues: Array<{ slots: Array<{ registered: boolean } | undefined> }>;
+}
+
+/** The handler seen through HandlerInternals (the fields exist; TypeScript's `private` is compile-time only). */
+export function internals(h: BlkHandler): HandlerInternals {
+  return h as unknown as HandlerInternals;
+}
+
 export const T_IN = 0;
 export const T_OUT = 1;
 export const T_FLUSH = 4;
@@ -537,8 +552,7 @@ export class Rig {
         (this.opts.mem.bufs[req.status[0]] as Uint8Array)[req.status[1]] = u[k + 4] as number;
       }
       // The slot still describes this request.
-      // eslint-disable-next-line @typescript-eslint/no-explicit-any
-      const slot = (this.handler as any).queues[q].slots[head] as { registered: boolean } | undefined;
+      const slot = internals(this.handler as BlkHandler).queues[q]?.slots[head];
       req.registeredAtEnd = slot?.registered;
       this.done.push(req);
     }

@@ -67,7 +67,7 @@ export function captureLines(child: ChildProcess, onLine: (line: string) => void
 
 function cleanLine(s: string): string {
   // ANSI CSI sequences, ESC c (terminal reset) that SeaBIOS emits, and CRs.
-  // eslint-disable-next-line no-control-regex
+  // eslint-disable-next-line no-control-regex -- the escapes to strip are control sequences
   return s.replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1bc|\r/g, '');
 }
 
