@@ -13,10 +13,6 @@ namespace vublk {
 
 namespace {
 
-constexpr unsigned kCqeStride = 2;
-constexpr unsigned kUsedStride = 5;
-constexpr unsigned kMaxQueues = 64;
-
 void closeFd(int& fd) {
   if (fd >= 0) close(fd);
   fd = -1;
