@@ -14,6 +14,7 @@
         "native/buffer-table.cc",
         "native/disk-queue.cc",
         "native/session.cc",
+        "native/session-rings.cc",
         "native/disk-probe.cc",
         "native/notifier-fd.cc",
         "native/inflight.cc",

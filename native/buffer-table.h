@@ -10,16 +10,10 @@
 
 #include "guest-access.h"
 #include "guest-memory.h"
+#include "shared-arrays.h"
 
 namespace vublk {
 
-constexpr unsigned kCopyStride = 5;
-// bufId naming the session's bounce arena (guest regions are 0..508).
-constexpr uint32_t kBounceBufId = 1024;
-// bufId of a read-only buffer of zeroes: the source for writes and copies of
-// zeroes (WRITE_ZEROES fallback, zero-patched RMW blocks).
-constexpr uint32_t kZeroBufId = 1025;
-constexpr uint64_t kZeroBytes = 1 << 20;
 constexpr uint64_t kMaxBounceBytes = 1ull << 32;
 
 class BufferTable {

@@ -1,3 +1,5 @@
+// Test-only crash points: reads VUBLK_TEST_CRASH_AT once and SIGKILLs the
+// process at the named point of the completion publish (see crash-point.h).
 #include "crash-point.h"
 
 #include <signal.h>

@@ -167,8 +167,8 @@ int DiskQueue::fixedIndex(double bufId, double offset, double len) const {
   int base = fixedBase_[static_cast<size_t>(bufId)];
   if (base < 0 || !(offset >= 0 && len > 0)) return -1;
   uint64_t off = static_cast<uint64_t>(offset), n = static_cast<uint64_t>(len);
-  if (off / kFixedChunk != (off + n - 1) / kFixedChunk) return -1;
-  return base + static_cast<int>(off / kFixedChunk);
+  if (fixedChunkOf(off) != fixedChunkOf(off + n - 1)) return -1;
+  return base + static_cast<int>(fixedChunkOf(off));
 }
 
 namespace {

@@ -12,28 +12,10 @@
 #include <vector>
 
 #include "buffer-table.h"
+#include "shared-arrays.h"
 #include "uring.h"
 
 namespace vublk {
-
-constexpr unsigned kOpStride = 6;
-constexpr unsigned kIovStride = 3;
-constexpr unsigned kOpReadv = 0;
-constexpr unsigned kOpWritev = 1;
-constexpr unsigned kOpFsync = 2;
-// fallocate: fileOffset = op[2], length = op[3], mode = op[4].
-constexpr unsigned kOpFallocate = 3;
-constexpr int kFallocPunch = 0x01 | 0x02;  // FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE
-constexpr int kFallocZero = 0x01 | 0x10;   // FALLOC_FL_KEEP_SIZE | FALLOC_FL_ZERO_RANGE
-// BLKDISCARD on a block device: fileOffset = op[2], length = op[3]. io_uring
-// has no discard op, so it runs on libuv's thread pool and its result comes
-// back through the ring's completion path.
-constexpr unsigned kOpBlkDiscard = 4;
-constexpr unsigned kOpFlagFixed = 1;
-constexpr unsigned kOpFlagDsync = 2;
-constexpr unsigned kIovMax = 1024;
-// Largest fixed buffer io_uring takes; larger regions are registered in chunks.
-constexpr uint64_t kFixedChunk = 1ull << 30;
 
 class DiskQueue {
  public:

@@ -2,11 +2,10 @@
 // UV_READABLE, UV_WRITABLE, UV_DISCONNECT; default readable + disconnect); the
 // callback gets the events that fired. Spurious wake-ups are the caller's to
 // tolerate (reads and sends return EAGAIN).
-#include <uv.h>
-
 #include "errno-error.h"
 #include "exports.h"
 #include "js-callback.h"
+#include "poll-handle.h"
 
 namespace vublk {
 
@@ -27,26 +26,16 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     callback_ = Napi::Persistent(info[1].As<Napi::Function>());
     uv_loop_t* loop;
     napi_get_uv_event_loop(env, &loop);
-    handle_ = new uv_poll_t;
-    int rc = uv_poll_init(loop, handle_, fd);
-    if (rc != 0) {
-      delete handle_;
-      handle_ = nullptr;
-      throwErrno(env, -rc, "uv_poll_init");
-    }
-    handle_->data = this;
+    int rc = handle_.open(loop, fd, this);
+    if (rc != 0) throwErrno(env, -rc, "uv_poll_init");
   }
 
   ~FdWatcher() override { closeHandle(); }
 
  private:
   void closeHandle() {
-    if (!handle_) return;
-    uv_poll_stop(handle_);
-    handle_->data = nullptr;
-    uv_close(reinterpret_cast<uv_handle_t*>(handle_),
-             [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-    handle_ = nullptr;
+    if (!handle_.isOpen()) return;
+    handle_.close();
     if (!self_.IsEmpty()) self_.Reset();
   }
 
@@ -66,8 +55,8 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
     if (info.Length() > 0 && !info[0].IsUndefined()) {
       events = static_cast<int>(argInt(info, 0)) & (UV_READABLE | UV_WRITABLE | UV_DISCONNECT);
     }
-    if (handle_) {
-      uv_poll_start(handle_, events, OnPoll);
+    if (handle_.isOpen()) {
+      handle_.start(events, OnPoll);
       // A started watcher keeps its JS object alive.
       if (self_.IsEmpty()) self_ = Napi::Persistent(Value());
     }
@@ -75,7 +64,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   }
 
   Napi::Value Stop(const Napi::CallbackInfo& info) {
-    if (handle_) uv_poll_stop(handle_);
+    handle_.stop();
     if (!self_.IsEmpty()) self_.Reset();
     return info.Env().Undefined();
   }
@@ -91,7 +80,7 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
 
   Napi::FunctionReference callback_;
   Napi::ObjectReference self_;
-  uv_poll_t* handle_ = nullptr;
+  PollHandle handle_;
 };
 
 }  // namespace

@@ -1,3 +1,5 @@
+// The SIGBUS guard around the daemon's touches of guest memory: the handler
+// that jumps back to the current recovery point, and the fault's description.
 #include "guest-access.h"
 
 #include <signal.h>

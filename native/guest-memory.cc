@@ -1,3 +1,5 @@
+// Guest memory table: maps, removes and bounds-checks the regions and
+// translates guest-physical and frontend addresses (see guest-memory.h).
 #include "guest-memory.h"
 
 #include <sys/mman.h>
@@ -6,6 +8,8 @@
 
 #include <cerrno>
 #include <cstring>
+
+#include "unique-fd.h"
 
 namespace vublk {
 
@@ -22,12 +26,7 @@ bool wraps(uint64_t base, uint64_t len) { return base + len < base; }
 
 int GuestMemory::add(int fd, uint64_t gpa, uint64_t size, uint64_t uva, uint64_t mmapOffset,
                      std::string& err) {
-  struct FdCloser {
-    int fd;
-    ~FdCloser() {
-      if (fd >= 0) close(fd);
-    }
-  } closer{fd};
+  UniqueFd owned(fd);  // closed on every return: the mapping keeps what it needs
 
   if (size == 0) {
     err = "memory region has size 0";

@@ -1,3 +1,5 @@
+// The inflight region: checks and maps it, marks and clears heads in the
+// spec's order, and recovers the heads to resubmit (see inflight.h).
 #include "inflight.h"
 
 #include <fcntl.h>
@@ -9,6 +11,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+
+#include "unique-fd.h"
 
 namespace vublk {
 
@@ -170,10 +174,7 @@ bool InflightQueue::recover(uint16_t ringNum, const uint8_t* used, uint16_t base
 bool InflightRegion::map(int fd, uint64_t size, uint64_t offset, unsigned numQueues,
                          unsigned queueSize, unsigned maxQueues, unsigned maxQueueSize,
                          std::string& err) {
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
+  UniqueFd owned(fd);  // closed on every return: the mapping keeps what it needs
   if (numQueues < 1 || numQueues > maxQueues) {
     err = fmt("SET_INFLIGHT_FD num_queues %llu is outside 1..%llu", numQueues, maxQueues);
     return false;
@@ -251,15 +252,12 @@ InflightQueue* InflightRegion::queue(unsigned q) {
 
 int createInflightFd(unsigned numQueues, unsigned queueSize, uint64_t* size) {
   *size = inflightQueueBytes(queueSize) * numQueues;
-  int fd = memfd_create("vublk-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) return -errno;
-  if (ftruncate(fd, static_cast<off_t>(*size)) != 0 ||
-      fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0) {
-    int e = errno;
-    close(fd);
-    return -e;
-  }
-  return fd;
+  UniqueFd fd(memfd_create("vublk-inflight", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd.valid()) return -errno;
+  if (ftruncate(fd.get(), static_cast<off_t>(*size)) != 0 ||
+      fcntl(fd.get(), F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0)
+    return -errno;  // read before fd's destructor closes it
+  return fd.release();
 }
 
 }  // namespace vublk

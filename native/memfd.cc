@@ -8,6 +8,7 @@
 #include "errno-error.h"
 #include "exports.h"
 #include "inflight.h"
+#include "unique-fd.h"
 
 namespace vublk {
 
@@ -17,14 +18,10 @@ Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = info[0].As<Napi::String>();
   uint64_t size = argU64(info, 1);
-  int fd = memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
-  if (fd < 0) throwErrno(env, errno, "memfd_create");
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
-    int e = errno;
-    close(fd);
-    throwErrno(env, e, "ftruncate");
-  }
-  return Napi::Number::New(env, fd);
+  UniqueFd fd(memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd.valid()) throwErrno(env, errno, "memfd_create");
+  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) throwErrno(env, errno, "ftruncate");
+  return Napi::Number::New(env, fd.release());
 }
 
 constexpr uint64_t kMaxMapBytes = 1ull << 32;

@@ -1,3 +1,5 @@
+// Kick and call eventfds: non-blocking set-up, draining a kick, signalling a
+// call, and fdTarget() for src/ to check what an fd is (see notifier-fd.h).
 #include "notifier-fd.h"
 
 #include <fcntl.h>

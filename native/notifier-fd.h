@@ -1,5 +1,5 @@
 // Kick, call and err notifiers: the eventfds a frontend hands over with
-// SET_VRING_KICK/CALL/ERR, and an RAII owner for any fd received.
+// SET_VRING_KICK/CALL/ERR (each held in a UniqueFd, unique-fd.h).
 //
 // The loop thread reads kick fds and writes call fds, so none of them may
 // ever block it: every notifier is made non-blocking when received, a call
@@ -9,31 +9,11 @@
 // (it asks fdTarget() what an fd is).
 #pragma once
 
-#include <unistd.h>
-
 #include <string>
 
+#include "unique-fd.h"
+
 namespace vublk {
-
-// Owns one fd from the moment it is received; closes it unless released.
-class UniqueFd {
- public:
-  explicit UniqueFd(int fd = -1) : fd_(fd) {}
-  ~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  UniqueFd(const UniqueFd&) = delete;
-  UniqueFd& operator=(const UniqueFd&) = delete;
-  int get() const { return fd_; }
-  int release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
 
 // Sets O_NONBLOCK on fd's open file description; 0 or -errno.
 int setNonBlocking(int fd);

@@ -10,6 +10,7 @@
 
 #include "errno-error.h"
 #include "exports.h"
+#include "unique-fd.h"
 
 namespace vublk {
 
@@ -31,16 +32,14 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   if (abstract) addr.sun_path[0] = '\0';
   socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + address.size() + (abstract ? 0 : 1));
 
-  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throwErrno(env, errno, "socket");
+  UniqueFd fd(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) throwErrno(env, errno, "socket");
   ssize_t n;
   do {
-    n = sendto(fd, message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT,
+    n = sendto(fd.get(), message.data(), message.size(), MSG_NOSIGNAL | MSG_DONTWAIT,
                reinterpret_cast<sockaddr*>(&addr), len);
   } while (n < 0 && errno == EINTR);
-  int e = errno;
-  close(fd);
-  if (n < 0) throwErrno(env, e, "sendto");
+  if (n < 0) throwErrno(env, errno, "sendto");
   return env.Undefined();
 }
 

@@ -1,37 +1,11 @@
-// Session's set-up and teardown, its rings (start, stop, notifier fds,
-// pushUsed) and the kick/uring event handlers that deliver batches to JS
-// (see session.h).
-#include <unistd.h>
-
+// Session's N-API glue (the class, the exported constants), its set-up and
+// teardown, guest memory regions and the inflight region (see session.h).
 #include "exports.h"
 #include "guest-access.h"
 #include "js-callback.h"
-#include "notifier-fd.h"
 #include "session.h"
 
 namespace vublk {
-
-namespace {
-
-constexpr unsigned kCqeStride = 2;
-constexpr unsigned kUsedStride = 5;
-constexpr unsigned kMaxQueues = 64;
-
-void closeFd(int& fd) {
-  if (fd >= 0) close(fd);
-  fd = -1;
-}
-
-void closePoll(uv_poll_t*& p) {
-  if (!p) return;
-  uv_poll_stop(p);
-  p->data = nullptr;
-  uv_close(reinterpret_cast<uv_handle_t*>(p),
-           [](uv_handle_t* h) { delete reinterpret_cast<uv_poll_t*>(h); });
-  p = nullptr;
-}
-
-}  // namespace
 
 Napi::Function Session::Define(Napi::Env env) {
   return DefineClass(
@@ -119,15 +93,9 @@ void Session::init(const Napi::CallbackInfo& info) {
   napi_get_uv_event_loop(env, &loop_);
   disk_.init(env, loop_, diskFd, diskBytes, blockDevice, static_cast<unsigned>(entries),
              sqIovs_.length / kIovStride);
-  uringPoll_ = new uv_poll_t;
-  int rc = uv_poll_init(loop_, uringPoll_, disk_.uring().eventFd());
-  if (rc != 0) {
-    delete uringPoll_;
-    uringPoll_ = nullptr;
-    throwErrno(env, -rc, "uv_poll_init");
-  }
-  uringPoll_->data = this;
-  uv_poll_start(uringPoll_, UV_READABLE, OnUringEvent);
+  int rc = uringPoll_.open(loop_, disk_.uring().eventFd(), this);
+  if (rc != 0) throwErrno(env, -rc, "uv_poll_init");
+  uringPoll_.start(UV_READABLE, OnUringEvent);
 
   vrings_.resize(static_cast<size_t>(queues));
   for (size_t i = 0; i < vrings_.size(); i++) {
@@ -163,16 +131,16 @@ void Session::teardown() {
   destroyed_ = true;
   for (auto& v : vrings_) {
     if (!v) continue;  // a constructor that threw while making the rings
-    closePoll(v->kickPoll);
-    closeFd(v->kickFd);
-    closeFd(v->callFd);
-    closeFd(v->errFd);
+    v->kickPoll.close();
+    v->kickFd.reset();
+    v->callFd.reset();
+    v->errFd.reset();
     v->started = false;
   }
   for (auto& v : vrings_)
     if (v) v->vq.setInflight(nullptr);
   inflight_.unmap();
-  closePoll(uringPoll_);
+  uringPoll_.close();
   // JS destroys only once outstanding() is 0 (src/vhost-user/drain.ts),
   // except when the daemon exits. Then exiting the ring cancels what it
   // can and the kernel finishes the rest in the background; pages under
@@ -206,81 +174,6 @@ Napi::Value Session::ClearRegions(const Napi::CallbackInfo& info) {
   for (auto& v : vrings_) v->vq.unmap();
   buffers_.mem().clear();
   return info.Env().Undefined();
-}
-
-// --- vrings ---
-Napi::Value Session::SetVringNum(const Napi::CallbackInfo& info) {
-  Vring& v = vring(info);
-  int64_t num = argInt(info, 1);
-  if (num < 1 || num > maxQueueSize_ || (num & (num - 1)))
-    throw Napi::RangeError::New(info.Env(), "ring size out of range");
-  v.vq.setNum(static_cast<uint16_t>(num));
-  return info.Env().Undefined();
-}
-
-Napi::Value Session::StopVring(const Napi::CallbackInfo& info) {
-  Vring& v = vring(info);
-  closePoll(v.kickPoll);
-  closeFd(v.kickFd);
-  closeFd(v.callFd);
-  v.started = false;
-  v.vq.unmap();
-  return Napi::Number::New(info.Env(), v.vq.lastAvail());
-}
-
-// Takes fd (owned from here on, closed on every throw) as a notifier of
-// the ring, non-blocking so the loop thread can never block on it.
-void Session::setFd(const Napi::CallbackInfo& info, int Vring::*field) {
-  UniqueFd fd(static_cast<int>(argInt(info, 1)));
-  Vring& v = vring(info);
-  int rc = fd.get() >= 0 ? setNonBlocking(fd.get()) : 0;
-  if (rc < 0) throwErrno(info.Env(), -rc, "fcntl");
-  if (field == &Vring::kickFd) closePoll(v.kickPoll);
-  closeFd(v.*field);
-  v.*field = fd.release();
-}
-
-Napi::Value Session::SetVringKick(const Napi::CallbackInfo& info) {
-  setFd(info, &Vring::kickFd);
-  vring(info).started = false;
-  return info.Env().Undefined();
-}
-
-Napi::Value Session::StartVring(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Vring& v = vring(info);
-  if (v.kickFd < 0) throw Napi::Error::New(env, "ring has no kick fd");
-  std::string err;
-  if (!v.vq.map(buffers_.mem(), err)) throw Napi::Error::New(env, err);
-  if (buffers_.faulted()) throw Napi::Error::New(env, "guest memory faulted");
-  unsigned resubmit = 0;
-  bool resynced = false;
-  bool ok = false;
-  if (!guardedGuestAccess(buffers_.mem(), buffers_.fault(),
-                          [&] { ok = v.vq.start(err, &resubmit, &resynced); })) {
-    buffers_.markFaulted();
-    v.vq.unmap();
-    throw Napi::Error::New(env, describeGuestFault(buffers_.mem(), buffers_.fault()));
-  }
-  if (!ok) {
-    v.vq.unmap();
-    throw Napi::Error::New(env, err);
-  }
-  if (!v.kickPoll) {
-    v.kickPoll = new uv_poll_t;
-    int rc = uv_poll_init(loop_, v.kickPoll, v.kickFd);
-    if (rc != 0) {
-      delete v.kickPoll;
-      v.kickPoll = nullptr;
-      throwErrno(env, -rc, "uv_poll_init");
-    }
-    v.kickPoll->data = &v;
-    uv_poll_start(v.kickPoll, UV_READABLE | UV_DISCONNECT, OnKick);
-  }
-  v.started = true;
-  // -1 - n: n heads resubmitted from a region whose used_idx had to be
-  // re-synchronised (JS warns); n >= 0: a clean recovery of n heads.
-  return Napi::Number::New(env, resynced ? -1.0 - resubmit : resubmit);
 }
 
 void Session::requireStopped(Napi::Env env, const char* what) {
@@ -318,40 +211,6 @@ Napi::Value Session::ClearInflight(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-Napi::Value Session::PushUsed(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  Vring& v = vring(info);
-  int64_t n = argInt(info, 1);
-  if (n < 0 || static_cast<size_t>(n) * kUsedStride > used_.length)
-    throw Napi::RangeError::New(env, "pushUsed: count out of range");
-  if (!v.vq.mapped()) throw Napi::Error::New(env, "pushUsed: ring is not running");
-  const double* used = static_cast<const double*>(used_.data);
-  const double* u = used;
-  for (int64_t i = 0; i < n; i++, u += kUsedStride) {
-    double head = u[0];
-    if (!(head >= 0 && head < v.vq.num())) throw Napi::RangeError::New(env, "pushUsed: bad head");
-    if (!(u[1] >= 0 && u[1] <= UINT32_MAX))
-      throw Napi::RangeError::New(env, "pushUsed: bad used length");
-    if (u[2] >= 0 && !(u[2] < kBounceBufId && buffers_.ptr(u[2], u[3], 1)))
-      throw Napi::RangeError::New(env, "pushUsed: status byte outside guest memory");
-  }
-  if (buffers_.faulted()) return env.Undefined();  // the ring is abandoned with the connection
-  bool notify = false;
-  if (!guardedGuestAccess(buffers_.mem(), buffers_.fault(), [&] {
-        u = used;
-        for (int64_t i = 0; i < n; i++, u += kUsedStride) {
-          if (u[2] >= 0) *buffers_.ptr(u[2], u[3], 1) = static_cast<uint8_t>(u[4]);
-          v.vq.addUsed(static_cast<uint32_t>(u[0]), static_cast<uint32_t>(u[1]));
-        }
-        notify = v.vq.publish();
-      })) {
-    guestFaulted(static_cast<int>(argInt(info, 0)));
-    return env.Undefined();
-  }
-  if (notify) v.signalGuest();
-  return env.Undefined();
-}
-
 Napi::Value Session::Destroy(const Napi::CallbackInfo& info) {
   teardown();
   if (!self_.IsEmpty()) self_.Reset();
@@ -365,80 +224,6 @@ Napi::Value Session::Destroy(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// --- event handlers ---
-void Session::OnKick(uv_poll_t* h, int status, int events) {
-  auto* v = static_cast<Vring*>(h->data);
-  if (!v) return;
-  std::string err;
-  KickState k = status < 0 || (events & UV_DISCONNECT) ? KickState::kBroken : drainKick(v->kickFd, err);
-  Napi::HandleScope scope(v->session->Env());
-  // A kick fd at EOF or in error stays readable: polling it would spin.
-  if (k == KickState::kBroken) {
-    v->session->ringBroken(*v, err.empty() ? "kick fd hung up" : err);
-    return;
-  }
-  if (k == KickState::kKicked) v->kicks++;
-  v->session->deliver(*v);
-}
-
-void Session::ringBroken(Vring& v, const std::string& err) {
-  closePoll(v.kickPoll);
-  v.started = false;
-  if (destroyed_) return;
-  Napi::Env env = Env();
-  callJs(env, onViolation_, callbacks_.Value(), {Napi::Number::New(env, v.index), Napi::String::New(env, err)});
-}
-
-// Pops and hands chains to JS, batch by batch, until the ring is empty or
-// JS pauses it. Re-entry (JS polling from inside onChains) is a no-op: the
-// outer loop keeps popping.
-void Session::deliver(Vring& v) {
-  if (delivering_) {
-    // JS asked from inside a delivery: the shared batch arrays are in use.
-    // Note it; the outer delivery pops this ring when it is done.
-    v.pollPending = true;
-    return;
-  }
-  delivering_ = true;
-  deliverOne(v);
-  for (bool again = true; again;) {
-    again = false;
-    for (auto& other : vrings_) {
-      if (other->pollPending && !destroyed_) {
-        other->pollPending = false;
-        deliverOne(*other);
-        again = true;
-      }
-    }
-  }
-  delivering_ = false;
-}
-
-void Session::deliverOne(Vring& v) {
-  Napi::Env env = Env();
-  while (!destroyed_ && !buffers_.faulted() && v.started && v.enabled && !v.paused) {
-    batch_.nChains = 0;
-    batch_.nSegs = 0;
-    std::string err;
-    bool ok = false;
-    if (!guardedGuestAccess(buffers_.mem(), buffers_.fault(), [&] { ok = v.vq.pop(buffers_.mem(), batch_, err); })) {
-      ok = false;
-      batch_.nChains = 0;  // abandoned with the connection
-      buffers_.markFaulted();
-      err = describeGuestFault(buffers_.mem(), buffers_.fault());
-    }
-    if (batch_.nChains > 0) {
-      callJs(env, onChains_, callbacks_.Value(),
-             {Napi::Number::New(env, v.index), Napi::Number::New(env, batch_.nChains),
-              Napi::Number::New(env, batch_.nSegs)});
-    }
-    if (!ok) {
-      ringBroken(v, err);
-      break;
-    }
-    if (batch_.nChains == 0) break;
-  }
-}
 
 // A guarded access faulted (the frontend shrank a region's file): reports
 // it once to JS, which breaks the connection (q < 0: no queue). From then
@@ -448,20 +233,6 @@ void Session::guestFaulted(int q) {
   Napi::Env env = Env();
   callJs(env, onViolation_, callbacks_.Value(),
          {Napi::Number::New(env, q), Napi::String::New(env, describeGuestFault(buffers_.mem(), buffers_.fault()))});
-}
-
-void Session::OnUringEvent(uv_poll_t* h, int, int) {
-  auto* s = static_cast<Session*>(h->data);
-  if (!s) return;
-  Napi::Env env = s->Env();
-  Napi::HandleScope scope(env);
-  s->disk_.uring().ackEvent();
-  unsigned max = static_cast<unsigned>(s->cqes_.length / kCqeStride);
-  while (!s->destroyed_) {
-    unsigned n = s->disk_.uring().reap(static_cast<double*>(s->cqes_.data), max);
-    if (n == 0) break;
-    callJs(env, s->onCompletions_, s->callbacks_.Value(), {Napi::Number::New(env, n)});
-  }
 }
 
 void InitSession(Napi::Env env, Napi::Object exports) {

@@ -8,9 +8,10 @@
 //   uring eventfd --> reap CQEs  ---> onCompletions(n)           one call per batch
 //   JS pushUsed(q, n) -> status bytes, used ring, call eventfd   one call per batch
 //
-// Shared arrays (layouts in src/native/binding.ts) carry every batch, so no
-// JS object is made per request. The methods defined here are the thin ones;
-// session.cc holds set-up, teardown, the rings and the event handlers.
+// Shared arrays (layouts in shared-arrays.h) carry every batch, so no JS
+// object is made per request. The methods defined here are the thin ones;
+// session.cc holds set-up and teardown, session-rings.cc the rings and the
+// event handlers.
 #pragma once
 
 #include <napi.h>
@@ -25,7 +26,10 @@
 #include "errno-error.h"
 #include "inflight.h"
 #include "notifier-fd.h"
+#include "poll-handle.h"
+#include "shared-arrays.h"
 #include "split-virtqueue.h"
+#include "unique-fd.h"
 
 namespace vublk {
 
@@ -39,14 +43,14 @@ class Session;
 
 struct Vring {
   SplitVirtqueue vq;
-  int kickFd = -1;
-  int callFd = -1;
-  int errFd = -1;
+  UniqueFd kickFd;
+  UniqueFd callFd;
+  UniqueFd errFd;
   bool enabled = false;
   bool started = false;
   bool paused = false;
   bool pollPending = false;
-  uv_poll_t* kickPoll = nullptr;
+  PollHandle kickPoll;
   Session* session = nullptr;
   unsigned index = 0;
   // For the metrics endpoint, over the session's life (read by RingCounters).
@@ -55,8 +59,8 @@ struct Vring {
 
   // Notifies the guest of used entries just published (counted in calls).
   void signalGuest() {
-    if (callFd < 0) return;
-    signalCall(callFd);
+    if (!callFd.valid()) return;
+    signalCall(callFd.get());
     calls++;
   }
 };
@@ -85,78 +89,18 @@ class Session : public Napi::ObjectWrap<Session> {
     return Napi::Number::New(info.Env(), static_cast<double>(buffers_.mem().totalBytes()));
   }
 
-  Napi::Value SetVringAddr(const Napi::CallbackInfo& info) {
-    Vring& v = vring(info);
-    v.vq.setAddr(argU64(info, 1), argU64(info, 2), argU64(info, 3));
-    return info.Env().Undefined();
-  }
-
-  Napi::Value SetVringBase(const Napi::CallbackInfo& info) {
-    Vring& v = vring(info);
-    v.vq.setBase(static_cast<uint16_t>(argInt(info, 1)));
-    return info.Env().Undefined();
-  }
-
-  // A call fd that arrives on a running ring is signalled once (as
-  // libvhost-user does): a driver waiting for an interrupt across a
-  // reconnect would otherwise wait for a completion that came before.
-  Napi::Value SetVringCall(const Napi::CallbackInfo& info) {
-    setFd(info, &Vring::callFd);
-    Vring& v = vring(info);
-    if (v.started && v.callFd >= 0) signalCall(v.callFd);  // not a completion: not counted
-    return info.Env().Undefined();
-  }
-
-  Napi::Value SetVringErr(const Napi::CallbackInfo& info) {
-    setFd(info, &Vring::errFd);
-    return info.Env().Undefined();
-  }
-
-  Napi::Value SetVringEnabled(const Napi::CallbackInfo& info) {
-    Vring& v = vring(info);
-    v.enabled = info[1].ToBoolean();
-    return info.Env().Undefined();
-  }
-
-  Napi::Value SetEventIdx(const Napi::CallbackInfo& info) {
-    for (auto& v : vrings_) v->vq.setEventIdx(info[0].ToBoolean());
-    return info.Env().Undefined();
-  }
-
-  Napi::Value SetIndirect(const Napi::CallbackInfo& info) {
-    for (auto& v : vrings_) v->vq.setIndirect(info[0].ToBoolean());
-    return info.Env().Undefined();
-  }
-
-  Napi::Value PauseVring(const Napi::CallbackInfo& info) {
-    Vring& v = vring(info);
-    v.paused = info[1].ToBoolean();
-    return info.Env().Undefined();
-  }
-
-  Napi::Value PollVring(const Napi::CallbackInfo& info) {
-    Vring& v = vring(info);
-    deliver(v);
-    return info.Env().Undefined();
-  }
-
-  Napi::Value VringStarted(const Napi::CallbackInfo& info) {
-    return Napi::Boolean::New(info.Env(), vring(info).started);
-  }
-
-  // ringCounters(out): [kicks, calls] per queue into out (a Float64Array of
-  // at least 2 x queues). Still answers after destroy(): the rings stay.
-  Napi::Value RingCounters(const Napi::CallbackInfo& info) {
-    if (!info[0].IsTypedArray() || info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array ||
-        info[0].As<Napi::TypedArray>().ElementLength() < 2 * vrings_.size())
-      throw Napi::TypeError::New(info.Env(), "ringCounters expects a Float64Array of 2 x queues");
-    Napi::Float64Array out = info[0].As<Napi::Float64Array>();
-    for (size_t i = 0; i < vrings_.size(); i++) {
-      out[2 * i] = vrings_[i] ? vrings_[i]->kicks : 0;
-      out[2 * i + 1] = vrings_[i] ? vrings_[i]->calls : 0;
-    }
-    return info.Env().Undefined();
-  }
+  // The rings (session-rings.cc).
+  Napi::Value SetVringAddr(const Napi::CallbackInfo& info);
+  Napi::Value SetVringBase(const Napi::CallbackInfo& info);
+  Napi::Value SetVringCall(const Napi::CallbackInfo& info);
+  Napi::Value SetVringErr(const Napi::CallbackInfo& info);
+  Napi::Value SetVringEnabled(const Napi::CallbackInfo& info);
+  Napi::Value SetEventIdx(const Napi::CallbackInfo& info);
+  Napi::Value SetIndirect(const Napi::CallbackInfo& info);
+  Napi::Value PauseVring(const Napi::CallbackInfo& info);
+  Napi::Value PollVring(const Napi::CallbackInfo& info);
+  Napi::Value VringStarted(const Napi::CallbackInfo& info);
+  Napi::Value RingCounters(const Napi::CallbackInfo& info);
 
   // --- io_uring ---
   Napi::Value Submit(const Napi::CallbackInfo& info) {
@@ -236,7 +180,7 @@ class Session : public Napi::ObjectWrap<Session> {
     return env.Undefined();
   }
 
-  // Defined in session.cc: set-up and teardown, regions, the rings, events.
+  // session.cc: set-up and teardown, regions, the inflight region.
   void init(const Napi::CallbackInfo& info);
   void bind(Napi::Env env, Napi::Object arrays, const char* name, napi_typedarray_type type,
             SharedArray& out);
@@ -245,21 +189,23 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value AddRegion(const Napi::CallbackInfo& info);
   Napi::Value RemoveRegion(const Napi::CallbackInfo& info);
   Napi::Value ClearRegions(const Napi::CallbackInfo& info);
-  Napi::Value SetVringNum(const Napi::CallbackInfo& info);
-  Napi::Value StopVring(const Napi::CallbackInfo& info);
-  void setFd(const Napi::CallbackInfo& info, int Vring::*field);
-  Napi::Value SetVringKick(const Napi::CallbackInfo& info);
-  Napi::Value StartVring(const Napi::CallbackInfo& info);
   Napi::Value SetInflight(const Napi::CallbackInfo& info);
   Napi::Value ClearInflight(const Napi::CallbackInfo& info);
   void requireStopped(Napi::Env env, const char* what);
-  Napi::Value PushUsed(const Napi::CallbackInfo& info);
   Napi::Value Destroy(const Napi::CallbackInfo& info);
+  void guestFaulted(int q);
+
+  // session-rings.cc: ring set-up, notifier fds, pushUsed, the event handlers.
+  Napi::Value SetVringNum(const Napi::CallbackInfo& info);
+  Napi::Value StopVring(const Napi::CallbackInfo& info);
+  void setFd(const Napi::CallbackInfo& info, UniqueFd Vring::*field);
+  Napi::Value SetVringKick(const Napi::CallbackInfo& info);
+  Napi::Value StartVring(const Napi::CallbackInfo& info);
+  Napi::Value PushUsed(const Napi::CallbackInfo& info);
   static void OnKick(uv_poll_t* h, int status, int events);
   void ringBroken(Vring& v, const std::string& err);
   void deliver(Vring& v);
   void deliverOne(Vring& v);
-  void guestFaulted(int q);
   static void OnUringEvent(uv_poll_t* h, int, int);
 
   BufferTable buffers_;  // guest memory, bounce arena, zero buffer; see guestFaulted()
@@ -267,7 +213,7 @@ class Session : public Napi::ObjectWrap<Session> {
   InflightRegion inflight_;  // before vrings_: their queues point into it
   std::vector<std::unique_ptr<Vring>> vrings_;
   uv_loop_t* loop_ = nullptr;
-  uv_poll_t* uringPoll_ = nullptr;
+  PollHandle uringPoll_;
   unsigned maxQueueSize_ = 0;
   bool destroyed_ = false;
   bool delivering_ = false;

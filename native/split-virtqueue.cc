@@ -1,3 +1,5 @@
+// Split virtqueue, device side: maps the rings, walks and pops descriptor
+// chains under every guest rule, publishes used entries (see split-virtqueue.h).
 #include "split-virtqueue.h"
 
 #include <cstdio>

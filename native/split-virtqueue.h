@@ -17,10 +17,11 @@
 
 #include "guest-memory.h"
 #include "inflight.h"
+#include "shared-arrays.h"
 
 namespace vublk {
 
-// Where popped chains are written: arrays shared with JS (see binding.ts).
+// Where popped chains are written: arrays shared with JS (see shared-arrays.h).
 struct PopBatch {
   double* chains;    // [head, firstSeg, segCount, headerLen] per chain
   uint8_t* headers;  // 16 bytes per chain
@@ -31,14 +32,6 @@ struct PopBatch {
   unsigned nSegs = 0;
 };
 
-constexpr unsigned kChainStride = 4;
-constexpr unsigned kSegStride = 4;
-constexpr unsigned kHeaderBytes = 16;
-constexpr unsigned kSegWrite = 1;
-// Longest chain we walk (QEMU's VIRTQUEUE_MAX_SIZE); also bounds an indirect table.
-constexpr unsigned kMaxChainDescs = 1024;
-// A chain whose descriptors translate to more memory spans than this is refused.
-constexpr unsigned kMaxChainSegs = 2048;
 constexpr unsigned kMaxQueueSize = 32768;
 
 class SplitVirtqueue {

@@ -13,6 +13,7 @@
 
 #include "errno-error.h"
 #include "exports.h"
+#include "unique-fd.h"
 
 namespace vublk {
 
@@ -33,35 +34,23 @@ Napi::Value ListenUnix(const Napi::CallbackInfo& info) {
   std::string path = info[0].As<Napi::String>();
   int backlog = static_cast<int>(argInt(info, 1));
   sockaddr_un addr = makeAddr(env, path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throwErrno(env, errno, "socket");
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    int e = errno;
-    close(fd);
-    throwErrno(env, e, "bind");
-  }
-  if (listen(fd, backlog) != 0) {
-    int e = errno;
-    close(fd);
-    throwErrno(env, e, "listen");
-  }
-  return Napi::Number::New(env, fd);
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) throwErrno(env, errno, "socket");
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) throwErrno(env, errno, "bind");
+  if (listen(fd.get(), backlog) != 0) throwErrno(env, errno, "listen");
+  return Napi::Number::New(env, fd.release());
 }
 
 Napi::Value ConnectUnix(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string path = info[0].As<Napi::String>();
   sockaddr_un addr = makeAddr(env, path);
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throwErrno(env, errno, "socket");
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    int e = errno;
-    close(fd);
-    throwErrno(env, e, "connect");
-  }
-  int fl = fcntl(fd, F_GETFL);
-  fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-  return Napi::Number::New(env, fd);
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) throwErrno(env, errno, "socket");
+  if (connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) throwErrno(env, errno, "connect");
+  int fl = fcntl(fd.get(), F_GETFL);
+  fcntl(fd.get(), F_SETFL, fl | O_NONBLOCK);
+  return Napi::Number::New(env, fd.release());
 }
 
 Napi::Value AcceptUnix(const Napi::CallbackInfo& info) {
@@ -109,7 +98,7 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) n = -1;
     else throwErrno(env, errno, "recvmsg");
   }
-  std::vector<int> fds;
+  std::vector<UniqueFd> fds;  // owned from here until handed to JS
   // On failure the kernel leaves msg_controllen as we set it: nothing to parse.
   if (n < 0) msg.msg_controllen = 0;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
@@ -118,15 +107,14 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
     for (size_t i = 0; i < count; i++) {
       int rfd;
       memcpy(&rfd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      fds.push_back(rfd);
+      fds.emplace_back(rfd);
     }
   }
   bool truncated = (msg.msg_flags & MSG_CTRUNC) || fds.size() > maxFds;
   Napi::Array jsFds = Napi::Array::New(env);
-  if (truncated) {
-    for (int f : fds) close(f);
-  } else {
-    for (size_t i = 0; i < fds.size(); i++) jsFds.Set(static_cast<uint32_t>(i), fds[i]);
+  if (!truncated) {  // else fds' destructors close them all
+    for (size_t i = 0; i < fds.size(); i++) jsFds.Set(static_cast<uint32_t>(i), fds[i].get());
+    for (UniqueFd& f : fds) f.release();
   }
   Napi::Object r = Napi::Object::New(env);
   r.Set("bytes", Napi::Number::New(env, static_cast<double>(n)));

@@ -1,9 +1,13 @@
+// Thin io_uring wrapper: ops, submit with back-pressure, the completion
+// stash and reaping into the cqes array (see uring.h).
 #include "uring.h"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
 
 #include <cerrno>
+
+#include "shared-arrays.h"
 
 namespace vublk {
 
@@ -23,9 +27,10 @@ int Uring::init(unsigned entries) {
   if (rc < 0) return rc;
   ready_ = true;
   entries_ = entries;
-  eventFd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-  if (eventFd_ < 0) return -errno;
-  rc = io_uring_register_eventfd(&ring_, eventFd_);
+  int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (efd < 0) return -errno;
+  eventFd_.reset(efd);
+  rc = io_uring_register_eventfd(&ring_, efd);
   if (rc < 0) return rc;
   return 0;
 }
@@ -35,8 +40,7 @@ Uring::~Uring() { close(); }
 void Uring::close() {
   if (ready_) io_uring_queue_exit(&ring_);
   ready_ = false;
-  if (eventFd_ >= 0) ::close(eventFd_);
-  eventFd_ = -1;
+  eventFd_.reset();
 }
 
 io_uring_sqe* Uring::sqe() {
@@ -176,7 +180,7 @@ int Uring::submit() {
   if (stashHead_ < stash_.size()) {
     // Wake our own completion poll so stashed completions get delivered.
     uint64_t one = 1;
-    ssize_t w = write(eventFd_, &one, sizeof one);
+    ssize_t w = write(eventFd_.get(), &one, sizeof one);
     (void)w;
   }
   return result;
@@ -184,7 +188,7 @@ int Uring::submit() {
 
 void Uring::ackEvent() {
   uint64_t v;
-  while (read(eventFd_, &v, sizeof v) < 0 && errno == EINTR) {
+  while (read(eventFd_.get(), &v, sizeof v) < 0 && errno == EINTR) {
   }
 }
 
@@ -192,7 +196,7 @@ void Uring::postCompletion(uint64_t userData, int32_t res) {
   if (!ready_) return;
   stash_.emplace_back(userData, res);
   uint64_t one = 1;
-  ssize_t w = write(eventFd_, &one, sizeof one);
+  ssize_t w = write(eventFd_.get(), &one, sizeof one);
   (void)w;
 }
 
@@ -200,8 +204,8 @@ unsigned Uring::reap(double* out, unsigned max) {
   io_uring_cqe* cqes[64];
   unsigned total = 0;
   while (total < max && stashHead_ < stash_.size()) {
-    out[2 * total] = static_cast<double>(stash_[stashHead_].first);
-    out[2 * total + 1] = stash_[stashHead_].second;
+    out[kCqeStride * total] = static_cast<double>(stash_[stashHead_].first);
+    out[kCqeStride * total + 1] = stash_[stashHead_].second;
     stashHead_++;
     total++;
   }
@@ -216,8 +220,8 @@ unsigned Uring::reap(double* out, unsigned max) {
     for (unsigned i = 0; i < got; i++) {
       uint64_t ud = io_uring_cqe_get_data64(cqes[i]);
       if (!taken(ud)) continue;
-      out[2 * total] = static_cast<double>(ud);
-      out[2 * total + 1] = cqes[i]->res;
+      out[kCqeStride * total] = static_cast<double>(ud);
+      out[kCqeStride * total + 1] = cqes[i]->res;
       total++;
     }
     io_uring_cq_advance(&ring_, got);

@@ -9,6 +9,8 @@
 #include <utility>
 #include <vector>
 
+#include "unique-fd.h"
+
 namespace vublk {
 
 class Uring {
@@ -16,7 +18,7 @@ class Uring {
   // Returns 0 or -errno.
   int init(unsigned entries);
   ~Uring();
-  int eventFd() const { return eventFd_; }
+  int eventFd() const { return eventFd_.get(); }
 
   // Each prep returns false when the submission queue is full even after
   // submitting what it holds.
@@ -72,7 +74,7 @@ class Uring {
   bool taken(uint64_t userData);
   io_uring ring_{};
   bool ready_ = false;
-  int eventFd_ = -1;
+  UniqueFd eventFd_;
   unsigned entries_ = 0;
   bool buffersRegistered_ = false;
   unsigned inflight_ = 0;

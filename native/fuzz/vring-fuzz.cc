@@ -23,6 +23,7 @@
 
 #include "../guest-memory.h"
 #include "../split-virtqueue.h"
+#include "../unique-fd.h"
 
 using namespace vublk;
 
@@ -35,17 +36,17 @@ constexpr uint64_t kUva0 = 0x7f0000000000ull;
 struct Guest {
   GuestMemory mem;
   uint8_t* host[2];
-  int fds[2];
+  UniqueFd fds[2];
 
   Guest() {
     for (int i = 0; i < 2; i++) {
-      fds[i] = memfd_create("fuzz", 0);
-      if (fds[i] < 0 || ftruncate(fds[i], kRegionSize) != 0) abort();
+      fds[i].reset(memfd_create("fuzz", 0));
+      if (!fds[i].valid() || ftruncate(fds[i].get(), kRegionSize) != 0) abort();
       host[i] = static_cast<uint8_t*>(
-          mmap(nullptr, kRegionSize, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i], 0));
+          mmap(nullptr, kRegionSize, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i].get(), 0));
       if (host[i] == MAP_FAILED) abort();
       std::string err;
-      int dupfd = dup(fds[i]);
+      int dupfd = dup(fds[i].get());
       if (mem.add(dupfd, kGpa0 + i * kRegionSize, kRegionSize, kUva0 + i * kRegionSize, 0, err) < 0) {
         fprintf(stderr, "add: %s\n", err.c_str());
         abort();
@@ -53,10 +54,7 @@ struct Guest {
     }
   }
   ~Guest() {
-    for (int i = 0; i < 2; i++) {
-      munmap(host[i], kRegionSize);
-      close(fds[i]);
-    }
+    for (int i = 0; i < 2; i++) munmap(host[i], kRegionSize);  // fds close after this
   }
   // Writes to guest-physical memory in region 0 or 1 (our own view).
   uint8_t* at(uint64_t gpa) {

@@ -14,7 +14,7 @@
 //   same-block race   writes to different sectors of one 4 KiB block from
 //                     two queues at once: no lost update
 //
-// Chain limits this file works to (native/split-virtqueue.h, src/...):
+// Chain limits this file works to (native/shared-arrays.h, src/...):
 // queue size <= 1024 (--queue-size, SET_VRING_NUM), a chain walks at most
 // its table's size (ring: queue size; indirect table: kMaxChainDescs =
 // 1024 entries), so a chain has at most 1024 descriptors and at most 1023
