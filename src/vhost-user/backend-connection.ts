@@ -37,18 +37,15 @@ import {
   decodeVringAddr,
   decodeVringFile,
   decodeVringState,
-  encodeConfigReply,
-  encodeU64Reply,
-  encodeVringStateReply,
-  hasReply,
   needsReply,
 } from './message';
+import { encodeConfigReply, encodeU64Reply, encodeVringStateReply } from './encode';
 import {
   MAX_MEM_SLOTS,
   ProtocolFeature,
   Request,
-  VHOST_USER_F_PROTOCOL_FEATURES,
   featureBit,
+  hasReply,
   requestName,
 } from './protocol';
 import { violation } from './violation';
@@ -60,6 +57,7 @@ import { checkSetInflight, createInflight } from './inflight';
 import { DeviceStatusByte } from './device-status';
 import { HostErrorLog } from './host-error-log';
 import {
+  VHOST_USER_F_PROTOCOL_FEATURES,
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_F_DISCARD,
   VIRTIO_BLK_F_WRITE_ZEROES,

@@ -7,7 +7,8 @@
 // when a ring starts; the layout and its checks live there.
 
 import { native, type Session } from '../native/binding';
-import { type Inflight, encodeInflightPayload, encodeReply } from './message';
+import type { Inflight } from './message';
+import { encodeInflightPayload, encodeReply } from './encode';
 import { Request } from './protocol';
 import { violation } from './violation';
 

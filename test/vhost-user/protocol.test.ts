@@ -11,13 +11,13 @@ import {
   MEMORY_BASELINE_NREGIONS,
   ProtocolFeature,
   Request,
-  VHOST_USER_F_PROTOCOL_FEATURES,
   VRING_IDX_MASK,
   VRING_NOFD_MASK,
   backendRequestName,
   featureBit,
   requestName,
 } from '../../src/vhost-user/protocol';
+import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
 
 t.test('request codes match vhost-user.rst', async (tt) => {
   const spec: Record<string, number> = {
