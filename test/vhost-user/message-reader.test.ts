@@ -1,3 +1,5 @@
+// MessageReader over a fake non-blocking socket: framing across partial reads,
+// fd ownership (every fd closed exactly once), size and fd limits.
 import t from 'tap';
 import fc from 'fast-check';
 import { type Message } from '../../src/vhost-user/message';

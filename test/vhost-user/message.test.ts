@@ -1,3 +1,5 @@
+// The message decoders (message.ts) and the reply encoders (encode.ts): exact
+// sizes and fd counts, address-range rules, property tests against the encoders.
 import t from 'tap';
 import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
