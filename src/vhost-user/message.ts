@@ -1,7 +1,8 @@
-// vhost-user message payload codec.
+// vhost-user message payload decoders (the messages a front-end sends).
 //
 // Decoders are strict and pure: each checks the exact payload size of its
-// type and the number of fds the message may carry, checks every 64-bit
+// type and the number of fds the message may carry (its row in protocol.ts,
+// refined where the payload decides: NOFD, nregions), checks every 64-bit
 // address range for wrap-around, and throws a ProtocolViolation naming the
 // rule that broke. They never close fds: the fds stay owned by whoever holds
 // the Message (on a violation, close every fd in msg.fds; on success, the
@@ -21,6 +22,7 @@ import {
   VRING_IDX_MASK,
   VRING_NOFD_MASK,
   requestName,
+  requestRow,
 } from './protocol';
 import { violation } from './violation';
 
@@ -129,6 +131,12 @@ function expectFds(msg: Message, min: number, max: number, what: string): void {
   }
 }
 
+/** The fd count the request's row in protocol.ts allows (none for a code outside it); `what`: what they are. */
+function expectRowFds(msg: Message, what: string): void {
+  const [min, max] = requestRow(msg.request)?.fds ?? [0, 0];
+  expectFds(msg, min, max, what);
+}
+
 /**
  * A 64-bit [start, start + size) range (size > 0, checked by the caller):
  * rejects wrap past 2^64 and any end beyond 2^53-1, so every address inside,
@@ -157,20 +165,20 @@ function safeNumber(msg: Message, what: string, value: bigint): number {
 /** A message without payload (GET_FEATURES, SET_OWNER, GET_QUEUE_NUM, ...): size 0, no fds. */
 export function decodeEmpty(msg: Message): void {
   expectSize(msg, 0);
-  expectFds(msg, 0, 0, 'this message takes no fd');
+  expectRowFds(msg, 'this message takes no fd');
 }
 
 /** A u64 payload (SET_FEATURES, SET_PROTOCOL_FEATURES, SET_STATUS): 8 bytes, no fds. */
 export function decodeU64(msg: Message): bigint {
   expectSize(msg, PayloadSize.U64);
-  expectFds(msg, 0, 0, 'this message takes no fd');
+  expectRowFds(msg, 'this message takes no fd');
   return msg.payload.readBigUInt64LE(0);
 }
 
 /** A vring state {index, num} (SET_VRING_NUM/BASE/ENABLE, GET_VRING_BASE): 8 bytes, no fds. */
 export function decodeVringState(msg: Message): VringState {
   expectSize(msg, PayloadSize.VRING_STATE);
-  expectFds(msg, 0, 0, 'this message takes no fd');
+  expectRowFds(msg, 'this message takes no fd');
   return { index: msg.payload.readUInt32LE(0), num: msg.payload.readUInt32LE(4) };
 }
 
@@ -181,7 +189,7 @@ export function decodeVringState(msg: Message): VringState {
  */
 export function decodeVringAddr(msg: Message): VringAddr {
   expectSize(msg, PayloadSize.VRING_ADDR);
-  expectFds(msg, 0, 0, 'this message takes no fd');
+  expectRowFds(msg, 'this message takes no fd');
   const p = msg.payload;
   const index = p.readUInt32LE(0);
   const flags = p.readUInt32LE(4);
@@ -257,7 +265,7 @@ export function decodeMemTable(msg: Message): MemTable {
 /** ADD_MEM_REG: 8 bytes padding + one 32-byte region, exactly one fd. */
 export function decodeAddMemReg(msg: Message): MemRegionWithFd {
   expectSize(msg, PayloadSize.SINGLE_MEM_REGION);
-  expectFds(msg, 1, 1, 'the region to map');
+  expectRowFds(msg, 'the region to map');
   const r = readRegion(msg, 8, 'region', true);
   return { ...r, fd: msg.fds[0]! }; // exactly one fd was checked above
 }
@@ -269,7 +277,7 @@ export function decodeAddMemReg(msg: Message): MemRegionWithFd {
  */
 export function decodeRemMemReg(msg: Message): MemRegionKey {
   expectSize(msg, PayloadSize.SINGLE_MEM_REGION);
-  expectFds(msg, 0, 1, 'none, or one to be closed unused');
+  expectRowFds(msg, 'none, or one to be closed unused');
   const { gpa, size, uva } = readRegion(msg, 8, 'region', false);
   return { gpa, size, uva };
 }
@@ -312,7 +320,7 @@ export function decodeConfig(msg: Message): ConfigAccess {
     throw violation(`${name(msg)} offset ${offset} + size ${size} exceeds the ${MAX_CONFIG_SIZE}-byte config space`);
   }
   expectSize(msg, CONFIG_HDR_SIZE + size);
-  expectFds(msg, 0, 0, 'this message takes no fd');
+  expectRowFds(msg, 'this message takes no fd');
   if (flags > CONFIG_FLAG_MIGRATION) {
     throw violation(`${name(msg)} flags ${flags} is neither 0 (writable) nor 1 (migration)`);
   }
@@ -322,7 +330,7 @@ export function decodeConfig(msg: Message): ConfigAccess {
 /** SET_BACKEND_REQ_FD: no payload, exactly one fd (the back-end channel socket). */
 export function decodeBackendReqFd(msg: Message): number {
   expectSize(msg, 0);
-  expectFds(msg, 1, 1, 'the back-end channel socket');
+  expectRowFds(msg, 'the back-end channel socket');
   return msg.fds[0]!; // exactly one fd was checked above
 }
 
@@ -343,7 +351,7 @@ function readInflight(msg: Message): Omit<Inflight, 'fd'> {
  */
 export function decodeGetInflight(msg: Message): Inflight {
   const r = readInflight(msg);
-  expectFds(msg, 0, 0, 'the back-end creates the region');
+  expectRowFds(msg, 'the back-end creates the region');
   return { ...r, fd: -1 };
 }
 
@@ -354,7 +362,7 @@ export function decodeGetInflight(msg: Message): Inflight {
  */
 export function decodeSetInflight(msg: Message): Inflight {
   const r = readInflight(msg);
-  expectFds(msg, 1, 1, 'the inflight region');
+  expectRowFds(msg, 'the inflight region');
   if (r.mmapSize === 0) throw violation(`${name(msg)} mmap_size is 0`);
   checkRange(msg, 'region', 'mmap_offset', BigInt(r.mmapOffset), BigInt(r.mmapSize));
   return { ...r, fd: msg.fds[0]! }; // exactly one fd was checked above
