@@ -87,8 +87,6 @@ export class BlkRequest {
   statusOffset = 0;
   /** used.len to report: bytes the device may write, status included (IN: dataLen + 1). */
   writableLen = 0;
-  /** Status the request completes with; filled in by the request handler. */
-  status = 0;
   /** Offset of this request's bounce buffer in the bounce arena, or -1. */
   bounceOffset = -1;
   /** When splitChain refused the chain for want of capacity: the iovecs it needed. */
@@ -147,7 +145,6 @@ export class BlkRequest {
     this.statusBufId = 0;
     this.statusOffset = 0;
     this.writableLen = 0;
-    this.status = 0;
     this.bounceOffset = -1;
     this.iovNeeded = 0;
   }

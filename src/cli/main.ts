@@ -5,6 +5,7 @@ import { parseOptions, usageText, DEFAULT_DISK_BYTES, DEFAULT_DISK_PATH, type Op
 import { ensureDefaultImage, openHostDisk, closeHostDisk, currentSizeBytes } from '../disk/host-disk';
 import { CapacityWatch, type ResizeTrigger } from '../device/capacity-watch';
 import { BlkDevice } from '../device/blk-device';
+import { BlkBackend } from '../device/blk-backend';
 import { WriteCacheStateFile, diskIdentity } from '../device/write-cache-state';
 import { VhostUserServer } from '../daemon/server';
 import { passedSocket } from '../daemon/passed-socket';
@@ -47,7 +48,7 @@ export function startDaemon(opts: Options): Running {
       const writeCacheState =
         opts.stateFile === null ? undefined : new WriteCacheStateFile(path.resolve(opts.stateFile), diskIdentity(disk.path, disk.fd));
       device = new BlkDevice(disk, { ...opts, writeCacheState });
-      const s = new VhostUserServer(passed?.name ?? path.resolve(opts.socket), device, passed);
+      const s = new VhostUserServer(passed?.name ?? path.resolve(opts.socket), new BlkBackend(device), passed);
       s.start();
       return s;
     } catch (err) {

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { native } from '../native/binding';
 import { BackendConnection } from '../vhost-user/backend-connection';
-import type { BlkDevice } from '../device/blk-device';
+import type { VhostUserBackend } from '../vhost-user/backend';
 import { SocketError } from '../errors';
 import { log } from '../log';
 import type { PassedSocket } from './passed-socket';
@@ -54,7 +54,7 @@ export class VhostUserServer {
   /** socketPath: the path to bind, or the passed socket's name (for logs). */
   constructor(
     readonly socketPath: string,
-    private readonly device: BlkDevice,
+    private readonly device: VhostUserBackend,
     private readonly passed?: PassedSocket,
   ) {}
 

@@ -8,7 +8,7 @@ import { deriveSegMax, deviceFeatures } from '../blk/features';
 import type { DiskView } from '../blk/disk-view';
 import type { HostDisk } from '../disk/host-disk';
 import { ProtocolFeature, featureBit } from '../vhost-user/protocol';
-import { SECTOR_SIZE } from '../virtio/constants';
+import { SECTOR_SIZE, VIRTIO_BLK_F_CONFIG_WCE, hasFeature } from '../virtio/constants';
 import type { HostRules } from '../align/rw-plan';
 import { log } from '../log';
 import { DeviceStats } from '../metrics/device-stats';
@@ -204,6 +204,24 @@ export class BlkDevice {
     }
     this.config.writeback = next.writeback;
     encodeConfig(this.config, this.configBytes);
+    return true;
+  }
+
+  /**
+   * SET_CONFIG on connection `conn`, whose driver acked `acked`: the one
+   * place that decides the write cache mode. The driver may set it only with
+   * CONFIG_WCE negotiated, and only through the writeback byte (writeConfig).
+   * false: refused (logged), the mode stays.
+   */
+  setWriteCache(acked: bigint, offset: number, data: Uint8Array, conn: number): boolean {
+    const wce = hasFeature(acked, VIRTIO_BLK_F_CONFIG_WCE);
+    if (!wce || !this.writeConfig(offset, data)) {
+      // Refused, not a violation: the frontend is told (REPLY_ACK 1) and QEMU
+      // reports it to the guest; the connection stays.
+      log.warn('SET_CONFIG refused: only the writeback byte is writable, with CONFIG_WCE', { conn, offset, size: data.length });
+      return false;
+    }
+    log.info('guest set the write cache mode', { conn, writeback: this.writeback() });
     return true;
   }
 

@@ -12,7 +12,7 @@
 
 import { native, type FdWatcher } from '../native/binding';
 import { log } from '../log';
-import { encodeMessage } from './message';
+import { encodeMessage } from './encode';
 import { BackendRequest, Flags, ProtocolFeature, featureBit } from './protocol';
 
 /** The protocol features a CONFIG_CHANGE_MSG needs acked. */

@@ -6,8 +6,9 @@
 // start. The data plane (native) tracks requests in it and recovers from it
 // when a ring starts; the layout and its checks live there.
 
-import { native, type Session } from '../native/binding';
-import { type Inflight, encodeInflightPayload, encodeReply } from './message';
+import { native } from '../native/binding';
+import type { Inflight } from './message';
+import { encodeInflightPayload, encodeReply } from './encode';
 import { Request } from './protocol';
 import { violation } from './violation';
 
@@ -42,9 +43,9 @@ export function createInflight(r: Inflight, limits: InflightLimits): { reply: Bu
  * layout): the counts, and every ring stopped, since a running ring tracks
  * its requests in the region it started with.
  */
-export function checkSetInflight(session: Session, r: Inflight, limits: InflightLimits): void {
+export function checkSetInflight(rings: { vringStarted(q: number): boolean }, r: Inflight, limits: InflightLimits): void {
   checkCounts('SET_INFLIGHT_FD', r, limits);
   for (let q = 0; q < limits.queues; q++) {
-    if (session.vringStarted(q)) throw violation(`SET_INFLIGHT_FD while queue ${q} runs`);
+    if (rings.vringStarted(q)) throw violation(`SET_INFLIGHT_FD while queue ${q} runs`);
   }
 }

@@ -11,50 +11,114 @@
 // File descriptors travel as SCM_RIGHTS ancillary data attached to the first
 // byte of the message, so they arrive together with the header.
 
-/** Front-end -> back-end request codes ("front-end message types"). */
-export const Request = Object.freeze({
-  GET_FEATURES: 1,
-  SET_FEATURES: 2,
-  SET_OWNER: 3,
-  RESET_OWNER: 4,
-  SET_MEM_TABLE: 5,
-  SET_LOG_BASE: 6,
-  SET_LOG_FD: 7,
-  SET_VRING_NUM: 8,
-  SET_VRING_ADDR: 9,
-  SET_VRING_BASE: 10,
-  GET_VRING_BASE: 11,
-  SET_VRING_KICK: 12,
-  SET_VRING_CALL: 13,
-  SET_VRING_ERR: 14,
-  GET_PROTOCOL_FEATURES: 15,
-  SET_PROTOCOL_FEATURES: 16,
-  GET_QUEUE_NUM: 17,
-  SET_VRING_ENABLE: 18,
-  SEND_RARP: 19,
-  NET_SET_MTU: 20,
-  SET_BACKEND_REQ_FD: 21,
-  IOTLB_MSG: 22,
-  SET_VRING_ENDIAN: 23,
-  GET_CONFIG: 24,
-  SET_CONFIG: 25,
-  CREATE_CRYPTO_SESSION: 26,
-  CLOSE_CRYPTO_SESSION: 27,
-  POSTCOPY_ADVISE: 28,
-  POSTCOPY_LISTEN: 29,
-  POSTCOPY_END: 30,
-  GET_INFLIGHT_FD: 31,
-  SET_INFLIGHT_FD: 32,
-  GPU_SET_SOCKET: 33,
-  RESET_DEVICE: 34,
-  VRING_KICK: 35,
-  GET_MAX_MEM_SLOTS: 36,
-  ADD_MEM_REG: 37,
-  REM_MEM_REG: 38,
-  SET_STATUS: 39,
-  GET_STATUS: 40,
-} as const);
-export type RequestCode = (typeof Request)[keyof typeof Request];
+/**
+ * Payload types (the decoders in message.ts). QEMU sends no payload for
+ * GET_FEATURES, SET_OWNER, RESET_DEVICE and the like (vhost_user_get_u64
+ * sets no size); GET_VRING_BASE carries the state {index, 0} and GET_CONFIG a
+ * config header plus zeroes. 'unsupported': a vhost-user-blk back-end does
+ * not serve the request.
+ */
+export type PayloadKind =
+  | 'none'
+  | 'u64'
+  | 'vring-state'
+  | 'vring-addr'
+  | 'mem-table'
+  | 'add-mem-reg'
+  | 'rem-mem-reg'
+  | 'vring-file'
+  | 'config'
+  | 'backend-fd'
+  | 'inflight'
+  | 'unsupported';
+
+/**
+ * When the back-end answers: 'always' (a reply of its own, so REPLY_ACK adds
+ * none) or 'ack' (only the u64 of REPLY_ACK, when the front-end sets NEED_REPLY).
+ */
+export type ReplyRule = 'always' | 'ack';
+
+/** One front-end -> back-end request: code, name, payload, fds it may carry (min, max), reply. */
+export interface RequestRow {
+  readonly name: string;
+  readonly code: number;
+  readonly payload: PayloadKind;
+  readonly fds: readonly [number, number];
+  readonly reply: ReplyRule;
+}
+
+/**
+ * Every front-end -> back-end request ("front-end message types"), one row
+ * each: Request, requestName(), hasReply() and payloadKind() come from here.
+ * The decoders refine the fd counts where the payload decides (NOFD, nregions).
+ */
+const REQUESTS = [
+  { name: 'GET_FEATURES',          code: 1,  payload: 'none',         fds: [0, 0], reply: 'always' },
+  { name: 'SET_FEATURES',          code: 2,  payload: 'u64',          fds: [0, 0], reply: 'ack' },
+  { name: 'SET_OWNER',             code: 3,  payload: 'none',         fds: [0, 0], reply: 'ack' },
+  { name: 'RESET_OWNER',           code: 4,  payload: 'none',         fds: [0, 0], reply: 'ack' },
+  { name: 'SET_MEM_TABLE',         code: 5,  payload: 'mem-table',    fds: [1, 8], reply: 'ack' },
+  { name: 'SET_LOG_BASE',          code: 6,  payload: 'unsupported',  fds: [1, 1], reply: 'always' },
+  { name: 'SET_LOG_FD',            code: 7,  payload: 'unsupported',  fds: [1, 1], reply: 'ack' },
+  { name: 'SET_VRING_NUM',         code: 8,  payload: 'vring-state',  fds: [0, 0], reply: 'ack' },
+  { name: 'SET_VRING_ADDR',        code: 9,  payload: 'vring-addr',   fds: [0, 0], reply: 'ack' },
+  { name: 'SET_VRING_BASE',        code: 10, payload: 'vring-state',  fds: [0, 0], reply: 'ack' },
+  { name: 'GET_VRING_BASE',        code: 11, payload: 'vring-state',  fds: [0, 0], reply: 'always' },
+  { name: 'SET_VRING_KICK',        code: 12, payload: 'vring-file',   fds: [0, 1], reply: 'ack' },
+  { name: 'SET_VRING_CALL',        code: 13, payload: 'vring-file',   fds: [0, 1], reply: 'ack' },
+  { name: 'SET_VRING_ERR',         code: 14, payload: 'vring-file',   fds: [0, 1], reply: 'ack' },
+  { name: 'GET_PROTOCOL_FEATURES', code: 15, payload: 'none',         fds: [0, 0], reply: 'always' },
+  { name: 'SET_PROTOCOL_FEATURES', code: 16, payload: 'u64',          fds: [0, 0], reply: 'ack' },
+  { name: 'GET_QUEUE_NUM',         code: 17, payload: 'none',         fds: [0, 0], reply: 'always' },
+  { name: 'SET_VRING_ENABLE',      code: 18, payload: 'vring-state',  fds: [0, 0], reply: 'ack' },
+  { name: 'SEND_RARP',             code: 19, payload: 'unsupported',  fds: [0, 0], reply: 'ack' },
+  { name: 'NET_SET_MTU',           code: 20, payload: 'unsupported',  fds: [0, 0], reply: 'ack' },
+  { name: 'SET_BACKEND_REQ_FD',    code: 21, payload: 'backend-fd',   fds: [1, 1], reply: 'ack' },
+  { name: 'IOTLB_MSG',             code: 22, payload: 'unsupported',  fds: [0, 0], reply: 'ack' },
+  { name: 'SET_VRING_ENDIAN',      code: 23, payload: 'unsupported',  fds: [0, 0], reply: 'ack' },
+  { name: 'GET_CONFIG',            code: 24, payload: 'config',       fds: [0, 0], reply: 'always' },
+  { name: 'SET_CONFIG',            code: 25, payload: 'config',       fds: [0, 0], reply: 'ack' },
+  { name: 'CREATE_CRYPTO_SESSION', code: 26, payload: 'unsupported',  fds: [0, 0], reply: 'always' },
+  { name: 'CLOSE_CRYPTO_SESSION',  code: 27, payload: 'unsupported',  fds: [0, 0], reply: 'ack' },
+  { name: 'POSTCOPY_ADVISE',       code: 28, payload: 'unsupported',  fds: [0, 0], reply: 'always' },
+  { name: 'POSTCOPY_LISTEN',       code: 29, payload: 'unsupported',  fds: [0, 0], reply: 'ack' },
+  { name: 'POSTCOPY_END',          code: 30, payload: 'unsupported',  fds: [0, 0], reply: 'always' },
+  { name: 'GET_INFLIGHT_FD',       code: 31, payload: 'inflight',     fds: [0, 0], reply: 'always' },
+  { name: 'SET_INFLIGHT_FD',       code: 32, payload: 'inflight',     fds: [1, 1], reply: 'ack' },
+  { name: 'GPU_SET_SOCKET',        code: 33, payload: 'unsupported',  fds: [1, 1], reply: 'ack' },
+  { name: 'RESET_DEVICE',          code: 34, payload: 'none',         fds: [0, 0], reply: 'ack' },
+  { name: 'VRING_KICK',            code: 35, payload: 'vring-state',  fds: [0, 0], reply: 'ack' },
+  { name: 'GET_MAX_MEM_SLOTS',     code: 36, payload: 'none',         fds: [0, 0], reply: 'always' },
+  { name: 'ADD_MEM_REG',           code: 37, payload: 'add-mem-reg',  fds: [1, 1], reply: 'ack' },
+  { name: 'REM_MEM_REG',           code: 38, payload: 'rem-mem-reg',  fds: [0, 1], reply: 'ack' },
+  { name: 'SET_STATUS',            code: 39, payload: 'u64',          fds: [0, 0], reply: 'ack' },
+  { name: 'GET_STATUS',            code: 40, payload: 'none',         fds: [0, 0], reply: 'always' },
+] as const satisfies readonly RequestRow[];
+
+type Row = (typeof REQUESTS)[number];
+
+/** Front-end -> back-end request codes, by name. */
+export const Request = Object.freeze(Object.fromEntries(REQUESTS.map((r) => [r.name, r.code]))) as {
+  readonly [R in Row as R['name']]: R['code'];
+};
+export type RequestCode = Row['code'];
+
+const REQUEST_ROWS: ReadonlyMap<number, RequestRow> = new Map(REQUESTS.map((r) => [r.code, r]));
+
+/** The row of a request code, or undefined for codes outside the table. */
+export function requestRow(code: number): RequestRow | undefined {
+  return REQUEST_ROWS.get(code);
+}
+
+/** Whether a request has a reply of its own (so REPLY_ACK adds none). */
+export function hasReply(code: number): boolean {
+  return REQUEST_ROWS.get(code)?.reply === 'always';
+}
+
+/** The payload type of a request code ('unsupported' for anything outside the table). */
+export function payloadKind(code: number): PayloadKind {
+  return REQUEST_ROWS.get(code)?.payload ?? 'unsupported';
+}
 
 /** Back-end -> front-end request codes (sent on the SET_BACKEND_REQ_FD channel). */
 export const BackendRequest = Object.freeze({
@@ -75,12 +139,11 @@ function invert(table: Readonly<Record<string, number>>): ReadonlyMap<number, st
   return names;
 }
 
-const REQUEST_NAMES = invert(Request);
 const BACKEND_REQUEST_NAMES = invert(BackendRequest);
 
 /** "SET_VRING_KICK" for 12; "UNKNOWN(99)" for codes outside the table. Never throws. */
 export function requestName(code: number): string {
-  return REQUEST_NAMES.get(code) ?? `UNKNOWN(${code})`;
+  return REQUEST_ROWS.get(code)?.name ?? `UNKNOWN(${code})`;
 }
 
 /** Name of a back-end -> front-end request code, for logs. */
@@ -128,9 +191,6 @@ export const ProtocolFeature = Object.freeze({
 export function featureBit(bit: number): bigint {
   return 1n << BigInt(bit);
 }
-
-/** Virtio feature bit 30, reused by vhost-user: the back-end speaks GET/SET_PROTOCOL_FEATURES. */
-export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
 
 /** Size of the message header: request, flags, size (u32 each). */
 export const HEADER_SIZE = 12;

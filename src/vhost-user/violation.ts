@@ -13,7 +13,3 @@ export { ProtocolViolation };
 export function violation(rule: string): ProtocolViolation {
   return new ProtocolViolation(rule);
 }
-
-export function isProtocolViolation(err: unknown): err is ProtocolViolation {
-  return err instanceof ProtocolViolation;
-}

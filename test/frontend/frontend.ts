@@ -23,20 +23,21 @@
 //   restart (reconnect=1).
 
 import { native, type FdWatcher } from '../../src/native/binding';
+import { type Message, needsReply } from '../../src/vhost-user/message';
 import {
-  type Message,
-  encodeAck,
   encodeConfigPayload,
   encodeInflightPayload,
-  encodeMemRegPayload,
-  encodeMemTablePayload,
   encodeMessage,
   encodeU64Payload,
+  encodeVringStatePayload,
+} from '../../src/vhost-user/encode';
+import {
+  encodeAck,
+  encodeMemRegPayload,
+  encodeMemTablePayload,
   encodeVringAddrPayload,
   encodeVringFilePayload,
-  encodeVringStatePayload,
-  needsReply,
-} from '../../src/vhost-user/message';
+} from './encode';
 import { MessageReader } from '../../src/vhost-user/message-reader';
 import {
   BackendRequest,
@@ -45,10 +46,10 @@ import {
   MEMORY_BASELINE_NREGIONS,
   ProtocolFeature,
   Request,
-  VHOST_USER_F_PROTOCOL_FEATURES,
   featureBit,
   requestName,
 } from '../../src/vhost-user/protocol';
+import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
 import { GuestMemory, type GuestMemoryOptions } from './guest-memory';
 import { SplitRing, type RingSeg } from './split-ring';
 import { InflightRegion } from './inflight-region';

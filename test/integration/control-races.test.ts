@@ -10,7 +10,7 @@
 // frontend.
 
 import t, { type Test } from 'tap';
-import { encodeMemTablePayload } from '../../src/vhost-user/message';
+import { encodeMemTablePayload } from '../frontend/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { BlkType, SECTOR_SIZE } from '../frontend/blk-driver';
 import { asanEnabled, runsAsanAddon } from '../helpers/vublk-process';

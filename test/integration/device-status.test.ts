@@ -11,8 +11,9 @@
 
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
-import { encodeU64Payload } from '../../src/vhost-user/message';
-import { ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, featureBit } from '../../src/vhost-user/protocol';
+import { encodeU64Payload } from '../../src/vhost-user/encode';
+import { ProtocolFeature, Request, featureBit } from '../../src/vhost-user/protocol';
+import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
 import { DeviceStatus } from '../../src/vhost-user/device-status';
 import { BlkStatus, SECTOR_SIZE } from '../frontend/blk-driver';
 import { Frontend, VirtioFeature } from '../frontend/frontend';

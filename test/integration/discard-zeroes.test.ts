@@ -36,7 +36,7 @@ import { attachLoop, sysBlockNumber, type LoopDevice } from '../helpers/loop-dev
 import { total } from '../helpers/counters';
 import { Frontend, VirtioFeature } from '../frontend/frontend';
 import { Request } from '../../src/vhost-user/protocol';
-import { encodeConfigPayload } from '../../src/vhost-user/message';
+import { encodeConfigPayload } from '../../src/vhost-user/encode';
 import { CFG_WRITEBACK } from '../../src/blk/config-space';
 import { BlkDriver, BlkStatus, BlkType, SECTOR_SIZE, parseBlkConfig, type BlkConfig, type BlkResult, type Layout, type BlkRequest } from '../frontend/blk-driver';
 import { prng } from '../helpers/prng';

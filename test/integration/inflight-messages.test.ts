@@ -8,7 +8,8 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { native } from '../../src/native/binding';
-import { encodeInflightPayload, encodeVringFilePayload } from '../../src/vhost-user/message';
+import { encodeInflightPayload } from '../../src/vhost-user/encode';
+import { encodeVringFilePayload } from '../frontend/encode';
 import { ProtocolFeature, Request } from '../../src/vhost-user/protocol';
 import { Frontend } from '../frontend/frontend';
 import { InflightRegion } from '../frontend/inflight-region';

@@ -104,4 +104,4 @@ t.test('a write held past the drain timeout lands before the next frontend is se
 // A BLKDISCARD (the thread-pool side of Session.outstanding()) cannot be held
 // this way: a loop device punches holes in its backing file without the
 // file system's freeze protection, so the discard completes while frozen.
-// test/vhost-user/drain.test.ts covers the thread-pool count with a fake.
+// test/device/drain.test.ts covers the thread-pool count with a fake.

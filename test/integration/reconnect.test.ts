@@ -11,7 +11,7 @@ import path from 'node:path';
 import { BlkStatus, BlkType, SECTOR_SIZE, BlkDriver, type BlkRequest } from '../frontend/blk-driver';
 import { Frontend } from '../frontend/frontend';
 import { parseBlkConfig } from '../frontend/blk-driver';
-import { encodeConfigPayload } from '../../src/vhost-user/message';
+import { encodeConfigPayload } from '../../src/vhost-user/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { connIdSince, connect, logSince, pattern, readImage, sleep, spinUntilPopped, startDaemon, until, waitConnClosed } from './harness';
 import { frozenFsUnsupported, makeFreezableFs } from '../helpers/frozen-fs';

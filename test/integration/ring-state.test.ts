@@ -10,14 +10,10 @@
 
 import t, { type Test } from 'tap';
 import { native } from '../../src/native/binding';
-import {
-  encodeMemTablePayload,
-  encodeU64Payload,
-  encodeVringAddrPayload,
-  encodeVringFilePayload,
-  encodeVringStatePayload,
-} from '../../src/vhost-user/message';
-import { ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, featureBit } from '../../src/vhost-user/protocol';
+import { encodeU64Payload, encodeVringStatePayload } from '../../src/vhost-user/encode';
+import { encodeMemTablePayload, encodeVringAddrPayload, encodeVringFilePayload } from '../frontend/encode';
+import { ProtocolFeature, Request, featureBit } from '../../src/vhost-user/protocol';
+import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
 import { BlkDriver, BlkStatus, BlkType } from '../frontend/blk-driver';
 import { Frontend, VirtioFeature } from '../frontend/frontend';
 import { GuestMemory } from '../frontend/guest-memory';

@@ -8,7 +8,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import { BlkStatus, BlkType, SECTOR_SIZE, type BlkRequest, type BlkResult } from '../frontend/blk-driver';
 import type { Frontend } from '../frontend/frontend';
-import { encodeConfigPayload } from '../../src/vhost-user/message';
+import { encodeConfigPayload } from '../../src/vhost-user/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { connect, logSince, pattern, readImage, spinUntilPopped, startDaemon, writeImage, type Daemon } from './harness';
 import { loopUnsupported } from '../helpers/loop-device';

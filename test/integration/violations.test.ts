@@ -10,16 +10,19 @@ import t, { type Test } from 'tap';
 import { native } from '../../src/native/binding';
 import {
   encodeConfigPayload,
-  encodeMemRegPayload,
-  encodeMemTablePayload,
   encodeMessage,
   encodeU64Payload,
+  encodeVringStatePayload,
+} from '../../src/vhost-user/encode';
+import {
+  encodeMemRegPayload,
+  encodeMemTablePayload,
   encodeVringAddrPayload,
   encodeVringFilePayload,
-  encodeVringStatePayload,
   type WireRegion,
-} from '../../src/vhost-user/message';
-import { Flags, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, featureBit } from '../../src/vhost-user/protocol';
+} from '../frontend/encode';
+import { Flags, ProtocolFeature, Request, featureBit } from '../../src/vhost-user/protocol';
+import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
 import { BlkDriver, BlkStatus, BlkType } from '../frontend/blk-driver';
 import { Frontend, VirtioFeature, type SetupOptions } from '../frontend/frontend';
 import { GuestMemory } from '../frontend/guest-memory';

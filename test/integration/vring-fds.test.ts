@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { native } from '../../src/native/binding';
-import { encodeVringFilePayload } from '../../src/vhost-user/message';
+import { encodeVringFilePayload } from '../frontend/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { BlkDriver, BlkStatus } from '../frontend/blk-driver';
 import { Frontend } from '../frontend/frontend';

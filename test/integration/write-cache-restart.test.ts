@@ -8,7 +8,7 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BlkStatus, BlkType, parseBlkConfig } from '../frontend/blk-driver';
-import { encodeConfigPayload } from '../../src/vhost-user/message';
+import { encodeConfigPayload } from '../../src/vhost-user/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { connIdSince, connect, pattern, readImage, startDaemon, waitConnClosed, type Daemon } from './harness';
 import { makeImage, runVublk, startVublk, stopCleanly, tmpDir, warnLines, type VublkProcess } from '../helpers/vublk-process';

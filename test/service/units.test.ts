@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { DEFAULT_EXEC, UNIT_FILES } from '../../src/cli/install-unit';
-import { drainTimeoutMs } from '../../src/vhost-user/drain';
+import { drainTimeoutMs } from '../../src/device/drain';
 import { unitDir, unitValue } from './unit-file';
 import { stubExecutable, systemdAnalyzeMissing, unitRoot, verifyUnits } from './unit-root';
 

@@ -1,6 +1,11 @@
+// MessageReader over a fake non-blocking socket: framing across partial reads,
+// fd ownership (every fd closed exactly once), size and fd limits.
 import t from 'tap';
 import fc from 'fast-check';
-import { type Message, decodeRequest, encodeMemTablePayload, encodeMessage, encodeU64Payload, encodeVringFilePayload } from '../../src/vhost-user/message';
+import { type Message } from '../../src/vhost-user/message';
+import { encodeMessage, encodeU64Payload } from '../../src/vhost-user/encode';
+import { encodeMemTablePayload, encodeVringFilePayload } from '../frontend/encode';
+import { decodeRequest } from '../helpers/decode-request';
 import { MessageReader, type RecvChunk } from '../../src/vhost-user/message-reader';
 import { Flags, HEADER_SIZE, MAX_FDS_PER_MESSAGE, MAX_PAYLOAD_SIZE, Request } from '../../src/vhost-user/protocol';
 import { ProtocolViolation } from '../../src/vhost-user/violation';

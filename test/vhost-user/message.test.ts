@@ -1,3 +1,5 @@
+// The message decoders (message.ts) and the reply encoders (encode.ts): exact
+// sizes and fd counts, address-range rules, property tests against the encoders.
 import t from 'tap';
 import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
@@ -10,33 +12,36 @@ import {
   decodeGetInflight,
   decodeMemTable,
   decodeRemMemReg,
-  decodeRequest,
   decodeSetInflight,
   decodeStatus,
   decodeU64,
   decodeVringAddr,
   decodeVringFile,
   decodeVringState,
-  encodeAck,
+  needsReply,
+  rangesOverlap,
+} from '../../src/vhost-user/message';
+import {
   encodeConfigPayload,
   encodeConfigReply,
   encodeInflightPayload,
-  encodeMemRegPayload,
-  encodeMemTablePayload,
   encodeMessage,
   encodeReply,
   encodeU64Payload,
   encodeU64Reply,
-  encodeVringAddrPayload,
-  encodeVringFilePayload,
   encodeVringStatePayload,
   encodeVringStateReply,
-  needsReply,
-  payloadKind,
-  rangesOverlap,
+} from '../../src/vhost-user/encode';
+import {
+  encodeAck,
+  encodeMemRegPayload,
+  encodeMemTablePayload,
+  encodeVringAddrPayload,
+  encodeVringFilePayload,
   type WireRegion,
-} from '../../src/vhost-user/message';
-import { Flags, HEADER_SIZE, MAX_PAYLOAD_SIZE, Request } from '../../src/vhost-user/protocol';
+} from '../frontend/encode';
+import { decodeRequest } from '../helpers/decode-request';
+import { Flags, HEADER_SIZE, MAX_PAYLOAD_SIZE, Request, payloadKind } from '../../src/vhost-user/protocol';
 import { ProtocolViolation } from '../../src/vhost-user/violation';
 
 function msg(request: number, payload: Uint8Array = Buffer.alloc(0), fds: number[] = [], flags: number = Flags.VERSION): Message {

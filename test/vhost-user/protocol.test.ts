@@ -1,3 +1,5 @@
+// protocol.ts against vhost-user.rst: request codes and names, header flags,
+// feature bits and size limits.
 import t from 'tap';
 import {
   BackendRequest,
@@ -11,13 +13,16 @@ import {
   MEMORY_BASELINE_NREGIONS,
   ProtocolFeature,
   Request,
-  VHOST_USER_F_PROTOCOL_FEATURES,
   VRING_IDX_MASK,
   VRING_NOFD_MASK,
   backendRequestName,
   featureBit,
+  hasReply,
+  payloadKind,
   requestName,
+  requestRow,
 } from '../../src/vhost-user/protocol';
+import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
 
 t.test('request codes match vhost-user.rst', async (tt) => {
   const spec: Record<string, number> = {
@@ -52,4 +57,25 @@ t.test('flags, feature bits and limits', async (tt) => {
   tt.equal(featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS), 0x8000n);
   tt.same([HEADER_SIZE, VRING_IDX_MASK, VRING_NOFD_MASK, MEMORY_BASELINE_NREGIONS, MAX_MEM_SLOTS], [12, 0xff, 0x100, 8, 509]);
   tt.same([CONFIG_HDR_SIZE, MAX_CONFIG_SIZE, MAX_FDS_PER_MESSAGE, MAX_PAYLOAD_SIZE], [12, 256, 8, 268]);
+});
+
+t.test('one table row per request: names, payloads, fds and replies come from it', async (tt) => {
+  for (const [name, code] of Object.entries(Request)) {
+    tt.equal(requestRow(code)?.name, name, `row of ${code}`);
+    const [min, max] = requestRow(code)?.fds ?? [-1, -1];
+    tt.ok(min >= 0 && min <= max && max <= MAX_FDS_PER_MESSAGE, `${name} fds ${min}..${max}`);
+  }
+  tt.equal(requestRow(99), undefined);
+  const replies = ['GET_FEATURES', 'GET_PROTOCOL_FEATURES', 'GET_VRING_BASE', 'GET_QUEUE_NUM', 'GET_CONFIG', 'GET_MAX_MEM_SLOTS', 'GET_INFLIGHT_FD', 'GET_STATUS'];
+  for (const [name, code] of Object.entries(Request)) {
+    if (requestRow(code)?.payload === 'unsupported') continue;
+    tt.equal(hasReply(code), replies.includes(name), `${name} has a reply of its own`);
+  }
+  tt.equal(hasReply(99), false);
+  tt.equal(payloadKind(Request.SET_VRING_KICK), 'vring-file');
+  tt.equal(payloadKind(Request.SET_LOG_BASE), 'unsupported');
+  tt.equal(payloadKind(99), 'unsupported');
+  tt.same(requestRow(Request.SET_MEM_TABLE)?.fds, [1, MEMORY_BASELINE_NREGIONS]);
+  tt.same(requestRow(Request.SET_VRING_CALL)?.fds, [0, 1]);
+  tt.same(requestRow(Request.SET_BACKEND_REQ_FD)?.fds, [1, 1]);
 });

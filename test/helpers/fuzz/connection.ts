@@ -12,15 +12,18 @@ import fs from 'node:fs';
 import { native } from '../../../src/native/binding';
 import {
   encodeConfigPayload,
-  encodeMemRegPayload,
-  encodeMemTablePayload,
   encodeMessage,
   encodeU64Payload,
+  encodeVringStatePayload,
+} from '../../../src/vhost-user/encode';
+import {
+  encodeMemRegPayload,
+  encodeMemTablePayload,
   encodeVringAddrPayload,
   encodeVringFilePayload,
-  encodeVringStatePayload,
-} from '../../../src/vhost-user/message';
-import { Flags, HEADER_SIZE, ProtocolFeature, Request, VHOST_USER_F_PROTOCOL_FEATURES, featureBit, requestName } from '../../../src/vhost-user/protocol';
+} from '../../frontend/encode';
+import { Flags, HEADER_SIZE, ProtocolFeature, Request, featureBit, requestName } from '../../../src/vhost-user/protocol';
+import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/virtio/constants';
 import { BlkDriver } from '../../frontend/blk-driver';
 import { DEFAULT_BLK_FEATURES, DEFAULT_PROTOCOL_FEATURES, Frontend, VirtioFeature } from '../../frontend/frontend';
 import { GuestMemory } from '../../frontend/guest-memory';

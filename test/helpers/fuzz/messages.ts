@@ -3,7 +3,7 @@
 // bytes (bit flips, wrong sizes, flags and versions, other request codes,
 // cut or padded payloads).
 
-import { encodeMessage } from '../../../src/vhost-user/message';
+import { encodeMessage } from '../../../src/vhost-user/encode';
 import { Flags, HEADER_SIZE, Request } from '../../../src/vhost-user/protocol';
 import type { Rng } from './rng';
 

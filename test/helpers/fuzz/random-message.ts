@@ -6,15 +6,17 @@
 
 import {
   encodeConfigPayload,
-  encodeMemRegPayload,
-  encodeMemTablePayload,
   encodeMessage,
   encodeU64Payload,
+  encodeVringStatePayload,
+} from '../../../src/vhost-user/encode';
+import {
+  encodeMemRegPayload,
+  encodeMemTablePayload,
   encodeVringAddrPayload,
   encodeVringFilePayload,
-  encodeVringStatePayload,
   type WireRegion,
-} from '../../../src/vhost-user/message';
+} from '../../frontend/encode';
 import { Request, requestName } from '../../../src/vhost-user/protocol';
 import { DEFAULT_PROTOCOL_FEATURES } from '../../frontend/frontend';
 import type { GuestMemory } from '../../frontend/guest-memory';

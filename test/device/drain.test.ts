@@ -1,9 +1,9 @@
-// src/vhost-user/drain.ts without a daemon: the drain timeout's env var, and
+// src/device/drain.ts without a daemon: the drain timeout's env var, and
 // waitForNativeWork against a fake session whose work finishes over time.
 // (test/integration/late-io.test.ts holds a real write in the kernel.)
 
 import t from 'tap';
-import { drainTimeoutMs, waitForNativeWork } from '../../src/vhost-user/drain';
+import { drainTimeoutMs, waitForNativeWork } from '../../src/device/drain';
 import { setLogSink } from '../../src/log';
 import type { Session } from '../../src/native/binding';
 

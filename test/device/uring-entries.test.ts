@@ -3,7 +3,7 @@
 // the floor; any other error is the caller's.
 
 import t from 'tap';
-import { URING_ENTRIES_MAX, URING_ENTRIES_MIN, wantedUringEntries, withUringEntries } from '../../src/vhost-user/uring-entries';
+import { URING_ENTRIES_MAX, URING_ENTRIES_MIN, wantedUringEntries, withUringEntries } from '../../src/device/uring-entries';
 
 function enomem(): Error {
   return Object.assign(new Error('io_uring_queue_init failed: Cannot allocate memory'), { code: 'ENOMEM', errno: 12 });
