@@ -80,8 +80,7 @@ async function main(): Promise<void> {
     ratios['vublk/vublk-plain'] = Number((medians.vublk / medians['vublk-plain']).toFixed(2));
   }
   process.stdout.write(
-    JSON.stringify({ test: `${bs / 1024}k randread`, qd, queues, seconds, rounds, median_iops: medians, ratios, all: results }) +
-      '\n',
+    JSON.stringify({ test: `${bs / 1024}k randread`, qd, queues, seconds, rounds, median_iops: medians, ratios, all: results }) + '\n',
   );
   if (given < 0) fs.rmSync(dir, { recursive: true, force: true });
 }

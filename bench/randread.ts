@@ -173,7 +173,8 @@ function parseArgs(argv: string[]): RandReadOptions {
         i++;
         break;
       case '--layout':
-        if (!LAYOUTS.includes(v as Layout)) throw new Error(`Expected --layout one of ${LAYOUTS.join(', ')} but received ${JSON.stringify(v)}`);
+        if (!LAYOUTS.includes(v as Layout))
+          throw new Error(`Expected --layout one of ${LAYOUTS.join(', ')} but received ${JSON.stringify(v)}`);
         o.layout = v as Layout;
         i++;
         break;

@@ -18,10 +18,20 @@ const PACKAGES = {
   serve: ['g++', 'make', 'python3', 'liburing-dev'],
   // Tests: QEMU and the guest's tools, loop devices, the ASan runtime.
   test: [
-    'qemu-system-x86', 'qemu-utils', 'fio', 'busybox-static', 'e2fsprogs',
-    'util-linux', 'cpio', 'kmod', 'xz-utils', 'libasan8', 'strace',
+    'qemu-system-x86',
+    'qemu-utils',
+    'fio',
+    'busybox-static',
+    'e2fsprogs',
+    'util-linux',
+    'cpio',
+    'kmod',
+    'xz-utils',
+    'libasan8',
+    'strace',
     // virt-xml-validate checks examples/libvirt-domain.xml against libvirt's schema.
-    'libvirt-clients', 'libxml2-utils',
+    'libvirt-clients',
+    'libxml2-utils',
     // systemd-analyze verify and systemd-socket-activate check the units in systemd/.
     'systemd',
   ],

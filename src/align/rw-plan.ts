@@ -91,14 +91,7 @@ export class RwPlan {
  * appended to out at index n; returns the new count. The iovecs are the
  * request's data in order, so byte k of the request is found by walking them.
  */
-export function cutPieces(
-  iovs: Float64Array,
-  iovCount: number,
-  from: number,
-  to: number,
-  out: Float64Array,
-  n: number,
-): number {
+export function cutPieces(iovs: Float64Array, iovCount: number, from: number, to: number, out: Float64Array, n: number): number {
   let pos = 0;
   for (let i = 0; i < iovCount && pos < to; i++) {
     const k = i * ELEM;

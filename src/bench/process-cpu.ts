@@ -19,7 +19,10 @@ export function cpuSecondsFromStat(stat: string): number {
   const close = stat.lastIndexOf(')');
   if (close < 0) throw new Error('not a /proc/PID/stat line: no ")" after the command name');
   // After "pid (comm) ", field 3 (state) is index 0: utime is field 14, stime field 15.
-  const f = stat.slice(close + 2).trim().split(/\s+/);
+  const f = stat
+    .slice(close + 2)
+    .trim()
+    .split(/\s+/);
   const utime = Number(f[11]);
   const stime = Number(f[12]);
   if (!Number.isFinite(utime) || !Number.isFinite(stime)) throw new Error('not a /proc/PID/stat line: utime/stime missing');

@@ -40,7 +40,9 @@ function histogramPanel(buckets: readonly Bucket[], top: number): string {
       const h = (b.count / maxCount) * PANEL_H;
       const x0 = x(b.lo);
       const w = Math.max(1, x(b.hi) - x0);
-      out.push(`<rect x="${f(x0)}" y="${f(top + PANEL_H - h)}" width="${f(w)}" height="${f(h)}" fill="#3a6ea5"><title>${f(b.lo / 1000)}-${f(b.hi / 1000)} us: ${b.count}</title></rect>`);
+      out.push(
+        `<rect x="${f(x0)}" y="${f(top + PANEL_H - h)}" width="${f(w)}" height="${f(h)}" fill="#3a6ea5"><title>${f(b.lo / 1000)}-${f(b.hi / 1000)} us: ${b.count}</title></rect>`,
+      );
     }
     for (let d = Math.ceil(lo); d <= Math.floor(hi); d++) {
       out.push(`<text x="${f(x(10 ** d))}" y="${top + PANEL_H + 15}" text-anchor="middle">${10 ** d / 1000}</text>`);

@@ -125,7 +125,11 @@ export class BlkHandler {
     this.serialBytes = encodeSerial(opts.serial);
     this.bounce = new BouncePool(opts.bounceBytes);
     this.lock = new RangeLock((slotId) => this.issue(this.slot(slotId)));
-    this.ops = new OpBatch(arrays, () => this.plane, (message) => this.opts.onFatal?.(message));
+    this.ops = new OpBatch(
+      arrays,
+      () => this.plane,
+      (message) => this.opts.onFatal?.(message),
+    );
     const counters = (q: number): QueueCounters => (this.queues[q] as QueueState).counters;
     const port: HandlerPort = {
       disk: opts.disk,

@@ -132,13 +132,7 @@ export function encodeConfig(cfg: BlkConfig, out?: Uint8Array): Uint8Array {
   put(view, CFG_WRITE_ZEROES_MAY_UNMAP, 8, cfg.writeZeroesMayUnmap, 'writeZeroesMayUnmap');
   put(view, CFG_MAX_SECURE_ERASE_SECTORS, 32, cfg.maxSecureEraseSectors, 'maxSecureEraseSectors');
   put(view, CFG_MAX_SECURE_ERASE_SEG, 32, cfg.maxSecureEraseSeg, 'maxSecureEraseSeg');
-  put(
-    view,
-    CFG_SECURE_ERASE_SECTOR_ALIGNMENT,
-    32,
-    cfg.secureEraseSectorAlignment,
-    'secureEraseSectorAlignment',
-  );
+  put(view, CFG_SECURE_ERASE_SECTOR_ALIGNMENT, 32, cfg.secureEraseSectorAlignment, 'secureEraseSectorAlignment');
   return bytes;
 }
 

@@ -28,7 +28,9 @@ export interface DiskView {
 }
 
 /** What the DISCARD / WRITE_ZEROES segment checks read (parseSegments). */
-export type SegmentLimits = Required<Pick<DiskView, 'capacitySectors' | 'maxDiscardSectors' | 'maxWriteZeroesSectors' | 'maxSegments' | 'mayUnmap'>>;
+export type SegmentLimits = Required<
+  Pick<DiskView, 'capacitySectors' | 'maxDiscardSectors' | 'maxWriteZeroesSectors' | 'maxSegments' | 'mayUnmap'>
+>;
 
 /**
  * The segment limits of `disk` (capacity read through, so a resize shows), or

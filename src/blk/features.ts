@@ -45,12 +45,7 @@ const RO_FEATURE = featureMask([VIRTIO_BLK_F_RO]);
  * Features offered by GET_FEATURES. DISCARD and WRITE_ZEROES only when the
  * host disk supports them (src/disk/discard-probe.ts). GEOMETRY is not offered.
  */
-export function deviceFeatures(opts: {
-  readOnly: boolean;
-  queues: number;
-  discard?: boolean;
-  writeZeroes?: boolean;
-}): bigint {
+export function deviceFeatures(opts: { readOnly: boolean; queues: number; discard?: boolean; writeZeroes?: boolean }): bigint {
   if (!Number.isInteger(opts.queues) || opts.queues < 1 || opts.queues > MAX_QUEUES) {
     throw new RangeError(`queues must be an integer between 1 and ${MAX_QUEUES}, got ${opts.queues}`);
   }

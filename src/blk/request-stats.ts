@@ -18,7 +18,17 @@ import {
 import type { BlkRequest } from './request';
 
 /** Request type labels, by typeIndex(); "unknown" is every type the spec does not name. */
-export const REQUEST_TYPES = ['in', 'out', 'flush', 'get_id', 'get_lifetime', 'discard', 'write_zeroes', 'secure_erase', 'unknown'] as const;
+export const REQUEST_TYPES = [
+  'in',
+  'out',
+  'flush',
+  'get_id',
+  'get_lifetime',
+  'discard',
+  'write_zeroes',
+  'secure_erase',
+  'unknown',
+] as const;
 /** Status labels, by status byte (VIRTIO_BLK_S_OK, IOERR, UNSUPP). */
 export const REQUEST_STATUSES = ['ok', 'ioerr', 'unsupp'] as const;
 /**
@@ -86,7 +96,6 @@ export class RequestStats {
     addInto(this.buckets, o.buckets);
     addInto(this.seconds, o.seconds);
   }
-
 
   /** Completions of type index t with status s. */
   count(t: number, s: number): number {

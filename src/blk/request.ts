@@ -23,7 +23,6 @@ import { IOV_STRIDE } from './shared-arrays';
 import type { SegmentList } from './discard-zeroes';
 import type { DiskView } from './disk-view';
 
-
 /** Largest iovec capacity a slot may be built with (indirect tables cap chains anyway). */
 export const MAX_REQUEST_CAPACITY = 65536;
 
@@ -125,9 +124,7 @@ export class BlkRequest {
 
   constructor(capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1 || capacity > MAX_REQUEST_CAPACITY) {
-      throw new RangeError(
-        `request capacity must be an integer between 1 and ${MAX_REQUEST_CAPACITY}, got ${capacity}`,
-      );
+      throw new RangeError(`request capacity must be an integer between 1 and ${MAX_REQUEST_CAPACITY}, got ${capacity}`);
     }
     this.capacity = capacity;
     this.iovs = new Float64Array(capacity * IOV_STRIDE);
@@ -154,10 +151,7 @@ export class BlkRequest {
  * The status to fail `req` with, or -1 when it may proceed.
  * Called after splitChain() succeeded for it.
  */
-export function checkRequest(
-  req: Pick<BlkRequest, 'type' | 'sector' | 'dataLen'>,
-  disk: DiskView,
-): number {
+export function checkRequest(req: Pick<BlkRequest, 'type' | 'sector' | 'dataLen'>, disk: DiskView): number {
   switch (req.type) {
     case VIRTIO_BLK_T_IN:
     case VIRTIO_BLK_T_OUT: {

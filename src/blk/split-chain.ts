@@ -73,13 +73,7 @@ function pushPiece(req: BlkRequest, bufId: number, offset: number, len: number):
 
 function u32le(b: Uint8Array, i: number): number {
   // SAFETY: callers checked i + 4 <= b.length.
-  return (
-    ((b[i] as number) |
-      ((b[i + 1] as number) << 8) |
-      ((b[i + 2] as number) << 16) |
-      ((b[i + 3] as number) << 24)) >>>
-    0
-  );
+  return ((b[i] as number) | ((b[i + 1] as number) << 8) | ((b[i + 2] as number) << 16) | ((b[i + 3] as number) << 24)) >>> 0;
 }
 
 /**
@@ -97,13 +91,7 @@ export function splitChain(
   req: BlkRequest,
 ): string | null {
   const tableSegs = Math.floor(segs.length / SEG_STRIDE);
-  if (
-    !Number.isInteger(firstSeg) ||
-    !Number.isInteger(segCount) ||
-    firstSeg < 0 ||
-    segCount < 0 ||
-    segCount > tableSegs - firstSeg
-  ) {
+  if (!Number.isInteger(firstSeg) || !Number.isInteger(segCount) || firstSeg < 0 || segCount < 0 || segCount > tableSegs - firstSeg) {
     return `chain segments [${firstSeg}, ${firstSeg} + ${segCount}) lie outside the segment table of ${tableSegs}`;
   }
   if (

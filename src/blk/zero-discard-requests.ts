@@ -235,7 +235,13 @@ export class ZeroDiscardRequests {
       }
       // DISCARD is advisory: a host that cannot punch holes did its part.
     }
-    if (req.phase === PHASE_MAIN && !this.h.writeback() && req.type === VIRTIO_BLK_T_WRITE_ZEROES && req.midMode !== MID_WRITE && plan.midEnd > plan.midStart) {
+    if (
+      req.phase === PHASE_MAIN &&
+      !this.h.writeback() &&
+      req.type === VIRTIO_BLK_T_WRITE_ZEROES &&
+      req.midMode !== MID_WRITE &&
+      plan.midEnd > plan.midStart
+    ) {
       // Write-through: fallocate is not durable until the file is synced.
       req.phase = PHASE_SYNC;
       req.pendingOps = 1;

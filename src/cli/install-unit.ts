@@ -45,9 +45,12 @@ const UNSAFE = /[\s"'\\$%`]/;
 function parseInstallArgs(argv: readonly string[]): InstallRequest | 'help' {
   if (argv.includes('--help') || argv.includes('-h')) return 'help';
   const [name, ...rest] = argv;
-  if (name === undefined || name.startsWith('--')) throw new UsageError('install-unit expects the disk\'s NAME first (e.g. "vublk install-unit data --disk PATH")');
+  if (name === undefined || name.startsWith('--'))
+    throw new UsageError('install-unit expects the disk\'s NAME first (e.g. "vublk install-unit data --disk PATH")');
   if (!/^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$/.test(name)) {
-    throw new UsageError(`install-unit NAME expects 1 to 64 letters, digits, "_", ".", ":" or "-" (a systemd instance name), got ${JSON.stringify(name)}`);
+    throw new UsageError(
+      `install-unit NAME expects 1 to 64 letters, digits, "_", ".", ":" or "-" (a systemd instance name), got ${JSON.stringify(name)}`,
+    );
   }
   const values = new Map<string, string>();
   let force = false;
@@ -71,13 +74,17 @@ function parseInstallArgs(argv: readonly string[]): InstallRequest | 'help' {
     const v = values.get(key) ?? fallback;
     if (v === undefined) throw new UsageError(`install-unit: ${key} is required`);
     if (!path.isAbsolute(v) || UNSAFE.test(v)) {
-      throw new UsageError(`install-unit: ${key} expects an absolute path without spaces, quotes, backslashes, "$" or "%", got ${JSON.stringify(v)}`);
+      throw new UsageError(
+        `install-unit: ${key} expects an absolute path without spaces, quotes, backslashes, "$" or "%", got ${JSON.stringify(v)}`,
+      );
     }
     return path.normalize(v);
   };
   const options = values.get('--options') ?? '';
   if (/["'\\$%`\n]/.test(options)) {
-    throw new UsageError('install-unit: --options cannot contain quotes, backslashes, "$", "%" or newlines (set such options in a drop-in)');
+    throw new UsageError(
+      'install-unit: --options cannot contain quotes, backslashes, "$", "%" or newlines (set such options in a drop-in)',
+    );
   }
   return {
     name,
@@ -85,7 +92,11 @@ function parseInstallArgs(argv: readonly string[]): InstallRequest | 'help' {
     root: path.resolve(values.get('--root') ?? '/'),
     unitDir: absolute('--unit-dir', DEFAULT_UNIT_DIR),
     configDir: absolute('--config-dir', DEFAULT_CONFIG_DIR),
-    options: options.trim().split(/\s+/).filter((w) => w !== '').join(' '),
+    options: options
+      .trim()
+      .split(/\s+/)
+      .filter((w) => w !== '')
+      .join(' '),
     exec: absolute('--exec', DEFAULT_EXEC),
     force,
   };
@@ -116,7 +127,11 @@ export function configText(req: InstallRequest): string {
 }
 
 export function dropInText(req: InstallRequest, blockDevice: boolean): string {
-  const lines = [`# Written by vublk install-unit for disk ${req.name}: ProtectSystem=strict leaves only the disk writable.`, '[Service]', `ReadWritePaths=${req.disk}`];
+  const lines = [
+    `# Written by vublk install-unit for disk ${req.name}: ProtectSystem=strict leaves only the disk writable.`,
+    '[Service]',
+    `ReadWritePaths=${req.disk}`,
+  ];
   if (blockDevice) lines.push(`DeviceAllow=${req.disk} rw`);
   return lines.join('\n') + '\n';
 }
@@ -124,7 +139,9 @@ export function dropInText(req: InstallRequest, blockDevice: boolean): string {
 /** The shipped unit with the installation's vublk and configuration directory. */
 export function unitText(file: string, req: InstallRequest): string {
   const text = fs.readFileSync(path.join(UNIT_SOURCE_DIR, file), 'utf8');
-  return text.replace(`ExecStart=${DEFAULT_EXEC} `, `ExecStart=${req.exec} `).replace(`EnvironmentFile=${DEFAULT_CONFIG_DIR}/`, `EnvironmentFile=${req.configDir}/`);
+  return text
+    .replace(`ExecStart=${DEFAULT_EXEC} `, `ExecStart=${req.exec} `)
+    .replace(`EnvironmentFile=${DEFAULT_CONFIG_DIR}/`, `EnvironmentFile=${req.configDir}/`);
 }
 
 /** Writes the files; returns the paths written (as seen from inside root). Throws UsageError naming a conflict. */
@@ -164,11 +181,14 @@ export function installUnit(req: InstallRequest): string[] {
 export function nextSteps(req: InstallRequest, blockDevice: boolean): string {
   const lines = [
     'getent passwd vublk || useradd --system --home-dir /var/lib/vublk --no-create-home --shell /usr/sbin/nologin vublk',
-    blockDevice ? `# ${req.disk} is a block device: user vublk reaches it through group disk (SupplementaryGroups=disk)` : `chown vublk:vublk ${req.disk}`,
+    blockDevice
+      ? `# ${req.disk} is a block device: user vublk reaches it through group disk (SupplementaryGroups=disk)`
+      : `chown vublk:vublk ${req.disk}`,
     'systemctl daemon-reload',
     `systemctl enable --now vublk@${req.name}.socket`,
   ];
-  if (!fs.existsSync(path.join(req.root, req.exec))) lines.unshift(`# ${req.exec} does not exist yet: install vublk there (npm install -g) or pass --exec`);
+  if (!fs.existsSync(path.join(req.root, req.exec)))
+    lines.unshift(`# ${req.exec} does not exist yet: install vublk there (npm install -g) or pass --exec`);
   return lines.map((l) => `  ${l}\n`).join('');
 }
 

@@ -146,7 +146,13 @@ const SPECS: readonly OptionSpec[] = [
 
 /** The --help text: a usage line, then one line per option. */
 export function usageText(): string {
-  const lines = ['usage: vublk [options]', '       vublk install-unit NAME --disk PATH ... (systemd units; see install-unit --help)', '', 'Serve a disk to a QEMU guest as a vhost-user-blk device.', ''];
+  const lines = [
+    'usage: vublk [options]',
+    '       vublk install-unit NAME --disk PATH ... (systemd units; see install-unit --help)',
+    '',
+    'Serve a disk to a QEMU guest as a vhost-user-blk device.',
+    '',
+  ];
   const heads = SPECS.map((s) => (s.arg === undefined ? `--${s.name}` : `--${s.name} ${s.arg}`));
   const width = Math.max(...heads.map((h) => h.length));
   SPECS.forEach((s, i) => {
@@ -188,9 +194,7 @@ function parseSize(name: string, raw: string): number {
 
 function parseSerial(raw: string): string {
   if (raw.length > VIRTIO_BLK_ID_BYTES || !/^[\x20-\x7e]*$/.test(raw)) {
-    throw new UsageError(
-      `--serial expects at most ${VIRTIO_BLK_ID_BYTES} printable ASCII characters, got ${show(raw)}`,
-    );
+    throw new UsageError(`--serial expects at most ${VIRTIO_BLK_ID_BYTES} printable ASCII characters, got ${show(raw)}`);
   }
   return raw;
 }

@@ -49,7 +49,8 @@ export function adoptListeningSocket(fd: number, source: string): PassedSocket {
     info = native.socketInfo(fd);
   } catch (err) {
     const code = (err as { code?: string }).code;
-    const what = code === 'EBADF' ? 'is not open' : code === 'ENOTSOCK' ? 'is not a socket' : `cannot be inspected (${code ?? String(err)})`;
+    const what =
+      code === 'EBADF' ? 'is not open' : code === 'ENOTSOCK' ? 'is not a socket' : `cannot be inspected (${code ?? String(err)})`;
     throw new SocketError(`${source}: fd ${fd} ${what}; expected a listening Unix stream socket`, { cause: err });
   }
   const wrong = !info.unix
@@ -72,7 +73,11 @@ export function adoptListeningSocket(fd: number, source: string): PassedSocket {
  * (an explicit --socket) is refused with either: the supervisor owns the
  * address, and two names for one socket would only disagree one day.
  */
-export function passedSocket(socketFd: number | undefined, socketGiven: boolean, env: NodeJS.ProcessEnv = process.env): PassedSocket | undefined {
+export function passedSocket(
+  socketFd: number | undefined,
+  socketGiven: boolean,
+  env: NodeJS.ProcessEnv = process.env,
+): PassedSocket | undefined {
   const systemdFds = systemdListenFds(env);
   if (socketFd !== undefined) {
     // parseOptions refuses --socket together with --socket-fd.
@@ -81,7 +86,9 @@ export function passedSocket(socketFd: number | undefined, socketGiven: boolean,
   }
   if (systemdFds === 0) return undefined;
   if (socketGiven) {
-    throw new SocketError('--socket is set but systemd passed a listening socket (LISTEN_FDS): the socket unit owns the address; remove --socket');
+    throw new SocketError(
+      '--socket is set but systemd passed a listening socket (LISTEN_FDS): the socket unit owns the address; remove --socket',
+    );
   }
   if (systemdFds > 1) log.warn('systemd passed more than one socket; serving the first', { count: systemdFds });
   return adoptListeningSocket(SD_LISTEN_FDS_START, 'systemd (LISTEN_FDS)');

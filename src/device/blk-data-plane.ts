@@ -11,7 +11,13 @@ import { BlkHandler } from '../blk/blk-handler';
 import { DEFAULT_BOUNCE_BYTES, allocateArrays, type SessionArrays } from '../blk/shared-arrays';
 import type { DataPlaneEvents, VhostUserDataPlane } from '../vhost-user/backend';
 import type { MemRegionWithFd } from '../vhost-user/message';
-import { VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, hasFeature } from '../virtio/constants';
+import {
+  VIRTIO_BLK_F_DISCARD,
+  VIRTIO_BLK_F_WRITE_ZEROES,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  hasFeature,
+} from '../virtio/constants';
 import { log } from '../log';
 import type { BlkDevice } from './blk-device';
 import { FixedBufferPolicy } from './fixed-buffers';
@@ -55,9 +61,22 @@ export class BlkDataPlane implements VhostUserDataPlane {
       onCompletions: (n: number) => this.guard(() => this.handler.onCompletions(n)),
       onViolation: (q: number, rule: string) => events.violation(q < 0 ? rule : `queue ${q}: ${rule}`),
     };
-    this.session = withUringEntries(wantedUringEntries(device.queues, device.maxQueueSize), conn, (entries) =>
-      new native.Session(device.queues, device.maxQueueSize, device.disk.fd, entries, DEFAULT_BOUNCE_BYTES, this.arrays, callbacks,
-        device.disk.sizeBytes, device.disk.kind === 'block'));
+    this.session = withUringEntries(
+      wantedUringEntries(device.queues, device.maxQueueSize),
+      conn,
+      (entries) =>
+        new native.Session(
+          device.queues,
+          device.maxQueueSize,
+          device.disk.fd,
+          entries,
+          DEFAULT_BOUNCE_BYTES,
+          this.arrays,
+          callbacks,
+          device.disk.sizeBytes,
+          device.disk.kind === 'block',
+        ),
+    );
     const session = this.session;
     this.handler.attach({
       submit: (n) => {

@@ -29,7 +29,9 @@ export function drainTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   if (raw === undefined || raw === '') return DEFAULT_DRAIN_TIMEOUT_MS;
   const n = Number(raw);
   if (!Number.isInteger(n) || n < 0 || n > MAX_DRAIN_TIMEOUT_MS) {
-    log.warn(`VUBLK_DRAIN_TIMEOUT_MS expects an integer between 0 and ${MAX_DRAIN_TIMEOUT_MS}; using ${DEFAULT_DRAIN_TIMEOUT_MS}`, { got: raw });
+    log.warn(`VUBLK_DRAIN_TIMEOUT_MS expects an integer between 0 and ${MAX_DRAIN_TIMEOUT_MS}; using ${DEFAULT_DRAIN_TIMEOUT_MS}`, {
+      got: raw,
+    });
     return DEFAULT_DRAIN_TIMEOUT_MS;
   }
   return n;
@@ -43,10 +45,7 @@ export function drainTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
  */
 export async function settlesWithin(wait: Promise<unknown>, ms: number): Promise<boolean> {
   let timer: NodeJS.Timeout | undefined;
-  const settled = await Promise.race([
-    wait.then(() => true),
-    new Promise<false>((r) => (timer = setTimeout(() => r(false), ms).unref())),
-  ]);
+  const settled = await Promise.race([wait.then(() => true), new Promise<false>((r) => (timer = setTimeout(() => r(false), ms).unref()))]);
   clearTimeout(timer);
   return settled;
 }

@@ -128,7 +128,11 @@ export class WriteCacheStateFile {
       fs.renameSync(tmp, this.file);
     } catch (err) {
       fs.rmSync(tmp, { force: true });
-      throw new StateFileError(`cannot write state file ${this.file}: ${step} failed (${errCode(err)})`, { path: this.file, syscall: step, cause: err });
+      throw new StateFileError(`cannot write state file ${this.file}: ${step} failed (${errCode(err)})`, {
+        path: this.file,
+        syscall: step,
+        cause: err,
+      });
     }
     // The rename is in place; until the directory is synced a crash may undo it.
     try {
@@ -139,7 +143,11 @@ export class WriteCacheStateFile {
         fs.closeSync(dfd);
       }
     } catch (err) {
-      throw new StateFileError(`cannot write state file ${this.file}: fsync of ${dir} failed (${errCode(err)})`, { path: this.file, syscall: 'fsync', cause: err });
+      throw new StateFileError(`cannot write state file ${this.file}: fsync of ${dir} failed (${errCode(err)})`, {
+        path: this.file,
+        syscall: 'fsync',
+        cause: err,
+      });
     }
   }
 
@@ -153,7 +161,10 @@ export class WriteCacheStateFile {
       // reported below
     }
     if (!isDir) {
-      throw new StateFileError(`state file ${this.file} cannot be created: ${dir} is not a directory; create it or pass another --state-file`, { path: this.file });
+      throw new StateFileError(
+        `state file ${this.file} cannot be created: ${dir} is not a directory; create it or pass another --state-file`,
+        { path: this.file },
+      );
     }
   }
 

@@ -43,12 +43,7 @@ function roundDown(n: number, unit: number): number {
   return Math.floor(n / unit) * unit;
 }
 
-export function probeDiscard(
-  fd: number,
-  st: fs.Stats,
-  offsetAlign: number,
-  readOnly: boolean,
-): DiscardCaps {
+export function probeDiscard(fd: number, st: fs.Stats, offsetAlign: number, readOnly: boolean): DiscardCaps {
   const none: DiscardCaps = {
     discard: false,
     writeZeroes: false,

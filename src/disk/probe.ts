@@ -64,10 +64,7 @@ export function probeDirectIo(fd: number, path: string, fileBlockSize: number): 
   let lenAlign = offsetAlign;
   if (memAlign < offsetAlign && native.trialReadv(fd, memAlign, offsetAlign / memAlign) === 0) lenAlign = memAlign;
   if (!isPow2(offsetAlign) || !isPow2(memAlign) || offsetAlign > 65536) {
-    throw new DiskError(
-      `disk ${path} reports unusable O_DIRECT alignment (offset ${offsetAlign}, memory ${memAlign})`,
-      { path },
-    );
+    throw new DiskError(`disk ${path} reports unusable O_DIRECT alignment (offset ${offsetAlign}, memory ${memAlign})`, { path });
   }
   // For a file, the file system block is the natural unit to align to.
   const physical = p.physicalBlock > 0 ? p.physicalBlock : Math.min(Math.max(fileBlockSize, offsetAlign), 65536);

@@ -91,7 +91,13 @@ export class DeviceStats {
 }
 
 function emptyTotals(queues: number): QueueTotals[] {
-  return Array.from({ length: queues }, () => ({ counters: new QueueCounters(), stats: new RequestStats(), kicks: 0, calls: 0, inflight: 0 }));
+  return Array.from({ length: queues }, () => ({
+    counters: new QueueCounters(),
+    stats: new RequestStats(),
+    kicks: 0,
+    calls: 0,
+    inflight: 0,
+  }));
 }
 
 function addTotals(into: QueueTotals, from: QueueTotals): void {

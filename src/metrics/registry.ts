@@ -7,14 +7,7 @@
 // Request series of a (queue, type) appear once that queue has completed a
 // request of that type: 64 queues x 9 types of zeroes would bury the rest.
 
-import {
-  Counter,
-  Gauge,
-  Registry,
-  collectDefaultMetrics,
-  type Metric,
-  type MetricValueWithName,
-} from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric, type MetricValueWithName } from 'prom-client';
 import { LATENCY_BOUNDS, LATENCY_BUCKETS, REQUEST_STATUSES, REQUEST_TYPES } from '../blk/request-stats';
 import type { QueueCounters } from '../blk/counters';
 import type { DeviceStats, QueueTotals } from './device-stats';
@@ -114,19 +107,31 @@ export function createRegistry(source: MetricsSource, snapshot: Snapshot): Regis
   perQueue('requests_total', 'Requests completed, by queue, request type and status (ok, ioerr, unsupp).', ['type', 'status'], (set, t) =>
     seenTypes(t, (type, ti) => REQUEST_STATUSES.forEach((status, s) => set({ type, status }, t.stats.count(ti, s)))),
   );
-  perQueue('request_bytes_total', 'Data bytes of requests completed OK: read, written, discarded or zeroed, or the id returned.', ['type'], (set, t) =>
-    seenTypes(t, (type, ti) => set({ type }, t.stats.bytes[ti] as number)),
+  perQueue(
+    'request_bytes_total',
+    'Data bytes of requests completed OK: read, written, discarded or zeroed, or the id returned.',
+    ['type'],
+    (set, t) => seenTypes(t, (type, ti) => set({ type }, t.stats.bytes[ti] as number)),
   );
   registry.registerMetric(latencyHistogram(snapshot));
 
   queueValue('inflight_requests', 'Requests popped from the queue and not yet completed.', (t) => t.inflight, true);
   queueValue('kicks_total', 'Kick eventfd wake-ups: the driver notified the queue (coalesced kicks count once).', (t) => t.kicks);
-  queueValue('calls_total', 'Guest notifications (call eventfd) signalled for published completions; at most one per completion batch.', (t) => t.calls);
+  queueValue(
+    'calls_total',
+    'Guest notifications (call eventfd) signalled for published completions; at most one per completion batch.',
+    (t) => t.calls,
+  );
   for (const [name, help, field] of QUEUE_COUNTERS) queueValue(name, help, (t) => t.counters[field]);
-  perQueue('disk_ops_total', 'Disk operations issued, fixed (READ_FIXED/WRITE_FIXED on registered guest memory) or plain.', ['kind'], (set, t) => {
-    set({ kind: 'fixed' }, t.counters.fixedOps);
-    set({ kind: 'plain' }, t.counters.plainOps);
-  });
+  perQueue(
+    'disk_ops_total',
+    'Disk operations issued, fixed (READ_FIXED/WRITE_FIXED on registered guest memory) or plain.',
+    ['kind'],
+    (set, t) => {
+      set({ kind: 'fixed' }, t.counters.fixedOps);
+      set({ kind: 'plain' }, t.counters.plainOps);
+    },
+  );
 
   const scalar = (name: string, help: string, value: () => number, gauge = false): void => {
     const collect = function (this: Counter | Gauge): void {

@@ -31,14 +31,7 @@ import {
   needsReply,
 } from './message';
 import { encodeConfigReply, encodeU64Reply, encodeVringStateReply } from './encode';
-import {
-  MAX_MEM_SLOTS,
-  ProtocolFeature,
-  Request,
-  featureBit,
-  hasReply,
-  requestName,
-} from './protocol';
+import { MAX_MEM_SLOTS, ProtocolFeature, Request, featureBit, hasReply, requestName } from './protocol';
 import { violation } from './violation';
 import { ConnectionClosing, type Handler, MessageLoop, closeAll, describe } from './message-loop';
 import { checkRingSize } from './vring-rules';
@@ -297,7 +290,11 @@ export class BackendConnection {
     const s = decodeVringState(msg);
     const q = this.queueIndex(s.index, 'GET_VRING_BASE');
     if (!(await this.settled(this.plane.drainVring(q, DRAIN_TIMEOUT_MS)))) {
-      log.error(`GET_VRING_BASE: queue ${q} did not drain`, { conn: this.id, inflight: this.plane.inflight(q), timeoutMs: DRAIN_TIMEOUT_MS });
+      log.error(`GET_VRING_BASE: queue ${q} did not drain`, {
+        conn: this.id,
+        inflight: this.plane.inflight(q),
+        timeoutMs: DRAIN_TIMEOUT_MS,
+      });
       this.closeSoon('GET_VRING_BASE could not drain the ring');
       throw new ConnectionClosing('no reply: the ring did not drain');
     }

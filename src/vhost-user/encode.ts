@@ -35,7 +35,6 @@ export function encodeU64Reply(request: number, value: bigint | number): Buffer 
   return encodeReply(request, encodeU64Payload(value));
 }
 
-
 export function encodeVringStatePayload(index: number, num: number): Buffer {
   const p = Buffer.alloc(PayloadSize.VRING_STATE);
   p.writeUInt32LE(index >>> 0, 0);
@@ -66,13 +65,13 @@ export function encodeConfigReply(offset: number, flags: number, data: Uint8Arra
   return encodeReply(Request.GET_CONFIG, encodeConfigPayload(offset, flags, data));
 }
 
-
-
-
-
-
 /** GET_INFLIGHT_FD / SET_INFLIGHT_FD payload (and the GET_INFLIGHT_FD reply's). */
-export function encodeInflightPayload(i: { mmapSize: number | bigint; mmapOffset: number | bigint; numQueues: number; queueSize: number }): Buffer {
+export function encodeInflightPayload(i: {
+  mmapSize: number | bigint;
+  mmapOffset: number | bigint;
+  numQueues: number;
+  queueSize: number;
+}): Buffer {
   const p = Buffer.alloc(PayloadSize.INFLIGHT);
   p.writeBigUInt64LE(BigInt(i.mmapSize), 0);
   p.writeBigUInt64LE(BigInt(i.mmapOffset), 8);

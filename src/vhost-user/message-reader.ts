@@ -141,8 +141,7 @@ export class MessageReader {
     const size = this.header.readUInt32LE(8);
     this.checkFlags();
     if (size > this.maxPayload) {
-      throw violation(`${requestName(this.request)} payload size ${size} exceeds the maximum ${this.maxPayload}`,
-      );
+      throw violation(`${requestName(this.request)} payload size ${size} exceeds the maximum ${this.maxPayload}`);
     }
     this.fill = 0;
     if (size === 0) return this.finish(EMPTY);
@@ -158,13 +157,13 @@ export class MessageReader {
     if (r.fds.length > 0 || r.fdsTruncated) {
       const n = r.fds.length;
       if (!r.fdsTruncated) for (const fd of r.fds) this.closeFd(fd);
-      throw violation(`${requestName(this.request)}: ${r.fdsTruncated ? 'too many' : n} fds arrived with payload bytes, not with the header`,
+      throw violation(
+        `${requestName(this.request)}: ${r.fdsTruncated ? 'too many' : n} fds arrived with payload bytes, not with the header`,
       );
     }
     if (r.bytes < 0) return 'again';
     if (r.bytes === 0) {
-      throw violation(`peer closed the connection after ${this.fill} of ${size} ${requestName(this.request)} payload bytes`,
-      );
+      throw violation(`peer closed the connection after ${this.fill} of ${size} ${requestName(this.request)} payload bytes`);
     }
     this.checkCount(r.bytes, want);
     this.fill += r.bytes;

@@ -91,7 +91,7 @@ function violations(c: Case, mutate?: (p: RwPlan) => void): string[] {
   if (p.collapse !== expCollapse) out.push(`collapse ${p.collapse} != ${expCollapse} (total ${total})`);
   if (p.split !== expSplit) out.push(`split ${p.split} != ${expSplit}`);
   const expBounced = expHead || expTail || (misaligned && midEnd > midStart) || expCollapse > 0;
-  if ((p.bounceLen > 0) !== expBounced) out.push(`bounceLen ${p.bounceLen} but bouncing expected: ${expBounced}`);
+  if (p.bounceLen > 0 !== expBounced) out.push(`bounceLen ${p.bounceLen} but bouncing expected: ${expBounced}`);
   if (p.rmw !== (c.write && (expHead || expTail))) out.push(`rmw ${p.rmw}`);
 
   // The vector: file order from aStart, exactly [aStart, aEnd).
@@ -126,7 +126,8 @@ function violations(c: Case, mutate?: (p: RwPlan) => void): string[] {
         kind = 'collapse';
         collapsedSeen++;
         const want = mid.slice(0, expCollapse).reduce((s, e) => s + e[2], 0);
-        if (f !== midStart || l !== want) out.push(`${where}: collapse buffer must be the first ${expCollapse} pieces (${want} bytes) at midStart`);
+        if (f !== midStart || l !== want)
+          out.push(`${where}: collapse buffer must be the first ${expCollapse} pieces (${want} bytes) at midStart`);
       } else {
         out.push(`${where}: unexpected bounce element`);
       }
@@ -228,10 +229,14 @@ t.test('cutPieces cuts exactly the byte ranges and appends at index n', (t) => {
     [1, 0, 512],
     [0, 5000, 488],
   ]);
-  t.same(elems(out, 2), [
-    [-7, -7, -7],
-    [-7, -7, -7],
-  ], 'entries before n untouched');
+  t.same(
+    elems(out, 2),
+    [
+      [-7, -7, -7],
+      [-7, -7, -7],
+    ],
+    'entries before n untouched',
+  );
   t.equal(cutPieces(iovArray(list), 3, 1000, 1000, out, 0), 0, 'empty range: no piece');
   t.equal(cutPieces(iovArray(list), 3, 1000, 1512, out, 0), 1, 'exact iovec');
   t.same(elems(out, 1), [[1, 0, 512]]);
@@ -271,13 +276,33 @@ const HOST_4KN_61: HostRules = { offsetAlign: 4096, memAlign: 512, lenAlign: 409
 
 t.test('zero copy: 4K-aligned request with 4K- or 512-aligned iovecs on a 4Kn host bounces nothing', (t) => {
   for (const write of [false, true]) {
-    const c4k: Case = { rules: HOST_4KN, pos: 8192, write, phases: [0, 0], iovs: [[0, 4096, 4096], [1, 65536, 8192], [0, 40960, 4096]] };
+    const c4k: Case = {
+      rules: HOST_4KN,
+      pos: 8192,
+      write,
+      phases: [0, 0],
+      iovs: [
+        [0, 4096, 4096],
+        [1, 65536, 8192],
+        [0, 40960, 4096],
+      ],
+    };
     check(t, c4k, `4K iovecs (${write ? 'write' : 'read'})`);
     const p = plan(c4k);
     t.equal(p.plan.bounceLen, 0, 'bounceLen 0');
     t.notOk(p.plan.head || p.plan.tail || p.plan.midBounce || p.plan.rmw, 'no head, tail, middle bounce or RMW');
     t.same(elems(p.vec, p.n), c4k.iovs, 'the vector is the guest iovecs');
-    const c512: Case = { rules: HOST_4KN, pos: 4096, write, phases: [0, 512], iovs: [[0, 512, 1536], [1, 1024, 512], [0, 3584, 2048]] };
+    const c512: Case = {
+      rules: HOST_4KN,
+      pos: 4096,
+      write,
+      phases: [0, 512],
+      iovs: [
+        [0, 512, 1536],
+        [1, 1024, 512],
+        [0, 3584, 2048],
+      ],
+    };
     check(t, c512, `512-aligned iovecs (${write ? 'write' : 'read'})`);
     t.equal(plan(c512).plan.bounceLen, 0, 'memAlign-aligned iovecs: bounceLen 0');
     // A region whose mmap phase is 512 and iovec offsets that compensate.
@@ -316,8 +341,20 @@ t.test('512-byte-aligned middle on A=4096/M=512: zero-copy middle, only head/tai
 t.test('an iovec misaligned to memAlign forces a middle bounce', (t) => {
   for (const [iovs, why] of [
     [[[0, 100, 4096]], 'address 100'],
-    [[[0, 0, 1000], [0, 2000, 3096]], 'length 1000'],
-    [[[0, 0, 4096], [1, 256, 4096]], 'second iovec at 256'],
+    [
+      [
+        [0, 0, 1000],
+        [0, 2000, 3096],
+      ],
+      'length 1000',
+    ],
+    [
+      [
+        [0, 0, 4096],
+        [1, 256, 4096],
+      ],
+      'second iovec at 256',
+    ],
   ] as Array<[Iov[], string]>) {
     const c: Case = { rules: HOST_4KN, pos: 0, write: false, phases: [0, 0], iovs };
     check(t, c, why);
@@ -405,7 +442,13 @@ t.test('a middle with more than IOV_MAX pieces gets A-aligned split points', (t)
 });
 
 t.test('the checker itself rejects wrong plans (so the property can fail)', (t) => {
-  const c: Case = { rules: HOST_4KN, pos: 4096 - 512, write: true, phases: [0, 0], iovs: pages(1026, 4096).map(([b, o]) => [b, o, 4096] as Iov) };
+  const c: Case = {
+    rules: HOST_4KN,
+    pos: 4096 - 512,
+    write: true,
+    phases: [0, 0],
+    iovs: pages(1026, 4096).map(([b, o]) => [b, o, 4096] as Iov),
+  };
   t.same(violations(c), [], 'the real plan is clean');
   t.not(violations(c, (p) => (p.collapse -= 1)).length, 0, 'collapsing one piece too few is caught');
   t.not(violations(c, (p) => (p.tail = false)).length, 0, 'a dropped tail block is caught');
@@ -428,10 +471,7 @@ const arbLen = fc.oneof(
   { weight: 6, arbitrary: fc.integer({ min: 1, max: 16 }).map((k) => k * 512) },
   { weight: 1, arbitrary: fc.integer({ min: 1, max: 9000 }) },
 );
-const arbOff = fc.oneof(
-  { weight: 8, arbitrary: fc.nat(4096).map((k) => k * 512) },
-  { weight: 1, arbitrary: fc.nat(1 << 21) },
-);
+const arbOff = fc.oneof({ weight: 8, arbitrary: fc.nat(4096).map((k) => k * 512) }, { weight: 1, arbitrary: fc.nat(1 << 21) });
 const arbIov = fc.tuple(fc.nat(3), arbOff, arbLen);
 
 /** Small lists, or long lists of small pieces (collapse and split territory). */
@@ -454,10 +494,17 @@ const arbIovs = fc.oneof(
   },
   {
     weight: 1,
-    arbitrary: fc.array(fc.tuple(fc.nat(3), fc.nat(1 << 12).map((k) => k * 512), fc.constantFrom(512, 1024, 1536, 4096)), {
-      minLength: 1020,
-      maxLength: 2100,
-    }),
+    arbitrary: fc.array(
+      fc.tuple(
+        fc.nat(3),
+        fc.nat(1 << 12).map((k) => k * 512),
+        fc.constantFrom(512, 1024, 1536, 4096),
+      ),
+      {
+        minLength: 1020,
+        maxLength: 2100,
+      },
+    ),
   },
 );
 
@@ -501,15 +548,36 @@ t.test('property: vector invariants hold for random positions, lengths, iovec li
     }),
     { numRuns: 600 },
   );
-  t.ok(Object.values(seen).every((n) => n > 0), `every shape was generated: ${JSON.stringify(seen)}`);
+  t.ok(
+    Object.values(seen).every((n) => n > 0),
+    `every shape was generated: ${JSON.stringify(seen)}`,
+  );
   t.end();
 });
 
 t.test('Linux 6.1 block-device rule (segment lengths in whole logical blocks): 512 B pieces bounce, 4 KiB pieces do not', (t) => {
-  const small: Case = { rules: HOST_4KN_61, pos: 8192, write: false, phases: [0], iovs: [[0, 0, 512], [0, 8192, 3584]] };
+  const small: Case = {
+    rules: HOST_4KN_61,
+    pos: 8192,
+    write: false,
+    phases: [0],
+    iovs: [
+      [0, 0, 512],
+      [0, 8192, 3584],
+    ],
+  };
   t.ok(plan(small).plan.midBounce, '512-byte pieces force the middle through a bounce buffer');
   t.same(violations(small), [], 'and the plan is valid under the 6.1 rule');
-  const pages: Case = { rules: HOST_4KN_61, pos: 8192, write: true, phases: [0], iovs: [[0, 0, 4096], [0, 65536, 4096]] };
+  const pages: Case = {
+    rules: HOST_4KN_61,
+    pos: 8192,
+    write: true,
+    phases: [0],
+    iovs: [
+      [0, 0, 4096],
+      [0, 65536, 4096],
+    ],
+  };
   t.equal(plan(pages).plan.bounceLen, 0, 'page-sized pieces stay zero-copy');
   t.end();
 });

@@ -11,13 +11,20 @@ function exactPercentile(sorted: number[], p: number): number {
 
 t.test('percentiles are within 1/16 of the exact value', (t) => {
   fc.assert(
-    fc.property(fc.array(fc.integer({ min: 1, max: 2e9 }), { minLength: 1, maxLength: 500 }), fc.constantFrom(0, 50, 90, 99, 99.9, 100), (vals, p) => {
-      const h = new LatencyHistogram();
-      for (const v of vals) h.record(v);
-      const exact = exactPercentile([...vals].sort((a, b) => a - b), p);
-      const got = h.percentile(p);
-      return Math.abs(got - exact) <= exact / 16 + 1;
-    }),
+    fc.property(
+      fc.array(fc.integer({ min: 1, max: 2e9 }), { minLength: 1, maxLength: 500 }),
+      fc.constantFrom(0, 50, 90, 99, 99.9, 100),
+      (vals, p) => {
+        const h = new LatencyHistogram();
+        for (const v of vals) h.record(v);
+        const exact = exactPercentile(
+          [...vals].sort((a, b) => a - b),
+          p,
+        );
+        const got = h.percentile(p);
+        return Math.abs(got - exact) <= exact / 16 + 1;
+      },
+    ),
   );
   t.end();
 });

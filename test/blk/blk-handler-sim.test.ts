@@ -51,7 +51,14 @@ function noLock(w: SimWorld): void {
 }
 
 function runSim(run: Run, o: { withoutLock?: boolean; registered?: boolean } = {}): Outcome {
-  const w = makeWorld({ geometry: { ...GEO, L: run.L }, bufSize: 2 << 20, phases: PHASES, bounceBytes: run.bounceBytes, seed: run.seed, registered: o.registered ?? false });
+  const w = makeWorld({
+    geometry: { ...GEO, L: run.L },
+    bufSize: 2 << 20,
+    phases: PHASES,
+    bounceBytes: run.bounceBytes,
+    seed: run.seed,
+    registered: o.registered ?? false,
+  });
   if (o.withoutLock) noLock(w);
   const fromArray = chooser(run.choices);
   const rnd = mulberry32(run.schedSeed);
@@ -91,7 +98,15 @@ function runSim(run: Run, o: { withoutLock?: boolean; registered?: boolean } = {
       bytesBounced: rw.reduce((s, r) => s + r.exp.bouncedBytes, 0),
       ops: w.rig.totalOps,
     };
-    const got = { requests: c.requests, errors: c.errors, rmwCycles: c.rmwCycles, iovCollapses: c.iovCollapses, ioSplits: c.ioSplits, bytesBounced: c.bytesBounced, ops: c.fixedOps + c.plainOps };
+    const got = {
+      requests: c.requests,
+      errors: c.errors,
+      rmwCycles: c.rmwCycles,
+      iovCollapses: c.iovCollapses,
+      ioSplits: c.ioSplits,
+      bytesBounced: c.bytesBounced,
+      ops: c.fixedOps + c.plainOps,
+    };
     if (JSON.stringify(got) !== JSON.stringify(want)) problems.push(`counters ${JSON.stringify(got)}, expected ${JSON.stringify(want)}`);
     if (w.handler.bounceInUse !== 0) problems.push(`bounce arena still holds ${w.handler.bounceInUse} bytes`);
     if (w.handler.inflight() !== 0) problems.push(`handler reports ${w.handler.inflight()} in flight`);
@@ -188,7 +203,14 @@ function runBig(w: SimWorld, work: WorkReq[], choices: number[] = []): string[] 
   return problems;
 }
 
-const req = (kind: 'r' | 'w', sector: number, sectors: number, layout: WorkReq['layout'], q = 0): WorkReq => ({ kind, q, sector, sectors, layout, lseed: sector + sectors });
+const req = (kind: 'r' | 'w', sector: number, sectors: number, layout: WorkReq['layout'], q = 0): WorkReq => ({
+  kind,
+  q,
+  sector,
+  sectors,
+  layout,
+  lseed: sector + sectors,
+});
 
 t.test('IOV_MAX collapse through the handler: 1032 x 512 B segments, unaligned at both ends', (t) => {
   const w = bigWorld(16 << 20, true);
@@ -288,7 +310,14 @@ t.test('ring takes only some ops: every request still completes exactly once', (
     ],
   ];
   for (const [name, mk, take] of cases) {
-    const w = makeWorld({ geometry: { A, M, diskBytes: 1 << 20 }, bufSize: 4 << 20, phases: [0, 0, 0], bounceBytes: 1 << 20, seed: 3, chunkMax: 256 });
+    const w = makeWorld({
+      geometry: { A, M, diskBytes: 1 << 20 },
+      bufSize: 4 << 20,
+      phases: [0, 0, 0],
+      bounceBytes: 1 << 20,
+      seed: 3,
+      chunkMax: 256,
+    });
     w.plane.take = take;
     const work = mk(w);
     const chunks = [w.rig.prepareBatch(work, w.model, 5).flat()];
@@ -303,7 +332,7 @@ t.test('ring takes only some ops: every request still completes exactly once', (
   t.end();
 });
 
-t.test('ring refusal while an op is being queued: no request gets another request\'s iovecs', (t) => {
+t.test("ring refusal while an op is being queued: no request gets another request's iovecs", (t) => {
   // One onChains call: W1, an RMW write of block 0 (one RMW read op); W2, an
   // aligned write of block 0 that waits behind W1 in the range lock; 127
   // RMW writes on their own block pairs (254 RMW read ops) and one aligned
@@ -311,7 +340,14 @@ t.test('ring refusal while an op is being queued: no request gets another reques
   // flush the array before queueing its op, and the ring refuses that whole
   // submit. W1 fails (EIO, allowed), which grants W2 at once. B's own op is
   // submitted afterwards and taken: B must write exactly its own bytes.
-  const w = makeWorld({ geometry: { A, M, diskBytes: 4 << 20 }, bufSize: 4 << 20, phases: [0, 0, 0], bounceBytes: 4 << 20, seed: 11, chunkMax: 256 });
+  const w = makeWorld({
+    geometry: { A, M, diskBytes: 4 << 20 },
+    bufSize: 4 << 20,
+    phases: [0, 0, 0],
+    bounceBytes: 4 << 20,
+    seed: 11,
+    chunkMax: 256,
+  });
   let calls = 0;
   w.plane.take = (n) => (calls++ === 0 ? 0 : n);
   const work: WorkReq[] = [
@@ -338,7 +374,13 @@ t.test('ring refusal while an op is being queued: no request gets another reques
     if (data && r.usedStatus === 0) w.model.set(data, r.pos);
   }
   const k = firstDiff(w.disk, w.model);
-  t.equal(k, -1, k < 0 ? 'disk holds exactly the successful writes' : `disk byte ${k} (host block ${Math.floor(k / A)}) is ${w.disk[k]}, expected ${w.model[k]}`);
+  t.equal(
+    k,
+    -1,
+    k < 0
+      ? 'disk holds exactly the successful writes'
+      : `disk byte ${k} (host block ${Math.floor(k / A)}) is ${w.disk[k]}, expected ${w.model[k]}`,
+  );
   const w2data = w.rig.dataOf(w2) as Uint8Array;
   t.not(firstDiff(w.disk.subarray(b.pos, b.pos + 4096), w2data), -1, "B's block does not hold W2's bytes");
   t.same(w.plane.violations, [], 'no invalid op reached the ring');

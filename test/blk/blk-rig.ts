@@ -159,7 +159,14 @@ export function cut(list: ReadonlyArray<[number, number, number]>, from: number,
   return out;
 }
 
-export function expectFor(pos: number, len: number, write: boolean, segs: ReadonlyArray<[number, number, number]>, g: Geometry, phases: number[]): Expect {
+export function expectFor(
+  pos: number,
+  len: number,
+  write: boolean,
+  segs: ReadonlyArray<[number, number, number]>,
+  g: Geometry,
+  phases: number[],
+): Expect {
   const { A, M } = g;
   const L = g.L ?? M;
   const end = pos + len;
@@ -225,7 +232,10 @@ function alignedSplitExists(lens: number[], start: number, A: number): boolean {
 
 // ------------------------------------------------------------ generation
 
-export function arbWorkReq(diskSectors: number, opts: { maxSectors?: number; layouts?: Layout[]; flush?: boolean } = {}): fc.Arbitrary<WorkReq> {
+export function arbWorkReq(
+  diskSectors: number,
+  opts: { maxSectors?: number; layouts?: Layout[]; flush?: boolean } = {},
+): fc.Arbitrary<WorkReq> {
   const maxSectors = opts.maxSectors ?? 128;
   const layouts = opts.layouts ?? (['single', 'single', 'pages', 'misaligned', 'odd', 'many512'] as Layout[]);
   return fc
@@ -469,7 +479,8 @@ export class Rig {
       const q = (this.batchReqs[k] as LiveReq).q;
       const size = 1 + (r() % chunkMax);
       const chunk: LiveReq[] = [];
-      while (k < this.batchReqs.length && chunk.length < size && (this.batchReqs[k] as LiveReq).q === q) chunk.push(this.batchReqs[k++] as LiveReq);
+      while (k < this.batchReqs.length && chunk.length < size && (this.batchReqs[k] as LiveReq).q === q)
+        chunk.push(this.batchReqs[k++] as LiveReq);
       chunks.push(chunk);
     }
     return chunks;
@@ -570,7 +581,12 @@ export class Rig {
       const head = slotId - q * QSIZE;
       const req = this.inflight[q]?.get(head);
       const start = sqOps[o + 3] as number;
-      const op = { opcode: sqOps[o] as number, flags: sqOps[o + 5] as number, count: sqOps[o + 4] as number, buf0: sqIovs[start * IOV_STRIDE] as number };
+      const op = {
+        opcode: sqOps[o] as number,
+        flags: sqOps[o + 5] as number,
+        count: sqOps[o + 4] as number,
+        buf0: sqIovs[start * IOV_STRIDE] as number,
+      };
       if (req === undefined) this.errors.push(`op for queue ${q} head ${head}, which is not in flight`);
       else req.ops.push(op);
       this.totalOps++;
@@ -620,7 +636,8 @@ export class Rig {
           if (req.registeredAtEnd !== false) out.push(`${d}: bounced request kept registered=${req.registeredAtEnd}`);
         } else if (registered && req.exp.singleGuestIovec) {
           const main = req.ops.filter((o) => o.opcode !== 2);
-          if (main.length !== 1 || fixed.length !== 1) out.push(`${d}: aligned single-iovec request with registered memory did not use one FIXED op (${JSON.stringify(req.ops)})`);
+          if (main.length !== 1 || fixed.length !== 1)
+            out.push(`${d}: aligned single-iovec request with registered memory did not use one FIXED op (${JSON.stringify(req.ops)})`);
         }
         if (!registered && fixed.length > 0) out.push(`${d}: FIXED op while memory is not registered`);
       }

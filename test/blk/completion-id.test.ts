@@ -132,7 +132,14 @@ t.test('a failed submission fails only the ops the ring did not take', (t) => {
   // Its completion (userData as pushed) arrives later and completes it.
   const taken = r.arrays.sqOps[1] as number;
   complete(r, [[taken, 512]]);
-  t.same(r.used, [[6, 1], [5, 0]], 'the op the kernel took completes with its own result');
+  t.same(
+    r.used,
+    [
+      [6, 1],
+      [5, 0],
+    ],
+    'the op the kernel took completes with its own result',
+  );
   t.equal(r.handler.inflight(), 0);
   t.end();
 });

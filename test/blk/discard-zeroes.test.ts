@@ -86,7 +86,15 @@ function model(type: number, segs: readonly Seg[], limits: SegmentLimits, listCa
 }
 
 /** Checks the list after a parse against the segments and the status. */
-function checkList(t: Test, type: number, segs: readonly Seg[], status: number, list: SegmentList, limits: SegmentLimits, what: string): void {
+function checkList(
+  t: Test,
+  type: number,
+  segs: readonly Seg[],
+  status: number,
+  list: SegmentList,
+  limits: SegmentLimits,
+  what: string,
+): void {
   t.equal(list.next, 0, `${what}: next = 0`);
   if (status !== PROCEED) {
     t.equal(list.count, 0, `${what}: a failed list has count 0 (nothing may run)`);
@@ -128,7 +136,8 @@ t.test('flags: each case', (t) => {
     ['WRITE_ZEROES, UNMAP + bit 31', WZ, 0x8000_0001, UNSUPP],
     ['WRITE_ZEROES, every bit', WZ, U32_MAX, UNSUPP],
   ];
-  for (let b = 1; b < 32; b++) cases.push([`WRITE_ZEROES, unknown bit ${b}`, WZ, 2 ** b, UNSUPP], [`DISCARD, unknown bit ${b}`, DISCARD, 2 ** b, UNSUPP]);
+  for (let b = 1; b < 32; b++)
+    cases.push([`WRITE_ZEROES, unknown bit ${b}`, WZ, 2 ** b, UNSUPP], [`DISCARD, unknown bit ${b}`, DISCARD, 2 ** b, UNSUPP]);
   for (const [what, type, flags, want] of cases) {
     const segs = [seg(8, 8, flags)];
     const { status, list } = parse(type, segs);
@@ -172,7 +181,10 @@ t.test('list length: empty, not a multiple of 16, too many segments', (t) => {
     const name = type === DISCARD ? 'DISCARD' : 'WRITE_ZEROES';
     for (const len of [0, 1, 8, 15, 17, 24, 31, 33, 16 * 3 + 1, 16 * 8 - 1]) {
       const list = dirtyList(16);
-      encode(list, Array.from({ length: 8 }, (_, i) => seg(i * 8, 8)));
+      encode(
+        list,
+        Array.from({ length: 8 }, (_, i) => seg(i * 8, 8)),
+      );
       t.equal(parseSegments(type, len, list, LIMITS), IOERR, `${name}: ${len} bytes: IOERR`);
       t.equal(list.count, 0, `${name}: ${len} bytes: count 0`);
       t.equal(list.next, 0, `${name}: ${len} bytes: next 0`);
@@ -186,7 +198,11 @@ t.test('list length: empty, not a multiple of 16, too many segments', (t) => {
     // The list's own capacity bounds it too (a slot made for fewer segments).
     const small = dirtyList(4);
     const len = encode(small, [seg(0, 1), seg(1, 1), seg(2, 1), seg(3, 1)]);
-    t.equal(parseSegments(type, len + 16, small, { ...LIMITS, maxSegments: 64 }), IOERR, `${name}: more segments than the list holds: IOERR`);
+    t.equal(
+      parseSegments(type, len + 16, small, { ...LIMITS, maxSegments: 64 }),
+      IOERR,
+      `${name}: more segments than the list holds: IOERR`,
+    );
     t.equal(small.count, 0, 'count 0');
     t.equal(parseSegments(type, len, small, { ...LIMITS, maxSegments: 64 }), PROCEED, `${name}: as many as the list holds: proceeds`);
     // Only `len` bytes are read: garbage after them is not a segment.
@@ -306,7 +322,10 @@ function segArb(l: SegmentLimits): fc.Arbitrary<Seg> {
   const maxes = [l.maxDiscardSectors, l.maxWriteZeroesSectors];
   const sectors = fc.oneof(
     { arbitrary: fc.integer({ min: 0, max: 64 }), weight: 4 },
-    { arbitrary: fc.constantFrom(...maxes).chain((m) => fc.integer({ min: Math.max(0, m - 2), max: Math.min(U32_MAX, m + 2) })), weight: 2 },
+    {
+      arbitrary: fc.constantFrom(...maxes).chain((m) => fc.integer({ min: Math.max(0, m - 2), max: Math.min(U32_MAX, m + 2) })),
+      weight: 2,
+    },
     { arbitrary: fc.integer({ min: U32_MAX - 8, max: U32_MAX }), weight: 1 },
     { arbitrary: fc.nat({ max: U32_MAX }), weight: 1 },
   );
@@ -364,7 +383,10 @@ t.test('property: any length that is not a positive multiple of 16 is IOERR with
     fc.property(fc.integer({ min: 0, max: 16 * 16 }), fc.constantFrom(DISCARD, WZ), (len, type) => {
       fc.pre(len === 0 || len % SEGMENT_BYTES !== 0);
       const list = dirtyList(16);
-      encode(list, Array.from({ length: 16 }, (_, i) => seg(i, 1)));
+      encode(
+        list,
+        Array.from({ length: 16 }, (_, i) => seg(i, 1)),
+      );
       return parseSegments(type, len, list, { ...LIMITS, maxSegments: 16 }) === IOERR && list.count === 0 && list.next === 0;
     }),
     { numRuns: 500 },

@@ -151,11 +151,21 @@ t.test('real 4Kn loop device: random batches match the model', { skip }, async (
   const arrays = allocateArrays(QSIZE);
   let handler: BlkHandler | undefined;
   const violations: string[] = [];
-  const session: Session = new native.Session(2, QSIZE, fd, 512, BOUNCE_BYTES, arrays, {
-    onChains() {},
-    onCompletions: (n: number) => handler?.onCompletions(n),
-    onViolation: (q: number, m: string) => violations.push(`native violation q${q}: ${m}`),
-  }, DISK_BYTES, true);
+  const session: Session = new native.Session(
+    2,
+    QSIZE,
+    fd,
+    512,
+    BOUNCE_BYTES,
+    arrays,
+    {
+      onChains() {},
+      onCompletions: (n: number) => handler?.onCompletions(n),
+      onViolation: (q: number, m: string) => violations.push(`native violation q${q}: ${m}`),
+    },
+    DISK_BYTES,
+    true,
+  );
   cleanups.push(() => session.destroy());
 
   // Guest memory: two memfd regions; region 1 sits REGION1_PHASE bytes into a page.

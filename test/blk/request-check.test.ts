@@ -46,20 +46,14 @@ t.test('IN and OUT on a 4K logical block disk', (t) => {
 
 t.test('the range check matches exact integer arithmetic', (t) => {
   fc.assert(
-    fc.property(
-      fc.nat(1 << 20),
-      fc.nat(1 << 21),
-      fc.nat(1 << 12),
-      fc.boolean(),
-      (cap, sector, nsectors, write) => {
-        const inRange = BigInt(sector) + BigInt(nsectors) <= BigInt(cap);
-        const got = checkRequest(req(write ? 1 : 0, sector, nsectors * 512), {
-          capacitySectors: cap,
-          readOnly: false,
-        });
-        return got === (inRange ? PROCEED : IOERR);
-      },
-    ),
+    fc.property(fc.nat(1 << 20), fc.nat(1 << 21), fc.nat(1 << 12), fc.boolean(), (cap, sector, nsectors, write) => {
+      const inRange = BigInt(sector) + BigInt(nsectors) <= BigInt(cap);
+      const got = checkRequest(req(write ? 1 : 0, sector, nsectors * 512), {
+        capacitySectors: cap,
+        readOnly: false,
+      });
+      return got === (inRange ? PROCEED : IOERR);
+    }),
     { numRuns: 2000 },
   );
   t.pass('property holds');

@@ -8,7 +8,16 @@ import { SegmentList } from '../../src/blk/discard-zeroes';
 const T = (name: string): number => REQUEST_TYPES.indexOf(name as (typeof REQUEST_TYPES)[number]);
 
 t.test('types map to their labels; unnamed types are "unknown"', async (t) => {
-  const named: Array<[number, string]> = [[0, 'in'], [1, 'out'], [4, 'flush'], [8, 'get_id'], [10, 'get_lifetime'], [11, 'discard'], [13, 'write_zeroes'], [14, 'secure_erase']];
+  const named: Array<[number, string]> = [
+    [0, 'in'],
+    [1, 'out'],
+    [4, 'flush'],
+    [8, 'get_id'],
+    [10, 'get_lifetime'],
+    [11, 'discard'],
+    [13, 'write_zeroes'],
+    [14, 'secure_erase'],
+  ];
   for (const [type, name] of named) t.equal(REQUEST_TYPES[typeIndex(type)], name, `type ${type}`);
   for (const type of [2, 3, 5, 9, 12, 15, 0x7777, 0xffffffff]) t.equal(REQUEST_TYPES[typeIndex(type)], 'unknown', `type ${type}`);
 });

@@ -114,7 +114,8 @@ export class SimPlane implements DataPlane {
         this.violations.push(`copy ${JSON.stringify([sb, so, db, dof, len])} out of bounds`);
         throw new RangeError('copy: range outside guest memory and bounce arena');
       }
-      if (sb === BOUNCE_BUF_ID && db === BOUNCE_BUF_ID) this.violations.push(`copy inside the bounce arena ${JSON.stringify([so, dof, len])}`);
+      if (sb === BOUNCE_BUF_ID && db === BOUNCE_BUF_ID)
+        this.violations.push(`copy inside the bounce arena ${JSON.stringify([so, dof, len])}`);
       dst.set(src.slice(so, so + len), dof);
     }
   }

@@ -17,11 +17,7 @@ interface Reporter {
 }
 
 /** Run a property; a counterexample (shrunk by fast-check) fails the tap test with its report. */
-function holds<Ts extends [unknown, ...unknown[]]>(
-  t: Reporter,
-  prop: fc.IRawProperty<Ts>,
-  params: fc.Parameters<Ts>,
-): void {
+function holds<Ts extends [unknown, ...unknown[]]>(t: Reporter, prop: fc.IRawProperty<Ts>, params: fc.Parameters<Ts>): void {
   try {
     fc.assert(prop, params);
     t.pass('property holds');
@@ -151,10 +147,7 @@ function runs(addrs: ReadonlyArray<[number, number]>): number {
   return n;
 }
 
-const cutArb = fc.oneof(
-  { weight: 4, arbitrary: fc.nat(100000) },
-  { weight: 1, arbitrary: fc.constantFrom(-1, -2, 0) },
-);
+const cutArb = fc.oneof({ weight: 4, arbitrary: fc.nat(100000) }, { weight: 1, arbitrary: fc.constantFrom(-1, -2, 0) });
 
 const sectorArb = fc.oneof(
   fc.bigInt({ min: 0n, max: 1n << 24n }),
@@ -163,19 +156,7 @@ const sectorArb = fc.oneof(
 );
 
 const requestArb = fc.record({
-  type: fc.constantFrom(
-    T_IN,
-    T_OUT,
-    T_FLUSH,
-    T_GET_ID,
-    T_GET_LIFETIME,
-    T_DISCARD,
-    T_WRITE_ZEROES,
-    T_SECURE_ERASE,
-    2,
-    7,
-    0xffffffff,
-  ),
+  type: fc.constantFrom(T_IN, T_OUT, T_FLUSH, T_GET_ID, T_GET_LIFETIME, T_DISCARD, T_WRITE_ZEROES, T_SECURE_ERASE, 2, 7, 0xffffffff),
   ioprio: fc.nat(0xffffffff),
   sector: sectorArb,
   dataLen: fc.oneof(fc.nat(64), fc.nat(3000), fc.constantFrom(512, 1024, 4096)),
@@ -212,25 +193,13 @@ t.test('random descriptor layouts split back into header, data and status', (t) 
       const headers = new Uint8Array((r.headerSlot + 2) * 16).fill(0xa5);
       headers.set(encodeHeader(r.type, r.ioprio, r.sector), r.headerSlot * 16);
       const req = new BlkRequest(r.capacity);
-      const res = splitChain(
-        segTable(lay.segs, r.before),
-        r.before,
-        lay.segs.length,
-        headers,
-        r.headerSlot * 16,
-        16,
-        req,
-      );
+      const res = splitChain(segTable(lay.segs, r.before), r.before, lay.segs.length, headers, r.headerSlot * 16, 16, req);
 
-      const expectedData =
-        dir === 'read' ? lay.readAddr.slice(16) : dir === 'write' ? lay.writeAddr.slice(0, writeData) : [];
+      const expectedData = dir === 'read' ? lay.readAddr.slice(16) : dir === 'write' ? lay.writeAddr.slice(0, writeData) : [];
       const expectedRuns = runs(expectedData);
       if (expectedRuns > r.capacity) {
         overflowed++;
-        assert.equal(
-          res,
-          `chain has ${expectedRuns} data segments, more than the ${r.capacity} this request can carry`,
-        );
+        assert.equal(res, `chain has ${expectedRuns} data segments, more than the ${r.capacity} this request can carry`);
         return;
       }
       assert.equal(res, null);
@@ -286,15 +255,7 @@ t.test('a readable part shorter than 16 bytes is a header violation', (t) => {
       (readLen, cuts, placements) => {
         const lay = layOut(readLen, 513, cuts, [], placements, 512);
         const headers = new Uint8Array(16);
-        const res = splitChain(
-          segTable(lay.segs, 0),
-          0,
-          lay.segs.length,
-          headers,
-          0,
-          readLen,
-          new BlkRequest(8),
-        );
+        const res = splitChain(segTable(lay.segs, 0), 0, lay.segs.length, headers, 0, readLen, new BlkRequest(8));
         assert.equal(res, `request header is ${readLen} bytes, needs 16`);
       },
     ),
@@ -306,27 +267,14 @@ t.test('a readable part shorter than 16 bytes is a header violation', (t) => {
 t.test('a chain without a writable byte has no status', (t) => {
   holds(
     t,
-    fc.property(
-      fc.integer({ min: 16, max: 2000 }),
-      fc.nat(3),
-      fc.array(cutArb, { maxLength: 6 }),
-      (readLen, zeroWritable, cuts) => {
-        const lay = layOut(readLen, 0, cuts, [], [{ contig: false, buf: 1, off: 4096 }], 0);
-        // Zero-length writable segments do not hold a status byte either.
-        const segs = lay.segs.filter((s) => !s.write);
-        for (let i = 0; i < zeroWritable; i++) segs.push({ buf: 0, off: 100, len: 0, write: true });
-        const res = splitChain(
-          segTable(segs, 0),
-          0,
-          segs.length,
-          encodeHeader(T_IN, 0, 0n),
-          0,
-          16,
-          new BlkRequest(8),
-        );
-        assert.equal(res, 'chain has no writable status byte');
-      },
-    ),
+    fc.property(fc.integer({ min: 16, max: 2000 }), fc.nat(3), fc.array(cutArb, { maxLength: 6 }), (readLen, zeroWritable, cuts) => {
+      const lay = layOut(readLen, 0, cuts, [], [{ contig: false, buf: 1, off: 4096 }], 0);
+      // Zero-length writable segments do not hold a status byte either.
+      const segs = lay.segs.filter((s) => !s.write);
+      for (let i = 0; i < zeroWritable; i++) segs.push({ buf: 0, off: 100, len: 0, write: true });
+      const res = splitChain(segTable(segs, 0), 0, segs.length, encodeHeader(T_IN, 0, 0n), 0, 16, new BlkRequest(8));
+      assert.equal(res, 'chain has no writable status byte');
+    }),
     { numRuns: 100 },
   );
   t.end();
@@ -400,11 +348,7 @@ t.test('garbage segment tables never throw', (t) => {
 
 // --- the layouts QEMU's qtest drives, one by one ---
 
-function run(
-  segs: Seg[],
-  header: Uint8Array,
-  capacity = 16,
-): { res: string | null; req: BlkRequest } {
+function run(segs: Seg[], header: Uint8Array, capacity = 16): { res: string | null; req: BlkRequest } {
   const req = new BlkRequest(capacity);
   const res = splitChain(segTable(segs, 0), 0, segs.length, header, 0, Math.min(16, header.length), req);
   return { res, req };
@@ -558,18 +502,9 @@ t.test('violations name the rule', (t) => {
 
   const req = new BlkRequest(4);
   const ok = segTable([{ buf: 0, off: 0, len: 17, write: false }], 0);
-  t.equal(
-    splitChain(ok, 0, 5, hdr, 0, 16, req),
-    'chain segments [0, 0 + 5) lie outside the segment table of 3',
-  );
-  t.equal(
-    splitChain(ok, -1, 1, hdr, 0, 16, req),
-    'chain segments [-1, -1 + 1) lie outside the segment table of 3',
-  );
-  t.equal(
-    splitChain(ok, 0, 1, hdr, 8, 16, req),
-    'request header copy [8, 8 + 16) lies outside the header table of 16 bytes',
-  );
+  t.equal(splitChain(ok, 0, 5, hdr, 0, 16, req), 'chain segments [0, 0 + 5) lie outside the segment table of 3');
+  t.equal(splitChain(ok, -1, 1, hdr, 0, 16, req), 'chain segments [-1, -1 + 1) lie outside the segment table of 3');
+  t.equal(splitChain(ok, 0, 1, hdr, 8, 16, req), 'request header copy [8, 8 + 16) lies outside the header table of 16 bytes');
   const segs = segTable(
     [
       { buf: 0, off: 0, len: 16, write: false },
@@ -588,10 +523,7 @@ t.test('violations name the rule', (t) => {
   t.equal(splitChain(segs, 0, 2, hdr, 0, 16, req), 'chain segment 0 has an invalid buffer id NaN');
   segs[0] = 0;
   segs[5] = 2 ** 53 - 1;
-  t.equal(
-    splitChain(segs, 0, 2, hdr, 0, 16, req),
-    `chain segment 1 ends past 2^53 (offset ${2 ** 53 - 1}, length 1)`,
-  );
+  t.equal(splitChain(segs, 0, 2, hdr, 0, 16, req), `chain segment 1 ends past 2^53 (offset ${2 ** 53 - 1}, length 1)`);
   segs[5] = 16;
   segs[6] = 2 ** 32;
   t.equal(splitChain(segs, 0, 2, hdr, 0, 16, req), `chain segment 1 has an invalid length ${2 ** 32}`);

@@ -72,7 +72,9 @@ t.test(`a batch of ${BATCH_CHAINS} chains on ${QSIZE} heads: every chain gets it
   handler.onChains(0, n);
 
   t.equal(used.length, n, `${n} used entries published`);
-  const wrong = used.findIndex((u, i) => u.head !== i % QSIZE || u.statusOffset !== 4096 + i || u.status !== VIRTIO_BLK_S_UNSUPP || u.len !== 1);
+  const wrong = used.findIndex(
+    (u, i) => u.head !== i % QSIZE || u.statusOffset !== 4096 + i || u.status !== VIRTIO_BLK_S_UNSUPP || u.len !== 1,
+  );
   t.equal(wrong, -1, wrong < 0 ? 'each in order, with its own status byte' : `entry ${wrong} is ${JSON.stringify(used[wrong])}`);
   t.equal(handler.inflight(), 0, 'nothing left in flight');
   t.end();

@@ -63,7 +63,10 @@ t.test('--log-format json: every stderr line is one JSON object', async (t) => {
   const bad = records.filter((rec) => !levels.has(rec.level as string) || typeof rec.msg !== 'string' || typeof rec.time !== 'number');
   t.same(bad, [], 'each has a level name, a msg and a time');
   t.same(new Set(records.map((rec) => rec.level)), new Set(['debug', 'info', 'warn']), 'debug, info and warn seen');
-  t.notOk(records.some((rec) => 'pid' in rec || 'hostname' in rec), 'no pid or hostname');
+  t.notOk(
+    records.some((rec) => 'pid' in rec || 'hostname' in rec),
+    'no pid or hostname',
+  );
 
   const serving = records.find((rec) => rec.msg === 'serving');
   t.match(serving, {
@@ -113,9 +116,19 @@ t.test('stderr that is the JOURNAL_STREAM gets priority prefixes; an inherited o
   const ownStderr = '$(stat -L -c %d:%i /proc/self/fd/2)';
 
   const text = await run(ownStderr, 'text', /^<6>vublk: info: serving /);
-  t.same(text.filter((l) => !/^<[3467]>vublk: (error|warn|info|debug): /.test(l)), [], 'text: every line has a prefix');
-  t.ok(text.some((l) => l.startsWith('<4>vublk: warn: disconnecting frontend: protocol violation conn=')), 'warn is <4>');
-  t.ok(text.some((l) => l.startsWith('<6>vublk: info: serving disk=')), 'info is <6>');
+  t.same(
+    text.filter((l) => !/^<[3467]>vublk: (error|warn|info|debug): /.test(l)),
+    [],
+    'text: every line has a prefix',
+  );
+  t.ok(
+    text.some((l) => l.startsWith('<4>vublk: warn: disconnecting frontend: protocol violation conn=')),
+    'warn is <4>',
+  );
+  t.ok(
+    text.some((l) => l.startsWith('<6>vublk: info: serving disk=')),
+    'info is <6>',
+  );
 
   const json = await run(ownStderr, 'json', /^<6>\{.*"msg":"serving"/);
   for (const l of json) {
@@ -129,5 +142,9 @@ t.test('stderr that is the JOURNAL_STREAM gets priority prefixes; an inherited o
   }
 
   const notJournal = await run('1:1', 'text', /^vublk: info: serving /);
-  t.same(notJournal.filter((l) => !l.startsWith('vublk: ')), [], 'JOURNAL_STREAM naming another file: plain lines');
+  t.same(
+    notJournal.filter((l) => !l.startsWith('vublk: ')),
+    [],
+    'JOURNAL_STREAM naming another file: plain lines',
+  );
 });

@@ -41,9 +41,16 @@ t.test('--socket-fd takes an fd number and is refused with --socket', (t) => {
   t.equal(o.socketGiven, false);
   t.equal(parseOptions(['--socket-fd=0']).socketFd, 0);
   for (const bad of ['-1', 'x', '3.5', '2147483648', '']) {
-    t.match(thrown(['--socket-fd=' + bad]), { code: 'E_USAGE', message: /^--socket-fd expects a file descriptor number between 0 and 2147483647, got/ }, bad);
+    t.match(
+      thrown(['--socket-fd=' + bad]),
+      { code: 'E_USAGE', message: /^--socket-fd expects a file descriptor number between 0 and 2147483647, got/ },
+      bad,
+    );
   }
-  t.match(thrown(['--socket-fd', '3', '--socket', '/run/x.sock']), { code: 'E_USAGE', message: '--socket and --socket-fd both name the socket to serve; give one of them' });
+  t.match(thrown(['--socket-fd', '3', '--socket', '/run/x.sock']), {
+    code: 'E_USAGE',
+    message: '--socket and --socket-fd both name the socket to serve; give one of them',
+  });
   t.end();
 });
 
@@ -164,10 +171,7 @@ t.test('error messages', (t) => {
     [['--queue-size', '1'], '--queue-size expects a power of two between 2 and 1024, got "1"'],
     [['--queue-size', '2048'], '--queue-size expects a power of two between 2 and 1024, got "2048"'],
     [['--queue-size', 'big'], '--queue-size expects a power of two between 2 and 1024, got "big"'],
-    [
-      ['--serial', '123456789012345678901'],
-      '--serial expects at most 20 printable ASCII characters, got "123456789012345678901"',
-    ],
+    [['--serial', '123456789012345678901'], '--serial expects at most 20 printable ASCII characters, got "123456789012345678901"'],
     [['--serial', 'caf\u00e9'], '--serial expects at most 20 printable ASCII characters, got "caf\u00e9"'],
     [['--serial', 'a\tb'], '--serial expects at most 20 printable ASCII characters, got "a\\tb"'],
     [['--logical-block-size', '1024'], '--logical-block-size expects 512 or 4096, got "1024"'],
@@ -179,10 +183,7 @@ t.test('error messages', (t) => {
     [['--disk='], '--disk expects a path, got ""'],
     [['--socket='], '--socket expects a path, got ""'],
     [['--disk', 'a\0b'], '--disk expects a path without NUL bytes, got "a\\u0000b"'],
-    [
-      ['--socket', 'x'.repeat(108)],
-      '--socket expects a path of at most 107 bytes (a Unix socket address limit), got 108 bytes',
-    ],
+    [['--socket', 'x'.repeat(108)], '--socket expects a path of at most 107 bytes (a Unix socket address limit), got 108 bytes'],
     [['--disk'], '--disk expects a value (PATH)'],
     [['--queues'], '--queues expects a value (N)'],
     [['--log-level'], '--log-level expects a value (error|warn|info|debug)'],
@@ -228,7 +229,11 @@ t.test('--max-pinned-memory: bytes with an optional binary suffix', (t) => {
 
 t.test('--state-file: a path, "none", or the socket path + ".state"', (t) => {
   t.equal(parseOptions(['--socket', '/run/vublk/vm2.sock']).stateFile, '/run/vublk/vm2.sock.state', 'follows --socket');
-  t.equal(parseOptions(['--state-file', '/srv/s.json', '--socket', '/run/a.sock']).stateFile, '/srv/s.json', 'given: kept, wherever the socket is');
+  t.equal(
+    parseOptions(['--state-file', '/srv/s.json', '--socket', '/run/a.sock']).stateFile,
+    '/srv/s.json',
+    'given: kept, wherever the socket is',
+  );
   t.equal(parseOptions(['--state-file', 'none']).stateFile, null, '"none": in memory only');
   t.equal(parseOptions(['--state-file=./none']).stateFile, './none', 'a file named none is ./none');
   t.equal((thrown(['--state-file=']) as Error | undefined)?.message, '--state-file expects a path, got ""');

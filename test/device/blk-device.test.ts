@@ -15,7 +15,17 @@ const fakeDisk: HostDisk = {
   sizeBytes: 64 << 20,
   kind: 'file',
   readOnly: false,
-  rules: { offsetAlign: 512, memAlign: 512, lenAlign: 512, physicalBlock: 4096, ioMin: 0, ioOpt: 0, source: 'fallback', sizeBytes: 64 << 20, blockDevice: false },
+  rules: {
+    offsetAlign: 512,
+    memAlign: 512,
+    lenAlign: 512,
+    physicalBlock: 4096,
+    ioMin: 0,
+    ioOpt: 0,
+    source: 'fallback',
+    sizeBytes: 64 << 20,
+    blockDevice: false,
+  },
   discard: { discard: false, writeZeroes: true, mayUnmap: false, maxDiscardBytes: 0, maxWriteZeroesBytes: 1 << 30, discardAlign: 4096 },
 };
 
@@ -40,7 +50,15 @@ class FakeStore implements WriteCacheStore {
 }
 
 function device(store: WriteCacheStore | undefined): BlkDevice {
-  return new BlkDevice(fakeDisk, { queues: 1, queueSize: 128, readOnly: false, serial: 'x', logicalBlockSize: 512, fixedBuffers: false, writeCacheState: store });
+  return new BlkDevice(fakeDisk, {
+    queues: 1,
+    queueSize: 128,
+    readOnly: false,
+    serial: 'x',
+    logicalBlockSize: 512,
+    fixedBuffers: false,
+    writeCacheState: store,
+  });
 }
 
 function configByte(d: BlkDevice): number {
@@ -87,7 +105,11 @@ t.test('a save that fails refuses the write and keeps the mode, and puts the mod
   t.equal(d.writeConfig(CFG_WRITEBACK, Uint8Array.of(0)), false, 'refused');
   t.equal(d.writeback(), true, 'still write-back');
   t.equal(configByte(d), 1, 'GET_CONFIG still shows write-back');
-  t.same(store.saves.map((s) => s.writeback), [false, true], 'then the mode in force was saved again');
+  t.same(
+    store.saves.map((s) => s.writeback),
+    [false, true],
+    'then the mode in force was saved again',
+  );
   t.equal(store.saved, true);
   t.end();
 });

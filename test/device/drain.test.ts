@@ -37,7 +37,12 @@ t.test('waits for uring ops and thread-pool work, abandoning requests and cancel
   const calls: string[] = [];
   const work = { ioUring: 2, threadPool: 1 };
   let done = false;
-  const p = waitForNativeWork(fakeSession(work, calls), 7, () => calls.push('abandon'), () => false).then(() => {
+  const p = waitForNativeWork(
+    fakeSession(work, calls),
+    7,
+    () => calls.push('abandon'),
+    () => false,
+  ).then(() => {
     done = true;
   });
   t.same(calls, ['abandon', 'cancel'], 'requests abandoned, then io_uring asked to cancel');
@@ -54,7 +59,12 @@ t.test('waits for uring ops and thread-pool work, abandoning requests and cancel
 
 t.test('nothing outstanding: no log, no abandon', async (t) => {
   const calls: string[] = [];
-  await waitForNativeWork(fakeSession({ ioUring: 0, threadPool: 0 }, calls), 1, () => calls.push('abandon'), () => false);
+  await waitForNativeWork(
+    fakeSession({ ioUring: 0, threadPool: 0 }, calls),
+    1,
+    () => calls.push('abandon'),
+    () => false,
+  );
   t.same(calls, []);
 });
 
@@ -63,7 +73,12 @@ t.test('an exiting daemon stops waiting', async (t) => {
   setLogSink((l) => lines.push(l));
   t.teardown(() => setLogSink(undefined));
   let exiting = false;
-  const p = waitForNativeWork(fakeSession({ ioUring: 3, threadPool: 0 }, []), 2, () => undefined, () => exiting);
+  const p = waitForNativeWork(
+    fakeSession({ ioUring: 3, threadPool: 0 }, []),
+    2,
+    () => undefined,
+    () => exiting,
+  );
   setTimeout(() => (exiting = true), 20);
   await p;
   t.match(lines.join('\n'), /exiting with native I\/O outstanding conn=2 ioUring=2/);

@@ -99,11 +99,27 @@ t.test('a file vublk cannot trust stops it, naming the file and what to do', (t)
     ['not JSON', () => fs.writeFileSync(file, '{"version":1,'), /is not valid JSON/],
     ['empty', () => fs.writeFileSync(file, ''), /is not valid JSON/],
     ['not an object', () => fs.writeFileSync(file, '[1]'), /is not a JSON object/],
-    ['another format version', () => fs.writeFileSync(file, JSON.stringify({ ...good, version: 2 })), /has format version 2, this vublk reads version 1/],
+    [
+      'another format version',
+      () => fs.writeFileSync(file, JSON.stringify({ ...good, version: 2 })),
+      /has format version 2, this vublk reads version 1/,
+    ],
     ['no format version', () => fs.writeFileSync(file, JSON.stringify({ disk, writeback: false })), /has format version none/],
-    ['another disk', () => fs.writeFileSync(file, JSON.stringify({ ...good, disk: otherDisk })), /was written for another disk, .*other\.img/],
-    ['same path, another inode', () => fs.writeFileSync(file, JSON.stringify({ ...good, disk: { ...disk, ino: '1' } })), /was written for another disk/],
-    ['no disk', () => fs.writeFileSync(file, JSON.stringify({ version: 1, writeback: false })), /was written for another disk, an unnamed disk/],
+    [
+      'another disk',
+      () => fs.writeFileSync(file, JSON.stringify({ ...good, disk: otherDisk })),
+      /was written for another disk, .*other\.img/,
+    ],
+    [
+      'same path, another inode',
+      () => fs.writeFileSync(file, JSON.stringify({ ...good, disk: { ...disk, ino: '1' } })),
+      /was written for another disk/,
+    ],
+    [
+      'no disk',
+      () => fs.writeFileSync(file, JSON.stringify({ version: 1, writeback: false })),
+      /was written for another disk, an unnamed disk/,
+    ],
     ['writeback not a boolean', () => fs.writeFileSync(file, JSON.stringify({ ...good, writeback: 0 })), /has no boolean "writeback"/],
     ['a directory', () => fs.mkdirSync(file), /is not a regular file/],
     ['too large', () => fs.writeFileSync(file, ' '.repeat(100 * 1024)), /is 102400 bytes, too large/],
@@ -141,6 +157,9 @@ t.test('an absent file in a directory that does not exist is refused at load, no
   const file = path.join(dir, 'no-such-dir', 'x.state');
   const err = loadError(new WriteCacheStateFile(file, disk));
   t.type(err, StateFileError);
-  t.equal((err as Error).message, `state file ${file} cannot be created: ${path.dirname(file)} is not a directory; create it or pass another --state-file`);
+  t.equal(
+    (err as Error).message,
+    `state file ${file} cannot be created: ${path.dirname(file)} is not a directory; create it or pass another --state-file`,
+  );
   t.end();
 });

@@ -7,7 +7,13 @@ import path from 'node:path';
 
 const root = path.resolve(__dirname, '..', '..', '..');
 const docsDir = path.join(root, 'docs');
-const files = ['README.md', ...fs.readdirSync(docsDir).filter((f) => f.endsWith('.md')).map((f) => path.join('docs', f))];
+const files = [
+  'README.md',
+  ...fs
+    .readdirSync(docsDir)
+    .filter((f) => f.endsWith('.md'))
+    .map((f) => path.join('docs', f)),
+];
 
 /** The text outside fenced code blocks, where links and headings count. */
 function prose(text: string): string {

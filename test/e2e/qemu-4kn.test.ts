@@ -92,8 +92,10 @@ async function boot4kn(tt: Test, what: string, script: string): Promise<BootResu
     true,
   );
   const { res, output, stopped } = run;
-  tt.comment(`${what}: guest ${res.result ?? '(no result line)'} in ${(res.durationMs / 1000).toFixed(1)} s; ` +
-    `vublk stopped (code ${stopped.code}, signal ${stopped.signal})`);
+  tt.comment(
+    `${what}: guest ${res.result ?? '(no result line)'} in ${(res.durationMs / 1000).toFixed(1)} s; ` +
+      `vublk stopped (code ${stopped.code}, signal ${stopped.signal})`,
+  );
 
   // vublk's probe of the host device.
   const probe = output.split('\n').find((l) => /\bvublk: info: host disk direct I\/O\b/.test(l));

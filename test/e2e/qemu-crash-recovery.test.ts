@@ -244,10 +244,12 @@ async function runWithKills(tt: Test, kill: Kill, seed: number): Promise<Outcome
         fioRunning = true;
         fioStarted = Date.now();
         fioWatchdog = setTimeout(() => {
-          stopRun(new Error(
-            `fio did not end within ${FIO_DEADLINE_MS / 1000} s of starting its ${RUNTIME_S} s run: ` +
-              `the guest's I/O hangs (requests lost across the restarts?)`,
-          ));
+          stopRun(
+            new Error(
+              `fio did not end within ${FIO_DEADLINE_MS / 1000} s of starting its ${RUNTIME_S} s run: ` +
+                `the guest's I/O hangs (requests lost across the restarts?)`,
+            ),
+          );
         }, FIO_DEADLINE_MS);
         kills = killLoop().catch((e: unknown) => stopRun(e instanceof Error ? e : new Error(String(e))));
       } else if (l.includes(`${MARK} verify`)) {
@@ -293,13 +295,21 @@ function sumCounter(gens: Generation[], key: string): { perQueue: number[]; miss
 }
 
 function checkOutcome(tt: Test, o: Outcome, kill: Kill): void {
-  tt.comment(`guest ${o.res.result ?? '(no result line)'} in ${(o.res.durationMs / 1000).toFixed(1)} s; ` +
-    `fio ${o.fioMs === undefined ? 'did not end' : `ran ${(o.fioMs / 1000).toFixed(1)} s`}`);
+  tt.comment(
+    `guest ${o.res.result ?? '(no result line)'} in ${(o.res.durationMs / 1000).toFixed(1)} s; ` +
+      `fio ${o.fioMs === undefined ? 'did not end' : `ran ${(o.fioMs / 1000).toFixed(1)} s`}`,
+  );
   for (const g of o.gens) {
     const k = g.killed;
-    tt.comment(`vublk #${g.n}: ${g.reconnectMs !== undefined ? `QEMU connected ${g.reconnectMs} ms after start; ` : ''}` +
-      (k ? `${kill} after ${k.aliveMs} + ${k.busyWaitMs} ms with ${k.inflight ?? 'unknown'} io_uring ops in flight: exit code ${k.exit.code} signal ${k.exit.signal}` : 'not killed') +
-      ` | ${lastCounters(g).map((f) => `q${f.queue} requests=${f.requests} resubmitted=${f.resubmitted ?? '?'}`).join(' ')}`);
+    tt.comment(
+      `vublk #${g.n}: ${g.reconnectMs !== undefined ? `QEMU connected ${g.reconnectMs} ms after start; ` : ''}` +
+        (k
+          ? `${kill} after ${k.aliveMs} + ${k.busyWaitMs} ms with ${k.inflight ?? 'unknown'} io_uring ops in flight: exit code ${k.exit.code} signal ${k.exit.signal}`
+          : 'not killed') +
+        ` | ${lastCounters(g)
+          .map((f) => `q${f.queue} requests=${f.requests} resubmitted=${f.resubmitted ?? '?'}`)
+          .join(' ')}`,
+    );
   }
   const guestOutput = tail(o.res.output, 40);
   tt.equal(o.error, undefined, 'the host did not have to stop the run', { error: o.error?.message, guestOutput });
@@ -325,7 +335,10 @@ function checkOutcome(tt: Test, o: Outcome, kill: Kill): void {
   for (const g of o.gens) tt.same(vublkProblemLines(daemonLog(g.child)), [], `vublk #${g.n}: logged no warn/error line`);
 
   const requests = sumCounter(o.gens, 'requests');
-  tt.ok(requests.perQueue.every((n) => n > 0), `both virtqueues carried requests (${requests.perQueue.join(', ')})`);
+  tt.ok(
+    requests.perQueue.every((n) => n > 0),
+    `both virtqueues carried requests (${requests.perQueue.join(', ')})`,
+  );
   const resub = sumCounter(o.gens, 'resubmitted');
   tt.equal(resub.missing, 0, 'every counters line has a resubmitted count', {
     lines: resub.lines,

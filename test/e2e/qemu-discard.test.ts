@@ -55,15 +55,7 @@ import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { startVublkBackend } from '../helpers/guest/backends';
-import {
-  expectCleanStop,
-  expectGuestPass,
-  guestDisk,
-  guestTest,
-  runGuestWith,
-  tail,
-  type GuestRun,
-} from '../helpers/guest/harness';
+import { expectCleanStop, expectGuestPass, guestDisk, guestTest, runGuestWith, tail, type GuestRun } from '../helpers/guest/harness';
 import {
   allPrerequisites,
   guestPrerequisites,
@@ -331,7 +323,12 @@ async function run(tt: Test, kind: HostKind): Promise<void> {
   // Loaded here, not at the top: it loads the native addon.
   const { MAX_ZERO_SEGMENT_BYTES } = await import('../../src/disk/discard-probe');
   let vublk: ChildProcess | undefined;
-  const host = await guestDisk(tt, { prefix: 'vublk-e2e-discard-', imageBytes: IMAGE_BYTES, loop4k: kind === 'loop4k', daemon: () => vublk });
+  const host = await guestDisk(tt, {
+    prefix: 'vublk-e2e-discard-',
+    imageBytes: IMAGE_BYTES,
+    loop4k: kind === 'loop4k',
+    daemon: () => vublk,
+  });
   const { image, socket } = host;
   const dev = host.loop?.dev;
   const startAlloc = allocatedBytes(image);
@@ -355,15 +352,22 @@ async function run(tt: Test, kind: HostKind): Promise<void> {
 
   let boot: GuestRun;
   try {
-    boot = await runGuestWith(vublk, 'vublk', { socket, queues: QUEUES, script: discardScript(), timeoutMs: GUEST_TIMEOUT_MS, log: onLine }, true);
+    boot = await runGuestWith(
+      vublk,
+      'vublk',
+      { socket, queues: QUEUES, script: discardScript(), timeoutMs: GUEST_TIMEOUT_MS, log: onLine },
+      true,
+    );
   } finally {
     clearInterval(poll);
   }
   const { res, output, stopped } = boot;
   const afterAlloc = allocatedBytes(image);
   const guestLines = res.output.split('\n');
-  tt.comment(`guest ${res.result ?? '(no result line)'} in ${(res.durationMs / 1000).toFixed(1)} s; ` +
-    `vublk stopped (code ${stopped.code}, signal ${stopped.signal})`);
+  tt.comment(
+    `guest ${res.result ?? '(no result line)'} in ${(res.durationMs / 1000).toFixed(1)} s; ` +
+      `vublk stopped (code ${stopped.code}, signal ${stopped.signal})`,
+  );
 
   expectGuestPass(tt, boot, 'guest PASS');
 
@@ -421,16 +425,19 @@ async function run(tt: Test, kind: HostKind): Promise<void> {
   const trimmed = Number(fields(trimLine ?? '').bytes ?? NaN);
   tt.ok(trimmed > 0, `fstrim reported bytes trimmed > 0 (${trimLine?.trim() ?? 'no line'})`, { guestOutput: tail(res.output, 30) });
   const deletedBytes = DELETE_FILES * DELETE_FILE_BYTES;
-  tt.comment(`image allocation: start ${fmtMiB(startAlloc)}, at ${BEFORE_TRIM_MARKER} ${fmtMiB(atMarker)}, ` +
-    `peak ${fmtMiB(peak)}, after the run ${fmtMiB(afterAlloc)}; files deleted before fstrim ${fmtMiB(deletedBytes)}`);
+  tt.comment(
+    `image allocation: start ${fmtMiB(startAlloc)}, at ${BEFORE_TRIM_MARKER} ${fmtMiB(atMarker)}, ` +
+      `peak ${fmtMiB(peak)}, after the run ${fmtMiB(afterAlloc)}; files deleted before fstrim ${fmtMiB(deletedBytes)}`,
+  );
   tt.ok(atMarker !== undefined, `host sampled the image at the guest's ${BEFORE_TRIM_MARKER}`, {
     guestOutput: tail(res.output, 30),
   });
   if (atMarker !== undefined) {
     tt.ok(afterAlloc < atMarker, `image allocation after the run (${fmtMiB(afterAlloc)}) < before fstrim (${fmtMiB(atMarker)})`);
-    tt.ok(atMarker - afterAlloc >= deletedBytes / 2,
-      `fstrim deallocated at least half the deleted files' ${fmtMiB(deletedBytes)} on the host ` +
-        `(${fmtMiB(atMarker - afterAlloc)})`);
+    tt.ok(
+      atMarker - afterAlloc >= deletedBytes / 2,
+      `fstrim deallocated at least half the deleted files' ${fmtMiB(deletedBytes)} on the host ` + `(${fmtMiB(atMarker - afterAlloc)})`,
+    );
   }
 
   // --- vublk

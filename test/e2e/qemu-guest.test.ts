@@ -15,15 +15,7 @@ import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import { findCommand } from '../helpers/find-command';
 import { startVublkBackend } from '../helpers/guest/backends';
-import {
-  expectCleanStop,
-  expectGuestPass,
-  guestDisk,
-  guestTest,
-  runGuestWith,
-  tail,
-  type GuestRun,
-} from '../helpers/guest/harness';
+import { expectCleanStop, expectGuestPass, guestDisk, guestTest, runGuestWith, tail, type GuestRun } from '../helpers/guest/harness';
 import { allPrerequisites, guestPrerequisites, vublkPrerequisites, type Prerequisites } from '../helpers/guest/prerequisites';
 import { ext4Script, fioVerifyScript } from '../helpers/guest/scripts';
 import { e2eLog as log } from '../helpers/guest/verbose';

@@ -29,10 +29,14 @@ function backendCase(what: string, memPath: (tt: Test) => string, unsupported: (
   guestTest(
     t,
     {
-      prereq: allPrerequisites(guestPrerequisites, () => vublkPrerequisites({ built: true }), () => {
-        const why = unsupported();
-        return why === undefined ? { ok: true } : { ok: false, reason: why };
-      }),
+      prereq: allPrerequisites(
+        guestPrerequisites,
+        () => vublkPrerequisites({ built: true }),
+        () => {
+          const why = unsupported();
+          return why === undefined ? { ok: true } : { ok: false, reason: why };
+        },
+      ),
       ciWhat: 'QEMU e2e',
       name: `qemu guest with memory-backend-file on ${what}`,
       skipName: `qemu guest with memory-backend-file on ${what}`,
@@ -42,8 +46,20 @@ function backendCase(what: string, memPath: (tt: Test) => string, unsupported: (
     async (tt) => {
       const { image, socket } = await guestDisk(tt, { prefix: 'vublk-e2e-membackend-', imageBytes: IMAGE_BYTES });
       const vublk = await startVublkBackend({ image, socket, queues: 1, ...(log ? { log } : {}) });
-      const script = fioVerifyScript({ expectQueues: 1, expectSizeBytes: IMAGE_BYTES, sizeMiB: 16, numjobs: 2, iodepth: 32, bsrange: '512-64k' });
-      const run = await runGuestWith(vublk, 'vublk', { socket, queues: 1, memMiB: MEM_MIB, memPath: memPath(tt), script, timeoutMs: GUEST_TIMEOUT_MS, ...(log ? { log } : {}) }, true);
+      const script = fioVerifyScript({
+        expectQueues: 1,
+        expectSizeBytes: IMAGE_BYTES,
+        sizeMiB: 16,
+        numjobs: 2,
+        iodepth: 32,
+        bsrange: '512-64k',
+      });
+      const run = await runGuestWith(
+        vublk,
+        'vublk',
+        { socket, queues: 1, memMiB: MEM_MIB, memPath: memPath(tt), script, timeoutMs: GUEST_TIMEOUT_MS, ...(log ? { log } : {}) },
+        true,
+      );
       tt.comment(`guest ${run.res.result ?? '(no result line)'} in ${(run.res.durationMs / 1000).toFixed(1)} s`);
       expectGuestPass(tt, run, `the guest passes fio verify with its RAM on ${what}`);
       expectCleanStop(tt, 'vublk', run);
@@ -61,4 +77,8 @@ backendCase(
   () => (fs.existsSync('/dev/shm') ? undefined : 'no /dev/shm'),
 );
 
-backendCase('hugetlbfs', (tt) => hugetlbfsDir(tt, MEM_MIB * 1024 * 1024), () => hugePagesUnsupported(MEM_MIB * 1024 * 1024));
+backendCase(
+  'hugetlbfs',
+  (tt) => hugetlbfsDir(tt, MEM_MIB * 1024 * 1024),
+  () => hugePagesUnsupported(MEM_MIB * 1024 * 1024),
+);

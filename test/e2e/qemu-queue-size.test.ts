@@ -35,10 +35,22 @@ guestTest(
   async (tt) => {
     const { image, socket } = await guestDisk(tt, { prefix: 'vublk-e2e-qsize-', imageBytes: IMAGE_BYTES });
     const vublk = await startVublkBackend({ image, socket, queues: 1, ...(log ? { log } : {}) });
-    const fio = fioVerifyScript({ expectQueues: 1, expectSizeBytes: IMAGE_BYTES, sizeMiB: 16, numjobs: 2, iodepth: 256, bsrange: '512-16k' });
+    const fio = fioVerifyScript({
+      expectQueues: 1,
+      expectSizeBytes: IMAGE_BYTES,
+      sizeMiB: 16,
+      numjobs: 2,
+      iodepth: 256,
+      bsrange: '512-16k',
+    });
     // Say what the guest's block layer made of the ring (its queue depth follows the ring size).
     const script = fio.replace('FIO_OPTS=', 'step "queue depth: $(cat /sys/block/vda/queue/nr_requests)"\nFIO_OPTS=');
-    const run = await runGuestWith(vublk, 'vublk', { socket, queues: 1, queueSize: QUEUE_SIZE, memMiB: 512, script, timeoutMs: GUEST_TIMEOUT_MS, ...(log ? { log } : {}) }, true);
+    const run = await runGuestWith(
+      vublk,
+      'vublk',
+      { socket, queues: 1, queueSize: QUEUE_SIZE, memMiB: 512, script, timeoutMs: GUEST_TIMEOUT_MS, ...(log ? { log } : {}) },
+      true,
+    );
     tt.comment(`guest ${run.res.result ?? '(no result line)'} in ${(run.res.durationMs / 1000).toFixed(1)} s`);
     const depth = /queue depth: (\d+)/.exec(run.res.output);
     tt.comment(`guest queue depth: ${depth?.[1] ?? '(not printed)'}`);

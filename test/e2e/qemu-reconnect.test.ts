@@ -179,7 +179,9 @@ function describeOutcome(tt: Test, o: Outcome): void {
           `in flight (waited ${k.busyWaitMs} ms for one); exit code ${k.exit.code} signal ${k.exit.signal} ` +
           `after ${k.stopMs} ms; socket ${k.socketLeft ? 'left behind' : 'removed'}`,
       );
-      const drained = daemonLog(g.child).split('\n').find((l) => /draining in-flight/.test(l));
+      const drained = daemonLog(g.child)
+        .split('\n')
+        .find((l) => /draining in-flight/.test(l));
       if (drained) tt.comment(`vublk #${g.n}: ${drained}`);
     }
     if (g.finalExit) tt.comment(`vublk #${g.n}: final SIGTERM: exit code ${g.finalExit.code} signal ${g.finalExit.signal}`);

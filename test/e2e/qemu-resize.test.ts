@@ -107,9 +107,14 @@ async function run(tt: Test): Promise<void> {
   expectGuestPass(tt, g, 'the guest saw its disk grow and used the new end without error');
   expectCleanStop(tt, 'vublk', g);
   tt.ok(grownAt > 0 && grownSeen > 0, `the guest saw the new size ${((grownSeen - grownAt) / 1000).toFixed(1)} s after the truncate`);
-  tt.match(g.output, new RegExp(`vublk: info: capacity changed .*trigger=poll .*oldSectors=${OLD_BYTES / 512} newSectors=${NEW_BYTES / 512}`), 'vublk logged the change', {
-    log: tail(daemonLog(daemon), 20),
-  });
+  tt.match(
+    g.output,
+    new RegExp(`vublk: info: capacity changed .*trigger=poll .*oldSectors=${OLD_BYTES / 512} newSectors=${NEW_BYTES / 512}`),
+    'vublk logged the change',
+    {
+      log: tail(daemonLog(daemon), 20),
+    },
+  );
   tt.equal(fs.statSync(image).size, NEW_BYTES, 'the image kept its new size');
 }
 

@@ -133,7 +133,13 @@ async function run(tt: Test): Promise<void> {
   const stateFile = `${socket}.state`;
   const spawn = async (): Promise<ChildProcess> => {
     const n = gens.length + 1;
-    const child = await startVublkBackend({ image, socket, queues: 1, removeStaleSocket: false, ...(log ? { log: (l: string) => log(`[vublk#${n}] ${l}`) } : {}) });
+    const child = await startVublkBackend({
+      image,
+      socket,
+      queues: 1,
+      removeStaleSocket: false,
+      ...(log ? { log: (l: string) => log(`[vublk#${n}] ${l}`) } : {}),
+    });
     gens.push(child);
     return child;
   };
@@ -141,7 +147,11 @@ async function run(tt: Test): Promise<void> {
   const restart = async (n: number, signal: 'SIGKILL' | 'SIGTERM'): Promise<void> => {
     const cur = gens[gens.length - 1]!;
     const exit = await stopDaemon(cur, { signal, timeoutMs: 15000 });
-    tt.same(exit, signal === 'SIGKILL' ? { code: null, signal: 'SIGKILL' } : { code: 0, signal: null }, `vublk #${gens.length}: stopped with ${signal}`);
+    tt.same(
+      exit,
+      signal === 'SIGKILL' ? { code: null, signal: 'SIGKILL' } : { code: 0, signal: null },
+      `vublk #${gens.length}: stopped with ${signal}`,
+    );
     await new Promise((r) => setTimeout(r, 1000));
     const next = await spawn();
     const connected = await waitForDaemonLine(next, /\bvublk: info: frontend connected\b/, RECONNECT_WAIT_MS);
@@ -184,7 +194,9 @@ async function run(tt: Test): Promise<void> {
   }
   // vublk #2's connection closed at its SIGTERM: its counters are logged.
   const dw2 = durableWrites(gens[1]!);
-  tt.ok(dw2 !== undefined && dw2 >= GUEST_WRITES, `vublk #2 issued the guest's writes durable (durableWrites=${dw2})`, { log: tail(daemonLog(gens[1]!), 20) });
+  tt.ok(dw2 !== undefined && dw2 >= GUEST_WRITES, `vublk #2 issued the guest's writes durable (durableWrites=${dw2})`, {
+    log: tail(daemonLog(gens[1]!), 20),
+  });
 
   // Boot 2: a new QEMU against vublk #3 (its connection to the first QEMU has closed).
   const third = gens[2]!;
@@ -192,7 +204,13 @@ async function run(tt: Test): Promise<void> {
   tt.ok(closed, 'vublk #3 saw the first QEMU go');
   const dw3 = durableWrites(third);
   tt.ok(dw3 !== undefined && dw3 >= GUEST_WRITES, `vublk #3 issued the guest's writes durable (durableWrites=${dw3})`);
-  const fresh = await runGuestWith(third, 'vublk', { socket, queues: 1, script: freshBootScript(), timeoutMs: GUEST_TIMEOUT_MS, ...(log ? { log } : {}) });
+  const fresh = await runGuestWith(third, 'vublk', {
+    socket,
+    queues: 1,
+    script: freshBootScript(),
+    timeoutMs: GUEST_TIMEOUT_MS,
+    ...(log ? { log } : {}),
+  });
   expectGuestPass(tt, fresh, 'boot 2: a new QEMU reads write-through from vublk');
   expectCleanStop(tt, 'vublk', fresh);
   for (const [i, g] of gens.entries()) tt.same(vublkProblemLines(daemonLog(g)), [], `vublk #${i + 1}: logged no warn/error line`);

@@ -56,10 +56,54 @@ t.test('chain shapes per layout', async (tt) => {
   const d = new BlkDriver(fe);
   const data = Buffer.alloc(4096, 0x5a);
   const shapes: Record<Layout, { write: [number, boolean][]; read: [number, boolean][] } | undefined> = {
-    '3desc': { write: [[16, false], [4096, false], [1, true]], read: [[16, false], [4096, true], [1, true]] },
-    indirect: { write: [[16, false], [4096, false], [1, true]], read: [[16, false], [4096, true], [1, true]] },
-    '2desc': { write: [[16 + 4096, false], [1, true]], read: [[16, false], [4097, true]] },
-    'split-header': { write: [[8, false], [8, false], [4096, false], [1, true]], read: [[8, false], [8, false], [4096, true], [1, true]] },
+    '3desc': {
+      write: [
+        [16, false],
+        [4096, false],
+        [1, true],
+      ],
+      read: [
+        [16, false],
+        [4096, true],
+        [1, true],
+      ],
+    },
+    indirect: {
+      write: [
+        [16, false],
+        [4096, false],
+        [1, true],
+      ],
+      read: [
+        [16, false],
+        [4096, true],
+        [1, true],
+      ],
+    },
+    '2desc': {
+      write: [
+        [16 + 4096, false],
+        [1, true],
+      ],
+      read: [
+        [16, false],
+        [4097, true],
+      ],
+    },
+    'split-header': {
+      write: [
+        [8, false],
+        [8, false],
+        [4096, false],
+        [1, true],
+      ],
+      read: [
+        [8, false],
+        [8, false],
+        [4096, true],
+        [1, true],
+      ],
+    },
     fragmented: undefined,
   };
   for (const [layout, want] of Object.entries(shapes) as [Layout, (typeof shapes)[Layout]][]) {
@@ -70,10 +114,18 @@ t.test('chain shapes per layout', async (tt) => {
     tt.same([hdr.readUInt32LE(0), hdr.readBigUInt64LE(8)], [BlkType.OUT, 77n], `${layout}: header type and sector`);
     const payload = Buffer.concat(wc.segs.filter((s) => !s.write).map((s) => mem.read(s.gpa, s.len))).subarray(16);
     tt.ok(payload.equals(data), `${layout}: data in driver-readable buffers`);
-    if (want) tt.same(wc.segs.map((s) => [s.len, s.write]), want.write, `${layout}: write chain`);
+    if (want)
+      tt.same(
+        wc.segs.map((s) => [s.len, s.write]),
+        want.write,
+        `${layout}: write chain`,
+      );
     else {
       tt.ok(wc.segs.length > 6, `fragmented write: ${wc.segs.length} descriptors`);
-      tt.ok(wc.segs.some((s) => crosses(mem, s)), 'fragmented write: a descriptor crosses the region boundary');
+      tt.ok(
+        wc.segs.some((s) => crosses(mem, s)),
+        'fragmented write: a descriptor crosses the region boundary',
+      );
       tt.ok(new Set(wc.segs.map((s) => s.len)).size > 3, 'fragmented write: varied sizes');
     }
     complete(mem, wc, 0);
@@ -81,8 +133,18 @@ t.test('chain shapes per layout', async (tt) => {
 
     const rp = d.read(0, 99, 4096, { layout });
     const rc = chains.shift()!;
-    if (want) tt.same(rc.segs.map((s) => [s.len, s.write]), want.read, `${layout}: read chain`);
-    else tt.equal(rc.segs.filter((s) => s.write).reduce((a, s) => a + s.len, 0), 4097, 'fragmented read: data + status writable');
+    if (want)
+      tt.same(
+        rc.segs.map((s) => [s.len, s.write]),
+        want.read,
+        `${layout}: read chain`,
+      );
+    else
+      tt.equal(
+        rc.segs.filter((s) => s.write).reduce((a, s) => a + s.len, 0),
+        4097,
+        'fragmented read: data + status writable',
+      );
     complete(mem, rc, 0xc3);
     const r = await rp;
     tt.same([r.status, r.usedLen], [BlkStatus.OK, 4097]);
@@ -102,9 +164,25 @@ t.test('straddle, raw segments, header/status overrides, batches', async (tt) =>
   complete(mem, c, 1);
   await p;
 
-  const raw = d.raw(1, BlkType.IN, 5, [{ len: 100, write: true }, { len: 412, write: true }], { headerLen: 15, statusLen: 0, ioprio: 3 });
+  const raw = d.raw(
+    1,
+    BlkType.IN,
+    5,
+    [
+      { len: 100, write: true },
+      { len: 412, write: true },
+    ],
+    { headerLen: 15, statusLen: 0, ioprio: 3 },
+  );
   const rc = chains.shift()!;
-  tt.same(rc.segs.map((s) => [s.len, s.write]), [[15, false], [100, true], [412, true]]);
+  tt.same(
+    rc.segs.map((s) => [s.len, s.write]),
+    [
+      [15, false],
+      [100, true],
+      [412, true],
+    ],
+  );
   tt.equal(rc.q, 1);
   tt.equal(mem.read(rc.segs[0]!.gpa + 4, 4).readUInt32LE(0), 3, 'ioprio');
   rc.done(0);
@@ -119,7 +197,10 @@ t.test('straddle, raw segments, header/status overrides, batches', async (tt) =>
   tt.equal(flushes() - before, 2, 'one flush per queue touched');
   for (const x of chains.splice(0)) complete(mem, x, 0x41);
   const res = await Promise.all(batch);
-  tt.same(res.map((r) => r.data.length), [0, 20, 512]);
+  tt.same(
+    res.map((r) => r.data.length),
+    [0, 20, 512],
+  );
   tt.equal(mem.allocated, 0);
 });
 

@@ -174,7 +174,12 @@ export class BlkDriver {
   }
 
   /** DISCARD or WRITE_ZEROES of ranges {sector, sectors, unmap}. */
-  ranges(q: number, type: number, ranges: { sector: number | bigint; sectors: number; unmap?: boolean }[], opts: RequestOptions = {}): Promise<BlkResult> {
+  ranges(
+    q: number,
+    type: number,
+    ranges: { sector: number | bigint; sectors: number; unmap?: boolean }[],
+    opts: RequestOptions = {},
+  ): Promise<BlkResult> {
     const data = Buffer.alloc(16 * ranges.length);
     ranges.forEach((r, i) => {
       data.writeBigUInt64LE(BigInt(r.sector), 16 * i);

@@ -20,7 +20,6 @@ if (missing !== undefined && process.env.CI) {
   main();
 }
 
-
 async function withQsd(tt: tap.Test, fn: (q: Qsd) => Promise<void>, opts: Parameters<typeof Qsd.start>[0] = {}): Promise<void> {
   const q = await Qsd.start({ size: IMG, ...opts });
   tt.teardown(() => q.stop());
@@ -73,7 +72,11 @@ function main(): void {
           sector += 64;
         }
       }
-      tt.equal(fe.mem!.allocated, fe.queues.reduce((a, x) => a + 16 * x.ring.size + 6 + 2 * x.ring.size + 6 + 8 * x.ring.size, 0), 'every request buffer was released');
+      tt.equal(
+        fe.mem!.allocated,
+        fe.queues.reduce((a, x) => a + 16 * x.ring.size + 6 + 2 * x.ring.size + 6 + 8 * x.ring.size, 0),
+        'every request buffer was released',
+      );
     }),
   );
 
@@ -147,14 +150,29 @@ function main(): void {
       await fe.setup({ queues: 2, queueSize: 256 });
       const d = new BlkDriver(fe);
       const blocks = Array.from({ length: 64 }, () => randomBytes(4096));
-      const writes: BlkRequest[] = blocks.map((data, i) => ({ q: i % 2, type: BlkType.OUT, sector: i * 8, data, layout: i % 4 < 2 ? '3desc' : 'indirect' }));
+      const writes: BlkRequest[] = blocks.map((data, i) => ({
+        q: i % 2,
+        type: BlkType.OUT,
+        sector: i * 8,
+        data,
+        layout: i % 4 < 2 ? '3desc' : 'indirect',
+      }));
       const kicksBefore = fe.queues.map((x) => x.kicks);
       const ws = await Promise.all(d.submitBatch(writes));
-      tt.ok(ws.every((r) => r.status === BlkStatus.OK), '64 writes over two queues in one batch');
-      tt.ok(fe.queues.every((x, i) => x.kicks - kicksBefore[i]! <= 1), 'one kick per queue for the batch');
+      tt.ok(
+        ws.every((r) => r.status === BlkStatus.OK),
+        '64 writes over two queues in one batch',
+      );
+      tt.ok(
+        fe.queues.every((x, i) => x.kicks - kicksBefore[i]! <= 1),
+        'one kick per queue for the batch',
+      );
       // Read each block back on the other queue.
       const rs = await Promise.all(d.submitBatch(blocks.map((_, i) => ({ q: (i + 1) % 2, type: BlkType.IN, sector: i * 8, len: 4096 }))));
-      tt.ok(rs.every((r, i) => r.status === BlkStatus.OK && r.data.equals(blocks[i]!)), 'read back across queues');
+      tt.ok(
+        rs.every((r, i) => r.status === BlkStatus.OK && r.data.equals(blocks[i]!)),
+        'read back across queues',
+      );
       tt.equal(await fe.getVringBase(0), 64, 'queue 0 consumed 32 writes + 32 reads');
       tt.equal(await fe.getVringBase(1), 64, 'queue 1 too');
     }),

@@ -31,13 +31,7 @@ import {
   encodeU64Payload,
   encodeVringStatePayload,
 } from '../../src/vhost-user/encode';
-import {
-  encodeAck,
-  encodeMemRegPayload,
-  encodeMemTablePayload,
-  encodeVringAddrPayload,
-  encodeVringFilePayload,
-} from './encode';
+import { encodeAck, encodeMemRegPayload, encodeMemTablePayload, encodeVringAddrPayload, encodeVringFilePayload } from './encode';
 import { MessageReader } from '../../src/vhost-user/message-reader';
 import {
   BackendRequest,
@@ -392,7 +386,8 @@ export class Frontend {
     await this.command(Request.SET_OWNER);
     // vhost_dev_init asks again after SET_OWNER; the answer must not change.
     const again = await this.getU64(Request.GET_FEATURES);
-    if (again !== this.offeredFeatures) throw new Error(`GET_FEATURES changed from 0x${this.offeredFeatures.toString(16)} to 0x${again.toString(16)}`);
+    if (again !== this.offeredFeatures)
+      throw new Error(`GET_FEATURES changed from 0x${this.offeredFeatures.toString(16)} to 0x${again.toString(16)}`);
 
     if (qemuInit) {
       for (let q = 0; q < nq; q++) {
@@ -423,7 +418,8 @@ export class Frontend {
     const eventIdx = this.hasFeature(VirtioFeature.RING_EVENT_IDX);
     for (let i = 0; i < nq; i++) {
       const reused = this.guest?.rings[i];
-      if (reused && (reused.size !== qsize || reused.eventIdx !== eventIdx)) throw new Error(`guest ring ${i} does not match queueSize/EVENT_IDX`);
+      if (reused && (reused.size !== qsize || reused.eventIdx !== eventIdx))
+        throw new Error(`guest ring ${i} does not match queueSize/EVENT_IDX`);
       const ring = reused ?? new SplitRing<Completion>(this.mem, { size: qsize, eventIdx });
       if (this.guest && !reused) this.guest.rings[i] = ring;
       const q: QueueState = {
@@ -501,7 +497,10 @@ export class Frontend {
   }
 
   /** GET_INFLIGHT_FD; the reply's fd is the caller's. */
-  async getInflightFd(numQueues: number, queueSize: number): Promise<{ fd: number; mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number }> {
+  async getInflightFd(
+    numQueues: number,
+    queueSize: number,
+  ): Promise<{ fd: number; mmapSize: number; mmapOffset: number; numQueues: number; queueSize: number }> {
     this.send(Request.GET_INFLIGHT_FD, encodeInflightPayload({ mmapSize: 0, mmapOffset: 0, numQueues, queueSize }));
     const m = await this.recvReply(Request.GET_INFLIGHT_FD, this.timeoutMs, true);
     const fd = m.fds.shift();
@@ -512,11 +511,20 @@ export class Frontend {
       throw new Error(`GET_INFLIGHT_FD reply has ${m.size} payload bytes, expected 24`);
     }
     const p = m.payload;
-    return { fd, mmapSize: Number(p.readBigUInt64LE(0)), mmapOffset: Number(p.readBigUInt64LE(8)), numQueues: p.readUInt16LE(16), queueSize: p.readUInt16LE(18) };
+    return {
+      fd,
+      mmapSize: Number(p.readBigUInt64LE(0)),
+      mmapOffset: Number(p.readBigUInt64LE(8)),
+      numQueues: p.readUInt16LE(16),
+      queueSize: p.readUInt16LE(18),
+    };
   }
 
   /** SET_INFLIGHT_FD with the region's fields (or forged ones) and fd. */
-  async setInflightFd(r: { fd: number; mmapSize: number | bigint; mmapOffset: number | bigint; numQueues: number; queueSize: number }, wait = true): Promise<void> {
+  async setInflightFd(
+    r: { fd: number; mmapSize: number | bigint; mmapOffset: number | bigint; numQueues: number; queueSize: number },
+    wait = true,
+  ): Promise<void> {
     await this.command(Request.SET_INFLIGHT_FD, encodeInflightPayload(r), r.fd >= 0 ? [r.fd] : [], wait);
   }
 
@@ -540,7 +548,8 @@ export class Frontend {
   /** GET_CONFIG of `size` bytes at offset 0; returns the config bytes. */
   async readConfig(size: number = BLK_CONFIG_SIZE): Promise<Buffer> {
     const m = await this.call(Request.GET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(size)));
-    if (m.size !== CONFIG_HDR_SIZE + size) throw new Error(`GET_CONFIG reply has ${m.size} payload bytes, expected ${CONFIG_HDR_SIZE + size}`);
+    if (m.size !== CONFIG_HDR_SIZE + size)
+      throw new Error(`GET_CONFIG reply has ${m.size} payload bytes, expected ${CONFIG_HDR_SIZE + size}`);
     return Buffer.from(m.payload.subarray(CONFIG_HDR_SIZE));
   }
 

@@ -35,10 +35,16 @@ t.test('what the back-end maps is what JS sees (fd + mmap offset)', async (tt) =
     tt.teardown(() => mem.close());
     if (fdLayout === 'shared-fd') {
       tt.equal(mem.regions[0]!.fd, mem.regions[1]!.fd, 'one memfd');
-      tt.same(mem.regions.map((r) => r.mmapOffset), [64 * 1024, 64 * 1024 + MIB + 64 * 1024]);
+      tt.same(
+        mem.regions.map((r) => r.mmapOffset),
+        [64 * 1024, 64 * 1024 + MIB + 64 * 1024],
+      );
     } else {
       tt.not(mem.regions[0]!.fd, mem.regions[1]!.fd);
-      tt.same(mem.regions.map((r) => r.mmapOffset), [64 * 1024, 64 * 1024]);
+      tt.same(
+        mem.regions.map((r) => r.mmapOffset),
+        [64 * 1024, 64 * 1024],
+      );
     }
     mem.write(mem.regions[1]!.gpa + 5, Buffer.from('hello'));
     // Map the same fd at the advertised offset, as a back-end would.

@@ -99,9 +99,11 @@ export class GuestMemory {
     const leadIn = options.leadIn ?? 0;
     if (sizes.length === 0) throw new RangeError('Expected at least one region');
     for (const s of sizes) {
-      if (!Number.isSafeInteger(s) || s <= 0 || s % PAGE !== 0) throw new RangeError(`Expected region size a positive multiple of ${PAGE} but received ${s}`);
+      if (!Number.isSafeInteger(s) || s <= 0 || s % PAGE !== 0)
+        throw new RangeError(`Expected region size a positive multiple of ${PAGE} but received ${s}`);
     }
-    if (leadIn % PAGE !== 0 || gap % PAGE !== 0 || base % PAGE !== 0) throw new RangeError('base, gap and leadIn must be multiples of 4096');
+    if (leadIn % PAGE !== 0 || gap % PAGE !== 0 || base % PAGE !== 0)
+      throw new RangeError('base, gap and leadIn must be multiples of 4096');
     const shared = options.fdLayout === 'shared-fd';
     const fds: number[] = [];
     const regions: GuestRegion[] = [];
@@ -158,7 +160,8 @@ export class GuestMemory {
   /** Region and offset for [gpa, gpa + len) that must not cross a region boundary (ring fields). */
   locateWithin(gpa: number, len: number): { region: GuestRegion; offset: number } {
     const l = this.locate(gpa);
-    if (l.offset + len > l.region.size) throw new RangeError(`[0x${gpa.toString(16)}, +${len}) crosses the end of region ${l.region.index}`);
+    if (l.offset + len > l.region.size)
+      throw new RangeError(`[0x${gpa.toString(16)}, +${len}) crosses the end of region ${l.region.index}`);
     return l;
   }
 
@@ -265,7 +268,9 @@ export class GuestMemory {
       this.live.set(start, size);
       return start;
     }
-    throw new RangeError(`guest memory exhausted: no free ${size} bytes (align ${align}${opts.straddle ? ', straddling a region boundary' : ''})`);
+    throw new RangeError(
+      `guest memory exhausted: no free ${size} bytes (align ${align}${opts.straddle ? ', straddling a region boundary' : ''})`,
+    );
   }
 
   /** Frees an allocation returned by alloc(). */

@@ -115,7 +115,10 @@ t.test('direct chain: descriptors, publish, used, free', async (tt) => {
   tt.same(popped, [{ head, segs, indirect: false }]);
   dev.push(head, 4097);
   const got: unknown[] = [];
-  tt.equal(ring.drainUsed((e) => got.push(e)), 1);
+  tt.equal(
+    ring.drainUsed((e) => got.push(e)),
+    1,
+  );
   tt.same(got, [{ head, len: 4097, token: 'req1' }]);
   tt.equal(ring.freeDescs, 8);
   tt.equal(ring.inFlight, 0);
@@ -144,10 +147,27 @@ t.test('indirect chain: one ring descriptor, table released on completion', asyn
 t.test('full ring, bad used head', async (tt) => {
   const { mem, ring, dev } = setup(4, false);
   tt.teardown(() => mem.close());
-  ring.add([{ gpa: 0, len: 1, write: false }, { gpa: 0, len: 1, write: false }, { gpa: 0, len: 1, write: false }], 'a');
+  ring.add(
+    [
+      { gpa: 0, len: 1, write: false },
+      { gpa: 0, len: 1, write: false },
+      { gpa: 0, len: 1, write: false },
+    ],
+    'a',
+  );
   tt.notOk(ring.canAdd(2, false));
   tt.ok(ring.canAdd(5, true));
-  tt.throws(() => ring.add([{ gpa: 0, len: 1, write: false }, { gpa: 0, len: 1, write: false }], 'b'), /virtqueue full/);
+  tt.throws(
+    () =>
+      ring.add(
+        [
+          { gpa: 0, len: 1, write: false },
+          { gpa: 0, len: 1, write: false },
+        ],
+        'b',
+      ),
+    /virtqueue full/,
+  );
   ring.publish();
   dev.pop();
   dev.push(3, 0); // never handed out
@@ -168,7 +188,10 @@ t.test('EVENT_IDX: kicks follow avail_event; used_event follows what was drained
   dev.pop();
   // The driver has asked (used_event 0) for a notification on the first used entry only.
   tt.ok(dev.push(h1, 1), 'first used entry notifies');
-  tt.equal(ring.drainUsed(() => undefined), 1);
+  tt.equal(
+    ring.drainUsed(() => undefined),
+    1,
+  );
   tt.equal(mem.read(ring.availGpa + 4 + 2 * 8, 2).readUInt16LE(0), 1, 'used_event = last seen used idx');
   tt.ok(dev.push(h2, 1), 'the next one notifies again');
 });
@@ -178,7 +201,13 @@ t.test('16-bit index wrap-around over many cycles', async (tt) => {
   tt.teardown(() => mem.close());
   let completed = 0;
   for (let i = 0; i < 70000; i++) {
-    const h = ring.add([{ gpa: 0, len: 16, write: false }, { gpa: 16, len: 1, write: true }], `r${i}`);
+    const h = ring.add(
+      [
+        { gpa: 0, len: 16, write: false },
+        { gpa: 16, len: 1, write: true },
+      ],
+      `r${i}`,
+    );
     ring.publish();
     dev.setAvailEvent((i + 1) & 0xffff);
     const [c] = dev.pop();

@@ -136,7 +136,8 @@ export class SplitRing<T = unknown> {
       this.pushAvail(head, token, [head], table);
       return head;
     }
-    if (this.freeList.length < segs.length) throw new RangeError(`virtqueue full: ${segs.length} descriptors wanted, ${this.freeList.length} free`);
+    if (this.freeList.length < segs.length)
+      throw new RangeError(`virtqueue full: ${segs.length} descriptors wanted, ${this.freeList.length} free`);
     const idx = segs.map(() => this.freeList.pop()!); // length checked above
     segs.forEach((s, k) => {
       const last = k === segs.length - 1;

@@ -16,8 +16,19 @@ export function runAsanUnit(t: Test, name: string, sources: string[], libs: stri
   const bin = path.join(dir, name);
   try {
     execFileSync('g++', [
-      '-std=c++17', '-O1', '-g', '-fsanitize=address,undefined', '-fno-sanitize-recover=all',
-      '-fno-omit-frame-pointer', '-Wall', '-Wextra', '-Werror', ...sources.map((f) => path.join(root, f)), ...libs, '-o', bin,
+      '-std=c++17',
+      '-O1',
+      '-g',
+      '-fsanitize=address,undefined',
+      '-fno-sanitize-recover=all',
+      '-fno-omit-frame-pointer',
+      '-Wall',
+      '-Wextra',
+      '-Werror',
+      ...sources.map((f) => path.join(root, f)),
+      ...libs,
+      '-o',
+      bin,
     ]);
     const r = spawnSync(bin, [], {
       encoding: 'utf8',

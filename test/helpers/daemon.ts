@@ -78,7 +78,6 @@ export function daemonLog(child: ChildProcess): string {
   return (daemonOutput.get(child) ?? []).join('\n');
 }
 
-
 /**
  * Resolves with the first captured daemon line matching `re` (including lines
  * already captured), or undefined after `timeoutMs` or when the daemon has
@@ -124,7 +123,6 @@ export interface StartDaemonOptions {
   readyLine?: RegExp;
 }
 
-
 /**
  * Tracks a daemon child (killed if the test process exits) and captures its
  * stdout+stderr lines for daemonLog() and waitForDaemonLine(), passing each
@@ -169,10 +167,11 @@ export async function startDaemon(cmd: string, args: string[], opts: StartDaemon
     }
     if (hasExited(child)) {
       // Let the stdio pipes drain so the error carries the daemon's message.
-      if (!closed()) await new Promise((r) => {
-        child.once('close', r);
-        setTimeout(r, 1000);
-      });
+      if (!closed())
+        await new Promise((r) => {
+          child.once('close', r);
+          setTimeout(r, 1000);
+        });
       throw new Error(
         `${name} exited (code ${child.exitCode}, signal ${child.signalCode}) before creating ${opts.socket}:\n` +
           `${[cmd, ...args].join(' ')}\n${lines.join('\n')}`,

@@ -37,7 +37,10 @@ export function uringInflight(pid: number | undefined): number | undefined {
  * to kill a daemon that has disk I/O in flight. `inflight` is the last value
  * read (undefined: not readable), busyWaitMs how long that took.
  */
-export async function untilUringBusy(pid: number | undefined, maxMs: number): Promise<{ inflight: number | undefined; busyWaitMs: number }> {
+export async function untilUringBusy(
+  pid: number | undefined,
+  maxMs: number,
+): Promise<{ inflight: number | undefined; busyWaitMs: number }> {
   const t0 = Date.now();
   let inflight = uringInflight(pid);
   while (inflight === 0 && Date.now() - t0 < maxMs) {

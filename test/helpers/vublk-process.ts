@@ -101,7 +101,10 @@ export async function startVublk(
   const socket = opts.socket ?? (socketIdx >= 0 ? path.resolve(opts.cwd ?? '.', args[socketIdx + 1] ?? '') : '');
   // opts.asan overrides VUBLK_TEST_ASAN (the fuzzer picks the ASan build itself when it exists).
   const env = { ...process.env, ...((opts.asan ?? asanEnabled()) ? asanEnv() : {}), ...opts.env };
-  const [cmd, ...cmdArgs] = [...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), vublkBin, ...args] as [string, ...string[]];
+  const [cmd, ...cmdArgs] = [...(opts.wrapper ?? []), process.execPath, ...(opts.nodeArgs ?? []), vublkBin, ...args] as [
+    string,
+    ...string[],
+  ];
   const stdio = opts.fd3 === undefined ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', opts.fd3];
   const child = spawn(cmd, cmdArgs, { cwd: opts.cwd, env, stdio: stdio as ['ignore', 'pipe', 'pipe'] });
   opts.onSpawn?.(child);

@@ -70,16 +70,26 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
   fs.writeFileSync(file, model);
   let loop: LoopDevice | undefined;
   let v: VublkProcess | undefined;
-  teardownDaemon(t, dir, () => v, () => loop?.detach());
+  teardownDaemon(
+    t,
+    dir,
+    () => v,
+    () => loop?.detach(),
+  );
   loop = attachLoop(file, HOST_BLOCK);
   const dev = loop.dev;
   t.comment(`${dev} over ${file}`);
   v = await startVublk([
-    '--disk', dev,
-    '--socket', socket,
-    '--logical-block-size', '512',
-    '--queues', String(QUEUES),
-    '--queue-size', String(QUEUE_SIZE),
+    '--disk',
+    dev,
+    '--socket',
+    socket,
+    '--logical-block-size',
+    '512',
+    '--queues',
+    String(QUEUES),
+    '--queue-size',
+    String(QUEUE_SIZE),
   ]);
   const daemon = v;
 
@@ -89,7 +99,10 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
     const hi = Math.min(DISK_BYTES, off + len);
     const got = readDirect(dev, lo, hi - lo);
     const i = firstDiff(got, model.subarray(lo, hi));
-    t.ok(i < 0, `${what}: device bytes [${lo}, ${hi}) match${i < 0 ? '' : ` (first difference at byte ${lo + i}, sector ${Math.floor((lo + i) / 512)})`}`);
+    t.ok(
+      i < 0,
+      `${what}: device bytes [${lo}, ${hi}) match${i < 0 ? '' : ` (first difference at byte ${lo + i}, sector ${Math.floor((lo + i) / 512)})`}`,
+    );
   };
   /** The device around a guest range: the host blocks it touches and one more on each side. */
   const expectAround = (t: Test, sector: number, len: number, what: string): void => {
@@ -136,7 +149,10 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
       t.ok(r.status === BlkStatus.OK && r.data.equals(data), `read 512 B at sector ${sector} returns the write`);
       const block = Math.floor(sector / SPB) * SPB;
       const rb = await drv.read(q, block, HOST_BLOCK, { layout: 'indirect' });
-      t.ok(rb.status === BlkStatus.OK && rb.data.equals(modelAt(block, HOST_BLOCK)), `read of the whole 4 KiB block at sector ${block}: the write and its untouched neighbours`);
+      t.ok(
+        rb.status === BlkStatus.OK && rb.data.equals(modelAt(block, HOST_BLOCK)),
+        `read of the whole 4 KiB block at sector ${block}: the write and its untouched neighbours`,
+      );
     }
     // Sectors 1, 3 and 7 share block 0: all three writes are still there.
     expectDevice(t, 0, 2 * HOST_BLOCK, 'blocks 0-1 after three writes into block 0 and one into block 1');
@@ -174,7 +190,10 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
         // A read of bytes nobody wrote yet (the pre-filled pattern).
         const rs = pick(lenSectors, off);
         const r0 = await drv.read(q, rs, len, { layout });
-        t.ok(r0.status === BlkStatus.OK && r0.usedLen === len + 1 && r0.data.equals(modelAt(rs, len)), `${layout}: read ${lenSectors} sectors at ${rs} (offset ${off} in its block) returns the device bytes`);
+        t.ok(
+          r0.status === BlkStatus.OK && r0.usedLen === len + 1 && r0.data.equals(modelAt(rs, len)),
+          `${layout}: read ${lenSectors} sectors at ${rs} (offset ${off} in its block) returns the device bytes`,
+        );
         const sector = pick(lenSectors, off);
         const data = pattern(len, sector ^ SEED);
         const w = await drv.write(q, sector, data, { layout });
@@ -184,7 +203,10 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
         const r = await drv.read(q, sector, len, { layout });
         t.ok(r.status === BlkStatus.OK && r.data.equals(data), `${layout}: reading it back through the same layout`);
         const r2 = await drv.read(1 - q, sector - 1, len + 2 * SECTOR_SIZE, { layout: '3desc' });
-        t.ok(r2.status === BlkStatus.OK && r2.data.equals(modelAt(sector - 1, len + 2 * SECTOR_SIZE)), `${layout}: a 3desc read one sector wider on each side`);
+        t.ok(
+          r2.status === BlkStatus.OK && r2.data.equals(modelAt(sector - 1, len + 2 * SECTOR_SIZE)),
+          `${layout}: a 3desc read one sector wider on each side`,
+        );
       }
     }
     const c = total(await closeAndCount(daemon, fe, conn, QUEUES));
@@ -300,14 +322,20 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
     // and the tail block 4: 1024 in the middle, 1026 iovecs in all.
     const MULTI = 8;
     let k = 0;
-    for (const [q, indirect] of [[0, true], [1, false]] as const) {
+    for (const [q, indirect] of [
+      [0, true],
+      [1, false],
+    ] as const) {
       const sector = (1000 + 600 * k++) * SPB + 5;
       const pieces = mixedPieces(placer, MULTI);
       const readPieces = mixedPieces(placer, MULTI);
       const segs = segLensOf(mem, pieces);
       t.equal(segs.length, 1023 + MULTI, `the data is ${1023 + MULTI} memory segments`);
       const shape = hostShape(segs, sector * SECTOR_SIZE);
-      t.ok(shape.head && shape.tail && shape.mid <= IOV_MAX && shape.vector > IOV_MAX, `the chain needs a collapse: head + ${shape.mid} middle segments + tail = ${shape.vector} > IOV_MAX`);
+      t.ok(
+        shape.head && shape.tail && shape.mid <= IOV_MAX && shape.vector > IOV_MAX,
+        `the chain needs a collapse: head + ${shape.mid} middle segments + tail = ${shape.vector} > IOV_MAX`,
+      );
       t.ok(segLensOf(mem, readPieces).length === segs.length, 'the read chain has the same shape');
       await writeAndRead(t, fe, mem, q, sector, pieces, readPieces, indirect, `${indirect ? 'indirect table' : 'direct chain'} (q${q})`);
     }
@@ -324,7 +352,10 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
     // alone more than IOV_MAX. Reads too: the read chain is shaped the same.
     const MULTI = 120;
     let k = 0;
-    for (const [q, indirect] of [[0, true], [1, false]] as const) {
+    for (const [q, indirect] of [
+      [0, true],
+      [1, false],
+    ] as const) {
       const sector = (3000 + 600 * k++) * SPB + 3;
       placer.rewind();
       const pieces = mixedPieces(placer, MULTI);
@@ -396,9 +427,17 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
     await t.resolves(fe.waitClosed(10000), 'the daemon closes the connection');
     const closed = await waitFor(() => new RegExp(`frontend connection closed conn=${conn}( |$)`).test(daemon.stderr()), 10000);
     t.ok(closed, 'and logs that it closed');
-    const warns = daemon.stderr().slice(mark2).split('\n').filter((l) => /^vublk: warn: /.test(l));
+    const warns = daemon
+      .stderr()
+      .slice(mark2)
+      .split('\n')
+      .filter((l) => /^vublk: warn: /.test(l));
     t.equal(warns.length, 1, 'one warning');
-    t.match(warns[0] ?? '', /protocol violation conn=\d+ rule=.*more than 2048 memory segments/, `naming the 2048-segment limit: ${warns[0] ?? '(none)'}`);
+    t.match(
+      warns[0] ?? '',
+      /protocol violation conn=\d+ rule=.*more than 2048 memory segments/,
+      `naming the 2048-segment limit: ${warns[0] ?? '(none)'}`,
+    );
     expectAround(t, 9200 * SPB + 1, overLen, 'the refused write changed nothing');
   });
 
@@ -434,16 +473,23 @@ t.test('512-byte guest on a 4Kn loop device', { skip }, async (t) => {
       for (const b of blocks) {
         const got = readDirect(dev, b * HOST_BLOCK, HOST_BLOCK);
         const i = firstDiff(got, model.subarray(b * HOST_BLOCK, (b + 1) * HOST_BLOCK));
-        if (i >= 0) t.fail(`round ${round}: block ${b} lost an update: sector ${b * SPB + Math.floor(i / SECTOR_SIZE)} differs from its write`);
+        if (i >= 0)
+          t.fail(`round ${round}: block ${b} lost an update: sector ${b * SPB + Math.floor(i / SECTOR_SIZE)} differs from its write`);
       }
     }
     t.pass(`${ROUNDS} rounds of ${BLOCKS * SPB} concurrent writes: every sector holds its write`);
     const r = await drv.read(0, firstBlock * SPB, 1001 * HOST_BLOCK);
-    t.ok(r.status === BlkStatus.OK && r.data.equals(model.subarray(firstBlock * HOST_BLOCK, (firstBlock + 1001) * HOST_BLOCK)), 'a read of the whole area returns every write');
+    t.ok(
+      r.status === BlkStatus.OK && r.data.equals(model.subarray(firstBlock * HOST_BLOCK, (firstBlock + 1001) * HOST_BLOCK)),
+      'a read of the whole area returns every write',
+    );
     expectDevice(t, firstBlock * HOST_BLOCK - HOST_BLOCK, 1002 * HOST_BLOCK, 'the device holds every write and nothing else changed');
     const cs = await closeAndCount(daemon, fe, conn, QUEUES);
     const c = total(cs);
-    t.ok(cs.every((x) => x.requests > 0), 'both queues served requests');
+    t.ok(
+      cs.every((x) => x.requests > 0),
+      'both queues served requests',
+    );
     t.ok(c.rmwCycles >= ROUNDS * BLOCKS * SPB, `every write was a read-modify-write (rmwCycles=${c.rmwCycles})`);
     t.ok(c.overlapWaits > 0, `writes waited for overlapping ones (overlapWaits=${c.overlapWaits})`);
     t.equal(c.errors, 0, 'no request failed');

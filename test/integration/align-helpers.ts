@@ -57,11 +57,9 @@ export function readDirect(target: string, off: number, len: number): Buffer {
   const B = 4096;
   const first = Math.floor(off / B);
   const last = Math.ceil((off + len) / B);
-  const out = execFileSync(
-    'dd',
-    [`if=${target}`, 'iflag=direct', `bs=${B}`, `skip=${first}`, `count=${last - first}`, 'status=none'],
-    { maxBuffer: (last - first) * B + 1024 },
-  );
+  const out = execFileSync('dd', [`if=${target}`, 'iflag=direct', `bs=${B}`, `skip=${first}`, `count=${last - first}`, 'status=none'], {
+    maxBuffer: (last - first) * B + 1024,
+  });
   if (out.length !== (last - first) * B) throw new Error(`dd read ${out.length} bytes of ${target}, wanted ${(last - first) * B}`);
   return out.subarray(off - first * B, off - first * B + len);
 }
@@ -214,7 +212,8 @@ export function buildRawRequest(
   // Fill the data (writes: the payload, in order; reads: a poison pattern).
   let at = 0;
   for (const p of data) {
-    if (write) mem.write(p.gpa, opts.payload!.subarray(at, at + p.len)); // checked above
+    if (write)
+      mem.write(p.gpa, opts.payload!.subarray(at, at + p.len)); // checked above
     else mem.fill(p.gpa, p.len, 0xee);
     at += p.len;
   }

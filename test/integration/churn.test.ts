@@ -55,55 +55,62 @@ t.setTimeout(30 * 60_000);
 // VUBLK_TEST_ASAN=1; churn is a normal-build test by design.
 const rerun = process.env.VUBLK_TEST_ASAN === '1' && process.env.VUBLK_CHURN_CYCLES === undefined;
 
-t.test(`connection churn: ${CYCLES} connect / set-up / I/O / disconnect cycles`, { skip: rerun && 'churn runs the normal build (in the plain run)', timeout: 15 * 60_000 }, async (t) => {
-  const snapDir = tmpDir('vublk-churn-heap-');
-  t.teardown(() => fs.rmSync(snapDir, { recursive: true, force: true }));
-  const d = await startToolDaemon(t, { asan: false, imageBytes: 16 * MiB, queues: 1, nodeArgs: heapSnapshotArgs(snapDir) });
-  const pid = d.pid;
-  /** Live per-connection objects after a full GC (which also makes RSS comparable). */
-  const live = () => heapSnapshotCounts(pid, snapDir, PER_CONNECTION);
-  let failures = 0;
-  /** One cycle; returns false (once reported) if the I/O went wrong. */
-  const cycle = async (i: number): Promise<boolean> => {
-    const mark = d.v.stderr().length;
-    const fe = await Frontend.connect(d.socket);
-    let ok = false;
-    try {
-      await fe.setup({ queues: 1, memory: { regions: [2 * MiB, 2 * MiB] } });
-      const drv = new BlkDriver(fe);
-      const data = pattern(4096, i + 1);
-      const sector = 8 * (i % 4000);
-      const w = await drv.write(0, sector, data);
-      const r = await drv.read(0, sector, data.length);
-      ok = w.status === 0 && r.status === 0 && r.data.equals(data);
-    } finally {
-      fe.close();
-    }
-    await waitConnClosed(d, mark, await connIdSince(d, mark));
-    if (!ok && failures++ === 0) t.fail(`cycle ${i}: the write or the read back failed`);
-    return ok;
-  };
+t.test(
+  `connection churn: ${CYCLES} connect / set-up / I/O / disconnect cycles`,
+  { skip: rerun && 'churn runs the normal build (in the plain run)', timeout: 15 * 60_000 },
+  async (t) => {
+    const snapDir = tmpDir('vublk-churn-heap-');
+    t.teardown(() => fs.rmSync(snapDir, { recursive: true, force: true }));
+    const d = await startToolDaemon(t, { asan: false, imageBytes: 16 * MiB, queues: 1, nodeArgs: heapSnapshotArgs(snapDir) });
+    const pid = d.pid;
+    /** Live per-connection objects after a full GC (which also makes RSS comparable). */
+    const live = () => heapSnapshotCounts(pid, snapDir, PER_CONNECTION);
+    let failures = 0;
+    /** One cycle; returns false (once reported) if the I/O went wrong. */
+    const cycle = async (i: number): Promise<boolean> => {
+      const mark = d.v.stderr().length;
+      const fe = await Frontend.connect(d.socket);
+      let ok = false;
+      try {
+        await fe.setup({ queues: 1, memory: { regions: [2 * MiB, 2 * MiB] } });
+        const drv = new BlkDriver(fe);
+        const data = pattern(4096, i + 1);
+        const sector = 8 * (i % 4000);
+        const w = await drv.write(0, sector, data);
+        const r = await drv.read(0, sector, data.length);
+        ok = w.status === 0 && r.status === 0 && r.data.equals(data);
+      } finally {
+        fe.close();
+      }
+      await waitConnClosed(d, mark, await connIdSince(d, mark));
+      if (!ok && failures++ === 0) t.fail(`cycle ${i}: the write or the read back failed`);
+      return ok;
+    };
 
-  for (let i = 0; i < WARM_UP; i++) await cycle(i);
-  const liveBefore = await live();
-  const fdsBefore = fdCount(pid);
-  const rssBefore = rssBytes(pid);
-  const started = Date.now();
-  for (let i = WARM_UP; i < WARM_UP + CYCLES; i++) {
-    await cycle(i);
-    if (process.env.VUBLK_CHURN_TRACE && i % 100 === 0) t.comment(`cycle ${i}: fds ${fdCount(pid)} rss ${(rssBytes(pid) / MiB).toFixed(1)} MiB`);
-  }
-  const seconds = (Date.now() - started) / 1000;
-  const liveAfter = await live();
-  const fdsAfter = fdCount(pid);
-  const rssAfter = rssBytes(pid);
-  const growth = rssAfter - rssBefore;
-  t.comment(`${CYCLES} cycles in ${seconds.toFixed(1)} s; fds ${fdsBefore} -> ${fdsAfter}; VmRSS ${(rssBefore / MiB).toFixed(1)} MiB -> ${(rssAfter / MiB).toFixed(1)} MiB (${growth >= 0 ? '+' : ''}${(growth / MiB).toFixed(1)} MiB)`);
-  t.comment(`live after a full GC: ${JSON.stringify(liveBefore)} after the warm-up, ${JSON.stringify(liveAfter)} at the end`);
-  t.same(liveAfter, liveBefore, 'no connection outlives its close (same live per-connection objects after a full GC)');
-  t.equal(failures, 0, `every cycle wrote and read back its data`);
-  t.equal(fdsAfter, fdsBefore, `no fd growth: ${fdsBefore} open after the warm-up, ${fdsAfter} after ${CYCLES} cycles`);
-  t.ok(growth < RSS_BOUND, `RSS growth ${(growth / MiB).toFixed(1)} MiB is below the ${RSS_BOUND / MiB} MiB bound`);
-  t.same(guestMappings(pid), [], 'no guest memory left mapped');
-  await t.resolves(d.stop(), 'the daemon exits 0 on SIGTERM');
-});
+    for (let i = 0; i < WARM_UP; i++) await cycle(i);
+    const liveBefore = await live();
+    const fdsBefore = fdCount(pid);
+    const rssBefore = rssBytes(pid);
+    const started = Date.now();
+    for (let i = WARM_UP; i < WARM_UP + CYCLES; i++) {
+      await cycle(i);
+      if (process.env.VUBLK_CHURN_TRACE && i % 100 === 0)
+        t.comment(`cycle ${i}: fds ${fdCount(pid)} rss ${(rssBytes(pid) / MiB).toFixed(1)} MiB`);
+    }
+    const seconds = (Date.now() - started) / 1000;
+    const liveAfter = await live();
+    const fdsAfter = fdCount(pid);
+    const rssAfter = rssBytes(pid);
+    const growth = rssAfter - rssBefore;
+    t.comment(
+      `${CYCLES} cycles in ${seconds.toFixed(1)} s; fds ${fdsBefore} -> ${fdsAfter}; VmRSS ${(rssBefore / MiB).toFixed(1)} MiB -> ${(rssAfter / MiB).toFixed(1)} MiB (${growth >= 0 ? '+' : ''}${(growth / MiB).toFixed(1)} MiB)`,
+    );
+    t.comment(`live after a full GC: ${JSON.stringify(liveBefore)} after the warm-up, ${JSON.stringify(liveAfter)} at the end`);
+    t.same(liveAfter, liveBefore, 'no connection outlives its close (same live per-connection objects after a full GC)');
+    t.equal(failures, 0, `every cycle wrote and read back its data`);
+    t.equal(fdsAfter, fdsBefore, `no fd growth: ${fdsBefore} open after the warm-up, ${fdsAfter} after ${CYCLES} cycles`);
+    t.ok(growth < RSS_BOUND, `RSS growth ${(growth / MiB).toFixed(1)} MiB is below the ${RSS_BOUND / MiB} MiB bound`);
+    t.same(guestMappings(pid), [], 'no guest memory left mapped');
+    await t.resolves(d.stop(), 'the daemon exits 0 on SIGTERM');
+  },
+);

@@ -59,20 +59,36 @@ async function drainRace(t: Test, trigger: 'SIGTERM' | 'hang-up'): Promise<Daemo
 
   // The first batch: in flight when SET_MEM_TABLE arrives.
   const first = drv.submitBatch(
-    Array.from({ length: FIRST }, (_, i) => ({ q: 0, type: BlkType.OUT, sector: (i * LEN) / SECTOR_SIZE, data: Buffer.alloc(LEN, 0x10 + i), align: 4096 })),
+    Array.from({ length: FIRST }, (_, i) => ({
+      q: 0,
+      type: BlkType.OUT,
+      sector: (i * LEN) / SECTOR_SIZE,
+      data: Buffer.alloc(LEN, 0x10 + i),
+      align: 4096,
+    })),
   );
   for (const p of first) p.catch(noop);
   t.ok(spinUntilPopped(fe, 0, FIRST), `the daemon popped all ${FIRST} writes`);
 
   const tableMark = d.v.stderr().length;
   const mem = fe.mem!; // set up
-  fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload(mem.regions), mem.regions.map((r) => r.fd));
+  fe.send(
+    Request.SET_MEM_TABLE,
+    encodeMemTablePayload(mem.regions),
+    mem.regions.map((r) => r.fd),
+  );
   const handling = await until(() => logSince(d, tableMark).some((l) => /message .*request=SET_MEM_TABLE/.test(l)), 5000);
   t.ok(handling, 'the daemon took SET_MEM_TABLE (and paused the ring to drain)');
 
   // The second batch: available while the ring is paused.
   const second = drv.submitBatch(
-    Array.from({ length: SECOND }, (_, i) => ({ q: 0, type: BlkType.OUT, sector: (SECOND_AT + i * LEN) / SECTOR_SIZE, data: Buffer.alloc(LEN, 0xa0 + i), align: 4096 })),
+    Array.from({ length: SECOND }, (_, i) => ({
+      q: 0,
+      type: BlkType.OUT,
+      sector: (SECOND_AT + i * LEN) / SECTOR_SIZE,
+      data: Buffer.alloc(LEN, 0xa0 + i),
+      align: 4096,
+    })),
   );
   for (const p of second) p.catch(noop);
 

@@ -44,12 +44,19 @@ t.test('GET_STATUS returns what SET_STATUS stored', async (t) => {
   const mark = d.v.stderr().length;
   const { fe } = await connect(t, d, { memory: { regions: [4 * MiB] } });
   t.ok(fe.has(ProtocolFeature.STATUS), 'STATUS is offered and negotiated');
-  t.equal(Number(await fe.getU64(Request.GET_STATUS)), S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK, 'setup left ACK|DRIVER|FEATURES_OK|DRIVER_OK');
+  t.equal(
+    Number(await fe.getU64(Request.GET_STATUS)),
+    S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK,
+    'setup left ACK|DRIVER|FEATURES_OK|DRIVER_OK',
+  );
   for (const v of [S.ACKNOWLEDGE, 0xff, 0]) {
     await fe.command(Request.SET_STATUS, encodeU64Payload(v), [], true);
     t.equal(Number(await fe.getU64(Request.GET_STATUS)), v, `0x${v.toString(16)} stored`);
   }
-  t.notOk(logSince(d, mark).some((l) => WARN_LINE.test(l)), 'no warn line');
+  t.notOk(
+    logSince(d, mark).some((l) => WARN_LINE.test(l)),
+    'no warn line',
+  );
 });
 
 t.test('FEATURES_OK before SET_FEATURES is not reported back', async (t) => {
@@ -64,7 +71,10 @@ t.test('FEATURES_OK before SET_FEATURES is not reported back', async (t) => {
   await fe.command(Request.SET_OWNER, undefined, [], true);
   await fe.command(Request.SET_STATUS, encodeU64Payload(S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK), [], true);
   t.equal(Number(await fe.getU64(Request.GET_STATUS)), S.ACKNOWLEDGE | S.DRIVER, 'stored without FEATURES_OK');
-  t.ok(logSince(d, mark).some((l) => /warn: SET_STATUS sets FEATURES_OK before SET_FEATURES/.test(l)), 'and a warn line says so');
+  t.ok(
+    logSince(d, mark).some((l) => /warn: SET_STATUS sets FEATURES_OK before SET_FEATURES/.test(l)),
+    'and a warn line says so',
+  );
   // After SET_FEATURES the same byte is accepted whole.
   const features = featureBit(VirtioFeature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
   await fe.command(Request.SET_FEATURES, encodeU64Payload(features), [], true);
@@ -73,15 +83,38 @@ t.test('FEATURES_OK before SET_FEATURES is not reported back', async (t) => {
 });
 
 for (const [name, rule, protocol, send] of [
-  ['SET_STATUS wider than a byte', /SET_STATUS 0x100 does not fit the 8-bit device status/, undefined, (fe: Frontend) => fe.send(Request.SET_STATUS, encodeU64Payload(0x100))],
-  ['GET_STATUS without STATUS negotiated', /GET_STATUS without its protocol feature \(bit 16\) negotiated/, featureBit(ProtocolFeature.REPLY_ACK), (fe: Frontend) => fe.send(Request.GET_STATUS)],
-  ['RESET_DEVICE without RESET_DEVICE negotiated', /RESET_DEVICE without its protocol feature \(bit 13\) negotiated/, featureBit(ProtocolFeature.REPLY_ACK), (fe: Frontend) => fe.send(Request.RESET_DEVICE)],
-  ['GET_INFLIGHT_FD without INFLIGHT_SHMFD negotiated', /GET_INFLIGHT_FD without its protocol feature \(bit 12\) negotiated/, featureBit(ProtocolFeature.REPLY_ACK), (fe: Frontend) => fe.send(Request.GET_INFLIGHT_FD, Buffer.alloc(24))],
+  [
+    'SET_STATUS wider than a byte',
+    /SET_STATUS 0x100 does not fit the 8-bit device status/,
+    undefined,
+    (fe: Frontend) => fe.send(Request.SET_STATUS, encodeU64Payload(0x100)),
+  ],
+  [
+    'GET_STATUS without STATUS negotiated',
+    /GET_STATUS without its protocol feature \(bit 16\) negotiated/,
+    featureBit(ProtocolFeature.REPLY_ACK),
+    (fe: Frontend) => fe.send(Request.GET_STATUS),
+  ],
+  [
+    'RESET_DEVICE without RESET_DEVICE negotiated',
+    /RESET_DEVICE without its protocol feature \(bit 13\) negotiated/,
+    featureBit(ProtocolFeature.REPLY_ACK),
+    (fe: Frontend) => fe.send(Request.RESET_DEVICE),
+  ],
+  [
+    'GET_INFLIGHT_FD without INFLIGHT_SHMFD negotiated',
+    /GET_INFLIGHT_FD without its protocol feature \(bit 12\) negotiated/,
+    featureBit(ProtocolFeature.REPLY_ACK),
+    (fe: Frontend) => fe.send(Request.GET_INFLIGHT_FD, Buffer.alloc(24)),
+  ],
 ] as const) {
   t.test(`violation: ${name}`, async (t) => {
     const d = await startDaemon(t, { imageBytes: IMAGE_BYTES });
     const mark = d.v.stderr().length;
-    const { fe } = await connect(t, d, { memory: { regions: [4 * MiB] }, ...(protocol === undefined ? {} : { protocolFeatures: protocol }) });
+    const { fe } = await connect(t, d, {
+      memory: { regions: [4 * MiB] },
+      ...(protocol === undefined ? {} : { protocolFeatures: protocol }),
+    });
     const conn = await connIdSince(d, mark);
     send(fe);
     await expectViolation(t, d, fe, mark, conn, rule);
@@ -105,8 +138,15 @@ t.test('RESET_DEVICE, then a full restart on the same connection, serves I/O', a
   t.equal(w.status, BlkStatus.OK, 'a write after the restart');
   t.ok(r[0]!.data.equals(before) && r[1]!.data.equals(after), 'both queues read back what was written');
   t.ok(readImage(d.image, 200 * SECTOR_SIZE, after.length).equals(after), 'the image holds it');
-  t.equal(Number(await fe.getU64(Request.GET_STATUS)), S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK, 'the restart set the status again');
-  t.notOk(logSince(d, mark).some((l) => /^vublk: (warn|error): /.test(l)), 'no warn or error line');
+  t.equal(
+    Number(await fe.getU64(Request.GET_STATUS)),
+    S.ACKNOWLEDGE | S.DRIVER | S.FEATURES_OK | S.DRIVER_OK,
+    'the restart set the status again',
+  );
+  t.notOk(
+    logSince(d, mark).some((l) => /^vublk: (warn|error): /.test(l)),
+    'no warn or error line',
+  );
 });
 
 const frozenSkip = frozenFsUnsupported();
@@ -148,7 +188,10 @@ t.test('SET_STATUS 0 before GET_VRING_BASE (QEMU 7.2 stop) loses no request in f
   t.equal(await base, 1, 'GET_VRING_BASE answers once the write completed: base 1');
   t.equal((await w).status, BlkStatus.OK, 'the write completed OK');
   t.ok(readImage(d.image, 4096 * SECTOR_SIZE, data.length).equals(data), 'and landed');
-  t.notOk(logSince(d, mark).some((l) => /^vublk: (warn|error): /.test(l)), 'no warn or error line');
+  t.notOk(
+    logSince(d, mark).some((l) => /^vublk: (warn|error): /.test(l)),
+    'no warn or error line',
+  );
 });
 
 t.test('GET_VRING_BASE that cannot drain gives up after the drain timeout and closes the connection', { skip: frozenSkip }, async (t) => {
@@ -167,10 +210,17 @@ t.test('GET_VRING_BASE that cannot drain gives up after the drain timeout and cl
     () => 'replied',
     () => 'no reply',
   );
-  t.ok(await until(() => logSince(d, mark).some((l) => /GET_VRING_BASE: queue 0 did not drain/.test(l)), 10_000), 'the daemon gives up draining');
+  t.ok(
+    await until(() => logSince(d, mark).some((l) => /GET_VRING_BASE: queue 0 did not drain/.test(l)), 10_000),
+    'the daemon gives up draining',
+  );
   t.ok(Date.now() - started >= 250, `after the drain timeout (${Date.now() - started} ms)`);
   const err = logSince(d, mark).find((l) => /GET_VRING_BASE: queue 0 did not drain/.test(l));
-  t.match(err ?? '', new RegExp(`^vublk: error: GET_VRING_BASE: queue 0 did not drain conn=${conn} inflight=1 timeoutMs=300`), `the error line: ${err ?? '(none)'}`);
+  t.match(
+    err ?? '',
+    new RegExp(`^vublk: error: GET_VRING_BASE: queue 0 did not drain conn=${conn} inflight=1 timeoutMs=300`),
+    `the error line: ${err ?? '(none)'}`,
+  );
   // The connection waits for the write the kernel holds before it lets go of the socket.
   ffs.thaw();
   await t.resolves(fe.waitClosed(20_000), 'the frontend sees the connection closed');

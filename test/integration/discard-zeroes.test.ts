@@ -31,14 +31,33 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { asanEnabled, runsAsanAddon, startVublk, stopCleanly, teardownDaemon, tmpDir, warnLines, type VublkProcess } from '../helpers/vublk-process';
+import {
+  asanEnabled,
+  runsAsanAddon,
+  startVublk,
+  stopCleanly,
+  teardownDaemon,
+  tmpDir,
+  warnLines,
+  type VublkProcess,
+} from '../helpers/vublk-process';
 import { attachLoop, sysBlockNumber, type LoopDevice } from '../helpers/loop-device';
 import { total } from '../helpers/counters';
 import { Frontend, VirtioFeature } from '../frontend/frontend';
 import { Request } from '../../src/vhost-user/protocol';
 import { encodeConfigPayload } from '../../src/vhost-user/encode';
 import { CFG_WRITEBACK } from '../../src/blk/config-space';
-import { BlkDriver, BlkStatus, BlkType, SECTOR_SIZE, parseBlkConfig, type BlkConfig, type BlkResult, type Layout, type BlkRequest } from '../frontend/blk-driver';
+import {
+  BlkDriver,
+  BlkStatus,
+  BlkType,
+  SECTOR_SIZE,
+  parseBlkConfig,
+  type BlkConfig,
+  type BlkResult,
+  type Layout,
+  type BlkRequest,
+} from '../frontend/blk-driver';
 import { prng } from '../helpers/prng';
 import { closeAndCount, connIdAfter, countersNow, readDirect, requirements } from './align-helpers';
 import { DiskModel, fastPattern, firstSectorDiff, fsType, mountTmpfs, segmentList, type RawSegment, type Tmpfs } from './dz-helpers';
@@ -175,7 +194,18 @@ HOSTS.forEach((spec, hostIndex) => {
     host = spec.make(dir, model.bytes);
     const h = host;
     try {
-      v = await startVublk(['--disk', h.disk, '--socket', socket, '--queues', String(QUEUES), '--queue-size', String(QUEUE_SIZE), '--logical-block-size', '512']);
+      v = await startVublk([
+        '--disk',
+        h.disk,
+        '--socket',
+        socket,
+        '--queues',
+        String(QUEUES),
+        '--queue-size',
+        String(QUEUE_SIZE),
+        '--logical-block-size',
+        '512',
+      ]);
     } catch (err) {
       throw new Error(`vublk refused ${spec.name} (${h.disk}): ${(err as Error).message}`);
     }
@@ -261,7 +291,16 @@ HOSTS.forEach((spec, hostIndex) => {
     };
 
     /** Sends a raw segment list and checks it failed with `want` and changed nothing in [lo, hi). */
-    const refused = async (t: Test, type: number, list: Buffer | null, want: number, lo: number, hi: number, what: string, layout?: Layout): Promise<void> => {
+    const refused = async (
+      t: Test,
+      type: number,
+      list: Buffer | null,
+      want: number,
+      lo: number,
+      hi: number,
+      what: string,
+      layout?: Layout,
+    ): Promise<void> => {
       const r = list === null ? await drv.raw(q(), type, 0, []) : await drv.request({ q: q(), type, sector: 0, data: list, layout });
       expectStatus(t, r, want, what);
       await verify(t, lo, hi, `${what}: nothing changed`);
@@ -294,22 +333,49 @@ HOSTS.forEach((spec, hostIndex) => {
         const b = h.block;
         t.comment(`${b.dev}: discard_max_bytes=${b.discardMaxBytes} discard_granularity=${b.discardGranularity}`);
         t.ok(cfg.maxDiscardSectors * SECTOR_SIZE <= b.discardMaxBytes, 'max_discard_sectors is within the device queue discard_max_bytes');
-        t.equal((cfg.discardSectorAlignment * SECTOR_SIZE) % Math.max(b.discardGranularity, 1), 0, 'discard_sector_alignment is whole discard granules of the device');
+        t.equal(
+          (cfg.discardSectorAlignment * SECTOR_SIZE) % Math.max(b.discardGranularity, 1),
+          0,
+          'discard_sector_alignment is whole discard granules of the device',
+        );
         t.equal(cfg.writeZeroesMayUnmap, b.discardMaxBytes > 0 ? 1 : 0, 'write_zeroes_may_unmap as the device discards');
       } else {
         const st = fs.statSync(h.image!); // file hosts have an image
-        t.equal((cfg.discardSectorAlignment * SECTOR_SIZE) % st.blksize, 0, `discard_sector_alignment is whole file system blocks (${st.blksize})`);
+        t.equal(
+          (cfg.discardSectorAlignment * SECTOR_SIZE) % st.blksize,
+          0,
+          `discard_sector_alignment is whole file system blocks (${st.blksize})`,
+        );
         t.equal(cfg.writeZeroesMayUnmap, 1, 'write_zeroes_may_unmap: the file system punches holes');
       }
     });
 
     const SHAPES: [number, number][] = [
-      [0, 1], [1, 1], [7, 1], [3, 2], [1, 6], [7, 2], [5, 9], [3, 17], [0, 8], [0, 16],
-      [1, 63], [6, 130], [2, 255], [0, 2048], [1, 4095], [3, 8197],
+      [0, 1],
+      [1, 1],
+      [7, 1],
+      [3, 2],
+      [1, 6],
+      [7, 2],
+      [5, 9],
+      [3, 17],
+      [0, 8],
+      [0, 16],
+      [1, 63],
+      [6, 130],
+      [2, 255],
+      [0, 2048],
+      [1, 4095],
+      [3, 8197],
     ];
     /** Ranges against the ends of the disk. */
     const EDGES: [number, number][] = [
-      [0, 3], [0, 9], [SECTORS - 1, 1], [SECTORS - 5, 5], [SECTORS - 8 - 3, 11], [SECTORS - 4101, 4101],
+      [0, 3],
+      [0, 9],
+      [SECTORS - 1, 1],
+      [SECTORS - 5, 5],
+      [SECTORS - 8 - 3, 11],
+      [SECTORS - 4101, 4101],
     ];
 
     t.test('WRITE_ZEROES over odd ranges reads back as zeroes, neighbours intact', async (t) => {
@@ -431,12 +497,21 @@ HOSTS.forEach((spec, hostIndex) => {
       }
       // max_write_zeroes_seg and max_discard_seg segments, in every layout.
       const many = (n: number, base: number, unmap: boolean) =>
-        Array.from({ length: n }, (_, i) => ({ sector: base + i * 24 + (i % 7), sectors: 1 + ((i * 5) % 17), unmap: unmap && i % 2 === 1 }));
+        Array.from({ length: n }, (_, i) => ({
+          sector: base + i * 24 + (i % 7),
+          sectors: 1 + ((i * 5) % 17),
+          unmap: unmap && i % 2 === 1,
+        }));
       for (const layout of ['3desc', '2desc', 'indirect', 'split-header', 'fragmented'] as Layout[]) {
         const base = place(maxWz * 24 + 32);
         const segs = many(maxWz, base, true);
         await fresh(base - SPB, base + maxWz * 24 + 16);
-        expectStatus(t, await drv.ranges(q(), WZ, segs, { layout }), OK, `WRITE_ZEROES of ${maxWz} ranges (max_write_zeroes_seg), ${layout}`);
+        expectStatus(
+          t,
+          await drv.ranges(q(), WZ, segs, { layout }),
+          OK,
+          `WRITE_ZEROES of ${maxWz} ranges (max_write_zeroes_seg), ${layout}`,
+        );
         for (const s of segs) model.zero(s.sector, s.sectors);
         await verify(t, base - 2 * SPB, base + maxWz * 24 + 24, `WRITE_ZEROES of ${maxWz} ranges, ${layout}`);
       }
@@ -444,15 +519,23 @@ HOSTS.forEach((spec, hostIndex) => {
         const base = place(maxDiscard * 24 + 32);
         const segs = many(maxDiscard, base, false);
         await fresh(base - SPB, base + maxDiscard * 24 + 16);
-        expectStatus(t, await drv.ranges(q(), DISCARD, segs, { layout: 'fragmented' }), OK, `DISCARD of ${maxDiscard} ranges (max_discard_seg)`);
+        expectStatus(
+          t,
+          await drv.ranges(q(), DISCARD, segs, { layout: 'fragmented' }),
+          OK,
+          `DISCARD of ${maxDiscard} ranges (max_discard_seg)`,
+        );
         for (const s of segs) model.discard(s.sector, s.sectors);
         await verify(t, base - 2 * SPB, base + maxDiscard * 24 + 24, `DISCARD of ${maxDiscard} ranges`);
         // Something must survive between the ranges for this to mean anything.
-        t.ok(model.unknownIn(base, maxDiscard * 24) < maxDiscard * 24 / 2, 'most sectors between the ranges are checked');
+        t.ok(model.unknownIn(base, maxDiscard * 24) < (maxDiscard * 24) / 2, 'most sectors between the ranges are checked');
       }
 
       // Lists that fail whole: nothing of any segment may happen.
-      for (const [type, max, name] of [[WZ, maxWz, 'WRITE_ZEROES'], [DISCARD, maxDiscard, 'DISCARD']] as const) {
+      for (const [type, max, name] of [
+        [WZ, maxWz, 'WRITE_ZEROES'],
+        [DISCARD, maxDiscard, 'DISCARD'],
+      ] as const) {
         const base = place(max * 24 + 64);
         const lo = base - SPB;
         const hi = base + max * 24 + 64;
@@ -460,13 +543,63 @@ HOSTS.forEach((spec, hostIndex) => {
         const good = many(max + 1, base, false).map((s): RawSegment => ({ sector: s.sector, sectors: s.sectors }));
         await refused(t, type, segmentList(good), IOERR, lo, hi, `${name} of ${max + 1} ranges (one over max_*_seg)`);
         const three = good.slice(0, 3);
-        await refused(t, type, segmentList([...three, { sector: SECTORS, sectors: 1 }]), IOERR, lo, hi, `${name}: 3 good ranges, then one at the capacity`);
-        await refused(t, type, segmentList([{ sector: SECTORS - 1, sectors: 2 }, ...three]), IOERR, lo, hi, `${name}: one across the end, then 3 good ranges`);
-        await refused(t, type, segmentList([three[0]!, { sector: U64_MAX - 7n, sectors: 16 }, three[1]!]), IOERR, lo, hi, `${name}: a range whose end wraps u64 between good ones`);
-        await refused(t, type, segmentList([three[0]!, { sector: 2n ** 63n, sectors: 1 }, three[1]!]), IOERR, lo, hi, `${name}: a range at sector 2^63 between good ones`, 'fragmented');
+        await refused(
+          t,
+          type,
+          segmentList([...three, { sector: SECTORS, sectors: 1 }]),
+          IOERR,
+          lo,
+          hi,
+          `${name}: 3 good ranges, then one at the capacity`,
+        );
+        await refused(
+          t,
+          type,
+          segmentList([{ sector: SECTORS - 1, sectors: 2 }, ...three]),
+          IOERR,
+          lo,
+          hi,
+          `${name}: one across the end, then 3 good ranges`,
+        );
+        await refused(
+          t,
+          type,
+          segmentList([three[0]!, { sector: U64_MAX - 7n, sectors: 16 }, three[1]!]),
+          IOERR,
+          lo,
+          hi,
+          `${name}: a range whose end wraps u64 between good ones`,
+        );
+        await refused(
+          t,
+          type,
+          segmentList([three[0]!, { sector: 2n ** 63n, sectors: 1 }, three[1]!]),
+          IOERR,
+          lo,
+          hi,
+          `${name}: a range at sector 2^63 between good ones`,
+          'fragmented',
+        );
         const badFlag = type === DISCARD ? 1 : 2;
-        await refused(t, type, segmentList([three[0]!, { ...three[1]!, flags: badFlag }, three[2]!]), UNSUPP, lo, hi, `${name}: flags ${badFlag} on the middle one of 3`);
-        await refused(t, type, segmentList([...three.slice(0, 2), { ...three[2]!, flags: 0x8000_0000 }]), UNSUPP, lo, hi, `${name}: an unknown flag on the last one`, 'indirect');
+        await refused(
+          t,
+          type,
+          segmentList([three[0]!, { ...three[1]!, flags: badFlag }, three[2]!]),
+          UNSUPP,
+          lo,
+          hi,
+          `${name}: flags ${badFlag} on the middle one of 3`,
+        );
+        await refused(
+          t,
+          type,
+          segmentList([...three.slice(0, 2), { ...three[2]!, flags: 0x8000_0000 }]),
+          UNSUPP,
+          lo,
+          hi,
+          `${name}: an unknown flag on the last one`,
+          'indirect',
+        );
       }
     });
 
@@ -487,7 +620,10 @@ HOSTS.forEach((spec, hostIndex) => {
         ['WRITE_ZEROES with flag bit 31', WZ, { ...inside, flags: 0x8000_0000 }, UNSUPP],
         ['WRITE_ZEROES with every flag bit', WZ, { ...inside, flags: 0xffff_ffff }, UNSUPP],
       ];
-      for (const [type, name] of [[DISCARD, 'DISCARD'], [WZ, 'WRITE_ZEROES']] as const) {
+      for (const [type, name] of [
+        [DISCARD, 'DISCARD'],
+        [WZ, 'WRITE_ZEROES'],
+      ] as const) {
         cases.push(
           [`${name} at the capacity`, type, { sector: SECTORS, sectors: 1 }, IOERR],
           [`${name} across the end`, type, { sector: SECTORS - 3, sectors: 4 }, IOERR],
@@ -509,10 +645,21 @@ HOSTS.forEach((spec, hostIndex) => {
       await verify(t, endLo, SECTORS, 'the end of the disk is untouched by the refused ranges');
       // Malformed lists: no segment, and lengths that are not whole segments.
       const one = segmentList([inside]);
-      for (const [type, name] of [[DISCARD, 'DISCARD'], [WZ, 'WRITE_ZEROES']] as const) {
+      for (const [type, name] of [
+        [DISCARD, 'DISCARD'],
+        [WZ, 'WRITE_ZEROES'],
+      ] as const) {
         await refused(t, type, null, IOERR, lo, hi, `${name} with no data descriptor`);
         await refused(t, type, one.subarray(0, 15), IOERR, lo, hi, `${name} with a 15-byte list`);
-        await refused(t, type, Buffer.concat([one, Buffer.alloc(1)]), IOERR, lo, hi, `${name} with a 17-byte list (a good segment and a stray byte)`);
+        await refused(
+          t,
+          type,
+          Buffer.concat([one, Buffer.alloc(1)]),
+          IOERR,
+          lo,
+          hi,
+          `${name} with a 17-byte list (a good segment and a stray byte)`,
+        );
         await refused(t, type, Buffer.concat([one, one.subarray(0, 8)]), IOERR, lo, hi, `${name} with 24 bytes`, 'fragmented');
       }
     });
@@ -589,12 +736,18 @@ HOSTS.forEach((spec, hostIndex) => {
           for (const b of [b0, b0 + 1, b0 + 2, b0 + 5]) {
             const got = readDirect(h.target, b * SPB * SECTOR_SIZE, SPB * SECTOR_SIZE);
             const d = model.diff(got, b * SPB);
-            if (d !== null) t.fail(`round ${round} (WRITE_ZEROES on q${wzQ}${unmap ? ' with UNMAP' : ''}, writes on q${wQ}): host block ${b} lost an update: ${d}`);
+            if (d !== null)
+              t.fail(
+                `round ${round} (WRITE_ZEROES on q${wzQ}${unmap ? ' with UNMAP' : ''}, writes on q${wQ}): host block ${b} lost an update: ${d}`,
+              );
           }
         }
         t.pass(`${ROUNDS} rounds: every write and every zeroed sector is on the host`);
         const after = total(await countersNow(daemon, conn, QUEUES));
-        t.ok(after.overlapWaits > before.overlapWaits, `requests waited for overlapping ones (overlapWaits +${after.overlapWaits - before.overlapWaits})`);
+        t.ok(
+          after.overlapWaits > before.overlapWaits,
+          `requests waited for overlapping ones (overlapWaits +${after.overlapWaits - before.overlapWaits})`,
+        );
         t.ok(after.rmwCycles > before.rmwCycles, `read-modify-writes happened (rmwCycles +${after.rmwCycles - before.rmwCycles})`);
       });
     }
@@ -643,7 +796,13 @@ t.test('read-only disk: DISCARD and WRITE_ZEROES fail with IOERR, data unchanged
     ['DISCARD of an unaligned range', drv.discard(0, 3, 5)],
     ['WRITE_ZEROES', drv.writeZeroes(0, 8, 64, false)],
     ['WRITE_ZEROES with UNMAP', drv.writeZeroes(0, 1, 6, true)],
-    ['WRITE_ZEROES of two ranges', drv.ranges(0, WZ, [{ sector: 0, sectors: 16 }, { sector: 100, sectors: 9, unmap: true }])],
+    [
+      'WRITE_ZEROES of two ranges',
+      drv.ranges(0, WZ, [
+        { sector: 0, sectors: 16 },
+        { sector: 100, sectors: 9, unmap: true },
+      ]),
+    ],
   ];
   for (const [what, p] of reqs) {
     const r = await p;
@@ -700,8 +859,22 @@ t.test('max sectors: a segment over max_*_sectors is IOERR even inside the disk'
   await expect(`WRITE_ZEROES of max+1 (${maxWz + 1}) sectors at 0`, drv.writeZeroes(0, 0, maxWz + 1, false), IOERR);
   await expect('WRITE_ZEROES+UNMAP of max+1 sectors at 1', drv.writeZeroes(0, 1, maxWz + 1, true), IOERR);
   await expect(`DISCARD of max+1 (${maxD + 1}) sectors at 0`, drv.discard(0, 0, maxD + 1), IOERR);
-  await expect('WRITE_ZEROES: a good range, then one of max+1', drv.ranges(0, WZ, [{ sector: 8, sectors: 64 }, { sector: 0, sectors: maxWz + 1 }]), IOERR);
-  await expect('DISCARD: a good range, then one of max+1', drv.ranges(0, DISCARD, [{ sector: 8, sectors: 64 }, { sector: 0, sectors: maxD + 1 }]), IOERR);
+  await expect(
+    'WRITE_ZEROES: a good range, then one of max+1',
+    drv.ranges(0, WZ, [
+      { sector: 8, sectors: 64 },
+      { sector: 0, sectors: maxWz + 1 },
+    ]),
+    IOERR,
+  );
+  await expect(
+    'DISCARD: a good range, then one of max+1',
+    drv.ranges(0, DISCARD, [
+      { sector: 8, sectors: 64 },
+      { sector: 0, sectors: maxD + 1 },
+    ]),
+    IOERR,
+  );
   await intact('after the refused requests');
 
   // Exactly max, unaligned at both ends: done, and only that.
@@ -716,7 +889,12 @@ t.test('max sectors: a segment over max_*_sectors is IOERR even inside the disk'
   t.ok(isZero(edge.subarray(0, cut)), 'its last bytes are zeroes on the image');
   t.ok(edge.subarray(cut).equals(edgeData.subarray(cut)), 'the sectors after it are intact');
   const g = await drv.read(0, endByte / SECTOR_SIZE - 16, 32 * SECTOR_SIZE);
-  t.ok(g.status === OK && isZero(g.data.subarray(0, 16 * SECTOR_SIZE)) && g.data.subarray(16 * SECTOR_SIZE).equals(edgeData.subarray(cut, cut + 16 * SECTOR_SIZE)), 'the guest reads zeroes up to its end and the data after');
+  t.ok(
+    g.status === OK &&
+      isZero(g.data.subarray(0, 16 * SECTOR_SIZE)) &&
+      g.data.subarray(16 * SECTOR_SIZE).equals(edgeData.subarray(cut, cut + 16 * SECTOR_SIZE)),
+    'the guest reads zeroes up to its end and the data after',
+  );
   const d = await drv.discard(0, 0, maxD);
   t.same([statusName(d.status), d.usedLen], ['OK', 1], `DISCARD of exactly max (${maxD}) sectors: OK`);
   const after = readDirect(image, edgeAt, edgeData.length);

@@ -17,7 +17,7 @@ import { SECTOR_SIZE } from '../frontend/blk-driver';
 export function fastPattern(len: number, seed: number): Buffer {
   const words = Math.ceil(len / 4);
   const u32 = new Uint32Array(words);
-  let x = (Math.imul(seed >>> 0, 2654435761) >>> 0) || 0x9e3779b9;
+  let x = Math.imul(seed >>> 0, 2654435761) >>> 0 || 0x9e3779b9;
   for (let i = 0; i < words; i++) {
     x ^= x << 13;
     x ^= x >>> 17;

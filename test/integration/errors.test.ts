@@ -76,10 +76,20 @@ t.test('unknown and never-offered request types: UNSUPP, image unchanged', async
   const { drv } = await connect(t, d, { queues: 1 });
   for (const type of [2, 3, 5, 7, 9, 0x7777, 0xffffffff]) {
     expectStatus(t, await drv.raw(0, type, 0, []), BlkStatus.UNSUPP, `type ${type} without data`);
-    expectStatus(t, await drv.raw(0, type, 0, [{ len: 512, write: false, data: pattern(512, type) }]), BlkStatus.UNSUPP, `type ${type} with readable data`);
+    expectStatus(
+      t,
+      await drv.raw(0, type, 0, [{ len: 512, write: false, data: pattern(512, type) }]),
+      BlkStatus.UNSUPP,
+      `type ${type} with readable data`,
+    );
     expectStatus(t, await drv.raw(0, type, 0, [{ len: 512, write: true }]), BlkStatus.UNSUPP, `type ${type} with writable data`);
   }
-  expectStatus(t, await drv.raw(0, BlkType.SECURE_ERASE, 0, [{ len: 16, write: false, data: Buffer.alloc(16) }]), BlkStatus.UNSUPP, 'SECURE_ERASE');
+  expectStatus(
+    t,
+    await drv.raw(0, BlkType.SECURE_ERASE, 0, [{ len: 16, write: false, data: Buffer.alloc(16) }]),
+    BlkStatus.UNSUPP,
+    'SECURE_ERASE',
+  );
   expectStatus(t, await drv.raw(0, BlkType.GET_LIFETIME, 0, [{ len: 8, write: true }]), BlkStatus.UNSUPP, 'GET_LIFETIME');
   imageUnchanged(t, d, 'after the unknown types and SECURE_ERASE');
   await stillWorks(t, drv, 'after the UNSUPP requests');
@@ -91,7 +101,9 @@ t.test('DISCARD and WRITE_ZEROES the driver did not negotiate: UNSUPP, image unc
   const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, prepare: fill });
   const features = DEFAULT_BLK_FEATURES & ~(featureBit(VirtioFeature.BLK_DISCARD) | featureBit(VirtioFeature.BLK_WRITE_ZEROES));
   const { fe, drv } = await connect(t, d, { queues: 1, features });
-  t.comment(`offered: DISCARD ${(fe.offeredFeatures & featureBit(VirtioFeature.BLK_DISCARD)) !== 0n}, WRITE_ZEROES ${(fe.offeredFeatures & featureBit(VirtioFeature.BLK_WRITE_ZEROES)) !== 0n}`);
+  t.comment(
+    `offered: DISCARD ${(fe.offeredFeatures & featureBit(VirtioFeature.BLK_DISCARD)) !== 0n}, WRITE_ZEROES ${(fe.offeredFeatures & featureBit(VirtioFeature.BLK_WRITE_ZEROES)) !== 0n}`,
+  );
   t.notOk(fe.hasFeature(VirtioFeature.BLK_DISCARD), 'DISCARD is not negotiated');
   t.notOk(fe.hasFeature(VirtioFeature.BLK_WRITE_ZEROES), 'WRITE_ZEROES is not negotiated');
   expectStatus(t, await drv.discard(0, 0, 64), BlkStatus.UNSUPP, 'DISCARD of sectors 0..63');
@@ -114,9 +126,16 @@ t.test('--read-only: writes fail with IOERR and leave the image unchanged, reads
   t.not((await drv.discard(0, 0, 64)).status, BlkStatus.OK, 'DISCARD on a read-only disk fails');
   t.not((await drv.writeZeroes(0, 0, 64)).status, BlkStatus.OK, 'WRITE_ZEROES on a read-only disk fails');
   imageUnchanged(t, d, 'after writes to a read-only disk');
-  for (const [sector, len] of [[0, 512], [16, 4096], [CAP - 256, 128 * 1024]] as const) {
+  for (const [sector, len] of [
+    [0, 512],
+    [16, 4096],
+    [CAP - 256, 128 * 1024],
+  ] as const) {
     const r = await drv.read(0, sector, len);
-    t.ok(r.status === BlkStatus.OK && r.usedLen === len + 1 && r.data.equals(FILL.subarray(sector * 512, sector * 512 + len)), `read ${len} B at sector ${sector} works: status ${r.status}`);
+    t.ok(
+      r.status === BlkStatus.OK && r.usedLen === len + 1 && r.data.equals(FILL.subarray(sector * 512, sector * 512 + len)),
+      `read ${len} B at sector ${sector} works: status ${r.status}`,
+    );
   }
   expectStatus(t, await drv.read(0, CAP, 512), BlkStatus.IOERR, 'read past the end is still IOERR');
 });
@@ -125,7 +144,12 @@ t.test('GET_ID with no room for the id: IOERR', async (t) => {
   const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, prepare: fill });
   const { drv } = await connect(t, d, { queues: 1 });
   expectStatus(t, await drv.raw(0, BlkType.GET_ID, 0, []), BlkStatus.IOERR, 'GET_ID with header and status only');
-  expectStatus(t, await drv.raw(0, BlkType.GET_ID, 0, [{ len: 0, write: true }]), BlkStatus.IOERR, 'GET_ID with a 0-length data descriptor');
+  expectStatus(
+    t,
+    await drv.raw(0, BlkType.GET_ID, 0, [{ len: 0, write: true }]),
+    BlkStatus.IOERR,
+    'GET_ID with a 0-length data descriptor',
+  );
   const ok = await drv.getId(0);
   t.equal(ok.status, BlkStatus.OK, 'a proper GET_ID still works');
 });
@@ -163,7 +187,10 @@ t.test('--logical-block-size 4096: I/O that is not whole 4 KiB blocks is IOERR, 
   const data = pattern(8192, 12);
   const w = await drv.write(0, 16, data, { layout: '2desc' });
   const r = await drv.read(0, 16, 8192, { layout: 'fragmented' });
-  t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), 'whole 4 KiB blocks at a 4 KiB boundary work (2desc write, fragmented read)');
+  t.ok(
+    w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data),
+    'whole 4 KiB blocks at a 4 KiB boundary work (2desc write, fragmented read)',
+  );
   t.ok(readImage(d.image, 16 * 512, 8192).equals(data), 'and land in the image');
 });
 
@@ -177,7 +204,9 @@ t.test('negotiated DISCARD / WRITE_ZEROES with a bad segment list: UNSUPP or IOE
     return;
   }
   const cfg = parseBlkConfig(fe.config!);
-  t.comment(`max_discard_sectors ${cfg.maxDiscardSectors}, max_discard_seg ${cfg.maxDiscardSeg}, max_write_zeroes_sectors ${cfg.maxWriteZeroesSectors}, max_write_zeroes_seg ${cfg.maxWriteZeroesSeg}`);
+  t.comment(
+    `max_discard_sectors ${cfg.maxDiscardSectors}, max_discard_seg ${cfg.maxDiscardSeg}, max_write_zeroes_sectors ${cfg.maxWriteZeroesSectors}, max_write_zeroes_seg ${cfg.maxWriteZeroesSeg}`,
+  );
   /** A raw segment list (16 bytes per segment, or any bytes). */
   const list = (segs: Array<[number | bigint, number, number]>) => {
     const b = Buffer.alloc(16 * segs.length);
@@ -189,7 +218,10 @@ t.test('negotiated DISCARD / WRITE_ZEROES with a bad segment list: UNSUPP or IOE
     return b;
   };
   const send = (type: number, data: Buffer) => drv.raw(0, type, 0, data.length === 0 ? [] : [{ len: data.length, write: false, data }]);
-  for (const [name, type] of [['DISCARD', BlkType.DISCARD], ['WRITE_ZEROES', BlkType.WRITE_ZEROES]] as const) {
+  for (const [name, type] of [
+    ['DISCARD', BlkType.DISCARD],
+    ['WRITE_ZEROES', BlkType.WRITE_ZEROES],
+  ] as const) {
     const maxSeg = type === BlkType.DISCARD ? cfg.maxDiscardSeg : cfg.maxWriteZeroesSeg;
     const maxSectors = type === BlkType.DISCARD ? cfg.maxDiscardSectors : cfg.maxWriteZeroesSectors;
     const cases: Array<[string, Buffer, number]> = [
@@ -197,13 +229,25 @@ t.test('negotiated DISCARD / WRITE_ZEROES with a bad segment list: UNSUPP or IOE
       ['a segment past the capacity', list([[CAP, 8, 0]]), BlkStatus.IOERR],
       ['a segment straddling the end', list([[CAP - 8, 16, 0]]), BlkStatus.IOERR],
       ['a segment at sector 2^63', list([[2n ** 63n, 8, 0]]), BlkStatus.IOERR],
-      ['a good segment, then one past the end (nothing may run)', list([[0, 64, 0], [CAP, 8, 0]]), BlkStatus.IOERR],
+      [
+        'a good segment, then one past the end (nothing may run)',
+        list([
+          [0, 64, 0],
+          [CAP, 8, 0],
+        ]),
+        BlkStatus.IOERR,
+      ],
       ['a list of 20 bytes (not whole segments)', Buffer.concat([list([[0, 64, 0]]), Buffer.alloc(4)]), BlkStatus.IOERR],
       ['an empty list', Buffer.alloc(0), BlkStatus.IOERR],
-      [`${maxSeg + 1} segments (max ${maxSeg})`, list(Array.from({ length: maxSeg + 1 }, (_, i) => [i * 8, 8, 0] as [number, number, number])), BlkStatus.IOERR],
+      [
+        `${maxSeg + 1} segments (max ${maxSeg})`,
+        list(Array.from({ length: maxSeg + 1 }, (_, i) => [i * 8, 8, 0] as [number, number, number])),
+        BlkStatus.IOERR,
+      ],
     ];
     if (type === BlkType.DISCARD) cases.push(['UNMAP on a DISCARD', list([[0, 64, 1]]), BlkStatus.UNSUPP]);
-    if (maxSectors + 1 <= CAP) cases.push([`${maxSectors + 1} sectors in one segment (max ${maxSectors})`, list([[0, maxSectors + 1, 0]]), BlkStatus.IOERR]);
+    if (maxSectors + 1 <= CAP)
+      cases.push([`${maxSectors + 1} sectors in one segment (max ${maxSectors})`, list([[0, maxSectors + 1, 0]]), BlkStatus.IOERR]);
     for (const [what, data, status] of cases) {
       expectStatus(t, await send(type, data), status, `${name} with ${what}`);
     }

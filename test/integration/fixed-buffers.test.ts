@@ -6,7 +6,16 @@
 
 import t, { type Test } from 'tap';
 import path from 'node:path';
-import { asanEnabled, makeImage, runsAsanAddon, startVublk, teardownDaemon, tmpDir, warnLines, type VublkProcess } from '../helpers/vublk-process';
+import {
+  asanEnabled,
+  makeImage,
+  runsAsanAddon,
+  startVublk,
+  teardownDaemon,
+  tmpDir,
+  warnLines,
+  type VublkProcess,
+} from '../helpers/vublk-process';
 import { total } from '../helpers/counters';
 import { BlkStatus, SECTOR_SIZE, type BlkDriver } from '../frontend/blk-driver';
 import { pattern } from './harness';
@@ -59,7 +68,10 @@ async function alignedIo(t: Test, d: Daemon, drv: BlkDriver, seed: number): Prom
     const w = await drv.write(0, sector, data, { layout: '3desc', align: 4096 });
     const r = await drv.read(0, sector, len, { layout: '3desc', align: 4096 });
     ops += 2;
-    t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), `${len} B at sector ${sector}: write and read back (status ${w.status}/${r.status})`);
+    t.ok(
+      w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data),
+      `${len} B at sector ${sector}: write and read back (status ${w.status}/${r.status})`,
+    );
     const i2 = firstDiff(readDirect(d.image, sector * SECTOR_SIZE, len), data);
     t.ok(i2 < 0, `${len} B at sector ${sector}: the image holds the write${i2 < 0 ? '' : ` (first difference at ${i2})`}`);
   }
@@ -84,12 +96,24 @@ t.test('registered guest memory: aligned single-segment I/O uses READ_FIXED/WRIT
   // (The two segments are apart in memory, second page first, so the daemon cannot merge them.)
   const mem = fe.mem!; // set up
   const area = mem.alloc(3 * 4096, 4096);
-  const req = buildRawRequest(mem, 1, 4096, [{ gpa: area + 2 * 4096, len: 4096 }, { gpa: area, len: 4096 }], { payload: Buffer.concat([a, b]) });
+  const req = buildRawRequest(
+    mem,
+    1,
+    4096,
+    [
+      { gpa: area + 2 * 4096, len: 4096 },
+      { gpa: area, len: 4096 },
+    ],
+    { payload: Buffer.concat([a, b]) },
+  );
   const two = await runRaw(fe, 0, req);
   mem.release(area);
   t.equal(two.status, BlkStatus.OK, 'a two-segment write: OK');
   const straddle = await drv.read(0, 4096, 8192, { layout: '3desc', align: 4096, straddle: true });
-  t.ok(straddle.status === BlkStatus.OK && straddle.data.equals(Buffer.concat([a, b])), 'a read into a buffer across a region boundary returns it');
+  t.ok(
+    straddle.status === BlkStatus.OK && straddle.data.equals(Buffer.concat([a, b])),
+    'a read into a buffer across a region boundary returns it',
+  );
   t.equal((await drv.flush(0)).status, BlkStatus.OK, 'a flush: OK');
   const c2 = total(await countersNow(d.v, conn, 1));
   t.equal(c2.fixedOps, c.fixedOps, 'fixedOps unchanged by them');
@@ -109,23 +133,27 @@ const WRAPPER = [
   '--',
 ];
 
-t.test('registration refused (low RLIMIT_MEMLOCK, no CAP_IPC_LOCK): one warning, plain ops, same data', { skip: skipMemlock }, async (t) => {
-  const d = await daemon(t, (args) => startVublk(args, { wrapper: WRAPPER }));
-  const pc = procCapsAndMemlock(d.v.child.pid!); // spawned
-  t.equal((pc.capEff >> BigInt(CAP_IPC_LOCK)) & 1n, 0n, `the daemon has no CAP_IPC_LOCK (CapEff ${pc.capEff.toString(16)})`);
-  t.same([pc.memlockSoft, pc.memlockHard], [String(MEMLOCK), String(MEMLOCK)], `its RLIMIT_MEMLOCK is ${MEMLOCK}`);
+t.test(
+  'registration refused (low RLIMIT_MEMLOCK, no CAP_IPC_LOCK): one warning, plain ops, same data',
+  { skip: skipMemlock },
+  async (t) => {
+    const d = await daemon(t, (args) => startVublk(args, { wrapper: WRAPPER }));
+    const pc = procCapsAndMemlock(d.v.child.pid!); // spawned
+    t.equal((pc.capEff >> BigInt(CAP_IPC_LOCK)) & 1n, 0n, `the daemon has no CAP_IPC_LOCK (CapEff ${pc.capEff.toString(16)})`);
+    t.same([pc.memlockSoft, pc.memlockHard], [String(MEMLOCK), String(MEMLOCK)], `its RLIMIT_MEMLOCK is ${MEMLOCK}`);
 
-  const { drv, conn, mark } = await connect(t, d);
-  const warn = await d.v.waitForLog(WARN, 10000);
-  t.match(warn, new RegExp(`conn=${conn}( |$)`), `the warning names the connection: ${warn}`);
-  const ops = await alignedIo(t, d, drv, 2);
-  const c = total(await countersNow(d.v, conn, 1));
-  t.equal(c.fixedOps, 0, 'no fixed op');
-  t.equal(c.plainOps, ops, `all ${ops} ops were plain (plainOps=${c.plainOps})`);
-  t.equal(c.errors, 0, 'no request failed');
-  const warns = warnLines(d.v, mark);
-  t.equal(warns.length, 1, `exactly one warning line for the connection:\n${warns.join('\n')}`);
-});
+    const { drv, conn, mark } = await connect(t, d);
+    const warn = await d.v.waitForLog(WARN, 10000);
+    t.match(warn, new RegExp(`conn=${conn}( |$)`), `the warning names the connection: ${warn}`);
+    const ops = await alignedIo(t, d, drv, 2);
+    const c = total(await countersNow(d.v, conn, 1));
+    t.equal(c.fixedOps, 0, 'no fixed op');
+    t.equal(c.plainOps, ops, `all ${ops} ops were plain (plainOps=${c.plainOps})`);
+    t.equal(c.errors, 0, 'no request failed');
+    const warns = warnLines(d.v, mark);
+    t.equal(warns.length, 1, `exactly one warning line for the connection:\n${warns.join('\n')}`);
+  },
+);
 
 t.test('--no-fixed-buffers: no registration, no warning, plain ops', async (t) => {
   const d = await daemon(t, (args) => startVublk([...args, '--no-fixed-buffers']));

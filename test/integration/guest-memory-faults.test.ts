@@ -35,7 +35,8 @@ import {
 } from './harness';
 
 const MiB = 1 << 20;
-const SHRANK = /(queue \d+: )?guest memory region 1 shrank under its mapping: SIGBUS at offset 0x[0-9a-f]+ of \d+ bytes \(gpa 0x[0-9a-f]+\)/;
+const SHRANK =
+  /(queue \d+: )?guest memory region 1 shrank under its mapping: SIGBUS at offset 0x[0-9a-f]+ of \d+ bytes \(gpa 0x[0-9a-f]+\)/;
 const SHRANK_ANYWHERE = /guest memory region 1 shrank under its mapping: SIGBUS at offset 0x[0-9a-f]+/;
 
 let shared: Promise<Daemon> | undefined;
@@ -223,7 +224,10 @@ t.test('truncation while requests are in flight', async (t) => {
     if (fe.isOpen) {
       t.equal(used, heads.length, 'every request completed');
       const st = statuses.map((g) => mem.read(g, 1)[0]);
-      t.ok(st.every((s) => s === BlkStatus.OK || s === BlkStatus.IOERR), `each with OK or IOERR: ${st.join(',')}`);
+      t.ok(
+        st.every((s) => s === BlkStatus.OK || s === BlkStatus.IOERR),
+        `each with OK or IOERR: ${st.join(',')}`,
+      );
       fe.close();
       await waitConnClosed(d, mark, conn);
       t.same(warns(), [], 'no warn line but EFAULT host I/O errors');
@@ -233,7 +237,10 @@ t.test('truncation while requests are in flight', async (t) => {
       t.equal(lines.length, 1, `disconnected with exactly one warn line (but EFAULT host I/O errors):\n${lines.join('\n')}`);
       t.match(lines[0] ?? '', SHRANK_ANYWHERE, 'naming region 1');
     }
-    t.notOk(logSince(d, mark).some((l) => /^vublk: error: /.test(l)), 'no error-level line');
+    t.notOk(
+      logSince(d, mark).some((l) => /^vublk: error: /.test(l)),
+      'no error-level line',
+    );
     await expectServes(t, d);
   }
 });
@@ -250,16 +257,24 @@ t.test('regions backed by /dev/shm files serve normal I/O', { skip: shm ? false 
     const data = pattern(64 * 1024, straddle ? 7 : 3);
     const w = await drv.write(0, 2048, data, { straddle });
     const r = await drv.read(0, 2048, data.length, { straddle });
-    t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), `write and read back${straddle ? ' across the region boundary' : ''}`);
+    t.ok(
+      w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data),
+      `write and read back${straddle ? ' across the region boundary' : ''}`,
+    );
   }
 });
 
-shrinkCase('a /dev/shm file region truncated under the ring', {}, (fe) => [
-  chain(fe, [
-    [header(fe, BlkType.FLUSH, 1), 16, false],
-    [fe.mem!.alloc(1, 1, { region: 0 }), 1, true],
-  ]),
-], { fileDir: shm ?? '/tmp' });
+shrinkCase(
+  'a /dev/shm file region truncated under the ring',
+  {},
+  (fe) => [
+    chain(fe, [
+      [header(fe, BlkType.FLUSH, 1), 16, false],
+      [fe.mem!.alloc(1, 1, { region: 0 }), 1, true],
+    ]),
+  ],
+  { fileDir: shm ?? '/tmp' },
+);
 
 // hugetlbfs (QEMU's memory-backend-file on a hugetlbfs mount): served as
 // usual, and a truncated file faults like any other. As root the test
@@ -277,12 +292,18 @@ t.test('regions backed by hugetlbfs files serve normal I/O', { skip: noHuge }, a
   t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), 'write and read back across the region boundary');
 });
 
-shrinkCase('a hugetlbfs file region truncated under the ring', {}, (fe) => [
-  chain(fe, [
-    [header(fe, BlkType.FLUSH, 1), 16, false],
-    [fe.mem!.alloc(1, 1, { region: 0 }), 1, true],
-  ]),
-], (t) => ({ fileDir: hugetlbfsDir(t, HUGE_BYTES) }), noHuge);
+shrinkCase(
+  'a hugetlbfs file region truncated under the ring',
+  {},
+  (fe) => [
+    chain(fe, [
+      [header(fe, BlkType.FLUSH, 1), 16, false],
+      [fe.mem!.alloc(1, 1, { region: 0 }), 1, true],
+    ]),
+  ],
+  (t) => ({ fileDir: hugetlbfsDir(t, HUGE_BYTES) }),
+  noHuge,
+);
 
 // Last: the handler vublk installed for SIGBUS leaves Node's signal handling
 // alone. After every fault above, SIGTERM still drains and exits 0.

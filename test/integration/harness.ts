@@ -51,7 +51,9 @@ export interface DaemonOptions {
 
 /** Attaches file to a free loop device with the given sector size; teardown detaches it. */
 function attachLoop(t: Test, file: string, sectorSize: number): string {
-  const dev = execFileSync('losetup', ['--find', '--show', '--sector-size', String(sectorSize), file]).toString().trim();
+  const dev = execFileSync('losetup', ['--find', '--show', '--sector-size', String(sectorSize), file])
+    .toString()
+    .trim();
   t.teardown(() => {
     // With the device still open this only marks it for detach at last close.
     execFileSync('losetup', ['--detach', dev]);
@@ -306,7 +308,9 @@ export async function traceCloses(pid: number, dir: string): Promise<{ stop(): P
   const strace = stracePath();
   if (strace === undefined) throw new Error('strace is not installed');
   const out = path.join(dir, `strace-${pid}-${Date.now()}.txt`);
-  const child = spawn(strace, ['-f', '-e', 'trace=close', '-e', 'signal=none', '-p', String(pid), '-o', out], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(strace, ['-f', '-e', 'trace=close', '-e', 'signal=none', '-p', String(pid), '-o', out], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
   let err = '';
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<void>((resolve) => child.on('exit', () => resolve()));
@@ -319,7 +323,10 @@ export async function traceCloses(pid: number, dir: string): Promise<{ stop(): P
     async stop() {
       child.kill('SIGINT');
       await exited;
-      return fs.readFileSync(out, 'utf8').split('\n').filter((l) => l !== '');
+      return fs
+        .readFileSync(out, 'utf8')
+        .split('\n')
+        .filter((l) => l !== '');
     },
   };
 }

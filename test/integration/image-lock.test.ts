@@ -23,7 +23,12 @@ function run(cmd: string, args: string[]): { code: number | null; out: string } 
 }
 
 /** A directory with a fresh 16 MiB image; the vublks started in it are stopped at teardown. */
-function setup(t: Test): { dir: string; image: string; daemons: VublkProcess[]; start(name: string, extra?: string[]): Promise<VublkProcess> } {
+function setup(t: Test): {
+  dir: string;
+  image: string;
+  daemons: VublkProcess[];
+  start(name: string, extra?: string[]): Promise<VublkProcess>;
+} {
   const dir = tmpDir('vublk-lock-');
   const image = makeImage(dir, 16 << 20);
   const daemons: VublkProcess[] = [];
@@ -61,7 +66,11 @@ t.test('a second read-write vublk is refused with a clear message; after exit it
   const s = setup(t);
   const first = await s.start('a');
   const err = await refused(t, s.dir, s.image, 'b');
-  t.match(err, `vublk: error: image ${s.image} is locked by another process (QEMU, qemu-img, qemu-storage-daemon or vublk)`, 'names the image');
+  t.match(
+    err,
+    `vublk: error: image ${s.image} is locked by another process (QEMU, qemu-img, qemu-storage-daemon or vublk)`,
+    'names the image',
+  );
   t.match(err, /"write" permission/, 'and the conflicting permission');
   t.match(err, /--no-image-lock/, 'and the way out');
   await stopCleanly(s.daemons.splice(0, 1)[0] ?? first);
@@ -96,8 +105,20 @@ t.test('qemu-io and qemu-img writing are refused while vublk runs; info -U works
   if (hasTool('qemu-system-x86_64')) {
     // Stays up (and is killed at the timeout) if it gets the image.
     // The permissions are taken when the device attaches (-S: no guest runs).
-    const q = run('qemu-system-x86_64', ['-machine', 'pc,accel=tcg', '-nodefaults', '-display', 'none', '-monitor', 'none', '-S',
-      '-drive', `file=${s.image},format=raw,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0']);
+    const q = run('qemu-system-x86_64', [
+      '-machine',
+      'pc,accel=tcg',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-monitor',
+      'none',
+      '-S',
+      '-drive',
+      `file=${s.image},format=raw,if=none,id=d0`,
+      '-device',
+      'virtio-blk-pci,drive=d0',
+    ]);
     t.equal(q.code, 1, 'QEMU with -drive file=IMG exits 1');
     t.match(q.out, /Failed to get "write" lock/, `QEMU says why: ${q.out.trim()}`);
   }

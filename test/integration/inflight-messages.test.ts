@@ -40,7 +40,11 @@ t.test('GET_INFLIGHT_FD hands out a zeroed memfd of mmap_size bytes, sealed agai
   const { fe } = await connect(t, d, { queues: QUEUES, memory: { regions: [4 * MiB] } });
   t.ok(fe.has(ProtocolFeature.INFLIGHT_SHMFD), 'INFLIGHT_SHMFD is offered and negotiated');
   t.ok(fe.inflight?.created, 'setup created a region');
-  for (const [nq, qs] of [[1, 1], [QUEUES, QSIZE], [1, 64]] as const) {
+  for (const [nq, qs] of [
+    [1, 1],
+    [QUEUES, QSIZE],
+    [1, 64],
+  ] as const) {
     const r = await fe.getInflightFd(nq, qs);
     t.teardown(() => native.closeFd(r.fd));
     t.same([r.mmapOffset, r.numQueues, r.queueSize], [0, nq, qs], `${nq}x${qs}: the reply echoes the counts, offset 0`);
@@ -48,7 +52,10 @@ t.test('GET_INFLIGHT_FD hands out a zeroed memfd of mmap_size bytes, sealed agai
     t.match(native.fdTarget(r.fd), /^\/memfd:/, 'it is a memfd');
     t.equal(fs.fstatSync(r.fd).size, r.mmapSize, 'of mmap_size bytes');
     const bytes = new Uint8Array(native.mapShared(r.fd, r.mmapSize, 0));
-    t.ok(bytes.every((b) => b === 0), 'zeroed');
+    t.ok(
+      bytes.every((b) => b === 0),
+      'zeroed',
+    );
     expectErrno(t, () => fs.ftruncateSync(r.fd, r.mmapSize + 4096), 'EPERM', 'it cannot grow');
     expectErrno(t, () => fs.ftruncateSync(r.fd, 0), 'EPERM', 'it cannot shrink');
   }
@@ -99,12 +106,14 @@ const BAD: BadCase[] = [
   {
     name: 'GET_INFLIGHT_FD num_queues 0',
     rule: /GET_INFLIGHT_FD num_queues 0 is outside 1\.\.2/,
-    send: async (fe) => fe.send(Request.GET_INFLIGHT_FD, encodeInflightPayload({ mmapSize: 0, mmapOffset: 0, numQueues: 0, queueSize: QSIZE })),
+    send: async (fe) =>
+      fe.send(Request.GET_INFLIGHT_FD, encodeInflightPayload({ mmapSize: 0, mmapOffset: 0, numQueues: 0, queueSize: QSIZE })),
   },
   {
     name: 'GET_INFLIGHT_FD too many queues',
     rule: /GET_INFLIGHT_FD num_queues 3 is outside 1\.\.2/,
-    send: async (fe) => fe.send(Request.GET_INFLIGHT_FD, encodeInflightPayload({ mmapSize: 0, mmapOffset: 0, numQueues: 3, queueSize: QSIZE })),
+    send: async (fe) =>
+      fe.send(Request.GET_INFLIGHT_FD, encodeInflightPayload({ mmapSize: 0, mmapOffset: 0, numQueues: 3, queueSize: QSIZE })),
   },
   {
     name: 'GET_INFLIGHT_FD queue_size 0',
@@ -114,7 +123,8 @@ const BAD: BadCase[] = [
   {
     name: 'GET_INFLIGHT_FD queue_size too big',
     rule: /GET_INFLIGHT_FD queue_size 256 is outside 1\.\.128/,
-    send: async (fe) => fe.send(Request.GET_INFLIGHT_FD, encodeInflightPayload({ mmapSize: 0, mmapOffset: 0, numQueues: 1, queueSize: 256 })),
+    send: async (fe) =>
+      fe.send(Request.GET_INFLIGHT_FD, encodeInflightPayload({ mmapSize: 0, mmapOffset: 0, numQueues: 1, queueSize: 256 })),
   },
   {
     name: 'SET_INFLIGHT_FD without an fd',
@@ -210,7 +220,10 @@ t.test('a good region handed back after a stop is taken, and the rings serve aga
   await fe.restart(bases);
   const drv = new BlkDriver(fe);
   const r = await Promise.all([drv.flush(0), drv.flush(1)]);
-  t.ok(r.every((x) => x.status === BlkStatus.OK), 'both queues serve after SET_INFLIGHT_FD and restart');
+  t.ok(
+    r.every((x) => x.status === BlkStatus.OK),
+    'both queues serve after SET_INFLIGHT_FD and restart',
+  );
   t.equal(fe.inflight!.queue(0).version, 1, 'the backend initialised queue 0 region (version 1)');
   t.equal(fe.inflight!.queue(0).descNum, QSIZE, 'desc_num is the queue size');
   t.same(fe.inflight!.queue(0).inflightHeads(), [], 'nothing is left marked in flight');

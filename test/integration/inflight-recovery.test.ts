@@ -165,32 +165,49 @@ async function slowAndFast(t: Test, inflight: boolean) {
     t.same(q.inflightHeads(), [dev.availHead(0)], "the region marks A's head, and only it, in flight");
   }
 
-  const killed = await Promise.all([dev.kill(), (async () => { await sleep(100); ffs.thaw(); })()]);
+  const killed = await Promise.all([
+    dev.kill(),
+    (async () => {
+      await sleep(100);
+      ffs.thaw();
+    })(),
+  ]);
   t.equal(killed[0].signal, 'SIGKILL', 'vublk #1 was SIGKILLed');
   await dev.start();
   // Without the region the new vublk may return a head the guest no longer
   // has in flight while the rings start: setup then fails.
-  const attachError = await dev.attach().then(() => undefined, (e: unknown) => e);
+  const attachError = await dev.attach().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   return { dev, a, usedBefore, aData, attachError };
 }
 
-t.test('A (slow) and B (fast) in flight, B done, SIGKILL: the next vublk completes A once and does not repeat B', { skip: frozenFsUnsupported() }, async (t) => {
-  const { dev, a, usedBefore, aData, attachError } = await slowAndFast(t, true);
-  t.equal(attachError, undefined, 'the frontend reconnected and started the ring');
-  const r = await within(a, 5000);
-  t.ok(r !== 'pending' && r.status === BlkStatus.OK, 'A completed after the restart', { r });
-  await sleep(200); // a repeated completion would come now
-  t.equal(dev.ring.usedIdx(), usedBefore + 1, 'exactly one more used entry: A, once; B is not repeated');
-  t.equal(dev.usedHead(usedBefore), dev.availHead(0), "that entry is A's head");
-  t.ok(dev.fe!.isOpen, 'the frontend is still connected: it saw no head returned twice');
-  t.ok(readImage(dev.image, A_SECTOR * SECTOR_SIZE, A_BYTES).equals(aData), "A's data is on disk");
-  t.same((dev.region as InflightRegion).queue(0).inflightHeads(), [], 'nothing is left in flight in the region');
-  const stopped = await dev.stop();
-  t.equal(stopped.code, 0, 'vublk #2 exits 0 on SIGTERM');
-  t.match(stopped.stderr, /resubmitting requests left in flight by an earlier backend conn=\d+ queue=0 count=1\b/, 'vublk #2 resubmitted one request');
-  t.match(stopped.stderr, /counters conn=\d+ queue=0 reason=closed .*\bresubmitted=1\b/, 'its counters say resubmitted=1');
-  t.same(dev.logs.flatMap(warnOrError), [], 'no warn or error line from either vublk');
-});
+t.test(
+  'A (slow) and B (fast) in flight, B done, SIGKILL: the next vublk completes A once and does not repeat B',
+  { skip: frozenFsUnsupported() },
+  async (t) => {
+    const { dev, a, usedBefore, aData, attachError } = await slowAndFast(t, true);
+    t.equal(attachError, undefined, 'the frontend reconnected and started the ring');
+    const r = await within(a, 5000);
+    t.ok(r !== 'pending' && r.status === BlkStatus.OK, 'A completed after the restart', { r });
+    await sleep(200); // a repeated completion would come now
+    t.equal(dev.ring.usedIdx(), usedBefore + 1, 'exactly one more used entry: A, once; B is not repeated');
+    t.equal(dev.usedHead(usedBefore), dev.availHead(0), "that entry is A's head");
+    t.ok(dev.fe!.isOpen, 'the frontend is still connected: it saw no head returned twice');
+    t.ok(readImage(dev.image, A_SECTOR * SECTOR_SIZE, A_BYTES).equals(aData), "A's data is on disk");
+    t.same((dev.region as InflightRegion).queue(0).inflightHeads(), [], 'nothing is left in flight in the region');
+    const stopped = await dev.stop();
+    t.equal(stopped.code, 0, 'vublk #2 exits 0 on SIGTERM');
+    t.match(
+      stopped.stderr,
+      /resubmitting requests left in flight by an earlier backend conn=\d+ queue=0 count=1\b/,
+      'vublk #2 resubmitted one request',
+    );
+    t.match(stopped.stderr, /counters conn=\d+ queue=0 reason=closed .*\bresubmitted=1\b/, 'its counters say resubmitted=1');
+    t.same(dev.logs.flatMap(warnOrError), [], 'no warn or error line from either vublk');
+  },
+);
 
 t.test('the same without INFLIGHT_SHMFD: A is lost', { skip: frozenFsUnsupported() }, async (t) => {
   const { dev, a, attachError } = await slowAndFast(t, false);
@@ -246,12 +263,19 @@ for (const point of POINTS) {
     await dev.start();
     await dev.attach();
     const results = await Promise.all(pending.map((p) => within(p, 5000)));
-    t.ok(results.every((r) => r !== 'pending' && r.status === BlkStatus.OK), 'every request of the round completed OK after the restart');
+    t.ok(
+      results.every((r) => r !== 'pending' && r.status === BlkStatus.OK),
+      'every request of the round completed OK after the restart',
+    );
     await sleep(200); // a repeated completion would come now
     const end = (round + 1) * ROUND;
     t.equal(dev.ring.usedIdx(), end, `used idx is ${end}: one used entry per request`);
     const returned = Array.from({ length: ROUND }, (_, i) => dev.usedHead(round * ROUND + i)).sort((x, y) => x - y);
-    t.same(returned, [...heads].sort((x, y) => x - y), "the round's used entries are its heads, each exactly once");
+    t.same(
+      returned,
+      [...heads].sort((x, y) => x - y),
+      "the round's used entries are its heads, each exactly once",
+    );
     t.ok(dev.fe!.isOpen, 'the frontend is still connected: it saw no head returned twice');
     const q = (dev.region as InflightRegion).queue(0);
     t.same(q.inflightHeads(), [], 'nothing is left in flight in the region');

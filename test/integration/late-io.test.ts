@@ -88,14 +88,20 @@ async function heldPastDrain(t: Test, held: Held): Promise<void> {
   t.ok(r.status === BlkStatus.OK && r.data.equals(fresh), 'and reads its own data back');
   // Give a stale write every chance to land, then look at the image.
   await until(() => logSince(d, mark).some((l) => new RegExp(`frontend connection closed conn=${c1}\\b`).test(l)), 20_000);
-  t.ok(readImage(image, SECTOR * SECTOR_SIZE, fresh.length).equals(fresh), 'the image holds the next frontend\u2019s data, not the stale write');
+  t.ok(
+    readImage(image, SECTOR * SECTOR_SIZE, fresh.length).equals(fresh),
+    'the image holds the next frontend\u2019s data, not the stale write',
+  );
 
   const lines = logSince(d, mark);
   const idx = (re: RegExp): number => lines.findIndex((l) => re.test(l));
   const finished = idx(new RegExp(`native I/O of the closing connection finished conn=${c1}\\b`));
   const closed = idx(new RegExp(`frontend connection closed conn=${c1}\\b`));
   const next = idx(c2Line);
-  t.ok(finished >= 0 && finished < closed && closed < next, `order: held request finished (${finished}), conn ${c1} closed (${closed}), next served (${next})`);
+  t.ok(
+    finished >= 0 && finished < closed && closed < next,
+    `order: held request finished (${finished}), conn ${c1} closed (${closed}), next served (${next})`,
+  );
 }
 
 t.test('a write held past the drain timeout lands before the next frontend is served', { skip: unsupported }, (t) =>

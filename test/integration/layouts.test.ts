@@ -50,7 +50,10 @@ t.test('reads in every layout return the image bytes (image written before the d
       const sector = randomSector(rand, len, 0, PREFILL / SECTOR_SIZE);
       const r = await drv.read(0, sector, len, { layout });
       t.same([r.status, r.usedLen], [BlkStatus.OK, len + 1], `read ${layout} ${len} B at sector ${sector}: OK, used.len = data + 1`);
-      t.ok(r.data.equals(want.subarray(sector * SECTOR_SIZE, sector * SECTOR_SIZE + len)), `read ${layout} ${len} B at sector ${sector} returns the image bytes`);
+      t.ok(
+        r.data.equals(want.subarray(sector * SECTOR_SIZE, sector * SECTOR_SIZE + len)),
+        `read ${layout} ${len} B at sector ${sector} returns the image bytes`,
+      );
     }
   }
 });
@@ -66,7 +69,10 @@ for (const layout of LAYOUTS) {
       const data = pattern(len, sector);
       const w = await drv.write(0, sector, data, { layout });
       t.same([w.status, w.usedLen], [BlkStatus.OK, 1], `write ${layout} ${len} B at sector ${sector}: OK, used.len 1`);
-      t.ok(readImage(d.image, sector * SECTOR_SIZE, len).equals(data), `write ${layout} ${len} B at sector ${sector}: the image holds exactly the data`);
+      t.ok(
+        readImage(d.image, sector * SECTOR_SIZE, len).equals(data),
+        `write ${layout} ${len} B at sector ${sector}: the image holds exactly the data`,
+      );
       const r = await drv.read(0, sector, len, { layout });
       t.same([r.status, r.usedLen], [BlkStatus.OK, len + 1], `read ${layout} ${len} B: OK, used.len = data + 1`);
       t.ok(r.data.equals(data), `read ${layout} ${len} B returns what was written`);
@@ -78,10 +84,16 @@ for (const layout of LAYOUTS) {
     const mid = pattern(SECTOR_SIZE, 100);
     t.equal((await drv.write(0, sector + 1, mid, { layout })).status, BlkStatus.OK, `512 B write ${layout} between two sectors`);
     t.ok(
-      readImage(d.image, sector * SECTOR_SIZE, 3 * SECTOR_SIZE).equals(Buffer.concat([around.subarray(0, 512), mid, around.subarray(1024)])),
+      readImage(d.image, sector * SECTOR_SIZE, 3 * SECTOR_SIZE).equals(
+        Buffer.concat([around.subarray(0, 512), mid, around.subarray(1024)]),
+      ),
       'only that sector changed in the image',
     );
-    t.equal(fe.mem!.allocated, fe.queues.reduce((a, q) => a + 16 * q.ring.size + 6 + 2 * q.ring.size + 6 + 8 * q.ring.size, 0), 'every request buffer came back');
+    t.equal(
+      fe.mem!.allocated,
+      fe.queues.reduce((a, q) => a + 16 * q.ring.size + 6 + 2 * q.ring.size + 6 + 8 * q.ring.size, 0),
+      'every request buffer came back',
+    );
   });
 }
 
@@ -100,7 +112,10 @@ t.test('write through one layout, read through every other', async (t) => {
     t.ok(readImage(d.image, sector * SECTOR_SIZE, len).equals(data), `the image holds the ${wl} write`);
     for (const rl of LAYOUTS.filter((l) => l !== wl)) {
       const r = await drv.read(0, sector, len, { layout: rl });
-      t.ok(r.status === BlkStatus.OK && r.usedLen === len + 1 && r.data.equals(data), `read ${rl} after write ${wl}: status ${r.status}, used.len ${r.usedLen}, data ${r.data.equals(data) ? 'equal' : 'DIFFERENT'}`);
+      t.ok(
+        r.status === BlkStatus.OK && r.usedLen === len + 1 && r.data.equals(data),
+        `read ${rl} after write ${wl}: status ${r.status}, used.len ${r.usedLen}, data ${r.data.equals(data) ? 'equal' : 'DIFFERENT'}`,
+      );
     }
   }
 });
@@ -108,7 +123,11 @@ t.test('write through one layout, read through every other', async (t) => {
 t.test('buffers straddling a memory-region boundary, in every layout', async (t) => {
   const d = await startDaemon(t, { imageBytes: IMAGE_BYTES });
   // Three regions, one memfd at non-zero offsets (as QEMU splits RAM around a hole).
-  const { drv, fe } = await connect(t, d, { queues: 1, memTable: 'set-mem-table', memory: { regions: [4 << 20, 4 << 20, 4 << 20], fdLayout: 'shared-fd', leadIn: 1 << 20 } });
+  const { drv, fe } = await connect(t, d, {
+    queues: 1,
+    memTable: 'set-mem-table',
+    memory: { regions: [4 << 20, 4 << 20, 4 << 20], fdLayout: 'shared-fd', leadIn: 1 << 20 },
+  });
   t.equal(fe.mem!.boundaries().length, 2, 'guest memory has two region boundaries');
   const rand = prng(SEED + 2);
   const c = crossingCounter(drv);
@@ -192,7 +211,10 @@ t.test('GET_ID with a 20-character serial has no terminating NUL', async (t) => 
   const big = await drv.raw(0, 8, 0, [{ len: 64, write: true }]);
   t.same([big.status, big.usedLen], [BlkStatus.OK, 21], 'GET_ID into a 64-byte buffer: OK, used.len 21');
   t.equal(big.data.subarray(0, 20).toString('latin1'), serial, 'the first 20 bytes are the serial');
-  t.ok(big.data.subarray(20).every((b) => b === 0xff), 'nothing written past the 20 id bytes');
+  t.ok(
+    big.data.subarray(20).every((b) => b === 0xff),
+    'nothing written past the 20 id bytes',
+  );
 });
 
 t.test('reads write only inside the buffers they were given (canaries around every piece)', async (t) => {
@@ -202,8 +224,21 @@ t.test('reads write only inside the buffers they were given (canaries around eve
   const want = pattern(PREFILL, 7);
   // Piece layouts (offset into a canary area, length); the odd ones force a bounce buffer.
   const layouts: Array<[string, Array<[number, number]>]> = [
-    ['aligned pieces', [[512, 512], [2048, 1024]]],
-    ['odd pieces', [[64, 100], [1003, 412], [4096 + 7, 512]]],
+    [
+      'aligned pieces',
+      [
+        [512, 512],
+        [2048, 1024],
+      ],
+    ],
+    [
+      'odd pieces',
+      [
+        [64, 100],
+        [1003, 412],
+        [4096 + 7, 512],
+      ],
+    ],
     ['one odd piece', [[3, 4096]]],
   ];
   for (const [what, pieces] of layouts) {
@@ -218,7 +253,11 @@ t.test('reads write only inside the buffers they were given (canaries around eve
     const status = mem.alloc(1, 1);
     mem.fill(status, 1, 0xff);
     const len = pieces.reduce((a, [, l]) => a + l, 0);
-    const usedLen = await fe.submit(0, [{ gpa: hdr, len: 16, write: false }, ...pieces.map(([off, l]) => ({ gpa: base + off, len: l, write: true })), { gpa: status, len: 1, write: true }]);
+    const usedLen = await fe.submit(0, [
+      { gpa: hdr, len: 16, write: false },
+      ...pieces.map(([off, l]) => ({ gpa: base + off, len: l, write: true })),
+      { gpa: status, len: 1, write: true },
+    ]);
     t.same([mem.read(status, 1)[0], usedLen], [BlkStatus.OK, len + 1], `${what}: read of ${len} B OK, used.len ${len + 1}`);
     const got = Buffer.concat(pieces.map(([off, l]) => mem.read(base + off, l)));
     t.ok(got.equals(want.subarray(16 * SECTOR_SIZE, 16 * SECTOR_SIZE + len)), `${what}: the pieces hold the image bytes in order`);
@@ -295,25 +334,47 @@ t.test('every layout on a host disk with 4 KiB sectors (512-byte guest I/O is re
       const sector = randomSector(rand, len);
       const data = pattern(len, sector + len);
       const w = await drv.write(0, sector, data, { layout });
-      t.same([w.status, w.usedLen], [BlkStatus.OK, 1], `write ${layout} ${len} B at sector ${sector} (host block offset ${(sector % 8) * 512}): OK`);
+      t.same(
+        [w.status, w.usedLen],
+        [BlkStatus.OK, 1],
+        `write ${layout} ${len} B at sector ${sector} (host block offset ${(sector % 8) * 512}): OK`,
+      );
       data.copy(expect, sector * SECTOR_SIZE);
       const lo = Math.floor((sector * SECTOR_SIZE) / 4096) * 4096;
       const hi = Math.ceil((sector * SECTOR_SIZE + len) / 4096) * 4096;
-      t.ok(readImage(d.image, lo, hi - lo).equals(expect.subarray(lo, hi)), `write ${layout} ${len} B: the image holds the data and the rest of the host blocks is intact`);
+      t.ok(
+        readImage(d.image, lo, hi - lo).equals(expect.subarray(lo, hi)),
+        `write ${layout} ${len} B: the image holds the data and the rest of the host blocks is intact`,
+      );
       const r = await drv.read(0, sector, len, { layout });
-      t.ok(r.status === BlkStatus.OK && r.usedLen === len + 1 && r.data.equals(data), `read ${layout} ${len} B at sector ${sector}: status ${r.status}, data ${r.data.equals(data) ? 'equal' : 'DIFFERENT'}`);
+      t.ok(
+        r.status === BlkStatus.OK && r.usedLen === len + 1 && r.data.equals(data),
+        `read ${layout} ${len} B at sector ${sector}: status ${r.status}, data ${r.data.equals(data) ? 'equal' : 'DIFFERENT'}`,
+      );
     }
   }
   t.ok(readImage(d.image, 0, IMAGE_BYTES).equals(expect), 'the whole image is exactly what was written over the fill');
   t.match(d.v.stderr(), /vublk: info: serving .*kind=block/, 'the daemon serves the loop block device');
   fe.close();
   await d.stop();
-  t.comment(d.v.stderr().split('\n').filter((l) => /counters|direct I\/O|O_DIRECT|align/i.test(l)).join('\n'));
+  t.comment(
+    d.v
+      .stderr()
+      .split('\n')
+      .filter((l) => /counters|direct I\/O|O_DIRECT|align/i.test(l))
+      .join('\n'),
+  );
 });
 
 t.test('512-byte writes sharing 4 KiB host blocks, all in flight at once, on two queues: none is lost', { skip: noLoop }, async (t) => {
   const fill = pattern(4 << 20, 8192);
-  const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, queues: 2, queueSize: 256, loopSectorSize: 4096, prepare: (img) => writeImage(img, 0, fill) });
+  const d = await startDaemon(t, {
+    imageBytes: IMAGE_BYTES,
+    queues: 2,
+    queueSize: 256,
+    loopSectorSize: 4096,
+    prepare: (img) => writeImage(img, 0, fill),
+  });
   const { drv } = await connect(t, d, { queues: 2, queueSize: 256 });
   const expect = Buffer.from(fill);
   for (let round = 0; round < 3; round++) {
@@ -322,12 +383,21 @@ t.test('512-byte writes sharing 4 KiB host blocks, all in flight at once, on two
     const reqs: BlkRequest[] = [];
     for (let i = 0; i < 128; i++) {
       const data = pattern(512, round * 1000 + i);
-      reqs.push({ q: i % 2, type: BlkType.OUT, sector: 1000 + i, data, layout: (['3desc', '2desc', 'indirect', 'fragmented'] as const)[i % 4]! });
+      reqs.push({
+        q: i % 2,
+        type: BlkType.OUT,
+        sector: 1000 + i,
+        data,
+        layout: (['3desc', '2desc', 'indirect', 'fragmented'] as const)[i % 4]!,
+      });
     }
     const ws = await Promise.all(drv.submitBatch(reqs));
     t.equal(ws.filter((r) => r.status === BlkStatus.OK).length, 128, `round ${round}: 128 sub-block writes OK`);
     for (const r of reqs) Buffer.from(r.data!).copy(expect, Number(r.sector) * SECTOR_SIZE);
-    t.ok(readImage(d.image, 0, 4 << 20).equals(expect.subarray(0, 4 << 20)), `round ${round}: every 512-byte write is in the image, nothing around them changed`);
+    t.ok(
+      readImage(d.image, 0, 4 << 20).equals(expect.subarray(0, 4 << 20)),
+      `round ${round}: every 512-byte write is in the image, nothing around them changed`,
+    );
     const straddling: BlkRequest[] = [];
     for (let i = 0; i < 40; i++) {
       const data = pattern(1536, round * 7000 + i);
@@ -341,5 +411,11 @@ t.test('512-byte writes sharing 4 KiB host blocks, all in flight at once, on two
     t.ok(readImage(d.image, 0, 4 << 20).equals(expect.subarray(0, 4 << 20)), `round ${round}: and the image holds them all`);
   }
   await d.stop();
-  t.comment(d.v.stderr().split('\n').filter((l) => /counters/.test(l)).join('\n'));
+  t.comment(
+    d.v
+      .stderr()
+      .split('\n')
+      .filter((l) => /counters/.test(l))
+      .join('\n'),
+  );
 });

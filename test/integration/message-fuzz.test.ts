@@ -52,100 +52,119 @@ t.setTimeout(60 * 60_000);
 // VUBLK_TEST_ASAN=1; this one already ran the ASan daemon in the plain run.
 const rerun = process.env.VUBLK_TEST_ASAN === '1' && process.env.VUBLK_FUZZ_ITERATIONS === undefined;
 
-t.test('message fuzzer: random, mutated and truncated vhost-user messages with random fds', { skip: rerun && 'the plain run already fuzzed the ASan daemon', timeout: 30 * 60_000 }, async (t) => {
-  const asan = fs.existsSync(asanAddonPath);
-  const findings = enabledFindings();
-  t.comment(`seed ${SEED} (VUBLK_FUZZ_SEED=${SEED} repeats it), ${ITERATIONS} connections from ${FROM}`);
-  t.comment(asan ? `daemon runs the ASan+UBSan addon (${asanAddonPath})` : `ASan build missing at ${asanAddonPath} (scripts/build-asan.sh builds it): fuzzing the normal build, memory errors show only as crashes`);
-  // npm test builds it (scripts/ensure-setup.js): with CI set, as for every missing prerequisite, that is a failure.
-  if (!asan && process.env.CI) t.fail(`CI is set: the ASan build must exist at ${asanAddonPath}`);
-  t.comment(`known-finding generators on: ${[...findings].join(', ') || 'none'} (of ${FINDING_KEYS.map((k) => `${k} (#${FINDINGS[k].finding})`).join(', ')})`);
+t.test(
+  'message fuzzer: random, mutated and truncated vhost-user messages with random fds',
+  { skip: rerun && 'the plain run already fuzzed the ASan daemon', timeout: 30 * 60_000 },
+  async (t) => {
+    const asan = fs.existsSync(asanAddonPath);
+    const findings = enabledFindings();
+    t.comment(`seed ${SEED} (VUBLK_FUZZ_SEED=${SEED} repeats it), ${ITERATIONS} connections from ${FROM}`);
+    t.comment(
+      asan
+        ? `daemon runs the ASan+UBSan addon (${asanAddonPath})`
+        : `ASan build missing at ${asanAddonPath} (scripts/build-asan.sh builds it): fuzzing the normal build, memory errors show only as crashes`,
+    );
+    // npm test builds it (scripts/ensure-setup.js): with CI set, as for every missing prerequisite, that is a failure.
+    if (!asan && process.env.CI) t.fail(`CI is set: the ASan build must exist at ${asanAddonPath}`);
+    t.comment(
+      `known-finding generators on: ${[...findings].join(', ') || 'none'} (of ${FINDING_KEYS.map((k) => `${k} (#${FINDINGS[k].finding})`).join(', ')})`,
+    );
 
-  const d = await startToolDaemon(t, { asan, imageBytes: IMAGE_BYTES, queues: QUEUES });
-  const dir = tmpDir('vublk-fuzz-fds-');
-  const fds = new FdFactory(dir);
-  t.teardown(() => {
-    fds.dispose();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+    const d = await startToolDaemon(t, { asan, imageBytes: IMAGE_BYTES, queues: QUEUES });
+    const dir = tmpDir('vublk-fuzz-fds-');
+    const fds = new FdFactory(dir);
+    t.teardown(() => {
+      fds.dispose();
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
 
-  // Warm-up: one well-behaved connection, so what the daemon creates once exists.
-  await served(t, d, 'warm-up');
-  const baseline = fdCount(d.pid);
-  t.comment(`daemon pid ${d.pid}: ${baseline} fds open at the baseline`);
+    // Warm-up: one well-behaved connection, so what the daemon creates once exists.
+    await served(t, d, 'warm-up');
+    const baseline = fdCount(d.pid);
+    t.comment(`daemon pid ${d.pid}: ${baseline} fds open at the baseline`);
 
-  const target = { socket: d.socket, pid: d.pid, queues: QUEUES, maxQueueSize: MAX_QUEUE_SIZE, capacitySectors: d.capacitySectors };
-  const violations = new Map<string, number>();
-  const scriptErrors = new Map<string, number>();
-  let spins = 0;
-  let withIo = 0;
-  const kinds = new Map<string, number>();
-  for (let i = FROM; i < FROM + ITERATIONS; i++) {
-    const seed = iterationSeed(SEED, i);
-    const mark = d.v.stderr().length;
-    let report: ConnectionReport;
-    try {
-      report = await fuzzConnection(target, new Rng(seed), fds, findings);
-    } catch (err) {
-      // Connecting failed: the daemon is gone or stopped accepting.
-      return fail(t, d, i, undefined, `cannot connect: ${(err as Error).message}`);
-    }
-    if (report.ioDone > 0) withIo++;
-    for (const a of report.actions) {
-      const k = /^(ftruncate|held back|kick|io|ring|mutated|truncated|qemu setup|gentle|hostile|skip|grow|idle window)/.exec(a)?.[1];
-      if (k) kinds.set(k, (kinds.get(k) ?? 0) + 1);
-    }
-    for (const e of report.scriptErrors) scriptErrors.set(e, (scriptErrors.get(e) ?? 0) + 1);
-    // The daemon must close this connection (it may have already).
-    const exited = () => d.v.child.exitCode !== null || d.v.child.signalCode !== null;
-    const closedLine = /frontend connection closed conn=/;
-    const closed = await until(() => exited() || logSince(d, mark).some((l) => closedLine.test(l)), CLOSE_GUARD_MS);
-    const err = d.v.stderr().slice(mark);
-    if (SANITIZER.test(err)) return fail(t, d, i, report, 'sanitizer report');
-    if (d.v.child.exitCode !== null || d.v.child.signalCode !== null) {
-      return fail(t, d, i, report, `daemon died (${d.v.child.exitCode ?? d.v.child.signalCode})`);
-    }
-    if (!closed) {
-      return fail(t, d, i, report, `daemon did not close the connection within ${CLOSE_GUARD_MS} ms: hung (killed)`);
-    }
-    if (report.acceptedGrow !== undefined) {
-      return fail(t, d, i, report, `daemon kept serving after ${report.acceptedGrow}`);
-    }
-    if (report.canaryHit !== undefined) {
-      return fail(t, d, i, report, `daemon wrote into guest memory that no ring or descriptor points at (canary offset ${report.canaryHit})`);
-    }
-    if (report.idleReads !== undefined && report.idleReads > SPIN_READS) {
-      spins++;
-      return fail(t, d, i, report, `daemon event loop spins: ${report.idleReads} read(2) calls while the frontend was idle`);
-    }
-    fds.closeAll();
-    for (const l of logSince(d, mark)) {
-      const m = /protocol violation conn=\d+ rule=(.*)$/.exec(l);
-      if (m) {
-        const rule = m[1]!.replace(/\d+/g, 'N').replace(/0xN[0-9a-f]*/g, '0x…');
-        violations.set(rule, (violations.get(rule) ?? 0) + 1);
+    const target = { socket: d.socket, pid: d.pid, queues: QUEUES, maxQueueSize: MAX_QUEUE_SIZE, capacitySectors: d.capacitySectors };
+    const violations = new Map<string, number>();
+    const scriptErrors = new Map<string, number>();
+    let spins = 0;
+    let withIo = 0;
+    const kinds = new Map<string, number>();
+    for (let i = FROM; i < FROM + ITERATIONS; i++) {
+      const seed = iterationSeed(SEED, i);
+      const mark = d.v.stderr().length;
+      let report: ConnectionReport;
+      try {
+        report = await fuzzConnection(target, new Rng(seed), fds, findings);
+      } catch (err) {
+        // Connecting failed: the daemon is gone or stopped accepting.
+        return fail(t, d, i, undefined, `cannot connect: ${(err as Error).message}`);
+      }
+      if (report.ioDone > 0) withIo++;
+      for (const a of report.actions) {
+        const k = /^(ftruncate|held back|kick|io|ring|mutated|truncated|qemu setup|gentle|hostile|skip|grow|idle window)/.exec(a)?.[1];
+        if (k) kinds.set(k, (kinds.get(k) ?? 0) + 1);
+      }
+      for (const e of report.scriptErrors) scriptErrors.set(e, (scriptErrors.get(e) ?? 0) + 1);
+      // The daemon must close this connection (it may have already).
+      const exited = () => d.v.child.exitCode !== null || d.v.child.signalCode !== null;
+      const closedLine = /frontend connection closed conn=/;
+      const closed = await until(() => exited() || logSince(d, mark).some((l) => closedLine.test(l)), CLOSE_GUARD_MS);
+      const err = d.v.stderr().slice(mark);
+      if (SANITIZER.test(err)) return fail(t, d, i, report, 'sanitizer report');
+      if (d.v.child.exitCode !== null || d.v.child.signalCode !== null) {
+        return fail(t, d, i, report, `daemon died (${d.v.child.exitCode ?? d.v.child.signalCode})`);
+      }
+      if (!closed) {
+        return fail(t, d, i, report, `daemon did not close the connection within ${CLOSE_GUARD_MS} ms: hung (killed)`);
+      }
+      if (report.acceptedGrow !== undefined) {
+        return fail(t, d, i, report, `daemon kept serving after ${report.acceptedGrow}`);
+      }
+      if (report.canaryHit !== undefined) {
+        return fail(
+          t,
+          d,
+          i,
+          report,
+          `daemon wrote into guest memory that no ring or descriptor points at (canary offset ${report.canaryHit})`,
+        );
+      }
+      if (report.idleReads !== undefined && report.idleReads > SPIN_READS) {
+        spins++;
+        return fail(t, d, i, report, `daemon event loop spins: ${report.idleReads} read(2) calls while the frontend was idle`);
+      }
+      fds.closeAll();
+      for (const l of logSince(d, mark)) {
+        const m = /protocol violation conn=\d+ rule=(.*)$/.exec(l);
+        if (m) {
+          const rule = m[1]!.replace(/\d+/g, 'N').replace(/0xN[0-9a-f]*/g, '0x…');
+          violations.set(rule, (violations.get(rule) ?? 0) + 1);
+        }
+      }
+      if ((i + 1 - FROM) % CHECK_EVERY === 0 || i === FROM + ITERATIONS - 1) {
+        if (!(await until(() => fdCount(d.pid) === baseline, 5000))) {
+          return fail(t, d, i, report, `fd leak: ${fdCount(d.pid)} fds open, baseline ${baseline}`);
+        }
+        t.pass(`after ${i + 1 - FROM} connections: ${baseline} fds open, as at the start`);
+        await served(t, d, `after ${i + 1 - FROM} connections`);
+        if (d.v.child.exitCode !== null) return fail(t, d, i, report, 'daemon died while serving a well-behaved frontend');
       }
     }
-    if ((i + 1 - FROM) % CHECK_EVERY === 0 || i === FROM + ITERATIONS - 1) {
-      if (!(await until(() => fdCount(d.pid) === baseline, 5000))) {
-        return fail(t, d, i, report, `fd leak: ${fdCount(d.pid)} fds open, baseline ${baseline}`);
-      }
-      t.pass(`after ${i + 1 - FROM} connections: ${baseline} fds open, as at the start`);
-      await served(t, d, `after ${i + 1 - FROM} connections`);
-      if (d.v.child.exitCode !== null) return fail(t, d, i, report, 'daemon died while serving a well-behaved frontend');
-    }
-  }
-  t.equal(spins, 0, 'the event loop never spun');
-  t.same([...scriptErrors.entries()], [], 'the fuzzer\'s own steps never failed (other than by the daemon hanging up)');
-  t.comment(`${withIo} of ${ITERATIONS} connections got as far as completing real I/O`);
-  t.comment(`steps: ${[...kinds.entries()].map(([k, n]) => `${k} ${n}`).join(', ')}`);
-  const top = [...violations.entries()].sort((a, b) => b[1] - a[1]);
-  t.comment(`${top.reduce((s, [, n]) => s + n, 0)} connections ended by a protocol violation, ${top.length} distinct rules:`);
-  for (const [rule, n] of top.slice(0, 40)) t.comment(`  ${n} x ${rule}`);
-  const errors = d.v.stderr().split('\n').filter((l) => /^vublk: error: /.test(l));
-  t.comment(`${errors.length} error-level log lines${errors.length ? `, e.g. ${errors[0]}` : ''}`);
-  await t.resolves(d.stop(), 'the daemon exits 0 on SIGTERM (and no sanitizer report)');
-});
+    t.equal(spins, 0, 'the event loop never spun');
+    t.same([...scriptErrors.entries()], [], "the fuzzer's own steps never failed (other than by the daemon hanging up)");
+    t.comment(`${withIo} of ${ITERATIONS} connections got as far as completing real I/O`);
+    t.comment(`steps: ${[...kinds.entries()].map(([k, n]) => `${k} ${n}`).join(', ')}`);
+    const top = [...violations.entries()].sort((a, b) => b[1] - a[1]);
+    t.comment(`${top.reduce((s, [, n]) => s + n, 0)} connections ended by a protocol violation, ${top.length} distinct rules:`);
+    for (const [rule, n] of top.slice(0, 40)) t.comment(`  ${n} x ${rule}`);
+    const errors = d.v
+      .stderr()
+      .split('\n')
+      .filter((l) => /^vublk: error: /.test(l));
+    t.comment(`${errors.length} error-level log lines${errors.length ? `, e.g. ${errors[0]}` : ''}`);
+    await t.resolves(d.stop(), 'the daemon exits 0 on SIGTERM (and no sanitizer report)');
+  },
+);
 
 /** A well-behaved frontend writes and reads back; waits until the daemon closed it. */
 async function served(t: Test, d: ToolDaemon, when: string): Promise<void> {
@@ -161,5 +180,7 @@ async function fail(t: Test, d: ToolDaemon, i: number, report: ConnectionReport 
   t.comment(`connection ${i}'s actions:\n  ${actions}`);
   t.comment(`daemon stderr (tail):\n${tail}`);
   await d.kill();
-  t.fail(`${why} at connection ${i}: VUBLK_FUZZ_SEED=${SEED} VUBLK_FUZZ_FROM=${i} VUBLK_FUZZ_FINDINGS=${process.env.VUBLK_FUZZ_FINDINGS ?? ''} repeats it`);
+  t.fail(
+    `${why} at connection ${i}: VUBLK_FUZZ_SEED=${SEED} VUBLK_FUZZ_FROM=${i} VUBLK_FUZZ_FINDINGS=${process.env.VUBLK_FUZZ_FINDINGS ?? ''} repeats it`,
+  );
 }

@@ -48,11 +48,18 @@ function checkRequests(t: Test, e: Exposition, tally: Tally, what: string): void
   for (const type of new Set([...tally.requests.keys()].map((k) => k.split('/')[0]!))) {
     const requests = sum(e, 'vublk_requests_total', { queue, type });
     t.equal(value(e, 'vublk_request_bytes_total', { queue, type }), tally.bytes.get(type) ?? 0, `${what}: queue ${queue} ${type} bytes`);
-    t.equal(value(e, 'vublk_request_duration_seconds_count', { queue, type }), requests, `${what}: queue ${queue} ${type} histogram count = requests`);
+    t.equal(
+      value(e, 'vublk_request_duration_seconds_count', { queue, type }),
+      requests,
+      `${what}: queue ${queue} ${type} histogram count = requests`,
+    );
     const buckets = select(e, 'vublk_request_duration_seconds_bucket', { queue, type });
     const inf = buckets.find((b) => b.labels.le === '+Inf');
     t.equal(inf?.value, requests, `${what}: ${type} +Inf bucket = requests`);
-    t.ok(buckets.every((b, i) => i === 0 || b.value >= buckets[i - 1]!.value), `${what}: ${type} buckets are cumulative`);
+    t.ok(
+      buckets.every((b, i) => i === 0 || b.value >= buckets[i - 1]!.value),
+      `${what}: ${type} buckets are cumulative`,
+    );
     t.ok(value(e, 'vublk_request_duration_seconds_sum', { queue, type }) >= 0, `${what}: ${type} latency sum`);
   }
 }
@@ -61,7 +68,13 @@ function checkRequests(t: Test, e: Exposition, tally: Tally, what: string): void
 function checkMonotonic(t: Test, before: Exposition, after: Exposition, what: string): void {
   const key = (s: { name: string; labels: Record<string, string> }) => `${s.name}${JSON.stringify(s.labels)}`;
   const later = new Map(after.samples.map((s) => [key(s), s.value]));
-  const counters = before.samples.filter((s) => s.name.startsWith('vublk_') && /_total$|_count$|_bucket$|_sum$/.test(s.name) && !s.name.startsWith('vublk_process') && !s.name.startsWith('vublk_nodejs'));
+  const counters = before.samples.filter(
+    (s) =>
+      s.name.startsWith('vublk_') &&
+      /_total$|_count$|_bucket$|_sum$/.test(s.name) &&
+      !s.name.startsWith('vublk_process') &&
+      !s.name.startsWith('vublk_nodejs'),
+  );
   const down = counters.filter((s) => !((later.get(key(s)) ?? -1) >= s.value));
   t.same(down.map(key), [], `${what}: no vublk counter went down or vanished`);
 }
@@ -138,7 +151,11 @@ t.test('a Unix-socket endpoint counts a known mix of I/O exactly, during the I/O
   await d.v.waitForLog(/counters conn=1 queue=1 reason=SIGUSR1/);
   const logged = total(countersOf(d.v.stderr().slice(mark), 1, 'SIGUSR1'));
   t.equal(sum(after, 'vublk_requests_total'), logged.requests, 'requests_total = the counters line');
-  t.equal(sum(after, 'vublk_requests_total', { status: 'ioerr' }) + sum(after, 'vublk_requests_total', { status: 'unsupp' }), logged.errors, 'error statuses = the counters line');
+  t.equal(
+    sum(after, 'vublk_requests_total', { status: 'ioerr' }) + sum(after, 'vublk_requests_total', { status: 'unsupp' }),
+    logged.errors,
+    'error statuses = the counters line',
+  );
   t.equal(sum(after, 'vublk_bounced_bytes_total'), logged.bytesBounced, 'bounced bytes = the counters line');
   t.equal(sum(after, 'vublk_rmw_cycles_total'), logged.rmwCycles, 'RMW cycles = the counters line');
 

@@ -31,7 +31,11 @@ function resizeImage(d: Daemon, bytes: number): void {
 }
 
 function noWarnOrError(t: Test, d: Daemon, mark = 0): void {
-  t.same(logSince(d, mark).filter((l) => /^vublk: (warn|error): /.test(l)), [], 'no warn or error line from vublk');
+  t.same(
+    logSince(d, mark).filter((l) => /^vublk: (warn|error): /.test(l)),
+    [],
+    'no warn or error line from vublk',
+  );
 }
 
 t.test('grow + SIGHUP: CONFIG_CHANGE_MSG, GET_CONFIG shows the new capacity, I/O past the old end works', async (t) => {
@@ -95,7 +99,9 @@ t.test('shrink below written data is refused; a shrink above it is applied', asy
   const refused = await capacityLine(d, mark, /shrink refused/);
   t.match(
     refused,
-    new RegExp(`^vublk: error: disk shrank below data the guest wrote: shrink refused, capacity unchanged .*oldSectors=${oldSectors} newSectors=${(16 * MIB) / SECTOR_SIZE} writtenEndSector=${written + 8}`),
+    new RegExp(
+      `^vublk: error: disk shrank below data the guest wrote: shrink refused, capacity unchanged .*oldSectors=${oldSectors} newSectors=${(16 * MIB) / SECTOR_SIZE} writtenEndSector=${written + 8}`,
+    ),
     'a clear error line naming the sectors',
   );
   t.equal(await capacity(fe), oldSectors, 'capacity unchanged');
@@ -111,7 +117,11 @@ t.test('shrink below written data is refused; a shrink above it is applied', asy
   d.v.child.kill('SIGHUP');
   t.ok(await until(() => fe.configChanges === 1, 3000), 'a shrink above the written data: CONFIG_CHANGE_MSG');
   t.equal(await capacity(fe), aboveBytes / SECTOR_SIZE, 'GET_CONFIG shows the smaller capacity');
-  t.match(await capacityLine(d, mark, /capacity changed/), new RegExp(`oldSectors=${oldSectors} newSectors=${aboveBytes / SECTOR_SIZE}`), 'logged');
+  t.match(
+    await capacityLine(d, mark, /capacity changed/),
+    new RegExp(`oldSectors=${oldSectors} newSectors=${aboveBytes / SECTOR_SIZE}`),
+    'logged',
+  );
   t.equal((await drv.read(0, aboveBytes / SECTOR_SIZE, 512)).status, BlkStatus.IOERR, 'I/O past the new end fails');
   t.equal((await drv.read(0, written, 4096)).status, BlkStatus.OK, 'I/O below it works');
 });

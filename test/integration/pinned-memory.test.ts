@@ -29,28 +29,31 @@ function rssBytes(pid: number): number {
   return Number(m?.[1] ?? NaN) * 1024;
 }
 
-t.test(`${(REGIONS * REGION) / GiB} GiB of sparse guest memory against --max-pinned-memory ${LIMIT}: nothing pinned, one warning, plain I/O`, async (t) => {
-  const d = await startDaemon(t, { extraArgs: ['--max-pinned-memory', LIMIT] });
-  const pid = d.v.child.pid!; // spawned
-  const rss0 = rssBytes(pid);
-  const mark = d.v.stderr().length;
-  const { drv } = await connect(t, d, { memory: { regions: Array<number>(REGIONS).fill(REGION) } });
-  const conn = await connIdSince(d, mark);
+t.test(
+  `${(REGIONS * REGION) / GiB} GiB of sparse guest memory against --max-pinned-memory ${LIMIT}: nothing pinned, one warning, plain I/O`,
+  async (t) => {
+    const d = await startDaemon(t, { extraArgs: ['--max-pinned-memory', LIMIT] });
+    const pid = d.v.child.pid!; // spawned
+    const rss0 = rssBytes(pid);
+    const mark = d.v.stderr().length;
+    const { drv } = await connect(t, d, { memory: { regions: Array<number>(REGIONS).fill(REGION) } });
+    const conn = await connIdSince(d, mark);
 
-  for (let i = 0; i < 4; i++) {
-    const data = pattern(65536, 40 + i);
-    const sector = 2048 + i * 256;
-    const w = await drv.write(0, sector, data, { layout: '3desc', align: 4096 });
-    const r = await drv.read(0, sector, data.length, { layout: '3desc', align: 4096 });
-    t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), `64 KiB write and read back at sector ${sector}`);
-  }
-  const c = total(await countersNow(d.v, conn, 1));
-  t.equal(c.fixedOps, 0, `no fixed op (fixedOps=${c.fixedOps})`);
-  t.equal(c.plainOps, 8, 'every op plain');
-  const grew = rssBytes(pid) - rss0;
-  t.ok(grew < 128 * MiB, `the daemon's RSS grew by ${Math.round(grew / MiB)} MiB, far less than guest memory`);
-  const warns = warnLines(d.v, mark);
-  t.equal(warns.length, 1, `one warning:\n${warns.join('\n')}`);
-  t.match(warns[0] ?? '', /--max-pinned-memory/, 'it names the option');
-  t.match(warns[0] ?? '', new RegExp(`conn=${conn}( |$)`), 'and the connection');
-});
+    for (let i = 0; i < 4; i++) {
+      const data = pattern(65536, 40 + i);
+      const sector = 2048 + i * 256;
+      const w = await drv.write(0, sector, data, { layout: '3desc', align: 4096 });
+      const r = await drv.read(0, sector, data.length, { layout: '3desc', align: 4096 });
+      t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), `64 KiB write and read back at sector ${sector}`);
+    }
+    const c = total(await countersNow(d.v, conn, 1));
+    t.equal(c.fixedOps, 0, `no fixed op (fixedOps=${c.fixedOps})`);
+    t.equal(c.plainOps, 8, 'every op plain');
+    const grew = rssBytes(pid) - rss0;
+    t.ok(grew < 128 * MiB, `the daemon's RSS grew by ${Math.round(grew / MiB)} MiB, far less than guest memory`);
+    const warns = warnLines(d.v, mark);
+    t.equal(warns.length, 1, `one warning:\n${warns.join('\n')}`);
+    t.match(warns[0] ?? '', /--max-pinned-memory/, 'it names the option');
+    t.match(warns[0] ?? '', new RegExp(`conn=${conn}( |$)`), 'and the connection');
+  },
+);

@@ -25,45 +25,67 @@ const ROUNDS = 3; // 3 x (64 writes + 64 reads) per queue: the ring's slots wrap
 
 for (const eventIdx of [true, false]) {
   for (const indirect of [true, false]) {
-    t.test(`two queues, ${PER_QUEUE} requests per queue per kick, EVENT_IDX ${eventIdx ? 'on' : 'off'}, INDIRECT ${indirect ? 'on' : 'off'}`, async (t) => {
-      const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, queues: 2, queueSize: 256 });
-      const { fe, drv } = await connect(t, d, { queues: 2, queueSize: 256, eventIdx, indirect });
-      t.equal(fe.hasFeature(VirtioFeature.RING_EVENT_IDX), eventIdx, `EVENT_IDX negotiated: ${eventIdx}`);
-      t.equal(fe.hasFeature(VirtioFeature.RING_INDIRECT_DESC), indirect, `INDIRECT_DESC negotiated: ${indirect}`);
-      const layouts: Layout[] = indirect ? ['indirect', '3desc', 'indirect', 'split-header'] : ['3desc', 'split-header', '2desc', '3desc'];
-      let consumed = [0, 0];
-      for (let round = 0; round < ROUNDS; round++) {
-        // Queue q owns sectors [q * 32 MiB, ...); request i of a round its own 16 KiB..80 KiB slot.
-        const reqs: BlkRequest[] = [];
-        const blocks: { q: number; sector: number; data: Buffer }[] = [];
-        for (let i = 0; i < PER_QUEUE; i++) {
-          for (let q = 0; q < 2; q++) {
-            const len = 4096 * (1 + ((i + round) % 4));
-            const sector = (q * IMAGE_BYTES) / 2 / SECTOR_SIZE + (round * PER_QUEUE + i) * 32;
-            const data = pattern(len, sector * 7 + round);
-            blocks.push({ q, sector, data });
-            reqs.push({ q, type: BlkType.OUT, sector, data, layout: layouts[i % layouts.length]! });
+    t.test(
+      `two queues, ${PER_QUEUE} requests per queue per kick, EVENT_IDX ${eventIdx ? 'on' : 'off'}, INDIRECT ${indirect ? 'on' : 'off'}`,
+      async (t) => {
+        const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, queues: 2, queueSize: 256 });
+        const { fe, drv } = await connect(t, d, { queues: 2, queueSize: 256, eventIdx, indirect });
+        t.equal(fe.hasFeature(VirtioFeature.RING_EVENT_IDX), eventIdx, `EVENT_IDX negotiated: ${eventIdx}`);
+        t.equal(fe.hasFeature(VirtioFeature.RING_INDIRECT_DESC), indirect, `INDIRECT_DESC negotiated: ${indirect}`);
+        const layouts: Layout[] = indirect
+          ? ['indirect', '3desc', 'indirect', 'split-header']
+          : ['3desc', 'split-header', '2desc', '3desc'];
+        let consumed = [0, 0];
+        for (let round = 0; round < ROUNDS; round++) {
+          // Queue q owns sectors [q * 32 MiB, ...); request i of a round its own 16 KiB..80 KiB slot.
+          const reqs: BlkRequest[] = [];
+          const blocks: { q: number; sector: number; data: Buffer }[] = [];
+          for (let i = 0; i < PER_QUEUE; i++) {
+            for (let q = 0; q < 2; q++) {
+              const len = 4096 * (1 + ((i + round) % 4));
+              const sector = (q * IMAGE_BYTES) / 2 / SECTOR_SIZE + (round * PER_QUEUE + i) * 32;
+              const data = pattern(len, sector * 7 + round);
+              blocks.push({ q, sector, data });
+              reqs.push({ q, type: BlkType.OUT, sector, data, layout: layouts[i % layouts.length]! });
+            }
           }
+          const kicks = fe.queues.map((x) => x.kicks);
+          const ws = await Promise.all(drv.submitBatch(reqs));
+          t.ok(
+            fe.queues.every((x, q) => x.kicks - kicks[q]! === 1),
+            `round ${round}: one kick per queue for ${PER_QUEUE} writes each`,
+          );
+          const badW = ws.filter((r) => r.status !== BlkStatus.OK || r.usedLen !== 1).length;
+          t.equal(badW, 0, `round ${round}: ${2 * PER_QUEUE} writes OK with used.len 1`);
+          const inImage = blocks.filter((b) => readImage(d.image, b.sector * SECTOR_SIZE, b.data.length).equals(b.data)).length;
+          t.equal(inImage, blocks.length, `round ${round}: the image holds every write`);
+          // Read each block back on the other queue, all in one batch.
+          const rs = await Promise.all(
+            drv.submitBatch(
+              blocks.map((b, i) => ({
+                q: 1 - b.q,
+                type: BlkType.IN,
+                sector: b.sector,
+                len: b.data.length,
+                layout: layouts[(i + 1) % layouts.length]!,
+              })),
+            ),
+          );
+          const badR = rs.filter(
+            (r, i) => r.status !== BlkStatus.OK || r.usedLen !== blocks[i]!.data.length + 1 || !r.data.equals(blocks[i]!.data),
+          ).length;
+          t.equal(badR, 0, `round ${round}: ${2 * PER_QUEUE} reads across queues return the data`);
+          consumed = consumed.map((c) => c + 2 * PER_QUEUE);
         }
-        const kicks = fe.queues.map((x) => x.kicks);
-        const ws = await Promise.all(drv.submitBatch(reqs));
-        t.ok(fe.queues.every((x, q) => x.kicks - kicks[q]! === 1), `round ${round}: one kick per queue for ${PER_QUEUE} writes each`);
-        const badW = ws.filter((r) => r.status !== BlkStatus.OK || r.usedLen !== 1).length;
-        t.equal(badW, 0, `round ${round}: ${2 * PER_QUEUE} writes OK with used.len 1`);
-        const inImage = blocks.filter((b) => readImage(d.image, b.sector * SECTOR_SIZE, b.data.length).equals(b.data)).length;
-        t.equal(inImage, blocks.length, `round ${round}: the image holds every write`);
-        // Read each block back on the other queue, all in one batch.
-        const rs = await Promise.all(
-          drv.submitBatch(blocks.map((b, i) => ({ q: 1 - b.q, type: BlkType.IN, sector: b.sector, len: b.data.length, layout: layouts[(i + 1) % layouts.length]! }))),
+        t.equal(
+          fe.queues.reduce((a, x) => a + x.ring.inFlight, 0),
+          0,
+          'nothing left in flight',
         );
-        const badR = rs.filter((r, i) => r.status !== BlkStatus.OK || r.usedLen !== blocks[i]!.data.length + 1 || !r.data.equals(blocks[i]!.data)).length;
-        t.equal(badR, 0, `round ${round}: ${2 * PER_QUEUE} reads across queues return the data`);
-        consumed = consumed.map((c) => c + 2 * PER_QUEUE);
-      }
-      t.equal(fe.queues.reduce((a, x) => a + x.ring.inFlight, 0), 0, 'nothing left in flight');
-      t.equal(await fe.getVringBase(0), consumed[0], `GET_VRING_BASE(0) = ${consumed[0]} requests consumed`);
-      t.equal(await fe.getVringBase(1), consumed[1], `GET_VRING_BASE(1) = ${consumed[1]} requests consumed`);
-    });
+        t.equal(await fe.getVringBase(0), consumed[0], `GET_VRING_BASE(0) = ${consumed[0]} requests consumed`);
+        t.equal(await fe.getVringBase(1), consumed[1], `GET_VRING_BASE(1) = ${consumed[1]} requests consumed`);
+      },
+    );
   }
 }
 
@@ -82,8 +104,14 @@ t.test('GET_VRING_BASE waits for requests in flight and counts them', async (t) 
   t.equal(await b1, 40, 'queue 1 consumed 40');
   t.equal(await b0, 3, 'queue 0 consumed 3');
   const rs = await done;
-  t.ok(rs.every((r) => r.status === BlkStatus.OK), 'every request completed OK before the rings stopped');
-  t.ok(reqs.every((r) => readImage(d.image, Number(r.sector) * SECTOR_SIZE, r.data!.length).equals(r.data!)), 'and is in the image');
+  t.ok(
+    rs.every((r) => r.status === BlkStatus.OK),
+    'every request completed OK before the rings stopped',
+  );
+  t.ok(
+    reqs.every((r) => readImage(d.image, Number(r.sector) * SECTOR_SIZE, r.data!.length).equals(r.data!)),
+    'and is in the image',
+  );
 });
 
 t.test('a queue the daemon does not have cannot be set up (--queues 1, frontend wants 2)', async (t) => {
@@ -118,9 +146,21 @@ t.test('bounced requests beyond the bounce arena wait for room, then all complet
   t.equal(writes.filter((r) => r.status === BlkStatus.OK && r.usedLen === 1).length, N, `${N} bounced 1 MiB writes OK`);
   t.equal(blocks.filter((b) => readImage(d.image, b.sector * SECTOR_SIZE, MB).equals(b.data)).length, N, `the image holds all ${N}`);
   const reads = await Promise.all(
-    drv.submitBatch(blocks.map((b) => ({ q: 1 - b.q, type: BlkType.IN, sector: b.sector, segs: pieces(MB).map((len) => ({ len, write: true, align: 1 })), layout: 'indirect' as const }))),
+    drv.submitBatch(
+      blocks.map((b) => ({
+        q: 1 - b.q,
+        type: BlkType.IN,
+        sector: b.sector,
+        segs: pieces(MB).map((len) => ({ len, write: true, align: 1 })),
+        layout: 'indirect' as const,
+      })),
+    ),
   );
-  t.equal(reads.filter((r, i) => r.status === BlkStatus.OK && r.usedLen === MB + 1 && r.data.equals(blocks[i]!.data)).length, N, `${N} bounced 1 MiB reads return the data`);
+  t.equal(
+    reads.filter((r, i) => r.status === BlkStatus.OK && r.usedLen === MB + 1 && r.data.equals(blocks[i]!.data)).length,
+    N,
+    `${N} bounced 1 MiB reads return the data`,
+  );
 });
 
 t.test('rings stopped with GET_VRING_BASE and restarted from that base (VM stop / cont) keep working', async (t) => {
@@ -135,7 +175,10 @@ t.test('rings stopped with GET_VRING_BASE and restarted from that base (VM stop 
     }
     const ws = await Promise.all(drv.submitBatch(reqs));
     const rs = await Promise.all(drv.submitBatch(reqs.map((r) => ({ q: 1 - r.q, type: BlkType.IN, sector: r.sector, len: 8192 }))));
-    t.ok(ws.every((r) => r.status === BlkStatus.OK) && rs.every((r, i) => r.status === BlkStatus.OK && r.data.equals(reqs[i]!.data!)), `${what}: 40 writes and reads OK on both queues`);
+    t.ok(
+      ws.every((r) => r.status === BlkStatus.OK) && rs.every((r, i) => r.status === BlkStatus.OK && r.data.equals(reqs[i]!.data!)),
+      `${what}: 40 writes and reads OK on both queues`,
+    );
   };
   await check('before the stop');
   for (let cycle = 1; cycle <= 3; cycle++) {
@@ -149,7 +192,12 @@ t.test('rings stopped with GET_VRING_BASE and restarted from that base (VM stop 
       await fe.command(Request.SET_VRING_BASE, encodeVringStatePayload(q.index, bases[q.index]!), [], true);
       await fe.command(
         Request.SET_VRING_ADDR,
-        encodeVringAddrPayload({ index: q.index, desc: fe.mem!.gpaToUva(q.ring.descGpa), used: fe.mem!.gpaToUva(q.ring.usedGpa), avail: fe.mem!.gpaToUva(q.ring.availGpa) }),
+        encodeVringAddrPayload({
+          index: q.index,
+          desc: fe.mem!.gpaToUva(q.ring.descGpa),
+          used: fe.mem!.gpaToUva(q.ring.usedGpa),
+          avail: fe.mem!.gpaToUva(q.ring.availGpa),
+        }),
         [],
         true,
       );
@@ -175,7 +223,10 @@ t.test('without EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT suppresses used notificati
     fe.poll(1);
   }
   const rs = await Promise.all(results);
-  t.ok(rs.every((r) => r.status === BlkStatus.OK), '32 writes completed (found by polling)');
+  t.ok(
+    rs.every((r) => r.status === BlkStatus.OK),
+    '32 writes completed (found by polling)',
+  );
   t.equal(q1.calls, calls, 'no call notification was sent while NO_INTERRUPT was set');
   q1.ring.setAvailFlags(0);
   const r = await drv.read(1, 0, 16384);
@@ -184,52 +235,59 @@ t.test('without EVENT_IDX, VRING_AVAIL_F_NO_INTERRUPT suppresses used notificati
 });
 
 for (const eventIdx of [true, false]) {
-  t.test(`a pipeline of single submissions (queue depth 32 per queue) never loses a kick or a call, EVENT_IDX ${eventIdx ? 'on' : 'off'}`, async (t) => {
-    const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, queues: 2, queueSize: 256 });
-    const { fe, drv } = await connect(t, d, { queues: 2, queueSize: 128, eventIdx });
-    const TOTAL = 500; // per queue
-    const DEPTH = 32;
-    const layouts: Layout[] = ['3desc', '2desc', 'indirect', 'split-header'];
-    const written = new Map<number, Buffer>();
-    let bad = 0;
-    let lastProgress = Date.now();
-    const worker = async (q: number, lane: number) => {
-      for (let n = lane; n < TOTAL; n += DEPTH) {
-        const sector = (q * TOTAL + n) * 8;
-        const data = pattern(4096, sector);
-        const w = await drv.write(q, sector, data, { layout: layouts[n % 4]! });
-        if (w.status !== BlkStatus.OK) bad++;
-        written.set(sector, data);
-        // Read an earlier block back on the same queue, in another layout.
-        const back = n >= DEPTH ? n - DEPTH : n;
-        const bs = (q * TOTAL + back) * 8;
-        const r = await drv.read(q, bs, 4096, { layout: layouts[(n + 1) % 4]! });
-        if (r.status !== BlkStatus.OK || !r.data.equals(pattern(4096, bs))) bad++;
-        lastProgress = Date.now();
+  t.test(
+    `a pipeline of single submissions (queue depth 32 per queue) never loses a kick or a call, EVENT_IDX ${eventIdx ? 'on' : 'off'}`,
+    async (t) => {
+      const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, queues: 2, queueSize: 256 });
+      const { fe, drv } = await connect(t, d, { queues: 2, queueSize: 128, eventIdx });
+      const TOTAL = 500; // per queue
+      const DEPTH = 32;
+      const layouts: Layout[] = ['3desc', '2desc', 'indirect', 'split-header'];
+      const written = new Map<number, Buffer>();
+      let bad = 0;
+      let lastProgress = Date.now();
+      const worker = async (q: number, lane: number) => {
+        for (let n = lane; n < TOTAL; n += DEPTH) {
+          const sector = (q * TOTAL + n) * 8;
+          const data = pattern(4096, sector);
+          const w = await drv.write(q, sector, data, { layout: layouts[n % 4]! });
+          if (w.status !== BlkStatus.OK) bad++;
+          written.set(sector, data);
+          // Read an earlier block back on the same queue, in another layout.
+          const back = n >= DEPTH ? n - DEPTH : n;
+          const bs = (q * TOTAL + back) * 8;
+          const r = await drv.read(q, bs, 4096, { layout: layouts[(n + 1) % 4]! });
+          if (r.status !== BlkStatus.OK || !r.data.equals(pattern(4096, bs))) bad++;
+          lastProgress = Date.now();
+        }
+      };
+      const stall = setInterval(() => {
+        if (Date.now() - lastProgress > 3000) {
+          t.fail(`no completion for 3 s: a kick or a call was lost (in flight: ${fe.queues.map((x) => x.ring.inFlight).join(', ')})`);
+          fe.close();
+        }
+      }, 500);
+      try {
+        await Promise.all([0, 1].flatMap((q) => Array.from({ length: DEPTH }, (_, lane) => worker(q, lane))));
+      } finally {
+        clearInterval(stall);
       }
-    };
-    const stall = setInterval(() => {
-      if (Date.now() - lastProgress > 3000) {
-        t.fail(`no completion for 3 s: a kick or a call was lost (in flight: ${fe.queues.map((x) => x.ring.inFlight).join(', ')})`);
-        fe.close();
-      }
-    }, 500);
-    try {
-      await Promise.all([0, 1].flatMap((q) => Array.from({ length: DEPTH }, (_, lane) => worker(q, lane))));
-    } finally {
-      clearInterval(stall);
-    }
-    t.equal(bad, 0, `${2 * TOTAL} writes and ${2 * TOTAL} reads, one submission each, all OK`);
-    let inImage = 0;
-    for (const [sector, data] of written) if (readImage(d.image, sector * SECTOR_SIZE, 4096).equals(data)) inImage++;
-    t.equal(inImage, 2 * TOTAL, 'the image holds every write');
-    t.comment(`kicks ${fe.queues.map((x) => x.kicks).join('/')}, calls ${fe.queues.map((x) => x.calls).join('/')}`);
-  });
+      t.equal(bad, 0, `${2 * TOTAL} writes and ${2 * TOTAL} reads, one submission each, all OK`);
+      let inImage = 0;
+      for (const [sector, data] of written) if (readImage(d.image, sector * SECTOR_SIZE, 4096).equals(data)) inImage++;
+      t.equal(inImage, 2 * TOTAL, 'the image holds every write');
+      t.comment(`kicks ${fe.queues.map((x) => x.kicks).join('/')}, calls ${fe.queues.map((x) => x.calls).join('/')}`);
+    },
+  );
 }
 
 t.test('fewer queues than the daemon offers, and tiny rings (1, 2 and 4 descriptors) that wrap on every request', async (t) => {
   const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, queues: 4, queueSize: 256 });
-  for (const [queues, size] of [[1, 1], [2, 2], [3, 4]] as const) {
+  for (const [queues, size] of [
+    [1, 1],
+    [2, 2],
+    [3, 4],
+  ] as const) {
     const { fe, drv } = await connect(t, d, { queues, queueSize: size, indirect: true });
     const reqs: BlkRequest[] = [];
     for (let i = 0; i < 60; i++) {
@@ -277,7 +335,12 @@ for (const eventIdx of [true, false]) {
     await fe.command(Request.SET_VRING_BASE, encodeVringStatePayload(0, BASE), [], true);
     await fe.command(
       Request.SET_VRING_ADDR,
-      encodeVringAddrPayload({ index: 0, desc: mem.gpaToUva(q.ring.descGpa), used: mem.gpaToUva(q.ring.usedGpa), avail: mem.gpaToUva(q.ring.availGpa) }),
+      encodeVringAddrPayload({
+        index: 0,
+        desc: mem.gpaToUva(q.ring.descGpa),
+        used: mem.gpaToUva(q.ring.usedGpa),
+        avail: mem.gpaToUva(q.ring.availGpa),
+      }),
       [],
       true,
     );
@@ -288,11 +351,18 @@ for (const eventIdx of [true, false]) {
     let sector = 0;
     let ok = 0;
     for (let b = 0; b < 4; b++) {
-      const reqs: BlkRequest[] = Array.from({ length: 20 }, (_, i) => ({ q: 0, type: BlkType.OUT, sector: (sector + i) * 8, data: pattern(4096, b * 100 + i) }));
+      const reqs: BlkRequest[] = Array.from({ length: 20 }, (_, i) => ({
+        q: 0,
+        type: BlkType.OUT,
+        sector: (sector + i) * 8,
+        data: pattern(4096, b * 100 + i),
+      }));
       sector += 20;
       const ws = await Promise.all(drv.submitBatch(reqs));
       const rs = await Promise.all(drv.submitBatch(reqs.map((r) => ({ q: 0, type: BlkType.IN, sector: r.sector, len: 4096 }))));
-      ok += ws.filter((r) => r.status === BlkStatus.OK).length + rs.filter((r, i) => r.status === BlkStatus.OK && r.data.equals(reqs[i]!.data!)).length;
+      ok +=
+        ws.filter((r) => r.status === BlkStatus.OK).length +
+        rs.filter((r, i) => r.status === BlkStatus.OK && r.data.equals(reqs[i]!.data!)).length;
     }
     t.equal(ok, 160, '160 requests across the wrap, all OK with the right data');
     t.equal(q.ring.usedIdx(), (BASE + 160) & 0xffff, `used idx wrapped to ${(BASE + 160) & 0xffff}`);

@@ -9,7 +9,18 @@ import t from 'tap';
 import { Request } from '../../src/vhost-user/protocol';
 import { BlkStatus } from '../frontend/blk-driver';
 import { MAX_QUEUED_REPLY_BYTES } from '../../src/vhost-user/reply-queue';
-import { connIdSince, connect, expectServes, logSince, pattern, startDaemon, until, waitConnClosed, VIOLATION_LINE, WARN_LINE } from './harness';
+import {
+  connIdSince,
+  connect,
+  expectServes,
+  logSince,
+  pattern,
+  startDaemon,
+  until,
+  waitConnClosed,
+  VIOLATION_LINE,
+  WARN_LINE,
+} from './harness';
 
 /** A GET_FEATURES reply: 12-byte header + u64. */
 const REPLY_BYTES = 20;
@@ -30,14 +41,20 @@ t.test('a frontend that does not read its replies stalls nothing and is disconne
   const data = pattern(8192, 7);
   const w = await drv.write(0, 2048, data);
   const r = await drv.read(0, 2048, data.length);
-  t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), 'I/O on the same connection is served while replies are unread');
+  t.ok(
+    w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data),
+    'I/O on the same connection is served while replies are unread',
+  );
   const usr1 = d.v.stderr().length;
   d.v.child.kill('SIGUSR1');
   t.ok(
     await until(() => logSince(d, usr1).some((l) => /counters .*reason=SIGUSR1/.test(l)), 5000),
     'the daemon handles SIGUSR1 while replies are unread',
   );
-  t.notOk(logSince(d, mark).some((l) => WARN_LINE.test(l)), 'the frontend is still connected: no warn line yet');
+  t.notOk(
+    logSince(d, mark).some((l) => WARN_LINE.test(l)),
+    'the frontend is still connected: no warn line yet',
+  );
 
   // Keep asking without reading: past the bound the daemon gives up on it.
   let sent = UNREAD;
@@ -56,7 +73,10 @@ t.test('a frontend that does not read its replies stalls nothing and is disconne
   t.equal(warns.length, 1, `one warn line:\n${warns.join('\n')}`);
   const m = VIOLATION_LINE.exec(warns[0] ?? '');
   t.match(m?.[2] ?? '', /does not read its replies/, `naming the rule: ${warns[0] ?? '(none)'}`);
-  t.notOk(logSince(d, mark).some((l) => /^vublk: error: /.test(l)), 'no error-level line');
+  t.notOk(
+    logSince(d, mark).some((l) => /^vublk: error: /.test(l)),
+    'no error-level line',
+  );
   fe.close();
   await expectServes(t, d);
 });

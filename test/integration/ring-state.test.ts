@@ -55,7 +55,12 @@ async function handRing(t: Test, d: Daemon, num: number): Promise<HandRing> {
   await fe.command(Request.SET_FEATURES, encodeU64Payload((offered & want) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES)), [], true);
   const mem = GuestMemory.create({ regions: [REGION, REGION] });
   t.teardown(() => mem.close());
-  await fe.command(Request.SET_MEM_TABLE, encodeMemTablePayload(mem.regions), mem.regions.map((r) => r.fd), true);
+  await fe.command(
+    Request.SET_MEM_TABLE,
+    encodeMemTablePayload(mem.regions),
+    mem.regions.map((r) => r.fd),
+    true,
+  );
   await fe.command(Request.SET_VRING_NUM, encodeVringStatePayload(0, num), [], true);
   await fe.command(Request.SET_VRING_BASE, encodeVringStatePayload(0, 0), [], true);
   await fe.command(Request.SET_VRING_ADDR, encodeVringAddrPayload(addrs(mem)), [], true);
@@ -73,7 +78,12 @@ async function handRing(t: Test, d: Daemon, num: number): Promise<HandRing> {
   const hdr = Buffer.alloc(16);
   hdr.writeUInt32LE(BlkType.FLUSH, 0);
   mem.write(HEADER, hdr);
-  for (let i = 0; i < 1024; i++) writeDesc(mem, i, i === 1 ? { addr: STATUS, len: 1, flags: DescFlags.WRITE, next: 0 } : { addr: HEADER, len: 16, flags: DescFlags.NEXT, next: 1 });
+  for (let i = 0; i < 1024; i++)
+    writeDesc(
+      mem,
+      i,
+      i === 1 ? { addr: STATUS, len: 1, flags: DescFlags.WRITE, next: 0 } : { addr: HEADER, len: 16, flags: DescFlags.NEXT, next: 1 },
+    );
   // One FLUSH on the 4-entry ring: the ring works.
   mem.write(AVAIL + 4, u16(0));
   mem.write(AVAIL + 2, u16(1));

@@ -55,7 +55,12 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
       }
     }
     const mark = d.v.stderr().length;
-    const results = drv.submitBatch(reqs).map((p) => p.then((r): BlkResult | Error => r, (e: Error) => e));
+    const results = drv.submitBatch(reqs).map((p) =>
+      p.then(
+        (r): BlkResult | Error => r,
+        (e: Error) => e,
+      ),
+    );
     t.ok(spinUntilPopped(fe, 0, 64) && spinUntilPopped(fe, 1, 64), 'the daemon took all 128 requests from the rings');
     d.v.child.kill(signal);
     const exit = await exited(d);
@@ -66,14 +71,21 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     const lines = logSince(d, mark);
     const drain = lines.find((l) => /draining in-flight requests/.test(l));
     t.match(drain ?? '', /inflight=[1-9]/, `requests were in flight at ${signal}: ${drain ?? '(no drain line)'}`);
-    t.ok(lines.findIndex((l) => /shutting down/.test(l)) < lines.findIndex((l) => /draining in-flight/.test(l)), 'it logged the shutdown, then drained');
+    t.ok(
+      lines.findIndex((l) => /shutting down/.test(l)) < lines.findIndex((l) => /draining in-flight/.test(l)),
+      'it logged the shutdown, then drained',
+    );
 
     await fe.waitClosed(2000);
     const rs = await Promise.all(results);
     t.equal(fe.queue(0).ring.usedIdx(), 64, 'queue 0: 64 used entries');
     t.equal(fe.queue(1).ring.usedIdx(), 64, 'queue 1: 64 used entries');
     const failed = rs.map((r, i) => [r, reqs[i]!] as const).filter(([r]) => r instanceof Error || r.status !== BlkStatus.OK);
-    t.equal(failed.length, 0, `every request completed with status OK${failed.length ? `; first failure: ${String(failed[0]![0] instanceof Error ? failed[0]![0].message : failed[0]![0].status)}` : ''}`);
+    t.equal(
+      failed.length,
+      0,
+      `every request completed with status OK${failed.length ? `; first failure: ${String(failed[0]![0] instanceof Error ? failed[0]![0].message : failed[0]![0].status)}` : ''}`,
+    );
     let writesOk = 0;
     let readsOk = 0;
     rs.forEach((r, i) => {
@@ -91,7 +103,13 @@ for (const signal of ['SIGTERM', 'SIGINT'] as const) {
 t.test('SIGTERM while bounced requests wait for bounce-arena room: all complete OK, exit 0', async (t) => {
   const MB = 1 << 20;
   const d = await startDaemon(t, { imageBytes: 128 * MB, queues: 2, queueSize: 256 });
-  const { fe, drv } = await connect(t, d, { queues: 2, queueSize: 256, eventIdx: true, indirect: true, memory: { regions: [64 * MB, 64 * MB] } });
+  const { fe, drv } = await connect(t, d, {
+    queues: 2,
+    queueSize: 256,
+    eventIdx: true,
+    indirect: true,
+    memory: { regions: [64 * MB, 64 * MB] },
+  });
   drainBeforeAbandon(fe);
   // 2 x 48 writes of 1 MiB in pieces of 100 B + 64 KiB - 100 B + 15 x 64 KiB: each goes
   // through the 64 MiB bounce arena, so a third of them wait for room.
@@ -107,7 +125,12 @@ t.test('SIGTERM while bounced requests wait for bounce-arena room: all complete 
     return { q: b.q, type: BlkType.OUT, sector: b.sector, segs, layout: 'indirect' as const };
   });
   const mark = d.v.stderr().length;
-  const results = drv.submitBatch(reqs).map((p) => p.then((r): BlkResult | Error => r, (e: Error) => e));
+  const results = drv.submitBatch(reqs).map((p) =>
+    p.then(
+      (r): BlkResult | Error => r,
+      (e: Error) => e,
+    ),
+  );
   t.ok(spinUntilPopped(fe, 0, 48) && spinUntilPopped(fe, 1, 48), 'the daemon took all 96 requests from the rings');
   d.v.child.kill('SIGTERM');
   const exit = await exited(d);
@@ -124,16 +147,33 @@ t.test('SIGTERM while bounced requests wait for bounce-arena room: all complete 
 
 t.test('SIGTERM while read-modify-write cycles wait on each other (4K host, 512-byte writes)', { skip: loopUnsupported() }, async (t) => {
   const fill = pattern(4 << 20, 4);
-  const d = await startDaemon(t, { imageBytes: 16 << 20, queues: 2, queueSize: 256, loopSectorSize: 4096, prepare: (img) => writeImage(img, 0, fill) });
+  const d = await startDaemon(t, {
+    imageBytes: 16 << 20,
+    queues: 2,
+    queueSize: 256,
+    loopSectorSize: 4096,
+    prepare: (img) => writeImage(img, 0, fill),
+  });
   const { fe, drv } = await connect(t, d, { queues: 2, queueSize: 256, eventIdx: true, indirect: true });
   drainBeforeAbandon(fe);
   // Writethrough (every write O_DSYNC), so the cycles take a while.
   await fe.command(Request.SET_CONFIG, encodeConfigPayload(32, 0, Buffer.from([0])), [], true);
   // 2 x 200 writes of 512 B into 50 host blocks: 7 of every 8 wait for another's RMW.
   const N = 400;
-  const reqs: BlkRequest[] = Array.from({ length: N }, (_, i) => ({ q: i % 2, type: BlkType.OUT, sector: 2000 + i, data: pattern(512, 900 + i), layout: 'indirect' as const }));
+  const reqs: BlkRequest[] = Array.from({ length: N }, (_, i) => ({
+    q: i % 2,
+    type: BlkType.OUT,
+    sector: 2000 + i,
+    data: pattern(512, 900 + i),
+    layout: 'indirect' as const,
+  }));
   const mark = d.v.stderr().length;
-  const results = drv.submitBatch(reqs).map((p) => p.then((r): BlkResult | Error => r, (e: Error) => e));
+  const results = drv.submitBatch(reqs).map((p) =>
+    p.then(
+      (r): BlkResult | Error => r,
+      (e: Error) => e,
+    ),
+  );
   t.ok(spinUntilPopped(fe, 0, N / 2) && spinUntilPopped(fe, 1, N / 2), `the daemon took all ${N} requests from the rings`);
   d.v.child.kill('SIGTERM');
   const exit = await exited(d);

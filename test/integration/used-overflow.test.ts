@@ -30,7 +30,6 @@ t.test('a guest that re-offers heads within one batch gets a real used entry for
   const mem = fe.mem!; // set up
   const ring = fe.queue(0).ring;
 
-
   // Head h: an indirect table of a 16-byte header and a status byte.
   for (let h = 0; h < QSIZE; h++) {
     const hdr = mem.alloc(16, 16);

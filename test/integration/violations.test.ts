@@ -8,12 +8,7 @@
 
 import t, { type Test } from 'tap';
 import { native } from '../../src/native/binding';
-import {
-  encodeConfigPayload,
-  encodeMessage,
-  encodeU64Payload,
-  encodeVringStatePayload,
-} from '../../src/vhost-user/encode';
+import { encodeConfigPayload, encodeMessage, encodeU64Payload, encodeVringStatePayload } from '../../src/vhost-user/encode';
 import {
   encodeMemRegPayload,
   encodeMemTablePayload,
@@ -158,24 +153,36 @@ violationCase('SET_MEM_TABLE with 1 region and 2 fds', /SET_MEM_TABLE carries 2 
   fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload([{ gpa: 0, size: MiB, uva: 0x7f0000000000, mmapOffset: 0 }]), [fd, fd]);
 });
 
-violationCase('SET_MEM_TABLE region with mmap_offset + size beyond its fd', /SET_MEM_TABLE region 0: memory region mmap_offset \+ size is beyond the end of its fd/, false, (fe, t) => {
-  const fd = memfd(t, MiB);
-  fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload([{ gpa: 0, size: MiB, uva: 0x7f0000000000, mmapOffset: 4096 }]), [fd]);
-});
+violationCase(
+  'SET_MEM_TABLE region with mmap_offset + size beyond its fd',
+  /SET_MEM_TABLE region 0: memory region mmap_offset \+ size is beyond the end of its fd/,
+  false,
+  (fe, t) => {
+    const fd = memfd(t, MiB);
+    fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload([{ gpa: 0, size: MiB, uva: 0x7f0000000000, mmapOffset: 4096 }]), [fd]);
+  },
+);
 
-violationCase('ADD_MEM_REG region larger than its fd', /ADD_MEM_REG: memory region mmap_offset \+ size is beyond the end of its fd/, { queues: 1 }, async (fe, t) => {
-  const fd = memfd(t, MiB);
-  const p = Buffer.alloc(40);
-  p.writeBigUInt64LE(0x1000_0000n, 8); // gpa: above the frontend's RAM
-  p.writeBigUInt64LE(2n * BigInt(MiB), 16);
-  p.writeBigUInt64LE(0x7e00_0000_0000n, 24);
-  p.writeBigUInt64LE(0n, 32);
-  fe.send(Request.ADD_MEM_REG, p, [fd]);
-});
+violationCase(
+  'ADD_MEM_REG region larger than its fd',
+  /ADD_MEM_REG: memory region mmap_offset \+ size is beyond the end of its fd/,
+  { queues: 1 },
+  async (fe, t) => {
+    const fd = memfd(t, MiB);
+    const p = Buffer.alloc(40);
+    p.writeBigUInt64LE(0x1000_0000n, 8); // gpa: above the frontend's RAM
+    p.writeBigUInt64LE(2n * BigInt(MiB), 16);
+    p.writeBigUInt64LE(0x7e00_0000_0000n, 24);
+    p.writeBigUInt64LE(0n, 32);
+    fe.send(Request.ADD_MEM_REG, p, [fd]);
+  },
+);
 
 violationCase('SET_MEM_TABLE region whose gpa + size wraps 2^64', /SET_MEM_TABLE region 0 gpa\+size wraps past 2\^64/, false, (fe, t) => {
   const fd = memfd(t, 2 * MiB);
-  fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload([{ gpa: 2n ** 64n - 4096n, size: 2 * MiB, uva: 0x7f0000000000, mmapOffset: 0 }]), [fd]);
+  fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload([{ gpa: 2n ** 64n - 4096n, size: 2 * MiB, uva: 0x7f0000000000, mmapOffset: 0 }]), [
+    fd,
+  ]);
 });
 
 violationCase('SET_VRING_NUM that is not a power of two', /SET_VRING_NUM 100 is not a power of two/, false, (fe) => {
@@ -192,9 +199,14 @@ violationCase(
   { queueSize: 256 },
 );
 
-violationCase('SET_VRING_NUM larger than any ring vublk serves', /SET_VRING_NUM 2048 asks for a 2048-entry ring; vublk serves at most 1024/, false, (fe) => {
-  fe.send(Request.SET_VRING_NUM, encodeVringStatePayload(0, 2048));
-});
+violationCase(
+  'SET_VRING_NUM larger than any ring vublk serves',
+  /SET_VRING_NUM 2048 asks for a 2048-entry ring; vublk serves at most 1024/,
+  false,
+  (fe) => {
+    fe.send(Request.SET_VRING_NUM, encodeVringStatePayload(0, 2048));
+  },
+);
 
 violationCase('SET_VRING_NUM 0', /SET_VRING_NUM 0 is not a power of two/, false, (fe) => {
   fe.send(Request.SET_VRING_NUM, encodeVringStatePayload(0, 0));
@@ -204,11 +216,16 @@ violationCase('SET_VRING_NUM for a queue index out of range', /SET_VRING_NUM nam
   fe.send(Request.SET_VRING_NUM, encodeVringStatePayload(1, 128));
 });
 
-violationCase('SET_VRING_KICK (with an fd) for a queue index out of range', /SET_VRING_KICK names queue 7, but there are 1/, false, (fe, t) => {
-  const efd = native.eventfdCreate();
-  t.teardown(() => native.closeFd(efd));
-  fe.send(Request.SET_VRING_KICK, encodeVringFilePayload(7, false), [efd]);
-});
+violationCase(
+  'SET_VRING_KICK (with an fd) for a queue index out of range',
+  /SET_VRING_KICK names queue 7, but there are 1/,
+  false,
+  (fe, t) => {
+    const efd = native.eventfdCreate();
+    t.teardown(() => native.closeFd(efd));
+    fe.send(Request.SET_VRING_KICK, encodeVringFilePayload(7, false), [efd]);
+  },
+);
 
 // Bit 50 is reserved: no device offers it.
 violationCase('SET_FEATURES acking a feature never offered', /SET_FEATURES acks features never offered: 0x4000000000000/, false, (fe) => {
@@ -219,65 +236,105 @@ violationCase('SET_PROTOCOL_FEATURES acking a feature never offered', /SET_PROTO
   fe.send(Request.SET_PROTOCOL_FEATURES, encodeU64Payload(featureBit(ProtocolFeature.REPLY_ACK) | (1n << 40n)));
 });
 
-violationCase('GET_CONFIG past the end of the config space', /GET_CONFIG offset 200 \+ size 100 exceeds the 256-byte config space/, false, (fe) => {
-  fe.send(Request.GET_CONFIG, encodeConfigPayload(200, 0, Buffer.alloc(100)));
-});
+violationCase(
+  'GET_CONFIG past the end of the config space',
+  /GET_CONFIG offset 200 \+ size 100 exceeds the 256-byte config space/,
+  false,
+  (fe) => {
+    fe.send(Request.GET_CONFIG, encodeConfigPayload(200, 0, Buffer.alloc(100)));
+  },
+);
 
-violationCase('REM_MEM_REG of a region that is not mapped (with an fd, as old frontends send)', /REM_MEM_REG names no mapped region/, { queues: 1 }, (fe, t) => {
-  const fd = memfd(t, MiB);
-  fe.send(Request.REM_MEM_REG, encodeMemRegPayload({ gpa: 0x4000_0000, size: MiB, uva: 0x7e00_0000_0000, mmapOffset: 0 }), [fd]);
-});
+violationCase(
+  'REM_MEM_REG of a region that is not mapped (with an fd, as old frontends send)',
+  /REM_MEM_REG names no mapped region/,
+  { queues: 1 },
+  (fe, t) => {
+    const fd = memfd(t, MiB);
+    fe.send(Request.REM_MEM_REG, encodeMemRegPayload({ gpa: 0x4000_0000, size: MiB, uva: 0x7e00_0000_0000, mmapOffset: 0 }), [fd]);
+  },
+);
 
 violationCase('unknown request code', /unknown or unsupported request 30583/, false, (fe) => {
   fe.send(0x7777, Buffer.alloc(8));
 });
 
-violationCase('SET_VRING_ADDR outside guest memory: accepted, then SET_VRING_KICK fails', /SET_VRING_KICK: queue 0: ring of size 128 does not lie in guest memory/, false, async (fe, t) => {
-  // The QEMU sequence by hand, so the ring address can be wrong.
-  const offered = await fe.getU64(Request.GET_FEATURES);
-  await fe.getU64(Request.GET_PROTOCOL_FEATURES);
-  fe.protocolFeatures = featureBit(ProtocolFeature.REPLY_ACK);
-  fe.send(Request.SET_PROTOCOL_FEATURES, encodeU64Payload(fe.protocolFeatures));
-  await fe.command(Request.SET_OWNER, undefined, [], true);
-  const features = offered & (featureBit(VirtioFeature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES));
-  await fe.command(Request.SET_FEATURES, encodeU64Payload(features), [], true);
-  const mem = GuestMemory.create({ regions: [MiB] });
-  t.teardown(() => mem.close());
-  await fe.command(Request.SET_MEM_TABLE, encodeMemTablePayload(mem.regions), mem.regions.map((r) => r.fd), true);
-  await fe.command(Request.SET_VRING_NUM, encodeVringStatePayload(0, QSIZE), [], true);
-  await fe.command(Request.SET_VRING_BASE, encodeVringStatePayload(0, 0), [], true);
-  const outside = mem.regions[0]!.uva + 64 * MiB;
-  await t.resolves(
-    fe.command(Request.SET_VRING_ADDR, encodeVringAddrPayload({ index: 0, desc: outside, used: outside + 8192, avail: outside + 4096 }), [], true),
-    'SET_VRING_ADDR itself is acked: the ring is checked when it starts',
-  );
-  const kick = native.eventfdCreate();
-  t.teardown(() => native.closeFd(kick));
-  fe.send(Request.SET_VRING_KICK, encodeVringFilePayload(0, false), [kick]);
-});
+violationCase(
+  'SET_VRING_ADDR outside guest memory: accepted, then SET_VRING_KICK fails',
+  /SET_VRING_KICK: queue 0: ring of size 128 does not lie in guest memory/,
+  false,
+  async (fe, t) => {
+    // The QEMU sequence by hand, so the ring address can be wrong.
+    const offered = await fe.getU64(Request.GET_FEATURES);
+    await fe.getU64(Request.GET_PROTOCOL_FEATURES);
+    fe.protocolFeatures = featureBit(ProtocolFeature.REPLY_ACK);
+    fe.send(Request.SET_PROTOCOL_FEATURES, encodeU64Payload(fe.protocolFeatures));
+    await fe.command(Request.SET_OWNER, undefined, [], true);
+    const features = offered & (featureBit(VirtioFeature.VERSION_1) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES));
+    await fe.command(Request.SET_FEATURES, encodeU64Payload(features), [], true);
+    const mem = GuestMemory.create({ regions: [MiB] });
+    t.teardown(() => mem.close());
+    await fe.command(
+      Request.SET_MEM_TABLE,
+      encodeMemTablePayload(mem.regions),
+      mem.regions.map((r) => r.fd),
+      true,
+    );
+    await fe.command(Request.SET_VRING_NUM, encodeVringStatePayload(0, QSIZE), [], true);
+    await fe.command(Request.SET_VRING_BASE, encodeVringStatePayload(0, 0), [], true);
+    const outside = mem.regions[0]!.uva + 64 * MiB;
+    await t.resolves(
+      fe.command(
+        Request.SET_VRING_ADDR,
+        encodeVringAddrPayload({ index: 0, desc: outside, used: outside + 8192, avail: outside + 4096 }),
+        [],
+        true,
+      ),
+      'SET_VRING_ADDR itself is acked: the ring is checked when it starts',
+    );
+    const kick = native.eventfdCreate();
+    t.teardown(() => native.closeFd(kick));
+    fe.send(Request.SET_VRING_KICK, encodeVringFilePayload(0, false), [kick]);
+  },
+);
 
 // ---------------------------------------------------------------- rings
 
 // The case's warm-up FLUSH took avail idx to 1; 1 + 129 is one more than a full ring.
-violationCase('avail index moved by more than the queue size', /queue 0: Guest moved avail index from 1 to 130 \(queue size 128\)/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  const r = ring(fe);
-  const { region, offset } = fe.mem!.locate(r.availGpa + 2);
-  const idx = new Uint16Array(region.buffer);
-  if (Atomics.load(idx, offset / 2) !== 1) throw new Error('expected avail idx 1 after the warm-up FLUSH');
-  Atomics.store(idx, offset / 2, 1 + QSIZE + 1);
-  fe.kick(0);
-});
+violationCase(
+  'avail index moved by more than the queue size',
+  /queue 0: Guest moved avail index from 1 to 130 \(queue size 128\)/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    const r = ring(fe);
+    const { region, offset } = fe.mem!.locate(r.availGpa + 2);
+    const idx = new Uint16Array(region.buffer);
+    if (Atomics.load(idx, offset / 2) !== 1) throw new Error('expected avail idx 1 after the warm-up FLUSH');
+    Atomics.store(idx, offset / 2, 1 + QSIZE + 1);
+    fe.kick(0);
+  },
+);
 
-violationCase('avail index wrapping backwards (moved by 65535)', /queue 0: Guest moved avail index from 1 to 0 \(queue size 128\)/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  const r = ring(fe);
-  const { region, offset } = fe.mem!.locate(r.availGpa + 2);
-  Atomics.store(new Uint16Array(region.buffer), offset / 2, 0);
-  fe.kick(0);
-});
+violationCase(
+  'avail index wrapping backwards (moved by 65535)',
+  /queue 0: Guest moved avail index from 1 to 0 \(queue size 128\)/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    const r = ring(fe);
+    const { region, offset } = fe.mem!.locate(r.availGpa + 2);
+    Atomics.store(new Uint16Array(region.buffer), offset / 2, 0);
+    fe.kick(0);
+  },
+);
 
-violationCase('head index >= queue size', /queue 0: Guest says index 200 is available \(queue size 128\)/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  publish(fe, 200);
-});
+violationCase(
+  'head index >= queue size',
+  /queue 0: Guest says index 200 is available \(queue size 128\)/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    publish(fe, 200);
+  },
+);
 
 violationCase(
   'a ring rule broken on queue 1 of 2',
@@ -303,12 +360,17 @@ violationCase('a looped descriptor chain', /queue 0: Looped descriptor chain at 
   publish(fe, a);
 });
 
-violationCase('a next index >= queue size', /queue 0: Guest says next index 300 \(table size 128\)/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  const r = ring(fe);
-  const a = r.takeDesc();
-  r.writeDesc(a, { addr: header(fe, BlkType.FLUSH), len: 16, flags: DescFlags.NEXT, next: 300 });
-  publish(fe, a);
-});
+violationCase(
+  'a next index >= queue size',
+  /queue 0: Guest says next index 300 \(table size 128\)/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    const r = ring(fe);
+    const a = r.takeDesc();
+    r.writeDesc(a, { addr: header(fe, BlkType.FLUSH), len: 16, flags: DescFlags.NEXT, next: 300 });
+    publish(fe, a);
+  },
+);
 
 violationCase('a nested indirect table', /queue 0: nested indirect descriptor/, { queues: 1, queueSize: QSIZE, indirect: true }, (fe) => {
   const r = ring(fe);
@@ -324,90 +386,130 @@ violationCase('a nested indirect table', /queue 0: nested indirect descriptor/, 
   publish(fe, head);
 });
 
-violationCase('an indirect table whose length is not a multiple of 16', /queue 0: indirect table length 24 is not a multiple of 16/, { queues: 1, queueSize: QSIZE, indirect: true }, (fe) => {
-  const r = ring(fe);
-  const table = fe.mem!.alloc(2 * DESC_SIZE, 16);
-  r.writeDescAt(table, { addr: header(fe, BlkType.FLUSH), len: 16, flags: DescFlags.NEXT, next: 1 });
-  r.writeDescAt(table + DESC_SIZE, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
-  const head = r.takeDesc();
-  r.writeDesc(head, { addr: table, len: 24, flags: DescFlags.INDIRECT, next: 0 });
-  publish(fe, head);
-});
+violationCase(
+  'an indirect table whose length is not a multiple of 16',
+  /queue 0: indirect table length 24 is not a multiple of 16/,
+  { queues: 1, queueSize: QSIZE, indirect: true },
+  (fe) => {
+    const r = ring(fe);
+    const table = fe.mem!.alloc(2 * DESC_SIZE, 16);
+    r.writeDescAt(table, { addr: header(fe, BlkType.FLUSH), len: 16, flags: DescFlags.NEXT, next: 1 });
+    r.writeDescAt(table + DESC_SIZE, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
+    const head = r.takeDesc();
+    r.writeDesc(head, { addr: table, len: 24, flags: DescFlags.INDIRECT, next: 0 });
+    publish(fe, head);
+  },
+);
 
-violationCase('an indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC', /queue 0: indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC/, { queues: 1, queueSize: QSIZE, indirect: false }, (fe) => {
-  const r = ring(fe);
-  const table = fe.mem!.alloc(2 * DESC_SIZE, 16);
-  r.writeDescAt(table, { addr: header(fe, BlkType.FLUSH), len: 16, flags: DescFlags.NEXT, next: 1 });
-  r.writeDescAt(table + DESC_SIZE, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
-  const head = r.takeDesc();
-  r.writeDesc(head, { addr: table, len: 2 * DESC_SIZE, flags: DescFlags.INDIRECT, next: 0 });
-  publish(fe, head);
-});
+violationCase(
+  'an indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC',
+  /queue 0: indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC/,
+  { queues: 1, queueSize: QSIZE, indirect: false },
+  (fe) => {
+    const r = ring(fe);
+    const table = fe.mem!.alloc(2 * DESC_SIZE, 16);
+    r.writeDescAt(table, { addr: header(fe, BlkType.FLUSH), len: 16, flags: DescFlags.NEXT, next: 1 });
+    r.writeDescAt(table + DESC_SIZE, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
+    const head = r.takeDesc();
+    r.writeDesc(head, { addr: table, len: 2 * DESC_SIZE, flags: DescFlags.INDIRECT, next: 0 });
+    publish(fe, head);
+  },
+);
 
-violationCase('a descriptor far outside guest memory', /queue 0: descriptor addr 0x1000000000 len 4096 is outside guest memory/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  const r = ring(fe);
-  const a = r.takeDesc();
-  const b = r.takeDesc();
-  const c = r.takeDesc();
-  r.writeDesc(a, { addr: header(fe, BlkType.IN), len: 16, flags: DescFlags.NEXT, next: b });
-  r.writeDesc(b, { addr: 0x10_0000_0000, len: 4096, flags: DescFlags.NEXT | DescFlags.WRITE, next: c });
-  r.writeDesc(c, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
-  publish(fe, a);
-});
+violationCase(
+  'a descriptor far outside guest memory',
+  /queue 0: descriptor addr 0x1000000000 len 4096 is outside guest memory/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    const r = ring(fe);
+    const a = r.takeDesc();
+    const b = r.takeDesc();
+    const c = r.takeDesc();
+    r.writeDesc(a, { addr: header(fe, BlkType.IN), len: 16, flags: DescFlags.NEXT, next: b });
+    r.writeDesc(b, { addr: 0x10_0000_0000, len: 4096, flags: DescFlags.NEXT | DescFlags.WRITE, next: c });
+    r.writeDesc(c, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
+    publish(fe, a);
+  },
+);
 
 // Guest memory is two 4 MiB regions from gpa 0: it ends at 0x800000. The
 // log names the descriptor as the guest wrote it (addr 0x7ff800), not the
 // part of it that fell outside.
-violationCase('a descriptor whose end runs past the end of guest memory', /queue 0: descriptor addr 0x7ff800 len 4096 is outside guest memory/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  const r = ring(fe);
-  const end = fe.mem!.regions.reduce((m, x) => Math.max(m, x.gpa + x.size), 0);
-  if (end !== 0x800000) throw new Error(`guest memory ends at 0x${end.toString(16)}, expected 0x800000`);
-  const a = r.takeDesc();
-  const b = r.takeDesc();
-  const c = r.takeDesc();
-  r.writeDesc(a, { addr: header(fe, BlkType.OUT), len: 16, flags: DescFlags.NEXT, next: b });
-  r.writeDesc(b, { addr: end - 2048, len: 4096, flags: DescFlags.NEXT, next: c });
-  r.writeDesc(c, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
-  publish(fe, a);
-});
+violationCase(
+  'a descriptor whose end runs past the end of guest memory',
+  /queue 0: descriptor addr 0x7ff800 len 4096 is outside guest memory/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    const r = ring(fe);
+    const end = fe.mem!.regions.reduce((m, x) => Math.max(m, x.gpa + x.size), 0);
+    if (end !== 0x800000) throw new Error(`guest memory ends at 0x${end.toString(16)}, expected 0x800000`);
+    const a = r.takeDesc();
+    const b = r.takeDesc();
+    const c = r.takeDesc();
+    r.writeDesc(a, { addr: header(fe, BlkType.OUT), len: 16, flags: DescFlags.NEXT, next: b });
+    r.writeDesc(b, { addr: end - 2048, len: 4096, flags: DescFlags.NEXT, next: c });
+    r.writeDesc(c, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
+    publish(fe, a);
+  },
+);
 
-violationCase('a descriptor whose addr + len wraps 2^64', /queue 0: descriptor addr 0xfffffffffffff000 len 8192 wraps past 2\^64/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  const r = ring(fe);
-  const a = r.takeDesc();
-  const b = r.takeDesc();
-  r.writeDesc(a, { addr: header(fe, BlkType.IN), len: 16, flags: DescFlags.NEXT, next: b });
-  r.writeDesc(b, { addr: 0xfffffffffffff000n, len: 8192, flags: DescFlags.WRITE, next: 0 });
-  publish(fe, a);
-});
+violationCase(
+  'a descriptor whose addr + len wraps 2^64',
+  /queue 0: descriptor addr 0xfffffffffffff000 len 8192 wraps past 2\^64/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    const r = ring(fe);
+    const a = r.takeDesc();
+    const b = r.takeDesc();
+    r.writeDesc(a, { addr: header(fe, BlkType.IN), len: 16, flags: DescFlags.NEXT, next: b });
+    r.writeDesc(b, { addr: 0xfffffffffffff000n, len: 8192, flags: DescFlags.WRITE, next: 0 });
+    publish(fe, a);
+  },
+);
 
-violationCase('a readable descriptor after a writable one', /queue 0: readable descriptor follows a writable one/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  const r = ring(fe);
-  const a = r.takeDesc();
-  const b = r.takeDesc();
-  const c = r.takeDesc();
-  r.writeDesc(a, { addr: header(fe, BlkType.IN), len: 16, flags: DescFlags.NEXT, next: b });
-  r.writeDesc(b, { addr: buffer(fe, 512), len: 512, flags: DescFlags.NEXT | DescFlags.WRITE, next: c });
-  r.writeDesc(c, { addr: buffer(fe, 1, 1), len: 1, flags: 0, next: 0 });
-  publish(fe, a);
-});
+violationCase(
+  'a readable descriptor after a writable one',
+  /queue 0: readable descriptor follows a writable one/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    const r = ring(fe);
+    const a = r.takeDesc();
+    const b = r.takeDesc();
+    const c = r.takeDesc();
+    r.writeDesc(a, { addr: header(fe, BlkType.IN), len: 16, flags: DescFlags.NEXT, next: b });
+    r.writeDesc(b, { addr: buffer(fe, 512), len: 512, flags: DescFlags.NEXT | DescFlags.WRITE, next: c });
+    r.writeDesc(c, { addr: buffer(fe, 1, 1), len: 1, flags: 0, next: 0 });
+    publish(fe, a);
+  },
+);
 
-violationCase('a chain with no writable status byte', /queue 0: chain has no writable status byte/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  const r = ring(fe);
-  const a = r.takeDesc();
-  const b = r.takeDesc();
-  r.writeDesc(a, { addr: header(fe, BlkType.OUT), len: 16, flags: DescFlags.NEXT, next: b });
-  r.writeDesc(b, { addr: buffer(fe, 512), len: 512, flags: 0, next: 0 });
-  publish(fe, a);
-});
+violationCase(
+  'a chain with no writable status byte',
+  /queue 0: chain has no writable status byte/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    const r = ring(fe);
+    const a = r.takeDesc();
+    const b = r.takeDesc();
+    r.writeDesc(a, { addr: header(fe, BlkType.OUT), len: 16, flags: DescFlags.NEXT, next: b });
+    r.writeDesc(b, { addr: buffer(fe, 512), len: 512, flags: 0, next: 0 });
+    publish(fe, a);
+  },
+);
 
-violationCase('a chain whose readable part is shorter than the header', /queue 0: request header is 8 bytes, needs 16/, { queues: 1, queueSize: QSIZE }, (fe) => {
-  const r = ring(fe);
-  const a = r.takeDesc();
-  const b = r.takeDesc();
-  r.writeDesc(a, { addr: header(fe, BlkType.FLUSH), len: 8, flags: DescFlags.NEXT, next: b });
-  r.writeDesc(b, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
-  publish(fe, a);
-});
+violationCase(
+  'a chain whose readable part is shorter than the header',
+  /queue 0: request header is 8 bytes, needs 16/,
+  { queues: 1, queueSize: QSIZE },
+  (fe) => {
+    const r = ring(fe);
+    const a = r.takeDesc();
+    const b = r.takeDesc();
+    r.writeDesc(a, { addr: header(fe, BlkType.FLUSH), len: 8, flags: DescFlags.NEXT, next: b });
+    r.writeDesc(b, { addr: buffer(fe, 1, 1), len: 1, flags: DescFlags.WRITE, next: 0 });
+    publish(fe, a);
+  },
+);
 
 /** The same head published twice while the daemon holds it (a 128 KiB read keeps it in flight). */
 function headTwice(fe: Frontend): void {
@@ -422,8 +524,18 @@ function headTwice(fe: Frontend): void {
 }
 
 // Without an inflight region the ring's own record catches it; with one, the region's inflight flag.
-violationCase('a chain head made available twice while in flight', /queue 0: Guest made chain head (\d+) available while it is in flight/, { queues: 1, queueSize: QSIZE, inflight: false }, headTwice);
-violationCase('a chain head made available twice while in flight (inflight region)', /queue 0: Guest made head (\d+) available again while it is in flight/, { queues: 1, queueSize: QSIZE }, headTwice);
+violationCase(
+  'a chain head made available twice while in flight',
+  /queue 0: Guest made chain head (\d+) available while it is in flight/,
+  { queues: 1, queueSize: QSIZE, inflight: false },
+  headTwice,
+);
+violationCase(
+  'a chain head made available twice while in flight (inflight region)',
+  /queue 0: Guest made head (\d+) available again while it is in flight/,
+  { queues: 1, queueSize: QSIZE },
+  headTwice,
+);
 
 // ---------------------------------------------------------------- fds
 
@@ -438,23 +550,44 @@ async function violateOnce(t: Test, d: Daemon, kind: number): Promise<void> {
     try {
       switch (kind % 11) {
         case 0: // more fds than regions
-          fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload([{ gpa: 0, size: MiB, uva: 0x7f0000000000, mmapOffset: 0 }]), [own(native.memfdCreate('vublk-int-a', MiB)), own(native.memfdCreate('vublk-int-b', MiB))]);
+          fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload([{ gpa: 0, size: MiB, uva: 0x7f0000000000, mmapOffset: 0 }]), [
+            own(native.memfdCreate('vublk-int-a', MiB)),
+            own(native.memfdCreate('vublk-int-b', MiB)),
+          ]);
           break;
         case 1: // fewer fds than regions
-          fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload([{ gpa: 0, size: MiB, uva: 0x7f0000000000, mmapOffset: 0 }, { gpa: MiB, size: MiB, uva: 0x7f0000100000, mmapOffset: 0 }]), [own(native.memfdCreate('vublk-int-c', MiB))]);
+          fe.send(
+            Request.SET_MEM_TABLE,
+            encodeMemTablePayload([
+              { gpa: 0, size: MiB, uva: 0x7f0000000000, mmapOffset: 0 },
+              { gpa: MiB, size: MiB, uva: 0x7f0000100000, mmapOffset: 0 },
+            ]),
+            [own(native.memfdCreate('vublk-int-c', MiB))],
+          );
           break;
         case 2: // a region beyond its fd: the second region fails after the first was mapped
           fe.send(
             Request.SET_MEM_TABLE,
-            encodeMemTablePayload([{ gpa: 0, size: MiB, uva: 0x7f0000000000, mmapOffset: 0 }, { gpa: MiB, size: 2 * MiB, uva: 0x7f0000100000, mmapOffset: 0 }]),
+            encodeMemTablePayload([
+              { gpa: 0, size: MiB, uva: 0x7f0000000000, mmapOffset: 0 },
+              { gpa: MiB, size: 2 * MiB, uva: 0x7f0000100000, mmapOffset: 0 },
+            ]),
             [own(native.memfdCreate('vublk-int-d', MiB)), own(native.memfdCreate('vublk-int-e', MiB))],
           );
           break;
         case 3: // gpa wraps
-          fe.send(Request.SET_MEM_TABLE, encodeMemTablePayload([{ gpa: 2n ** 64n - 4096n, size: MiB, uva: 0x7f0000000000, mmapOffset: 0 }]), [own(native.memfdCreate('vublk-int-f', MiB))]);
+          fe.send(
+            Request.SET_MEM_TABLE,
+            encodeMemTablePayload([{ gpa: 2n ** 64n - 4096n, size: MiB, uva: 0x7f0000000000, mmapOffset: 0 }]),
+            [own(native.memfdCreate('vublk-int-f', MiB))],
+          );
           break;
         case 4: // unknown request with 3 fds
-          fe.send(0x7777, Buffer.alloc(0), [own(native.eventfdCreate()), own(native.eventfdCreate()), own(native.memfdCreate('vublk-int-g', 4096))]);
+          fe.send(0x7777, Buffer.alloc(0), [
+            own(native.eventfdCreate()),
+            own(native.eventfdCreate()),
+            own(native.memfdCreate('vublk-int-g', 4096)),
+          ]);
           break;
         case 5: // bad version, fds attached to the header
           fe.sendRaw(encodeMessage(Request.SET_VRING_KICK, 0, encodeVringFilePayload(0, false)), [own(native.eventfdCreate())]);
@@ -466,7 +599,9 @@ async function violateOnce(t: Test, d: Daemon, kind: number): Promise<void> {
           fe.send(Request.SET_VRING_NUM, encodeVringStatePayload(0, 100), [own(native.eventfdCreate())]);
           break;
         case 8: // REM_MEM_REG of nothing, with the fd old frontends attach
-          fe.send(Request.REM_MEM_REG, encodeMemRegPayload({ gpa: 0x4000_0000, size: MiB, uva: 0x7e00_0000_0000, mmapOffset: 0 }), [own(native.memfdCreate('vublk-int-h', MiB))]);
+          fe.send(Request.REM_MEM_REG, encodeMemRegPayload({ gpa: 0x4000_0000, size: MiB, uva: 0x7e00_0000_0000, mmapOffset: 0 }), [
+            own(native.memfdCreate('vublk-int-h', MiB)),
+          ]);
           break;
         case 9: {
           // a set-up connection (memory by ADD_MEM_REG), then ADD_MEM_REG of a region larger than its fd
@@ -530,7 +665,10 @@ t.test('fds sent with rejected messages are not leaked: 22 connect/violate/disco
   for (let k = 0; k < 22; k++) await violateOnce(t, d, k);
   if (trace !== undefined) {
     const lines = await trace.stop();
-    t.ok(lines.some((l) => /close\(\d+\)\s+= 0/.test(l)), `strace saw the daemon close fds (${lines.length} lines)`);
+    t.ok(
+      lines.some((l) => /close\(\d+\)\s+= 0/.test(l)),
+      `strace saw the daemon close fds (${lines.length} lines)`,
+    );
     const ebadf = lines.filter((l) => /EBADF/.test(l));
     t.same(ebadf, [], 'no fd is closed twice (no close() fails with EBADF)');
   }
@@ -547,6 +685,12 @@ t.test('the daemon shared by the cases above still serves, then exits 0 on SIGTE
   const d = await sharedDaemon();
   await expectServes(t, d);
   await t.resolves(d.stop(), 'exit 0, no sanitizer report');
-  const warns = d.v.stderr().split('\n').filter((l) => /^vublk: warn: /.test(l));
-  t.ok(warns.every((l) => VIOLATION_LINE.test(l)), 'every warn line it wrote was a protocol violation');
+  const warns = d.v
+    .stderr()
+    .split('\n')
+    .filter((l) => /^vublk: warn: /.test(l));
+  t.ok(
+    warns.every((l) => VIOLATION_LINE.test(l)),
+    'every warn line it wrote was a protocol violation',
+  );
 });

@@ -103,29 +103,41 @@ t.test('SET_VRING_CALL without an fd (NOFD) still works: completions are polled'
   if (done) t.equal((await req).status, BlkStatus.OK);
 });
 
-refusedFd('a pipe nobody reads (and full) as call fd', Request.SET_VRING_CALL, /SET_VRING_CALL fd is \S+\/call-fifo, not an eventfd/, (t, d) => {
-  const p = fifo(d, 'call-fifo');
-  const mine = openFd(t, p, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
-  // Fill it through our own (non-blocking) description; the daemon gets a blocking one.
-  const chunk = Buffer.alloc(4096);
-  for (;;) {
-    try {
-      fs.writeSync(mine, chunk);
-    } catch {
-      break; // EAGAIN: full
+refusedFd(
+  'a pipe nobody reads (and full) as call fd',
+  Request.SET_VRING_CALL,
+  /SET_VRING_CALL fd is \S+\/call-fifo, not an eventfd/,
+  (t, d) => {
+    const p = fifo(d, 'call-fifo');
+    const mine = openFd(t, p, fs.constants.O_RDWR | fs.constants.O_NONBLOCK);
+    // Fill it through our own (non-blocking) description; the daemon gets a blocking one.
+    const chunk = Buffer.alloc(4096);
+    for (;;) {
+      try {
+        fs.writeSync(mine, chunk);
+      } catch {
+        break; // EAGAIN: full
+      }
     }
-  }
-  return openFd(t, p, fs.constants.O_RDWR);
-});
+    return openFd(t, p, fs.constants.O_RDWR);
+  },
+);
 
-refusedFd('a pipe whose write end is closed as kick fd', Request.SET_VRING_KICK, /SET_VRING_KICK fd is \S+\/kick-fifo, not an eventfd/, (t, d) => {
-  const p = fifo(d, 'kick-fifo');
-  const reader = openFd(t, p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  fs.closeSync(fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)); // a writer came and went: EOF
-  return reader;
-});
+refusedFd(
+  'a pipe whose write end is closed as kick fd',
+  Request.SET_VRING_KICK,
+  /SET_VRING_KICK fd is \S+\/kick-fifo, not an eventfd/,
+  (t, d) => {
+    const p = fifo(d, 'kick-fifo');
+    const reader = openFd(t, p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+    fs.closeSync(fs.openSync(p, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK)); // a writer came and went: EOF
+    return reader;
+  },
+);
 
-refusedFd('/dev/null as kick fd', Request.SET_VRING_KICK, /SET_VRING_KICK fd is \/dev\/null, not an eventfd/, (t) => openFd(t, '/dev/null', fs.constants.O_RDONLY));
+refusedFd('/dev/null as kick fd', Request.SET_VRING_KICK, /SET_VRING_KICK fd is \/dev\/null, not an eventfd/, (t) =>
+  openFd(t, '/dev/null', fs.constants.O_RDONLY),
+);
 
 refusedFd('a memfd as kick fd', Request.SET_VRING_KICK, /SET_VRING_KICK fd is \/memfd:vublk-int-kick \(deleted\), not an eventfd/, (t) => {
   const fd = native.memfdCreate('vublk-int-kick', 4096);

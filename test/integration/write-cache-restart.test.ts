@@ -26,10 +26,21 @@ function setWriteback(fe: Frontend, on: boolean): Promise<void> {
 
 /** WRITES 16 KiB writes on queue 0 (one request each); checks they are OK and in the image. */
 async function writeSome(t: Test, drv: BlkDriver, image: string, seed: number): Promise<void> {
-  const reqs = Array.from({ length: WRITES }, (_, i) => ({ q: 0, type: BlkType.OUT, sector: 4096 + (seed * WRITES + i) * 32, data: pattern(16384, seed * 100 + i) }));
+  const reqs = Array.from({ length: WRITES }, (_, i) => ({
+    q: 0,
+    type: BlkType.OUT,
+    sector: 4096 + (seed * WRITES + i) * 32,
+    data: pattern(16384, seed * 100 + i),
+  }));
   const rs = await Promise.all(drv.submitBatch(reqs));
-  t.ok(rs.every((r) => r.status === BlkStatus.OK), `${WRITES} writes OK`);
-  t.ok(reqs.every((r) => readImage(image, r.sector * 512, r.data.length).equals(r.data)), 'and in the image');
+  t.ok(
+    rs.every((r) => r.status === BlkStatus.OK),
+    `${WRITES} writes OK`,
+  );
+  t.ok(
+    reqs.every((r) => readImage(image, r.sector * 512, r.data.length).equals(r.data)),
+    'and in the image',
+  );
 }
 
 /** One frontend session on v: what fn does, then close; returns the summed counters logged at close. */
@@ -60,7 +71,11 @@ t.test('write-through chosen by the guest survives SIGTERM and SIGKILL restarts,
   });
   t.equal(first.durableWrites, WRITES, 'only the writes after the switch were issued durable');
   const saved = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { version: number; disk: { path: string }; writeback: boolean };
-  t.match(saved, { version: 1, disk: { path: fs.realpathSync(d.disk) }, writeback: false }, 'the state file holds write-through for this disk');
+  t.match(
+    saved,
+    { version: 1, disk: { path: fs.realpathSync(d.disk) }, writeback: false },
+    'the state file holds write-through for this disk',
+  );
   await d.stop();
 
   let seed = 3;
@@ -71,7 +86,11 @@ t.test('write-through chosen by the guest survives SIGTERM and SIGKILL restarts,
   let previous = 'SIGTERM';
   for (const how of ['SIGKILL', 'SIGTERM'] as const) {
     v = await startVublk(args);
-    t.match(v.stderr(), new RegExp(`write cache mode restored from state file file=${stateFile} mode=write-through`), `restarted after ${previous}: restored, logged at info`);
+    t.match(
+      v.stderr(),
+      new RegExp(`write cache mode restored from state file file=${stateFile} mode=write-through`),
+      `restarted after ${previous}: restored, logged at info`,
+    );
     const c = await session(t, v, d.socket, async (fe, drv) => {
       t.equal(parseBlkConfig(fe.config!).writeback, 0, 'GET_CONFIG on the new daemon: write-through');
       await writeSome(t, drv, d.image, seed++);
@@ -80,7 +99,11 @@ t.test('write-through chosen by the guest survives SIGTERM and SIGKILL restarts,
     t.equal(c.requests, WRITES);
     t.same(warnLines(v), [], 'no warn or error line');
     const r = await v.stop(how);
-    t.same({ code: r.code, signal: r.signal }, how === 'SIGTERM' ? { code: 0, signal: null } : { code: null, signal: 'SIGKILL' }, `stopped with ${how}`);
+    t.same(
+      { code: r.code, signal: r.signal },
+      how === 'SIGTERM' ? { code: 0, signal: null } : { code: null, signal: 'SIGKILL' },
+      `stopped with ${how}`,
+    );
     previous = how;
   }
 
@@ -111,7 +134,10 @@ t.test('a state file that cannot be written refuses the SET_CONFIG and keeps the
     await writeSome(t, drv, d.image, 1);
   });
   t.equal(c.durableWrites, 0, 'writes stay write-back');
-  const errors = d.v.stderr().split('\n').filter((l) => /^vublk: error: /.test(l));
+  const errors = d.v
+    .stderr()
+    .split('\n')
+    .filter((l) => /^vublk: error: /.test(l));
   t.equal(errors.length, 1, 'one error line');
   t.match(errors[0], `cannot save the write cache mode; SET_CONFIG refused, the mode stays file=${stateFile} mode=write-back`);
   t.match(errors[0], /open failed \(ENOENT\)/);
@@ -121,7 +147,11 @@ t.test('--state-file none: the mode lives in memory only, a restart forgets it',
   const d = await startDaemon(t, { imageBytes: IMAGE_BYTES, extraArgs: ['--state-file', 'none'] });
   await session(t, d.v, d.socket, async (fe) => setWriteback(fe, false));
   await d.stop();
-  t.same(fs.readdirSync(d.dir).filter((f) => f.includes('state')), [], 'no state file written');
+  t.same(
+    fs.readdirSync(d.dir).filter((f) => f.includes('state')),
+    [],
+    'no state file written',
+  );
   const v = await startVublk(['--disk', d.disk, '--socket', d.socket, '--state-file', 'none']);
   t.teardown(() => stopCleanly(v));
   await session(t, v, d.socket, async (fe) => {

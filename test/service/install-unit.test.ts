@@ -33,18 +33,33 @@ t.test('installs the units, the config and the drop-in for an image file; system
   const root = rootWithDisk(t);
   const r = install(['data', '--disk', DISK, '--root', root, '--options', '--queues 4  --serial data']);
   t.equal(r.code, 0, 'exit 0');
-  for (const f of ['/etc/systemd/system/vublk@.socket', '/etc/systemd/system/vublk@.service', '/etc/vublk/data.conf', '/etc/systemd/system/vublk@data.service.d/disk.conf']) {
+  for (const f of [
+    '/etc/systemd/system/vublk@.socket',
+    '/etc/systemd/system/vublk@.service',
+    '/etc/vublk/data.conf',
+    '/etc/systemd/system/vublk@data.service.d/disk.conf',
+  ]) {
     t.ok(fs.existsSync(path.join(root, f)), `${f} written`);
     t.match(r.stdout, f, `${f} listed`);
   }
   t.match(r.stdout, /useradd --system .* vublk/, 'prints how to create the user');
   t.match(r.stdout, `chown vublk:vublk ${DISK}`, 'and to give it the image');
-  t.match(r.stdout, /systemctl daemon-reload\n\s+systemctl enable --now vublk@data\.socket/, 'then daemon-reload and enable --now the socket');
+  t.match(
+    r.stdout,
+    /systemctl daemon-reload\n\s+systemctl enable --now vublk@data\.socket/,
+    'then daemon-reload and enable --now the socket',
+  );
   t.match(r.stdout, '/usr/local/bin/vublk does not exist yet', 'warns that the program the unit runs is missing');
   for (const f of ['vublk@.socket', 'vublk@.service']) {
     t.equal(read(root, `/etc/systemd/system/${f}`), fs.readFileSync(path.join(unitDir, f), 'utf8'), `${f} is the shipped unit`);
   }
-  t.equal(read(root, '/etc/systemd/system/vublk@data.service.d/disk.conf').match(/^[A-Z]\w*=.*$/gm)?.join('\n'), `ReadWritePaths=${DISK}`, 'the drop-in makes only the image writable');
+  t.equal(
+    read(root, '/etc/systemd/system/vublk@data.service.d/disk.conf')
+      .match(/^[A-Z]\w*=.*$/gm)
+      ?.join('\n'),
+    `ReadWritePaths=${DISK}`,
+    'the drop-in makes only the image writable',
+  );
 
   // The config, read as systemd reads an EnvironmentFile, gives ExecStart= a command line vublk accepts.
   const env = parseEnvironmentFile(read(root, '/etc/vublk/data.conf'));
@@ -69,7 +84,10 @@ t.test('an existing config with other contents is kept unless --force; the same 
   t.equal(install(['data', '--disk', DISK, '--root', root]).code, 0, 'installing the same again succeeds');
   const r = install(['data', '--disk', DISK, '--root', root, '--options', '--read-only']);
   t.equal(r.code, 2);
-  t.match(r.stderr, /^vublk: error: install-unit: \/etc\/vublk\/data\.conf exists with other contents; keep it, or replace it with --force$/m);
+  t.match(
+    r.stderr,
+    /^vublk: error: install-unit: \/etc\/vublk\/data\.conf exists with other contents; keep it, or replace it with --force$/m,
+  );
   t.equal(read(root, '/etc/vublk/data.conf'), before, 'the config is untouched');
   t.equal(install(['data', '--disk', DISK, '--root', root, '--options', '--read-only', '--force']).code, 0);
   t.match(read(root, '/etc/vublk/data.conf'), /^VUBLK_OPTIONS="--read-only"$/m, '--force replaces it');
@@ -77,7 +95,19 @@ t.test('an existing config with other contents is kept unless --force; the same 
 
 t.test('--exec, --unit-dir and --config-dir are written into the installed units', async (t) => {
   const root = rootWithDisk(t);
-  const r = install(['data', '--disk', DISK, '--root', root, '--exec', '/opt/vublk/bin/vublk', '--unit-dir', '/usr/local/lib/systemd/system', '--config-dir', '/etc/vublk-disks']);
+  const r = install([
+    'data',
+    '--disk',
+    DISK,
+    '--root',
+    root,
+    '--exec',
+    '/opt/vublk/bin/vublk',
+    '--unit-dir',
+    '/usr/local/lib/systemd/system',
+    '--config-dir',
+    '/etc/vublk-disks',
+  ]);
   t.equal(r.code, 0, r.stderr);
   const unitDirInRoot = path.join(root, '/usr/local/lib/systemd/system');
   t.match(unitValue('vublk@.service', 'ExecStart', unitDirInRoot), /^\/opt\/vublk\/bin\/vublk --disk /);
@@ -127,8 +157,16 @@ t.test('refuses what the units could not use, with one line naming it', async (t
     ['a disk path with a space', ['data', '--disk', '/var/lib/my disk.img'], /--disk expects an absolute path without spaces/],
     ['no NAME', ['--disk', DISK], /install-unit expects the disk's NAME first/],
     ['a NAME with a slash', ['a/b', '--disk', DISK], /NAME expects 1 to 64 letters/],
-    ['--options setting the socket', ['data', '--disk', DISK, '--options', '--socket /tmp/x'], /--options must not set --socket: the unit sets it/],
-    ['--options that vublk refuses', ['data', '--disk', DISK, '--options', '--queues 0'], /--options: --queues expects an integer between 1 and/],
+    [
+      '--options setting the socket',
+      ['data', '--disk', DISK, '--options', '--socket /tmp/x'],
+      /--options must not set --socket: the unit sets it/,
+    ],
+    [
+      '--options that vublk refuses',
+      ['data', '--disk', DISK, '--options', '--queues 0'],
+      /--options: --queues expects an integer between 1 and/,
+    ],
     ['--options with a quote', ['data', '--disk', DISK, '--options', '--serial "x y"'], /--options cannot contain quotes/],
     ['an unknown argument', ['data', '--disk', DISK, '--bogus'], /unknown argument "--bogus"/],
   ];

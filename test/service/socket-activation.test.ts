@@ -60,7 +60,16 @@ t.test('systemd-socket-activate runs the ExecStart line on the socket unit addre
   const notify = await notifyListener(t, path.join(inst.runtimeDir, 'notify'));
   const [node, bin, ...args] = execStartArgv(inst, vublkBin);
   t.equal(bin, vublkBin);
-  const wrapper = ['systemd-socket-activate', '-l', address, '-E', `NOTIFY_SOCKET=${notify.address}`, '-E', `WATCHDOG_USEC=${WATCHDOG_USEC}`, '--'];
+  const wrapper = [
+    'systemd-socket-activate',
+    '-l',
+    address,
+    '-E',
+    `NOTIFY_SOCKET=${notify.address}`,
+    '-E',
+    `WATCHDOG_USEC=${WATCHDOG_USEC}`,
+    '--',
+  ];
   t.equal(node, process.execPath);
   // startVublk resolves once vublk logs "serving", which it does only after
   // systemd-socket-activate saw the first connection and exec'd it.

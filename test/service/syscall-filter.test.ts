@@ -40,7 +40,7 @@ function allowedSyscalls(filter: string): Set<string> {
   return allowed;
 }
 
-t.test('every system call vublk makes serving a frontend is allowed by the unit\'s SystemCallFilter=', { skip }, async (t) => {
+t.test("every system call vublk makes serving a frontend is allowed by the unit's SystemCallFilter=", { skip }, async (t) => {
   const filter = unitValue('vublk@.service', 'SystemCallFilter');
   t.notOk(filter.startsWith('~'), 'the filter is an allow list');
   const allowed = allowedSyscalls(filter);
@@ -65,7 +65,11 @@ t.test('every system call vublk makes serving a frontend is allowed by the unit\
   await fe.setup({ queues: 2 });
   const drv = new BlkDriver(fe);
   t.equal((await drv.write(0, 8, Buffer.alloc(8192, 1))).status, BlkStatus.OK);
-  t.equal((await drv.write(1, 3, Buffer.alloc(512, 2), { layout: '2desc' })).status, BlkStatus.OK, 'an unaligned write (read-modify-write)');
+  t.equal(
+    (await drv.write(1, 3, Buffer.alloc(512, 2), { layout: '2desc' })).status,
+    BlkStatus.OK,
+    'an unaligned write (read-modify-write)',
+  );
   t.equal((await drv.read(1, 0, 16384)).status, BlkStatus.OK);
   t.equal((await drv.flush(0)).status, BlkStatus.OK);
   t.equal((await drv.discard(0, 64, 64)).status, BlkStatus.OK);

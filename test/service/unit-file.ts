@@ -62,7 +62,11 @@ export function execStartArgv(inst: Instance, vublkBin: string): string[] {
   for (const word of line.trim().split(/\s+/)) {
     const bare = /^\$([A-Za-z_][A-Za-z0-9_]*)$/.exec(word);
     if (bare) {
-      argv.push(...variable(bare[1]!).split(/\s+/).filter((w) => w !== ''));
+      argv.push(
+        ...variable(bare[1]!)
+          .split(/\s+/)
+          .filter((w) => w !== ''),
+      );
       continue;
     }
     argv.push(expandSpecifiers(word, inst).replace(/\$\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_m, n: string) => variable(n)));

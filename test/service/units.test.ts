@@ -37,10 +37,13 @@ t.test('the verify check fails on what it should: an unknown key, a missing Exec
   t.not(r.code, 0);
 });
 
-t.test('systemd-analyze security rates the service\'s exposure at most 2.0 (of 10)', { skip }, async (t) => {
+t.test("systemd-analyze security rates the service's exposure at most 2.0 (of 10)", { skip }, async (t) => {
   const root = unitRoot(t);
   installShipped(root);
-  const r = spawnSync('systemd-analyze', ['security', '--offline=yes', `--root=${root}`, 'vublk@data.service'], { encoding: 'utf8', timeout: 60_000 });
+  const r = spawnSync('systemd-analyze', ['security', '--offline=yes', `--root=${root}`, 'vublk@data.service'], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
   const m = /Overall exposure level for vublk@data\.service: ([0-9.]+)/.exec(r.stdout);
   t.ok(m, 'an exposure level is printed', { output: `${r.stdout}${r.stderr}` });
   t.comment(`exposure level ${m?.[1]}`);
@@ -50,18 +53,25 @@ t.test('systemd-analyze security rates the service\'s exposure at most 2.0 (of 1
 t.test('the units keep what the service relies on', async (t) => {
   t.equal(unitValue('vublk@.service', 'Type'), 'notify');
   t.equal(unitValue('vublk@.service', 'NotifyAccess'), 'main');
-  t.match(unitValue('vublk@.service', 'SystemCallFilter'), /^@system-service @pkey io_uring_setup io_uring_enter io_uring_register$/, 'io_uring is allowed');
+  t.match(
+    unitValue('vublk@.service', 'SystemCallFilter'),
+    /^@system-service @pkey io_uring_setup io_uring_enter io_uring_register$/,
+    'io_uring is allowed',
+  );
   t.equal(unitValue('vublk@.service', 'ProtectSystem'), 'strict');
   t.equal(unitValue('vublk@.service', 'RestrictAddressFamilies'), 'AF_UNIX');
   t.equal(unitValue('vublk@.service', 'DevicePolicy'), 'closed');
   const service = fs.readFileSync(path.join(unitDir, 'vublk@.service'), 'utf8');
   t.notMatch(service, /^MemoryDenyWriteExecute=yes/m, 'V8 needs W+X memory');
   // systemd removes RuntimeDirectory= at stop: it must not hold the socket.
-  t.notMatch(service, /^RuntimeDirectory=(%t\/)?vublk$/m, 'RuntimeDirectory= is not the socket\'s directory');
+  t.notMatch(service, /^RuntimeDirectory=(%t\/)?vublk$/m, "RuntimeDirectory= is not the socket's directory");
   t.equal(unitValue('vublk@.service', 'RuntimeDirectory'), 'vublk/%i');
   t.notMatch(unitValue('vublk@.service', 'ExecStart'), /--socket/, 'the socket comes from the socket unit');
   const drainSec = drainTimeoutMs({}) / 1000;
-  t.ok(Number(/^(\d+)s$/.exec(unitValue('vublk@.service', 'TimeoutStopSec'))?.[1]) > drainSec, `TimeoutStopSec above the ${drainSec} s drain bound`);
+  t.ok(
+    Number(/^(\d+)s$/.exec(unitValue('vublk@.service', 'TimeoutStopSec'))?.[1]) > drainSec,
+    `TimeoutStopSec above the ${drainSec} s drain bound`,
+  );
   t.equal(unitValue('vublk@.socket', 'ListenStream'), '%t/vublk/%i.sock');
   t.equal(unitValue('vublk@.socket', 'Accept'), 'no');
 });

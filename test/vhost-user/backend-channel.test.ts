@@ -65,7 +65,7 @@ t.test('a full channel never blocks: the message waits for room, later ones coal
   // Fill vublk's direction of the socket before the channel gets it.
   const filler = Buffer.alloc(65536, 0xaa);
   let filled = 0;
-  for (let n; (n = native.sendSome(ours, filler, 0, filler.length)) > 0; ) filled += n;
+  for (let n; (n = native.sendSome(ours, filler, 0, filler.length)) > 0;) filled += n;
   const ch = new BackendChannel(1);
   t.teardown(() => ch.close());
   ch.attach(ours);

@@ -126,7 +126,11 @@ t.test('memory table with 8 fds', async (tt) => {
 });
 
 t.test('fragmented delivery at every byte boundary yields the same message', async (tt) => {
-  const whole = encodeMessage(Request.SET_MEM_TABLE, Flags.VERSION | Flags.NEED_REPLY, encodeMemTablePayload([{ gpa: 0, size: 1 << 20, uva: 1 << 30, mmapOffset: 0 }]));
+  const whole = encodeMessage(
+    Request.SET_MEM_TABLE,
+    Flags.VERSION | Flags.NEED_REPLY,
+    encodeMemTablePayload([{ gpa: 0, size: 1 << 20, uva: 1 << 30, mmapOffset: 0 }]),
+  );
   for (let cut = 1; cut < whole.length; cut++) {
     const s = new FakeSocket();
     const r = reader(s);
@@ -134,7 +138,12 @@ t.test('fragmented delivery at every byte boundary yields the same message', asy
     if (cut < whole.length) tt.equal(r.read(), 'again', `cut ${cut}: waits`);
     s.push(whole.subarray(cut));
     const m = r.read() as Message;
-    if (m.request !== Request.SET_MEM_TABLE || !m.payload.equals(whole.subarray(HEADER_SIZE)) || m.fds[0] !== fds[0] || m.fds.length !== 1) {
+    if (
+      m.request !== Request.SET_MEM_TABLE ||
+      !m.payload.equals(whole.subarray(HEADER_SIZE)) ||
+      m.fds[0] !== fds[0] ||
+      m.fds.length !== 1
+    ) {
       tt.fail(`cut ${cut}: different message`);
     }
   }
@@ -162,9 +171,15 @@ t.test('header violations close the fds that came with it', async (tt) => {
   const cases: [Buffer, RegExp][] = [
     [encodeMessage(Request.SET_FEATURES, 0x2, encodeU64Payload(1)), /SET_FEATURES header version 2, expected 1/],
     [encodeMessage(Request.SET_FEATURES, 0x0, encodeU64Payload(1)), /header version 0, expected 1/],
-    [encodeMessage(Request.SET_FEATURES, Flags.VERSION | Flags.REPLY, encodeU64Payload(1)), /SET_FEATURES request has flags 0x5: only version and NEED_REPLY may be set/],
+    [
+      encodeMessage(Request.SET_FEATURES, Flags.VERSION | Flags.REPLY, encodeU64Payload(1)),
+      /SET_FEATURES request has flags 0x5: only version and NEED_REPLY may be set/,
+    ],
     [encodeMessage(Request.SET_FEATURES, Flags.VERSION | 0x10, encodeU64Payload(1)), /flags 0x11/],
-    [encodeMessage(Request.SET_CONFIG, Flags.VERSION, Buffer.alloc(MAX_PAYLOAD_SIZE + 1)), /SET_CONFIG payload size 269 exceeds the maximum 268/],
+    [
+      encodeMessage(Request.SET_CONFIG, Flags.VERSION, Buffer.alloc(MAX_PAYLOAD_SIZE + 1)),
+      /SET_CONFIG payload size 269 exceeds the maximum 268/,
+    ],
   ];
   for (const [bytes, re] of cases) {
     const s = new FakeSocket();
@@ -214,7 +229,13 @@ t.test('EOF', async (tt) => {
     const r = reader(s);
     s.push(setFeatures.subarray(0, cut), 1);
     s.ended = true;
-    violation(tt, () => r.read(), cut < HEADER_SIZE ? /peer closed the connection after 3 of 12 header bytes/ : new RegExp(`after ${cut - HEADER_SIZE} of 8 SET_FEATURES payload bytes`));
+    violation(
+      tt,
+      () => r.read(),
+      cut < HEADER_SIZE
+        ? /peer closed the connection after 3 of 12 header bytes/
+        : new RegExp(`after ${cut - HEADER_SIZE} of 8 SET_FEATURES payload bytes`),
+    );
     tt.equal(s.open.size, 0, `cut ${cut}: fd closed`);
   }
   const s = new FakeSocket();
@@ -333,31 +354,35 @@ t.test('property: any chunking of a valid stream yields the same messages', asyn
     })
     .map((m) => ({ ...m, bytes: encodeMessage(m.request, Flags.VERSION | (m.needReply ? Flags.NEED_REPLY : 0), m.payload) }));
   fc.assert(
-    fc.property(fc.array(message, { minLength: 1, maxLength: 6 }), fc.array(fc.integer({ min: 1, max: 50 }), { minLength: 1, maxLength: 8 }), (msgs, cuts) => {
-      const s = new FakeSocket();
-      // Each message is one segment (fds on its first byte), then re-cut the
-      // stream further by capping every recv at a varying size.
-      const sent = msgs.map((m) => s.push(m.bytes, m.nfds));
-      const r = reader(s);
-      const got: Message[] = [];
-      let i = 0;
-      for (let guard = 0; guard < 100000 && got.length < msgs.length; guard++) {
-        s.maxChunk = cuts[i++ % cuts.length]!;
-        const m = r.read();
-        if (m === 'eof') return false;
-        if (m !== 'again') got.push(m);
-      }
-      return got.every((m, k) => {
-        const want = msgs[k]!;
-        return (
-          m.request === want.request &&
-          m.flags === (Flags.VERSION | (want.needReply ? Flags.NEED_REPLY : 0)) &&
-          m.size === want.payload.length &&
-          Buffer.from(want.payload).equals(m.payload) &&
-          JSON.stringify(m.fds) === JSON.stringify(sent[k])
-        );
-      });
-    }),
+    fc.property(
+      fc.array(message, { minLength: 1, maxLength: 6 }),
+      fc.array(fc.integer({ min: 1, max: 50 }), { minLength: 1, maxLength: 8 }),
+      (msgs, cuts) => {
+        const s = new FakeSocket();
+        // Each message is one segment (fds on its first byte), then re-cut the
+        // stream further by capping every recv at a varying size.
+        const sent = msgs.map((m) => s.push(m.bytes, m.nfds));
+        const r = reader(s);
+        const got: Message[] = [];
+        let i = 0;
+        for (let guard = 0; guard < 100000 && got.length < msgs.length; guard++) {
+          s.maxChunk = cuts[i++ % cuts.length]!;
+          const m = r.read();
+          if (m === 'eof') return false;
+          if (m !== 'again') got.push(m);
+        }
+        return got.every((m, k) => {
+          const want = msgs[k]!;
+          return (
+            m.request === want.request &&
+            m.flags === (Flags.VERSION | (want.needReply ? Flags.NEED_REPLY : 0)) &&
+            m.size === want.payload.length &&
+            Buffer.from(want.payload).equals(m.payload) &&
+            JSON.stringify(m.fds) === JSON.stringify(sent[k])
+          );
+        });
+      },
+    ),
     { numRuns: 2000 },
   );
   tt.pass();

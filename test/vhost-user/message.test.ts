@@ -103,12 +103,36 @@ t.test('vring address', async (tt) => {
   // Smallest alignments allowed by the split ring.
   decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, desc: 16, avail: 2, used: 4 })));
   violates(tt, () => decodeVringAddr(msg(Request.SET_VRING_ADDR, Buffer.alloc(32))), /^SET_VRING_ADDR payload is 32 bytes, expected 40$/);
-  violates(tt, () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, flags: 2 }))), /flags 0x2 has bits other than VHOST_VRING_F_LOG/);
-  violates(tt, () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, desc: 8 }))), /descriptor table address 0x8 is not 16-byte aligned/);
-  violates(tt, () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, avail: 1 }))), /available ring address 0x1 is not 2-byte aligned/);
-  violates(tt, () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, used: 2 }))), /used ring address 0x2 is not 4-byte aligned/);
-  violates(tt, () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, desc: 1n << 60n }))), /descriptor table address 0x1000000000000000 exceeds 2\^53/);
-  violates(tt, () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, used: 0xffff_ffff_ffff_fffcn }))), /used ring address .* exceeds 2\^53/);
+  violates(
+    tt,
+    () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, flags: 2 }))),
+    /flags 0x2 has bits other than VHOST_VRING_F_LOG/,
+  );
+  violates(
+    tt,
+    () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, desc: 8 }))),
+    /descriptor table address 0x8 is not 16-byte aligned/,
+  );
+  violates(
+    tt,
+    () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, avail: 1 }))),
+    /available ring address 0x1 is not 2-byte aligned/,
+  );
+  violates(
+    tt,
+    () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, used: 2 }))),
+    /used ring address 0x2 is not 4-byte aligned/,
+  );
+  violates(
+    tt,
+    () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, desc: 1n << 60n }))),
+    /descriptor table address 0x1000000000000000 exceeds 2\^53/,
+  );
+  violates(
+    tt,
+    () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ ...ok, used: 0xffff_ffff_ffff_fffcn }))),
+    /used ring address .* exceeds 2\^53/,
+  );
   violates(tt, () => decodeVringAddr(msg(Request.SET_VRING_ADDR, encodeVringAddrPayload(ok), [4])), /carries 1 fds/);
 });
 
@@ -127,56 +151,139 @@ t.test('memory table', async (tt) => {
   const eight = Array.from({ length: 8 }, (_, i) => ({ gpa: i * GIB, size: GIB, uva: 0x7f00_0000_0000 + i * 2 ** 32, mmapOffset: 0 }));
   tt.equal(decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload(eight), [1, 2, 3, 4, 5, 6, 7, 8])).regions.length, 8);
 
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0, R1]), [10, 11, 12])), /^SET_MEM_TABLE carries 3 fds for 2 regions$/);
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0, R1]), [10, 11, 12])),
+    /^SET_MEM_TABLE carries 3 fds for 2 regions$/,
+  );
   violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0, R1]), [10])), /carries 1 fds for 2 regions/);
   violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([]), [])), /has 0 regions, expected 1\.\.8/);
   const nine = [...eight, { gpa: 8 * GIB, size: GIB, uva: 0x7f10_0000_0000, mmapOffset: 0 }];
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload(nine), [1, 2, 3, 4, 5, 6, 7, 8])), /has 9 regions, expected 1\.\.8/);
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0], 2), [1, 2])), /^SET_MEM_TABLE payload is 40 bytes, expected 72$/);
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, Buffer.concat([encodeMemTablePayload([R0]), Buffer.alloc(1)]), [1])), /payload is 41 bytes, expected 40/);
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload(nine), [1, 2, 3, 4, 5, 6, 7, 8])),
+    /has 9 regions, expected 1\.\.8/,
+  );
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0], 2), [1, 2])),
+    /^SET_MEM_TABLE payload is 40 bytes, expected 72$/,
+  );
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, Buffer.concat([encodeMemTablePayload([R0]), Buffer.alloc(1)]), [1])),
+    /payload is 41 bytes, expected 40/,
+  );
   violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, Buffer.alloc(4), [])), /payload is 4 bytes, shorter than the 8-byte header/);
   violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, size: 0 }]), [1])), /region 0 has size 0/);
   violates(
     tt,
-    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0, { ...R1, gpa: 0xffff_ffff_ffff_f000n, size: 0x2000 }]), [1, 2])),
+    () =>
+      decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0, { ...R1, gpa: 0xffff_ffff_ffff_f000n, size: 0x2000 }]), [1, 2])),
     /^SET_MEM_TABLE region 1 gpa\+size wraps past 2\^64/,
   );
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, uva: 0xffff_ffff_ffff_ffffn }]), [1])), /region 0 uva\+size wraps past 2\^64/);
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, mmapOffset: 0xffff_ffff_c000_0001n }]), [1])), /region 0 mmapOffset\+size wraps past 2\^64/);
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, size: 0xffff_ffff_ffff_ffffn }]), [1])), /region 0 gpa\+size ends beyond 2\^53/);
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, uva: 0xffff_ffff_ffff_ffffn }]), [1])),
+    /region 0 uva\+size wraps past 2\^64/,
+  );
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, mmapOffset: 0xffff_ffff_c000_0001n }]), [1])),
+    /region 0 mmapOffset\+size wraps past 2\^64/,
+  );
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, size: 0xffff_ffff_ffff_ffffn }]), [1])),
+    /region 0 gpa\+size ends beyond 2\^53/,
+  );
   // Ends exactly at 2^64: no wrap, but not representable either.
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, gpa: 0xffff_ffff_c000_0000n }]), [1])), /gpa\+size ends beyond 2\^53/);
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, gpa: 0xffff_ffff_c000_0000n }]), [1])),
+    /gpa\+size ends beyond 2\^53/,
+  );
   // Ends exactly at 2^53-1: every address inside, and the end, are exact.
   decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, gpa: 2 ** 53 - 1 - GIB }]), [1]));
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, gpa: 2 ** 53 - GIB }]), [1])), /ends beyond 2\^53-1/);
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0, { ...R1, gpa: GIB - 4096 }]), [1, 2])), /regions 0 and 1 overlap in guest-physical space/);
-  violates(tt, () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0, { ...R1, uva: R0.uva }]), [1, 2])), /regions 0 and 1 overlap in user address space/);
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([{ ...R0, gpa: 2 ** 53 - GIB }]), [1])),
+    /ends beyond 2\^53-1/,
+  );
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0, { ...R1, gpa: GIB - 4096 }]), [1, 2])),
+    /regions 0 and 1 overlap in guest-physical space/,
+  );
+  violates(
+    tt,
+    () => decodeMemTable(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0, { ...R1, uva: R0.uva }]), [1, 2])),
+    /regions 0 and 1 overlap in user address space/,
+  );
 });
 
 t.test('ADD_MEM_REG / REM_MEM_REG', async (tt) => {
-  tt.same(decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload(R1), [9])), { gpa: GIB, size: GIB, uva: 0x7f01_0000_0000, mmapOffset: 4096, fd: 9 });
+  tt.same(decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload(R1), [9])), {
+    gpa: GIB,
+    size: GIB,
+    uva: 0x7f01_0000_0000,
+    mmapOffset: 4096,
+    fd: 9,
+  });
   violates(tt, () => decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload(R1), [])), /^ADD_MEM_REG carries 0 fds, expected 1/);
   violates(tt, () => decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload(R1), [1, 2])), /carries 2 fds, expected 1/);
-  violates(tt, () => decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload(R1).subarray(8), [1])), /^ADD_MEM_REG payload is 32 bytes, expected 40$/);
-  violates(tt, () => decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload({ ...R1, gpa: 0xffff_ffff_ffff_0000n }), [1])), /^ADD_MEM_REG region gpa\+size wraps past 2\^64/);
-  violates(tt, () => decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload({ ...R1, size: 0 }), [1])), /ADD_MEM_REG region has size 0/);
+  violates(
+    tt,
+    () => decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload(R1).subarray(8), [1])),
+    /^ADD_MEM_REG payload is 32 bytes, expected 40$/,
+  );
+  violates(
+    tt,
+    () => decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload({ ...R1, gpa: 0xffff_ffff_ffff_0000n }), [1])),
+    /^ADD_MEM_REG region gpa\+size wraps past 2\^64/,
+  );
+  violates(
+    tt,
+    () => decodeAddMemReg(msg(Request.ADD_MEM_REG, encodeMemRegPayload({ ...R1, size: 0 }), [1])),
+    /ADD_MEM_REG region has size 0/,
+  );
 
   tt.same(decodeRemMemReg(msg(Request.REM_MEM_REG, encodeMemRegPayload(R1), [])), { gpa: GIB, size: GIB, uva: 0x7f01_0000_0000 });
   tt.same(decodeRemMemReg(msg(Request.REM_MEM_REG, encodeMemRegPayload(R1), [3])).gpa, GIB, 'one stray fd accepted (spec: MAY)');
   decodeRemMemReg(msg(Request.REM_MEM_REG, encodeMemRegPayload({ ...R1, mmapOffset: 0xffff_ffff_ffff_ffffn }), []));
   tt.pass('REM_MEM_REG ignores the mmap offset');
-  violates(tt, () => decodeRemMemReg(msg(Request.REM_MEM_REG, encodeMemRegPayload(R1), [3, 4])), /^REM_MEM_REG carries 2 fds, expected 0\.\.1/);
+  violates(
+    tt,
+    () => decodeRemMemReg(msg(Request.REM_MEM_REG, encodeMemRegPayload(R1), [3, 4])),
+    /^REM_MEM_REG carries 2 fds, expected 0\.\.1/,
+  );
   violates(tt, () => decodeRemMemReg(msg(Request.REM_MEM_REG, encodeMemRegPayload({ ...R1, size: 0 }))), /has size 0/);
-  violates(tt, () => decodeRemMemReg(msg(Request.REM_MEM_REG, encodeMemRegPayload({ ...R1, uva: 0xffff_ffff_ffff_f000n }))), /uva\+size wraps past 2\^64/);
+  violates(
+    tt,
+    () => decodeRemMemReg(msg(Request.REM_MEM_REG, encodeMemRegPayload({ ...R1, uva: 0xffff_ffff_ffff_f000n }))),
+    /uva\+size wraps past 2\^64/,
+  );
 });
 
 t.test('vring fd (SET_VRING_KICK/CALL/ERR)', async (tt) => {
   tt.same(decodeVringFile(msg(Request.SET_VRING_KICK, encodeVringFilePayload(3, false), [20])), { index: 3, fd: 20 });
   tt.same(decodeVringFile(msg(Request.SET_VRING_CALL, encodeVringFilePayload(0xff, true))), { index: 0xff, fd: -1 });
-  violates(tt, () => decodeVringFile(msg(Request.SET_VRING_KICK, encodeVringFilePayload(0, true), [20])), /^SET_VRING_KICK carries 1 fds, expected 0 \(the NOFD flag is set\)$/);
-  violates(tt, () => decodeVringFile(msg(Request.SET_VRING_CALL, encodeVringFilePayload(0, false))), /SET_VRING_CALL carries 0 fds, expected 1 \(the NOFD flag is clear\)/);
+  violates(
+    tt,
+    () => decodeVringFile(msg(Request.SET_VRING_KICK, encodeVringFilePayload(0, true), [20])),
+    /^SET_VRING_KICK carries 1 fds, expected 0 \(the NOFD flag is set\)$/,
+  );
+  violates(
+    tt,
+    () => decodeVringFile(msg(Request.SET_VRING_CALL, encodeVringFilePayload(0, false))),
+    /SET_VRING_CALL carries 0 fds, expected 1 \(the NOFD flag is clear\)/,
+  );
   violates(tt, () => decodeVringFile(msg(Request.SET_VRING_ERR, encodeVringFilePayload(0, false), [1, 2])), /carries 2 fds, expected 1/);
-  violates(tt, () => decodeVringFile(msg(Request.SET_VRING_KICK, encodeU64Payload(0x200), [1])), /payload 0x200 has bits beyond index and NOFD/);
+  violates(
+    tt,
+    () => decodeVringFile(msg(Request.SET_VRING_KICK, encodeU64Payload(0x200), [1])),
+    /payload 0x200 has bits beyond index and NOFD/,
+  );
   violates(tt, () => decodeVringFile(msg(Request.SET_VRING_KICK, encodeU64Payload(1n << 63n), [1])), /bits beyond index and NOFD/);
   violates(tt, () => decodeVringFile(msg(Request.SET_VRING_KICK, Buffer.alloc(4), [1])), /SET_VRING_KICK payload is 4 bytes, expected 8/);
 });
@@ -192,12 +299,32 @@ t.test('config', async (tt) => {
   tt.equal(decodeConfig(msg(Request.GET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(60)))).size, 60);
   tt.equal(decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(0, 1, Buffer.alloc(256)))).size, 256, 'whole space, migration flag');
   tt.equal(decodeConfig(msg(Request.GET_CONFIG, encodeConfigPayload(256, 0, Buffer.alloc(0)))).size, 0, 'empty access at the end');
-  violates(tt, () => decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(200, 0, Buffer.alloc(60)))), /offset 200 \+ size 60 exceeds the 256-byte config space/);
-  violates(tt, () => decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(0xffff_ffff, 0, Buffer.alloc(2)))), /exceeds the 256-byte config space/);
-  violates(tt, () => decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(8), 0xffff_fff8))), /exceeds the 256-byte config space/);
-  violates(tt, () => decodeConfig(msg(Request.GET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(10), 60))), /^GET_CONFIG payload is 22 bytes, expected 72$/);
+  violates(
+    tt,
+    () => decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(200, 0, Buffer.alloc(60)))),
+    /offset 200 \+ size 60 exceeds the 256-byte config space/,
+  );
+  violates(
+    tt,
+    () => decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(0xffff_ffff, 0, Buffer.alloc(2)))),
+    /exceeds the 256-byte config space/,
+  );
+  violates(
+    tt,
+    () => decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(8), 0xffff_fff8))),
+    /exceeds the 256-byte config space/,
+  );
+  violates(
+    tt,
+    () => decodeConfig(msg(Request.GET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(10), 60))),
+    /^GET_CONFIG payload is 22 bytes, expected 72$/,
+  );
   violates(tt, () => decodeConfig(msg(Request.GET_CONFIG, Buffer.alloc(8))), /shorter than the 12-byte config header/);
-  violates(tt, () => decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(0, 2, Buffer.alloc(4)))), /flags 2 is neither 0 \(writable\) nor 1 \(migration\)/);
+  violates(
+    tt,
+    () => decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(0, 2, Buffer.alloc(4)))),
+    /flags 2 is neither 0 \(writable\) nor 1 \(migration\)/,
+  );
   violates(tt, () => decodeConfig(msg(Request.SET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(4)), [1])), /carries 1 fds/);
 });
 
@@ -214,7 +341,13 @@ t.test('GET_INFLIGHT_FD / SET_INFLIGHT_FD', async (tt) => {
   violates(tt, () => decodeGetInflight(msg(Request.GET_INFLIGHT_FD, p, [3])), /GET_INFLIGHT_FD carries 1 fds, expected 0/);
   violates(tt, () => decodeGetInflight(msg(Request.GET_INFLIGHT_FD, p.subarray(0, 20))), /payload is 20 bytes, expected 24/);
   const set = encodeInflightPayload({ mmapSize: 4224, mmapOffset: 4096, numQueues: 1, queueSize: 128 });
-  tt.same(decodeSetInflight(msg(Request.SET_INFLIGHT_FD, set, [7])), { mmapSize: 4224, mmapOffset: 4096, numQueues: 1, queueSize: 128, fd: 7 });
+  tt.same(decodeSetInflight(msg(Request.SET_INFLIGHT_FD, set, [7])), {
+    mmapSize: 4224,
+    mmapOffset: 4096,
+    numQueues: 1,
+    queueSize: 128,
+    fd: 7,
+  });
   violates(tt, () => decodeSetInflight(msg(Request.SET_INFLIGHT_FD, set)), /SET_INFLIGHT_FD carries 0 fds, expected 1/);
   violates(tt, () => decodeSetInflight(msg(Request.SET_INFLIGHT_FD, set, [7, 8])), /carries 2 fds, expected 1/);
   violates(tt, () => decodeSetInflight(msg(Request.SET_INFLIGHT_FD, p, [7])), /mmap_size is 0/);
@@ -227,7 +360,11 @@ t.test('GET_INFLIGHT_FD / SET_INFLIGHT_FD', async (tt) => {
 t.test('SET_STATUS', async (tt) => {
   tt.equal(decodeStatus(msg(Request.SET_STATUS, encodeU64Payload(0xff))), 0xff);
   tt.equal(decodeStatus(msg(Request.SET_STATUS, encodeU64Payload(0))), 0);
-  violates(tt, () => decodeStatus(msg(Request.SET_STATUS, encodeU64Payload(0x100))), /SET_STATUS 0x100 does not fit the 8-bit device status/);
+  violates(
+    tt,
+    () => decodeStatus(msg(Request.SET_STATUS, encodeU64Payload(0x100))),
+    /SET_STATUS 0x100 does not fit the 8-bit device status/,
+  );
   violates(tt, () => decodeStatus(msg(Request.SET_STATUS, encodeU64Payload(1), [4])), /carries 1 fds, expected 0/);
 });
 
@@ -242,12 +379,21 @@ t.test('decodeRequest routes by request code', async (tt) => {
   tt.equal(decodeRequest(msg(Request.SET_MEM_TABLE, encodeMemTablePayload([R0]), [1])).kind, 'mem-table');
   tt.equal(decodeRequest(msg(Request.ADD_MEM_REG, encodeMemRegPayload(R0), [1])).kind, 'add-mem-reg');
   tt.equal(decodeRequest(msg(Request.REM_MEM_REG, encodeMemRegPayload(R0))).kind, 'rem-mem-reg');
-  tt.same(decodeRequest(msg(Request.SET_VRING_CALL, encodeVringFilePayload(1, false), [8])), { kind: 'vring-file', file: { index: 1, fd: 8 } });
+  tt.same(decodeRequest(msg(Request.SET_VRING_CALL, encodeVringFilePayload(1, false), [8])), {
+    kind: 'vring-file',
+    file: { index: 1, fd: 8 },
+  });
   tt.equal(decodeRequest(msg(Request.GET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(60)))).kind, 'config');
   tt.same(decodeRequest(msg(Request.SET_BACKEND_REQ_FD, Buffer.alloc(0), [4])), { kind: 'backend-fd', fd: 4 });
   const inflight = encodeInflightPayload({ mmapSize: 8192, mmapOffset: 0, numQueues: 2, queueSize: 128 });
-  tt.same(decodeRequest(msg(Request.GET_INFLIGHT_FD, inflight)), { kind: 'inflight', inflight: { mmapSize: 8192, mmapOffset: 0, numQueues: 2, queueSize: 128, fd: -1 } });
-  tt.same(decodeRequest(msg(Request.SET_INFLIGHT_FD, inflight, [9])), { kind: 'inflight', inflight: { mmapSize: 8192, mmapOffset: 0, numQueues: 2, queueSize: 128, fd: 9 } });
+  tt.same(decodeRequest(msg(Request.GET_INFLIGHT_FD, inflight)), {
+    kind: 'inflight',
+    inflight: { mmapSize: 8192, mmapOffset: 0, numQueues: 2, queueSize: 128, fd: -1 },
+  });
+  tt.same(decodeRequest(msg(Request.SET_INFLIGHT_FD, inflight, [9])), {
+    kind: 'inflight',
+    inflight: { mmapSize: 8192, mmapOffset: 0, numQueues: 2, queueSize: 128, fd: 9 },
+  });
   for (const code of [Request.SET_LOG_BASE, Request.IOTLB_MSG, 0, 41, 1000]) {
     tt.equal(payloadKind(code), 'unsupported', `code ${code}`);
     tt.same(decodeRequest(msg(code, Buffer.alloc(24), [1])), { kind: 'unsupported' });
@@ -270,7 +416,10 @@ t.test('encoders', async (tt) => {
   tt.same([s.readUInt32LE(8), s.readUInt32LE(12), s.readUInt32LE(16)], [8, 1, 77]);
 
   const c = encodeConfigReply(0, 0, Buffer.from([1, 2, 3]));
-  tt.same([c.readUInt32LE(0), c.readUInt32LE(8), c.readUInt32LE(12), c.readUInt32LE(16), c.readUInt32LE(20)], [Request.GET_CONFIG, 15, 0, 3, 0]);
+  tt.same(
+    [c.readUInt32LE(0), c.readUInt32LE(8), c.readUInt32LE(12), c.readUInt32LE(16), c.readUInt32LE(20)],
+    [Request.GET_CONFIG, 15, 0, 3, 0],
+  );
   tt.same([...c.subarray(24)], [1, 2, 3]);
   tt.equal(encodeConfigReply(0, 0, Buffer.alloc(0)).readUInt32LE(8), 0, 'empty config reply signals failure');
 
@@ -351,10 +500,17 @@ t.test('property: structured messages near the limits', async (tt) => {
 t.test('property: valid memory tables round-trip', async (tt) => {
   fc.assert(
     fc.property(
-      fc.array(fc.record({ pages: fc.integer({ min: 1, max: 1 << 20 }), gap: fc.integer({ min: 0, max: 1 << 20 }), off: fc.integer({ min: 0, max: 1 << 20 }) }), {
-        minLength: 1,
-        maxLength: 8,
-      }),
+      fc.array(
+        fc.record({
+          pages: fc.integer({ min: 1, max: 1 << 20 }),
+          gap: fc.integer({ min: 0, max: 1 << 20 }),
+          off: fc.integer({ min: 0, max: 1 << 20 }),
+        }),
+        {
+          minLength: 1,
+          maxLength: 8,
+        },
+      ),
       (specs) => {
         let gpa = 0;
         const regions = specs.map((s, i) => {

@@ -10,18 +10,8 @@
 
 import fs from 'node:fs';
 import { native } from '../../../src/native/binding';
-import {
-  encodeConfigPayload,
-  encodeMessage,
-  encodeU64Payload,
-  encodeVringStatePayload,
-} from '../../../src/vhost-user/encode';
-import {
-  encodeMemRegPayload,
-  encodeMemTablePayload,
-  encodeVringAddrPayload,
-  encodeVringFilePayload,
-} from '../../frontend/encode';
+import { encodeConfigPayload, encodeMessage, encodeU64Payload, encodeVringStatePayload } from '../../../src/vhost-user/encode';
+import { encodeMemRegPayload, encodeMemTablePayload, encodeVringAddrPayload, encodeVringFilePayload } from '../../frontend/encode';
 import { Flags, HEADER_SIZE, ProtocolFeature, Request, featureBit, requestName } from '../../../src/vhost-user/protocol';
 import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/virtio/constants';
 import { BlkDriver } from '../../frontend/blk-driver';
@@ -108,7 +98,11 @@ class FuzzConnection implements MessageSource {
   maxIdleReads: number | undefined;
   /** Real requests that completed (the connection got deep enough to serve I/O). */
   ioDone = 0;
-  offered = DEFAULT_BLK_FEATURES | featureBit(VirtioFeature.RING_EVENT_IDX) | featureBit(VirtioFeature.RING_INDIRECT_DESC) | featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
+  offered =
+    DEFAULT_BLK_FEATURES |
+    featureBit(VirtioFeature.RING_EVENT_IDX) |
+    featureBit(VirtioFeature.RING_INDIRECT_DESC) |
+    featureBit(VHOST_USER_F_PROTOCOL_FEATURES);
   /** Memfds the daemon may have mapped that we do not map ourselves (safe to truncate). */
   readonly foreignMemfds: FuzzFd[] = [];
 
@@ -135,12 +129,19 @@ class FuzzConnection implements MessageSource {
   /** fd kinds this run may create (a kind whose finding switch is off is never made). */
   private kinds(): FdKind[] {
     return FD_KINDS.filter(
-      (k) => (this.findings.has('blocking-call-fd') || !BLOCKING_KINDS.has(k)) && (this.findings.has('hung-up-kick-fd') || !HUNG_UP_KINDS.has(k)),
+      (k) =>
+        (this.findings.has('blocking-call-fd') || !BLOCKING_KINDS.has(k)) &&
+        (this.findings.has('hung-up-kick-fd') || !HUNG_UP_KINDS.has(k)),
     );
   }
 
   fd(kind?: FdKind): FuzzFd {
-    const k = kind ?? this.rng.weighted<FdKind>([[6, 'eventfd'], [6, this.rng.pick(this.kinds())]]);
+    const k =
+      kind ??
+      this.rng.weighted<FdKind>([
+        [6, 'eventfd'],
+        [6, this.rng.pick(this.kinds())],
+      ]);
     return this.fds.make(k, this.rng);
   }
 
@@ -153,7 +154,10 @@ class FuzzConnection implements MessageSource {
       return;
     }
     this.log(`${what}${fdNote}`);
-    this.fe.sendRaw(bytes, fds.map((f) => f.fd));
+    this.fe.sendRaw(
+      bytes,
+      fds.map((f) => f.fd),
+    );
   }
 
   private allowed(h: { request: number; flags: number; size: number }, bytes: Buffer, fds: FuzzFd[]): boolean {
@@ -233,7 +237,11 @@ class FuzzConnection implements MessageSource {
   /** The same start-up message by message, each step skipped, mutated or preceded by noise now and then. */
   async rawStartup(): Promise<void> {
     const rng = this.rng;
-    this.mem = GuestMemory.create({ regions: regionSizes(rng), gap: rng.pick([0, 0, PAGE, MiB]), fdLayout: rng.pick(['separate', 'shared-fd'] as const) });
+    this.mem = GuestMemory.create({
+      regions: regionSizes(rng),
+      gap: rng.pick([0, 0, PAGE, MiB]),
+      fdLayout: rng.pick(['separate', 'shared-fd'] as const),
+    });
     const mem = this.mem;
     // Region 0 is at least 64 KiB and the allocator starts at its base.
     this.canaryGpa = mem.alloc(CANARY_BYTES, PAGE, { region: 0 });
@@ -243,11 +251,14 @@ class FuzzConnection implements MessageSource {
     const protocol = DEFAULT_PROTOCOL_FEATURES & ~(rng.chance(0.5) ? featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS) : 0n);
     let features = 0n;
     const steps: [string, () => Promise<void> | void][] = [
-      ['GET_FEATURES', async () => {
-        this.send(encodeMessage(Request.GET_FEATURES, Flags.VERSION), [], 'GET_FEATURES');
-        const r = await this.reply();
-        if (r?.length === 8) this.offered = r.readBigUInt64LE(0);
-      }],
+      [
+        'GET_FEATURES',
+        async () => {
+          this.send(encodeMessage(Request.GET_FEATURES, Flags.VERSION), [], 'GET_FEATURES');
+          const r = await this.reply();
+          if (r?.length === 8) this.offered = r.readBigUInt64LE(0);
+        },
+      ],
       ['GET_PROTOCOL_FEATURES', () => this.msg(Request.GET_PROTOCOL_FEATURES)],
       ['SET_PROTOCOL_FEATURES', () => this.msg(Request.SET_PROTOCOL_FEATURES, encodeU64Payload(protocol))],
       ['GET_QUEUE_NUM', () => this.msg(Request.GET_QUEUE_NUM)],
@@ -255,39 +266,71 @@ class FuzzConnection implements MessageSource {
       ['SET_BACKEND_REQ_FD', () => this.msg(Request.SET_BACKEND_REQ_FD, Buffer.alloc(0), [this.fd()])],
       ['SET_OWNER', () => this.msg(Request.SET_OWNER)],
       ['GET_FEATURES', () => this.msg(Request.GET_FEATURES)],
-      ['init notifiers', () => {
-        for (let q = 0; q < queues; q++) {
-          this.msg(Request.SET_VRING_CALL, encodeVringFilePayload(q, false), [this.fd()]);
-          this.msg(Request.SET_VRING_ERR, encodeVringFilePayload(q, false), [this.fd()]);
-        }
-      }],
+      [
+        'init notifiers',
+        () => {
+          for (let q = 0; q < queues; q++) {
+            this.msg(Request.SET_VRING_CALL, encodeVringFilePayload(q, false), [this.fd()]);
+            this.msg(Request.SET_VRING_ERR, encodeVringFilePayload(q, false), [this.fd()]);
+          }
+        },
+      ],
       ['GET_CONFIG', () => this.msg(Request.GET_CONFIG, encodeConfigPayload(0, 0, Buffer.alloc(60)))],
-      ['SET_FEATURES', () => {
-        features = this.offered & (DEFAULT_BLK_FEATURES | featureBit(VHOST_USER_F_PROTOCOL_FEATURES) | featureBit(VirtioFeature.RING_EVENT_IDX) | featureBit(VirtioFeature.RING_INDIRECT_DESC));
-        if (rng.chance(0.3)) features &= ~featureBit(VirtioFeature.RING_EVENT_IDX);
-        this.msg(Request.SET_FEATURES, encodeU64Payload(features));
-      }],
-      ['memory', () => {
-        if ((protocol & featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS)) !== 0n && rng.chance(0.5)) {
-          for (const r of mem.regions) this.msg(Request.ADD_MEM_REG, encodeMemRegPayload(r), [{ fd: r.fd, kind: 'memfd' }]);
-        } else {
-          this.msg(Request.SET_MEM_TABLE, encodeMemTablePayload(mem.regions), mem.regions.map((r) => ({ fd: r.fd, kind: 'memfd' as const })));
-        }
-      }],
-      ['rings', () => {
-        for (let q = 0; q < queues; q++) {
-          const ring = this.placeRing(num);
-          this.rings[q] = ring;
-          this.msg(Request.SET_VRING_NUM, encodeVringStatePayload(q, num));
-          this.msg(Request.SET_VRING_BASE, encodeVringStatePayload(q, 0));
-          this.msg(Request.SET_VRING_ADDR, encodeVringAddrPayload({ index: q, desc: mem.gpaToUva(ring.descGpa), used: mem.gpaToUva(ring.usedGpa), avail: mem.gpaToUva(ring.availGpa) }));
-          this.msg(Request.SET_VRING_KICK, encodeVringFilePayload(q, false), [this.fd()]);
-          this.msg(Request.SET_VRING_CALL, encodeVringFilePayload(q, false), [this.fd()]);
-        }
-      }],
-      ['enable', () => {
-        for (let q = 0; q < queues; q++) this.msg(Request.SET_VRING_ENABLE, encodeVringStatePayload(q, 1));
-      }],
+      [
+        'SET_FEATURES',
+        () => {
+          features =
+            this.offered &
+            (DEFAULT_BLK_FEATURES |
+              featureBit(VHOST_USER_F_PROTOCOL_FEATURES) |
+              featureBit(VirtioFeature.RING_EVENT_IDX) |
+              featureBit(VirtioFeature.RING_INDIRECT_DESC));
+          if (rng.chance(0.3)) features &= ~featureBit(VirtioFeature.RING_EVENT_IDX);
+          this.msg(Request.SET_FEATURES, encodeU64Payload(features));
+        },
+      ],
+      [
+        'memory',
+        () => {
+          if ((protocol & featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS)) !== 0n && rng.chance(0.5)) {
+            for (const r of mem.regions) this.msg(Request.ADD_MEM_REG, encodeMemRegPayload(r), [{ fd: r.fd, kind: 'memfd' }]);
+          } else {
+            this.msg(
+              Request.SET_MEM_TABLE,
+              encodeMemTablePayload(mem.regions),
+              mem.regions.map((r) => ({ fd: r.fd, kind: 'memfd' as const })),
+            );
+          }
+        },
+      ],
+      [
+        'rings',
+        () => {
+          for (let q = 0; q < queues; q++) {
+            const ring = this.placeRing(num);
+            this.rings[q] = ring;
+            this.msg(Request.SET_VRING_NUM, encodeVringStatePayload(q, num));
+            this.msg(Request.SET_VRING_BASE, encodeVringStatePayload(q, 0));
+            this.msg(
+              Request.SET_VRING_ADDR,
+              encodeVringAddrPayload({
+                index: q,
+                desc: mem.gpaToUva(ring.descGpa),
+                used: mem.gpaToUva(ring.usedGpa),
+                avail: mem.gpaToUva(ring.availGpa),
+              }),
+            );
+            this.msg(Request.SET_VRING_KICK, encodeVringFilePayload(q, false), [this.fd()]);
+            this.msg(Request.SET_VRING_CALL, encodeVringFilePayload(q, false), [this.fd()]);
+          }
+        },
+      ],
+      [
+        'enable',
+        () => {
+          for (let q = 0; q < queues; q++) this.msg(Request.SET_VRING_ENABLE, encodeVringStatePayload(q, 1));
+        },
+      ],
     ];
     for (const [name, step] of steps) {
       if (!this.fe.isOpen) return;
@@ -367,7 +410,11 @@ class FuzzConnection implements MessageSource {
     const n = rng.int(1, 8);
     const heads: number[] = [];
     for (let i = 0; i < n; i++) {
-      heads.push(rng.chance(0.95) ? writeRandomChain(ring, this.mem, rng, this.target.capacitySectors) : rng.pick([ring.size, 0xffff, rng.int(0, 0xffff)]));
+      heads.push(
+        rng.chance(0.95)
+          ? writeRandomChain(ring, this.mem, rng, this.target.capacitySectors)
+          : rng.pick([ring.size, 0xffff, rng.int(0, 0xffff)]),
+      );
     }
     for (const h of heads) ring.pushAvail(h);
     if (rng.chance(0.97)) ring.publish();
@@ -502,17 +549,30 @@ class FuzzConnection implements MessageSource {
   async randomAction(gentle: boolean): Promise<void> {
     const rng = this.rng;
     const action = rng.weighted<string>([
-      [gentle ? 1 : 5, 'message'], [gentle ? 0.2 : 3, 'mutated'], [gentle ? 1 : 5, 'ring'], [gentle ? 6 : 3, 'io'], [gentle ? 1 : 3, 'swap'], [2, 'yield'],
-      [1, 'truncate'], [1, 'grow'],
+      [gentle ? 1 : 5, 'message'],
+      [gentle ? 0.2 : 3, 'mutated'],
+      [gentle ? 1 : 5, 'ring'],
+      [gentle ? 6 : 3, 'io'],
+      [gentle ? 1 : 3, 'swap'],
+      [2, 'yield'],
+      [1, 'truncate'],
+      [1, 'grow'],
     ]);
     switch (action) {
-      case 'message': return this.randomMessage();
-      case 'mutated': return this.mutatedMessage();
-      case 'ring': return this.ringActivity();
-      case 'io': return this.io();
-      case 'swap': return this.swapFd();
-      case 'truncate': return this.truncateMemfd();
-      case 'grow': return this.growRunningRing();
+      case 'message':
+        return this.randomMessage();
+      case 'mutated':
+        return this.mutatedMessage();
+      case 'ring':
+        return this.ringActivity();
+      case 'io':
+        return this.io();
+      case 'swap':
+        return this.swapFd();
+      case 'truncate':
+        return this.truncateMemfd();
+      case 'grow':
+        return this.growRunningRing();
       default: {
         const ms = rng.int(0, 10);
         this.log(`sleep ${ms} ms`);
@@ -574,7 +634,8 @@ export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactor
     if (fe.isOpen && c.kickSent) c.noteIdleReads(await c.idleReads());
     canaryHit = c.canaryHit();
     if (c.grewRunningRing !== undefined && !c.modelUnsure && !(await until(() => !fe.isOpen, 2000))) acceptedGrow = c.grewRunningRing;
-    if (canaryHit !== undefined) c.log(`canary written at offset ${canaryHit}: ${c.mem!.read(c.canaryGpa! + canaryHit, 16).toString('hex')}`);
+    if (canaryHit !== undefined)
+      c.log(`canary written at offset ${canaryHit}: ${c.mem!.read(c.canaryGpa! + canaryHit, 16).toString('hex')}`);
     if (fe.isOpen && !c.done && rng.chance(0.25)) c.truncatedMessage();
   } catch (err) {
     note(err);

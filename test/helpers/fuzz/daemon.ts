@@ -16,11 +16,17 @@ export interface ToolDaemon extends Daemon {
   pid: number;
 }
 
-export async function startToolDaemon(t: Test, opts: { asan: boolean; imageBytes: number; queues: number; nodeArgs?: string[] }): Promise<ToolDaemon> {
+export async function startToolDaemon(
+  t: Test,
+  opts: { asan: boolean; imageBytes: number; queues: number; nodeArgs?: string[] },
+): Promise<ToolDaemon> {
   const dir = tmpDir('vublk-tool-');
   const image = makeImage(dir, opts.imageBytes);
   const socket = path.join(dir, 'vublk.sock');
-  const v = await startVublk(['--disk', image, '--socket', socket, '--queues', String(opts.queues)], { asan: opts.asan, nodeArgs: opts.nodeArgs }).catch((err: unknown) => {
+  const v = await startVublk(['--disk', image, '--socket', socket, '--queues', String(opts.queues)], {
+    asan: opts.asan,
+    nodeArgs: opts.nodeArgs,
+  }).catch((err: unknown) => {
     fs.rmSync(dir, { recursive: true, force: true });
     throw err;
   });

@@ -36,7 +36,8 @@ export function enabledFindings(spec: string | undefined = process.env.VUBLK_FUZ
   if (spec === 'none') return new Set();
   const out = new Set<FindingKey>();
   for (const k of spec.split(',').map((s) => s.trim())) {
-    if (!(k in FINDINGS)) throw new Error(`VUBLK_FUZZ_FINDINGS: unknown key "${k}"; expected all, none or some of ${FINDING_KEYS.join(', ')}`);
+    if (!(k in FINDINGS))
+      throw new Error(`VUBLK_FUZZ_FINDINGS: unknown key "${k}"; expected all, none or some of ${FINDING_KEYS.join(', ')}`);
     out.add(k as FindingKey);
   }
   return out;

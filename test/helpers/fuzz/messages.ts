@@ -17,12 +17,14 @@ export function requestFlags(rng: Rng): number {
 
 /** A random payload of a random length (for requests the fuzzer has no model of). */
 export function randomPayload(rng: Rng): Buffer {
-  return rng.bytes(rng.weighted<number>([
-    [3, 0],
-    [3, 8],
-    [1, 40],
-    [1, rng.int(0, 300)],
-  ]));
+  return rng.bytes(
+    rng.weighted<number>([
+      [3, 0],
+      [3, 8],
+      [1, 40],
+      [1, rng.int(0, 300)],
+    ]),
+  );
 }
 
 /**
@@ -81,7 +83,7 @@ export function mutate(bytes: Buffer, rng: Rng): { bytes: Buffer; what: string }
       // The payload of another request under this header.
       const other = encodeMessage(rng.pick(ALL_REQUESTS), Flags.VERSION, randomPayload(rng));
       b.copy(other, 0, 0, 4);
-      return { bytes: other, what: 'another request\'s payload' };
+      return { bytes: other, what: "another request's payload" };
     }
   }
 }

@@ -155,7 +155,12 @@ export function writeRandomChain(ring: RingTarget, mem: GuestMemory, rng: Rng, c
     ]);
     segs.push({ addr: someGpa(mem, rng, len), len, flags: writeData || rng.chance(0.05) ? DescFlags.WRITE : 0, next: 0 });
   }
-  segs.push({ addr: someGpa(mem, rng, 1), len: rng.chance(0.95) ? 1 : rng.int(0, 8), flags: rng.chance(0.95) ? DescFlags.WRITE : 0, next: 0 });
+  segs.push({
+    addr: someGpa(mem, rng, 1),
+    len: rng.chance(0.95) ? 1 : rng.int(0, 8),
+    flags: rng.chance(0.95) ? DescFlags.WRITE : 0,
+    next: 0,
+  });
   // Link them: mostly through consecutive random slots, sometimes through an indirect table.
   if (rng.chance(0.15)) {
     let table: number;
@@ -177,7 +182,12 @@ export function writeRandomChain(ring: RingTarget, mem: GuestMemory, rng: Rng, c
     });
     const head = rng.int(0, n - 1);
     const len = rng.chance(0.9) ? DESC_SIZE * segs.length : rng.u32ish();
-    ring.writeDesc(head, { addr: table, len, flags: DescFlags.INDIRECT | (rng.chance(0.05) ? DescFlags.NEXT : 0), next: rng.int(0, n - 1) });
+    ring.writeDesc(head, {
+      addr: table,
+      len,
+      flags: DescFlags.INDIRECT | (rng.chance(0.05) ? DescFlags.NEXT : 0),
+      next: rng.int(0, n - 1),
+    });
     return head;
   }
   const slots = segs.map(() => rng.int(0, n - 1));

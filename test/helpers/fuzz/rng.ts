@@ -58,7 +58,7 @@ export class Rng {
     return this.weighted<() => number>([
       [3, () => 0],
       [2, () => 1],
-      [2, () => 1 << this.int(0, 31) >>> 0],
+      [2, () => (1 << this.int(0, 31)) >>> 0],
       [2, () => 0xffff_ffff - this.int(0, 16)],
       [1, () => 0xffff],
       [1, () => 0x1_0000],

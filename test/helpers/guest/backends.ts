@@ -35,13 +35,16 @@ export interface VublkOptions {
  */
 export async function startVublkBackend(opts: VublkOptions): Promise<ChildProcess> {
   if (opts.removeStaleSocket ?? true) await fsp.rm(opts.socket, { force: true });
-  const v = await startVublkProcess(['--disk', opts.image, '--socket', opts.socket, '--queues', String(opts.queues), ...(opts.extraArgs ?? [])], {
-    cwd: repoRoot(),
-    socket: opts.socket,
-    asan: false,
-    ready: /\bvublk: info: serving\b/,
-    onSpawn: (child) => void watchDaemon(child, 'node', opts.log),
-  });
+  const v = await startVublkProcess(
+    ['--disk', opts.image, '--socket', opts.socket, '--queues', String(opts.queues), ...(opts.extraArgs ?? [])],
+    {
+      cwd: repoRoot(),
+      socket: opts.socket,
+      asan: false,
+      ready: /\bvublk: info: serving\b/,
+      onSpawn: (child) => void watchDaemon(child, 'node', opts.log),
+    },
+  );
   return v.child;
 }
 

@@ -80,7 +80,14 @@ export interface GuestDisk {
  */
 export async function guestDisk(
   tt: Test,
-  opts: { prefix: string; imageBytes: number; imageName?: string; loop4k?: boolean; what?: string; daemon?: () => ChildProcess | undefined },
+  opts: {
+    prefix: string;
+    imageBytes: number;
+    imageName?: string;
+    loop4k?: boolean;
+    what?: string;
+    daemon?: () => ChildProcess | undefined;
+  },
 ): Promise<GuestDisk> {
   const dir = await fsp.mkdtemp(path.join(process.env.VUBLK_E2E_TMPDIR ?? os.tmpdir(), opts.prefix));
   const image = path.join(dir, opts.imageName ?? 'disk.img');
@@ -105,12 +112,16 @@ export async function guestDisk(
     const lbs = sysBlock(dev, 'queue/logical_block_size');
     const dio = sysBlock(dev, 'loop/dio');
     const attrs = ['physical_block_size', 'dma_alignment', 'discard_max_bytes', 'discard_granularity'];
-    tt.comment(`${opts.what !== undefined ? `${opts.what}: ` : ''}${dev} -> ${image}: logical_block_size=${lbs} dio=${dio} ` +
-      attrs.map((a) => `${a}=${sysBlock(dev, `queue/${a}`)}`).join(' '));
+    tt.comment(
+      `${opts.what !== undefined ? `${opts.what}: ` : ''}${dev} -> ${image}: logical_block_size=${lbs} dio=${dio} ` +
+        attrs.map((a) => `${a}=${sysBlock(dev, `queue/${a}`)}`).join(' '),
+    );
     // The host setup itself must be what the test is about.
     if (lbs !== '4096' || dio !== '1') {
-      throw new Error(`${dev} is not a 4K-native direct-I/O loop device (logical_block_size=${lbs}, dio=${dio}); ` +
-        `is ${dir} on a file system with O_DIRECT support? (set VUBLK_E2E_TMPDIR)`);
+      throw new Error(
+        `${dev} is not a 4K-native direct-I/O loop device (logical_block_size=${lbs}, dio=${dio}); ` +
+          `is ${dir} on a file system with O_DIRECT support? (set VUBLK_E2E_TMPDIR)`,
+      );
     }
   }
   return { dir, image, socket: path.join(dir, 'vhost.sock'), loop, disk: loop?.dev ?? image };

@@ -79,9 +79,7 @@ export function makeCpio(files: Array<{ name: string; data: Buffer | string; mod
   let ino = 1;
   const entry = (name: string, mode: number, data: Buffer): void => {
     const nameBuf = Buffer.from(`${name}\0`, 'utf8');
-    const header =
-      '070701' +
-      [ino++, mode, 0, 0, 1, mtime, data.length, 0, 0, 0, 0, nameBuf.length, 0].map(hex8).join('');
+    const header = '070701' + [ino++, mode, 0, 0, 1, mtime, data.length, 0, 0, 0, 0, nameBuf.length, 0].map(hex8).join('');
     parts.push(Buffer.from(header, 'ascii'), nameBuf, pad4(110 + nameBuf.length), data, pad4(data.length));
   };
   for (const f of files) {

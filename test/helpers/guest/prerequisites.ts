@@ -10,7 +10,6 @@ import { buildGuestScriptPath, guestCacheWarm } from './image';
 
 export type Prerequisites = { ok: boolean; reason?: string };
 
-
 /** Can we boot the e2e guest here? Root is not required (TCG, no /dev/kvm,
  *  apt-get download + dpkg-deb -x work unprivileged). */
 export function guestPrerequisites(): Prerequisites {

@@ -77,21 +77,32 @@ export async function runGuest(opts: RunGuestOptions): Promise<RunGuestResult> {
 
     const reconnectSecs = opts.reconnect === true ? 1 : opts.reconnect === false ? 0 : Math.trunc(opts.reconnect ?? 0);
     const args = [
-      '-accel', 'tcg,thread=multi',
-      '-cpu', 'max',
-      '-m', `${mem}M`,
-      '-smp', String(smp),
+      '-accel',
+      'tcg,thread=multi',
+      '-cpu',
+      'max',
+      '-m',
+      `${mem}M`,
+      '-smp',
+      String(smp),
       '-nographic',
       '-no-reboot',
-      '-kernel', kernel,
-      '-initrd', initrd,
-      '-append', 'console=ttyS0 panic=-1 quiet',
-      '-object', opts.memPath === undefined
+      '-kernel',
+      kernel,
+      '-initrd',
+      initrd,
+      '-append',
+      'console=ttyS0 panic=-1 quiet',
+      '-object',
+      opts.memPath === undefined
         ? `memory-backend-memfd,id=mem,size=${mem}M,share=on`
         : `memory-backend-file,id=mem,size=${mem}M,mem-path=${qemuOptValue(opts.memPath)},share=on`,
-      '-numa', 'node,memdev=mem',
-      '-chardev', `socket,id=c0,path=${qemuOptValue(opts.socket)}${reconnectSecs > 0 ? `,reconnect=${reconnectSecs}` : ''}`,
-      '-device', `vhost-user-blk-pci,chardev=c0,num-queues=${opts.queues}${opts.queueSize !== undefined ? `,queue-size=${opts.queueSize}` : ''}`,
+      '-numa',
+      'node,memdev=mem',
+      '-chardev',
+      `socket,id=c0,path=${qemuOptValue(opts.socket)}${reconnectSecs > 0 ? `,reconnect=${reconnectSecs}` : ''}`,
+      '-device',
+      `vhost-user-blk-pci,chardev=c0,num-queues=${opts.queues}${opts.queueSize !== undefined ? `,queue-size=${opts.queueSize}` : ''}`,
       ...(opts.extraQemuArgs ?? []),
     ];
     return await new Promise<RunGuestResult>((resolve, reject) => {

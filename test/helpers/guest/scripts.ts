@@ -43,9 +43,7 @@ export function guestScriptPreamble(common: GuestScriptCommon = {}): string {
   ];
   if (common.expectQueues !== undefined) {
     const q = Math.trunc(common.expectQueues);
-    lines.push(
-      `[ "$(ls /sys/block/vda/mq | wc -l)" -eq ${q} ] || fail "expected ${q} hw queues, got $(ls /sys/block/vda/mq | wc -l)"`,
-    );
+    lines.push(`[ "$(ls /sys/block/vda/mq | wc -l)" -eq ${q} ] || fail "expected ${q} hw queues, got $(ls /sys/block/vda/mq | wc -l)"`);
   }
   if (common.expectLogicalBlockSize !== undefined || common.expectPhysicalBlockSize !== undefined) {
     const q = '/sys/block/vda/queue';
@@ -64,9 +62,7 @@ export function guestScriptPreamble(common: GuestScriptCommon = {}): string {
   }
   if (common.expectSizeBytes !== undefined) {
     const sectors = Math.trunc(common.expectSizeBytes / 512);
-    lines.push(
-      `[ "$(cat /sys/block/vda/size)" -eq ${sectors} ] || fail "expected ${sectors} sectors, got $(cat /sys/block/vda/size)"`,
-    );
+    lines.push(`[ "$(cat /sys/block/vda/size)" -eq ${sectors} ] || fail "expected ${sectors} sectors, got $(cat /sys/block/vda/size)"`);
   }
   return lines.join('\n') + '\n';
 }
@@ -156,9 +152,7 @@ export function ext4Script(opts: Ext4Options = {}): string {
     ['tiny.bin', 1],
     ['empty.bin', 0],
   ];
-  const writes = files
-    .map(([n, b]) => `run "write ${n}" sh -c 'head -c ${b} /dev/urandom > /mnt/t/${n}'`)
-    .join('\n');
+  const writes = files.map(([n, b]) => `run "write ${n}" sh -c 'head -c ${b} /dev/urandom > /mnt/t/${n}'`).join('\n');
   return (
     guestScriptPreamble(opts) +
     `mkdir -p /mnt/t
