@@ -12,6 +12,7 @@ import { SECTOR_SIZE, VIRTIO_BLK_F_CONFIG_WCE, hasFeature } from '../virtio/cons
 import type { HostRules } from '../align/rw-plan';
 import { log } from '../log';
 import { DeviceStats } from '../metrics/device-stats';
+import { SharedDiskState } from './shared-disk-state';
 
 /**
  * Segments per DISCARD / WRITE_ZEROES request (max_*_seg). Linux merges
@@ -31,6 +32,10 @@ export interface BlkDeviceOptions {
   maxPinnedMemory?: number | undefined;
   /** Where the write cache mode is kept across restarts; undefined: in memory only (--state-file none). */
   writeCacheState?: WriteCacheStore | undefined;
+  /** Data-plane worker threads per connection (--workers); 0: the data plane runs on the main thread. */
+  workers?: number | undefined;
+  /** Bound on a worker's busy-poll pass, in microseconds (--poll-max-us); 0: no polling. */
+  pollMaxUs?: number | undefined;
 }
 
 /** The write cache mode's home across restarts (WriteCacheStateFile; a test may give another). */
@@ -78,8 +83,14 @@ export class BlkDevice {
   readonly fixedBuffers: boolean;
   /** Most guest memory one connection registers (pins) as fixed buffers, in bytes. */
   readonly maxPinnedBytes: number;
-  /** The guest's view of the disk, shared with every connection's handler. */
+  /** The guest's view of the disk, shared with every connection's handler (main thread's writer slot). */
   readonly blkDisk: DiskView;
+  /** Capacity, write cache mode and written ends, shared with data-plane workers. */
+  readonly shared = new SharedDiskState();
+  /** Data-plane worker threads per connection; 0: in-thread data plane. */
+  readonly workers: number;
+  /** Bound on a worker's busy-poll pass in microseconds; 0: no polling. */
+  readonly pollMaxUs: number;
   /** Counters over the daemon's life, for the metrics endpoint (connections report to it). */
   readonly stats: DeviceStats;
   /** The host's O_DIRECT rules the alignment layer works to. */
@@ -102,6 +113,8 @@ export class BlkDevice {
     this.stats = new DeviceStats(opts.queues);
     this.serial = opts.serial;
     this.fixedBuffers = opts.fixedBuffers;
+    this.workers = opts.workers ?? 0;
+    this.pollMaxUs = opts.pollMaxUs ?? 0;
     this.maxPinnedBytes = opts.maxPinnedMemory ?? Math.floor(os.totalmem() * DEFAULT_PINNED_FRACTION);
     const readOnly = opts.readOnly || disk.readOnly;
     const zd = disk.discard;
@@ -128,7 +141,9 @@ export class BlkDevice {
       writeback: savedWriteback ?? true,
     });
     // The request path reads the capacity from blkDisk alone (see resize()).
-    this.blkDisk = diskViewOf(this.config, readOnly, disk.kind === 'block');
+    this.shared.capacitySectors = this.config.capacity;
+    this.shared.writeback = this.config.writeback !== 0;
+    this.blkDisk = this.shared.view(diskViewOf(this.config, readOnly, disk.kind === 'block'), 0);
     encodeConfig(this.config, this.configBytes);
     // The write cache mode (CONFIG_WCE) belongs to the device, not to a
     // connection: a QEMU that reconnects does not repeat the guest's choice,
@@ -160,7 +175,7 @@ export class BlkDevice {
   resize(sizeBytes: number): ResizeResult {
     const before = this.config.capacity;
     const after = this.capacityFor(sizeBytes);
-    const writtenEnd = this.blkDisk.writtenEndSector ?? 0;
+    const writtenEnd = this.shared.writtenEndSector;
     if (after < before && after < writtenEnd) return { outcome: 'refused', before, after, writtenEnd };
     // The native bound (HostDisk.sizeBytes) follows even when the capacity
     // does not: a partial block grown to a whole one is reachable next time.
@@ -203,6 +218,7 @@ export class BlkDevice {
       return false;
     }
     this.config.writeback = next.writeback;
+    this.shared.writeback = next.writeback !== 0;
     encodeConfig(this.config, this.configBytes);
     return true;
   }
