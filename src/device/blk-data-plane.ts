@@ -3,8 +3,9 @@
 // registration, quiesce/resume, draining and counters.
 //
 // The vhost-user connection drives it through VhostUserDataPlane and knows
-// nothing of what is below: it is built by BlkBackend.connect() and lives
-// until destroy() at the end of the connection's close.
+// nothing of what is below: BlkBackend.connect() builds one on the main
+// thread (--workers 0), or each data-plane worker builds one for the queues
+// it serves (data-plane-worker.ts). It lives until destroy().
 
 import { native, type Session } from '../native/binding';
 import { BlkHandler } from '../blk/blk-handler';
@@ -19,11 +20,39 @@ import {
   hasFeature,
 } from '../virtio/constants';
 import { log } from '../log';
-import type { BlkDevice } from './blk-device';
+import type { QueueCounters } from '../blk/counters';
+import type { RequestStats } from '../blk/request-stats';
+import type { PlaneDevice } from './plane-device';
+import { PollLoop } from './poll-loop';
 import { FixedBufferPolicy } from './fixed-buffers';
 import { HostErrorLog } from './host-error-log';
 import { settlesWithin, waitForNativeWork } from './drain';
 import { wantedUringEntries, withUringEntries } from './uring-entries';
+
+/** The config space, where the data plane serves it (the main thread). */
+export interface ConfigSpace {
+  readConfig(offset: number, size: number): Uint8Array | null;
+  setWriteCache(acked: bigint, offset: number, data: Uint8Array, conn: number): boolean;
+}
+
+export interface PlaneOptions {
+  /** Served here when given (in-thread); a worker's data plane has none. */
+  config?: ConfigSpace | undefined;
+  /** A native.GuestMemory token: the session uses that memory (a worker's); absent: its own. */
+  memoryToken?: number | undefined;
+  /** Bound of a busy-poll pass after a batch, in ns; 0 or absent: no polling. */
+  pollMaxNs?: number | undefined;
+}
+
+/** A data plane's counters at one moment (posted from a worker: plain data). */
+export interface PlaneSnapshot {
+  counters: QueueCounters[];
+  stats: RequestStats[];
+  /** Requests in flight, per queue. */
+  inflight: number[];
+  /** [kicks, calls] of queue q at 2q, 2q + 1. */
+  rings: Float64Array;
+}
 
 export class BlkDataPlane implements VhostUserDataPlane {
   private readonly arrays: SessionArrays;
@@ -32,12 +61,14 @@ export class BlkDataPlane implements VhostUserDataPlane {
   private readonly fixedBuffers: FixedBufferPolicy;
   private readonly hostErrors: HostErrorLog;
   private readonly unwatchCapacity: () => void;
+  private readonly poller: PollLoop | undefined;
   private acked = 0n;
 
   constructor(
-    private readonly device: BlkDevice,
+    private readonly device: PlaneDevice,
     private readonly conn: number,
     private readonly events: DataPlaneEvents,
+    private readonly opts: PlaneOptions = {},
   ) {
     this.hostErrors = new HostErrorLog(conn, () => events.broken());
     this.fixedBuffers = new FixedBufferPolicy({ enabled: device.fixedBuffers, maxPinnedBytes: device.maxPinnedBytes, conn });
@@ -56,9 +87,16 @@ export class BlkDataPlane implements VhostUserDataPlane {
     });
     // Native calls these from the event loop: nothing may escape them, or a
     // bug on one connection would take the daemon down.
+    // A batch delivered by an event handler (not by a poll pass) starts polling.
     const callbacks = {
-      onChains: (q: number, n: number) => this.guard(() => this.handler.onChains(q, n)),
-      onCompletions: (n: number) => this.guard(() => this.handler.onCompletions(n)),
+      onChains: (q: number, n: number) => {
+        this.guard(() => this.handler.onChains(q, n));
+        this.poller?.woken();
+      },
+      onCompletions: (n: number) => {
+        this.guard(() => this.handler.onCompletions(n));
+        this.poller?.woken();
+      },
       onViolation: (q: number, rule: string) => events.violation(q < 0 ? rule : `queue ${q}: ${rule}`),
     };
     this.session = withUringEntries(
@@ -75,9 +113,12 @@ export class BlkDataPlane implements VhostUserDataPlane {
           callbacks,
           device.disk.sizeBytes,
           device.disk.kind === 'block',
+          ...(opts.memoryToken === undefined ? [] : [opts.memoryToken]),
         ),
     );
     const session = this.session;
+    const pollMaxNs = opts.pollMaxNs ?? 0;
+    this.poller = pollMaxNs > 0 ? new PollLoop((ns) => session.poll(ns), pollMaxNs) : undefined;
     this.handler.attach({
       submit: (n) => {
         try {
@@ -105,7 +146,7 @@ export class BlkDataPlane implements VhostUserDataPlane {
       session.growDisk(bytes);
       events.configChanged();
     });
-    device.stats.opened(this.handler, this.session);
+    device.stats?.opened(this.handler, this.session);
   }
 
   // ------------------------------------------------------------ features and config
@@ -118,11 +159,16 @@ export class BlkDataPlane implements VhostUserDataPlane {
   }
 
   readConfig(offset: number, size: number): Uint8Array | null {
-    return this.device.readConfig(offset, size);
+    return this.configSpace().readConfig(offset, size);
   }
 
   writeConfig(offset: number, data: Uint8Array): boolean {
-    return this.device.setWriteCache(this.acked, offset, data, this.conn);
+    return this.configSpace().setWriteCache(this.acked, offset, data, this.conn);
+  }
+
+  private configSpace(): ConfigSpace {
+    if (this.opts.config === undefined) throw new Error('internal error: the config space is served by the main thread');
+    return this.opts.config;
   }
 
   // ------------------------------------------------------------ guest memory
@@ -145,8 +191,22 @@ export class BlkDataPlane implements VhostUserDataPlane {
 
   /** Registers guest memory as io_uring fixed buffers if the policy allows (see fixed-buffers.ts). Called with I/O drained. */
   memoryChanged(): void {
+    this.registerMemory(this.session.regionBytes());
+  }
+
+  /**
+   * Shared guest memory (a worker's session): the main thread changed the
+   * regions (while every session using them was quiesced); `regions` is
+   * what native.GuestMemory.regions() lists now, `bytes` its regionBytes().
+   */
+  adoptRegions(regions: readonly { bufId: number; mmapOffset: number }[], bytes: number): void {
+    for (const r of regions) this.handler.setRegionPhase(r.bufId, r.mmapOffset);
+    this.registerMemory(bytes);
+  }
+
+  private registerMemory(bytes: number): void {
     this.handler.setRegistered(false);
-    this.handler.setRegistered(this.fixedBuffers.apply(this.session.regionBytes(), () => this.session.registerBuffers()));
+    this.handler.setRegistered(this.fixedBuffers.apply(bytes, () => this.session.registerBuffers()));
   }
 
   async quiesce(): Promise<number[]> {
@@ -264,6 +324,14 @@ export class BlkDataPlane implements VhostUserDataPlane {
     });
   }
 
+  /** Every counter as plain data, for the main thread's metrics (a worker's plane). */
+  snapshot(): PlaneSnapshot {
+    const rings = new Float64Array(2 * this.device.queues);
+    this.session.ringCounters(rings);
+    const inflight = this.handler.counters().map((_, q) => this.handler.inflight(q));
+    return { counters: [...this.handler.counters()], stats: [...this.handler.requestStats()], inflight, rings };
+  }
+
   private guard(fn: () => void): void {
     try {
       fn();
@@ -275,6 +343,7 @@ export class BlkDataPlane implements VhostUserDataPlane {
 
   async drain(timeoutMs: number, exiting: () => boolean): Promise<void> {
     this.unwatchCapacity();
+    this.poller?.stop();
     for (let q = 0; q < this.device.queues; q++) this.session.pauseVring(q, true);
     const inflight = this.handler.inflight();
     if (inflight > 0) log.info('draining in-flight requests', { conn: this.conn, inflight });
@@ -292,8 +361,11 @@ export class BlkDataPlane implements VhostUserDataPlane {
   }
 
   destroy(): void {
-    this.logCounters('closed');
-    this.device.stats.closing(this.handler, this.session);
+    this.poller?.stop();
+    if (this.device.stats !== undefined) {
+      this.logCounters('closed');
+      this.device.stats.closing(this.handler, this.session);
+    }
     this.session.destroy();
     this.handler.abandonAll();
   }
