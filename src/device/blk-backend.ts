@@ -1,9 +1,10 @@
 // The virtio-blk device as a vhost-user backend: what BlkDevice offers, and a
-// BlkDataPlane for every connection.
+// data plane for every connection (on worker threads, or in-thread with --workers 0).
 
 import type { DataPlaneEvents, VhostUserBackend, VhostUserDataPlane } from '../vhost-user/backend';
 import type { BlkDevice } from './blk-device';
 import { BlkDataPlane } from './blk-data-plane';
+import { WorkerDataPlane } from './worker-data-plane';
 
 export class BlkBackend implements VhostUserBackend {
   constructor(readonly device: BlkDevice) {}
@@ -25,7 +26,8 @@ export class BlkBackend implements VhostUserBackend {
   }
 
   connect(conn: number, events: DataPlaneEvents): VhostUserDataPlane {
-    return new BlkDataPlane(this.device, conn, events);
+    if (this.device.workers > 0) return new WorkerDataPlane(this.device, conn, events);
+    return new BlkDataPlane(this.device, conn, events, { config: this.device });
   }
 
   countViolation(): void {
