@@ -2,6 +2,7 @@
 // problem is a UsageError whose message is one line naming the option.
 
 import { MAX_QUEUES } from '../blk/features';
+import { MAX_WORKERS } from '../device/shared-disk-state';
 import { UsageError } from '../errors';
 import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel, isLogFormat, isLogLevel } from '../log';
 import { VIRTIO_BLK_ID_BYTES } from '../virtio/constants';
@@ -13,6 +14,9 @@ export const DEFAULT_DISK_PATH = './vublk-disk.img';
 export const DEFAULT_DISK_BYTES = 1024 * 1024 * 1024;
 export const DEFAULT_SOCKET_PATH = './vublk.sock';
 export const DEFAULT_QUEUES = 1;
+/** Default --poll-max-us: about one disk round trip on fast flash, QEMU's order of magnitude. */
+export const DEFAULT_POLL_MAX_US = 50;
+export const MAX_POLL_US = 100_000;
 /**
  * --queue-size caps the ring size a frontend may ask for (SET_VRING_NUM).
  * By default every size QEMU's vhost-user-blk-pci allows is served; an
@@ -70,6 +74,10 @@ export interface Options {
   metricsListen: MetricsAddress | undefined;
   /** Take QEMU's image locks on the disk (off: --no-image-lock; see src/disk/image-lock.ts). */
   imageLock: boolean;
+  /** --workers: data-plane worker threads per connection (default 0: in-thread). */
+  workers: number;
+  /** --poll-max-us: longest busy-poll pass of a worker after a batch; 0: no polling. */
+  pollMaxUs: number;
   /** --help was given: print usageText() and exit 0; other options are not validated. */
   help: boolean;
 }
@@ -94,6 +102,16 @@ const SPECS: readonly OptionSpec[] = [
     help: 'serve this inherited listening Unix socket instead of --socket (systemd socket activation needs no option)',
   },
   { name: 'queues', arg: 'N', help: `number of request queues, 1..${MAX_QUEUES} (default ${DEFAULT_QUEUES})` },
+  {
+    name: 'workers',
+    arg: 'N',
+    help: `data-plane worker threads, 0..${MAX_WORKERS}; queue q is served by worker q mod N; 0 serves every queue on the main thread (default 0)`,
+  },
+  {
+    name: 'poll-max-us',
+    arg: 'N',
+    help: `longest busy-poll pass of a worker after a batch, adapted to the load, 0..${MAX_POLL_US} microseconds; 0 disables polling (default ${DEFAULT_POLL_MAX_US})`,
+  },
   {
     name: 'queue-size',
     arg: 'N',
@@ -258,6 +276,8 @@ export function parseOptions(argv: readonly string[]): Options {
     stateFile: DEFAULT_SOCKET_PATH + STATE_FILE_SUFFIX,
     metricsListen: undefined,
     imageLock: true,
+    workers: 0,
+    pollMaxUs: DEFAULT_POLL_MAX_US,
     help: false,
   };
   if (argv.some((a) => a === '--help' || a === '-h')) {
@@ -266,6 +286,7 @@ export function parseOptions(argv: readonly string[]): Options {
   }
 
   let stateFile: string | undefined;
+  let workers: number | undefined;
   const seen = new Set<string>();
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i] ?? '';
@@ -311,6 +332,12 @@ export function parseOptions(argv: readonly string[]): Options {
       case 'queues':
         opts.queues = parseInteger('queues', value, 1, MAX_QUEUES, `an integer between 1 and ${MAX_QUEUES}`);
         break;
+      case 'workers':
+        workers = parseInteger('workers', value, 0, MAX_WORKERS, `an integer between 0 and ${MAX_WORKERS}`);
+        break;
+      case 'poll-max-us':
+        opts.pollMaxUs = parseInteger('poll-max-us', value, 0, MAX_POLL_US, `an integer between 0 and ${MAX_POLL_US}`);
+        break;
       case 'queue-size':
         opts.queueSize = parseQueueSize(value);
         break;
@@ -352,6 +379,8 @@ export function parseOptions(argv: readonly string[]): Options {
   if (opts.socketGiven && opts.socketFd !== undefined) {
     throw new UsageError('--socket and --socket-fd both name the socket to serve; give one of them');
   }
+  // In-thread until the addon shares guest memory between workers (native.GuestMemory, branch i11-native).
+  opts.workers = workers ?? 0;
   // A file named "none" is still reachable as ./none.
   opts.stateFile = stateFile === NO_STATE_FILE ? null : (stateFile ?? opts.socket + STATE_FILE_SUFFIX);
   return opts;

@@ -30,8 +30,17 @@ t.test('defaults', (t) => {
     maxPinnedMemory: undefined,
     stateFile: './vublk.sock.state',
     imageLock: true,
+    workers: 0,
+    pollMaxUs: 50,
     help: false,
   });
+  t.end();
+});
+
+t.test('--workers and --poll-max-us take bounded integers', (t) => {
+  t.equal(parseOptions(['--queues', '8', '--workers', '2']).workers, 2);
+  t.match((thrown(['--workers', '65']) as Error).message, /--workers expects an integer between 0 and 64/);
+  t.match((thrown(['--poll-max-us', '-1']) as Error).message, /--poll-max-us/);
   t.end();
 });
 
@@ -72,6 +81,8 @@ t.test('every option, both spellings', (t) => {
     maxPinnedMemory: 4 * 2 ** 30,
     stateFile: '/var/lib/vublk/vm1.state',
     imageLock: false,
+    workers: 3,
+    pollMaxUs: 0,
     help: false,
   };
   t.same(
@@ -99,6 +110,10 @@ t.test('every option, both spellings', (t) => {
       '--state-file',
       '/var/lib/vublk/vm1.state',
       '--no-image-lock',
+      '--workers',
+      '3',
+      '--poll-max-us',
+      '0',
     ]),
     expected,
   );
@@ -117,6 +132,8 @@ t.test('every option, both spellings', (t) => {
       '--max-pinned-memory=4g',
       '--state-file=/var/lib/vublk/vm1.state',
       '--no-image-lock',
+      '--workers=3',
+      '--poll-max-us=0',
     ]),
     expected,
   );

@@ -73,6 +73,17 @@ function exists(p: string): boolean {
 }
 
 /**
+ * VUBLK_TEST_WORKERS=N (read by the test helpers only) starts every daemon
+ * with `--workers N` unless the test chose its own: the integration suite
+ * runs in-thread (0) and on worker threads this way.
+ */
+export function withTestWorkers(args: string[]): string[] {
+  const n = process.env.VUBLK_TEST_WORKERS;
+  if (n === undefined || n === '' || args.some((a) => a === '--workers' || a.startsWith('--workers='))) return args;
+  return [...args, '--workers', n];
+}
+
+/**
  * Starts vublk and waits until it serves (socket exists and the start line is
  * logged). With `wrapper`, through that command: `wrapper... node
  * bin/vublk.js args...`; it must exec node in the same process (setpriv and
@@ -97,6 +108,7 @@ export async function startVublk(
     onSpawn?: (child: ChildProcess) => void;
   } = {},
 ): Promise<VublkProcess> {
+  args = withTestWorkers(args);
   const socketIdx = args.indexOf('--socket');
   const socket = opts.socket ?? (socketIdx >= 0 ? path.resolve(opts.cwd ?? '.', args[socketIdx + 1] ?? '') : '');
   // opts.asan overrides VUBLK_TEST_ASAN (the fuzzer picks the ASan build itself when it exists).
