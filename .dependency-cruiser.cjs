@@ -1,5 +1,6 @@
 // Layering rules for src/ (issue 10, item 2), run by test/layering.test.ts:
-// no import cycles, and the request path (blk/, align/) never reaches the native binding.
+// no import cycles, the request path (blk/, align/) never reaches the native binding, and
+// only bench/ and cli/ use the in-repo frontend.
 /** @type {import('dependency-cruiser').IConfiguration} */
 module.exports = {
   forbidden: [
@@ -16,6 +17,13 @@ module.exports = {
       comment: 'src/blk/ and src/align/ take a disk and segment lists; only the device layer may load the native binding.',
       from: { path: '(^|/)src/(blk|align)/' },
       to: { path: '(^|/)src/native/' },
+    },
+    {
+      name: 'frontend-only-for-bench',
+      severity: 'error',
+      comment: 'src/frontend/ plays QEMU and the guest: only the load generator (bench/) and the CLI drive it.',
+      from: { path: '(^|/)src/', pathNot: '(^|/)src/(frontend|bench|cli)/' },
+      to: { path: '(^|/)src/frontend/' },
     },
   ],
   options: {

@@ -8,8 +8,8 @@
 // (one avail idx write and at most one kick per queue), then prints one line
 // of JSON: {"iops", "mibps", "ios", "seconds", "latency_us": {p50, p99, max}, ...}.
 
-import { Frontend } from '../test/frontend/frontend';
-import { BlkDriver, BlkStatus, LAYOUTS, type Layout, parseBlkConfig, SECTOR_SIZE } from '../test/frontend/blk-driver';
+import { Frontend } from '../src/frontend/frontend';
+import { BlkDriver, BlkStatus, LAYOUTS, type Layout, parseBlkConfig, SECTOR_SIZE } from '../src/frontend/blk-driver';
 
 export interface RandReadOptions {
   socket: string;

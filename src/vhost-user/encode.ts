@@ -1,5 +1,5 @@
 // Encoders of the messages the back-end sends: replies (header + payload) and
-// the bare header of a back-end request. A front-end's payloads are test-only (test/frontend/encode.ts).
+// the bare header of a back-end request. A front-end's payloads are in src/frontend/encode.ts.
 
 import { CONFIG_HDR_SIZE, Flags, HEADER_SIZE, PayloadSize, Request } from './protocol';
 

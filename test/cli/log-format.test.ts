@@ -7,8 +7,8 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { BlkDriver } from '../frontend/blk-driver';
-import { Frontend } from '../frontend/frontend';
+import { BlkDriver } from '../../src/frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
 import { makeImage, runVublk, startVublk, tmpDir, type VublkProcess } from '../helpers/vublk-process';
 
 const IMAGE_BYTES = 32 << 20;

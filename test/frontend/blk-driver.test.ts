@@ -1,8 +1,8 @@
 import t from 'tap';
-import { BlkDriver, BlkStatus, BlkType, BLK_HEADER_SIZE, parseBlkConfig, type Layout } from './blk-driver';
-import type { Frontend } from './frontend';
-import { GuestMemory } from './guest-memory';
-import type { RingSeg } from './split-ring';
+import { BlkDriver, BlkStatus, BlkType, BLK_HEADER_SIZE, parseBlkConfig, type Layout } from '../../src/frontend/blk-driver';
+import type { Frontend } from '../../src/frontend/frontend';
+import { GuestMemory } from '../../src/frontend/guest-memory';
+import type { RingSeg } from '../../src/frontend/split-ring';
 
 /** A stand-in front-end: captures chains; the test completes them like a device. */
 function fakeFrontend(mem: GuestMemory) {

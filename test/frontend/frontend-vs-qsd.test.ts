@@ -4,8 +4,9 @@
 
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { Frontend, VirtioFeature, DEFAULT_PROTOCOL_FEATURES } from './frontend';
-import { BlkDriver, BlkStatus, BlkType, LAYOUTS, parseBlkConfig, SECTOR_SIZE, type BlkRequest } from './blk-driver';
+import { TestFrontend } from './test-frontend';
+import { VirtioFeature, DEFAULT_PROTOCOL_FEATURES } from '../../src/frontend/features';
+import { BlkDriver, BlkStatus, BlkType, LAYOUTS, parseBlkConfig, SECTOR_SIZE, type BlkRequest } from '../../src/frontend/blk-driver';
 import { Qsd, qsdMissingReason } from '../helpers/qsd';
 import { Flags, ProtocolFeature, Request, featureBit } from '../../src/vhost-user/protocol';
 import { runRandRead } from '../../bench/randread';
@@ -34,7 +35,7 @@ async function withQsd(tt: tap.Test, fn: (q: Qsd) => Promise<void>, opts: Parame
 function main(): void {
   t.test('setup negotiates like QEMU 7.2 and reads the config', (tt) =>
     withQsd(tt, async (q) => {
-      const fe = await Frontend.connect(q.socket);
+      const fe = await TestFrontend.connect(q.socket);
       tt.teardown(() => fe.close());
       await fe.setup({ queues: 2 });
       tt.ok(fe.hasFeature(VirtioFeature.VERSION_1), 'VERSION_1');
@@ -55,7 +56,7 @@ function main(): void {
 
   t.test('write and read back in every layout (event idx, indirect, ADD_MEM_REG)', (tt) =>
     withQsd(tt, async (q) => {
-      const fe = await Frontend.connect(q.socket);
+      const fe = await TestFrontend.connect(q.socket);
       tt.teardown(() => fe.close());
       await fe.setup({ queues: 1 });
       const d = new BlkDriver(fe);
@@ -82,7 +83,7 @@ function main(): void {
 
   t.test('buffers straddling the region boundary, odd fragments, SET_MEM_TABLE with shared fd', (tt) =>
     withQsd(tt, async (q) => {
-      const fe = await Frontend.connect(q.socket);
+      const fe = await TestFrontend.connect(q.socket);
       tt.teardown(() => fe.close());
       await fe.setup({
         queues: 1,
@@ -124,7 +125,7 @@ function main(): void {
 
   t.test('flush, get-id, errors', (tt) =>
     withQsd(tt, async (q) => {
-      const fe = await Frontend.connect(q.socket);
+      const fe = await TestFrontend.connect(q.socket);
       tt.teardown(() => fe.close());
       await fe.setup({ queues: 1 });
       const d = new BlkDriver(fe);
@@ -145,7 +146,7 @@ function main(): void {
 
   t.test('two queues in parallel, batches, GET_VRING_BASE', (tt) =>
     withQsd(tt, async (q) => {
-      const fe = await Frontend.connect(q.socket);
+      const fe = await TestFrontend.connect(q.socket);
       tt.teardown(() => fe.close());
       await fe.setup({ queues: 2, queueSize: 256 });
       const d = new BlkDriver(fe);
@@ -180,7 +181,7 @@ function main(): void {
 
   t.test('negotiation without REPLY_ACK, CONFIG, MQ, BACKEND_REQ', (tt) =>
     withQsd(tt, async (q) => {
-      const fe = await Frontend.connect(q.socket);
+      const fe = await TestFrontend.connect(q.socket);
       tt.teardown(() => fe.close());
       await fe.setup({ queues: 1, protocolFeatures: featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS), qemuInitNotifiers: false });
       tt.equal(fe.protocolFeatures, featureBit(ProtocolFeature.CONFIGURE_MEM_SLOTS));
@@ -194,7 +195,7 @@ function main(): void {
 
   t.test('needReplyAll: every command acked', (tt) =>
     withQsd(tt, async (q) => {
-      const fe = await Frontend.connect(q.socket);
+      const fe = await TestFrontend.connect(q.socket);
       tt.teardown(() => fe.close());
       await fe.setup({ queues: 2, needReplyAll: true, memTable: 'set-mem-table' });
       const d = new BlkDriver(fe);
@@ -204,7 +205,7 @@ function main(): void {
 
   t.test('malformed message: the back-end disconnects, pending work is rejected', (tt) =>
     withQsd(tt, async (q) => {
-      const fe = await Frontend.connect(q.socket);
+      const fe = await TestFrontend.connect(q.socket);
       tt.teardown(() => fe.close());
       await fe.setup({ queues: 1 });
       const d = new BlkDriver(fe);

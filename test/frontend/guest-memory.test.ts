@@ -1,6 +1,6 @@
 import t from 'tap';
 import { native } from '../../src/native/binding';
-import { GuestMemory } from './guest-memory';
+import { GuestMemory } from '../../src/frontend/guest-memory';
 
 const MIB = 1 << 20;
 

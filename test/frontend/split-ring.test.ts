@@ -1,6 +1,6 @@
 import t from 'tap';
-import { GuestMemory } from './guest-memory';
-import { DESC_SIZE, DescFlags, SplitRing, vringNeedEvent, type RingSeg } from './split-ring';
+import { GuestMemory } from '../../src/frontend/guest-memory';
+import { DESC_SIZE, DescFlags, SplitRing, vringNeedEvent, type RingSeg } from '../../src/frontend/split-ring';
 
 /** A device that reads the rings straight from guest memory, as a back-end does. */
 class FakeDevice {

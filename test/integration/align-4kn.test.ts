@@ -29,9 +29,10 @@ import path from 'node:path';
 import { asanEnabled, runsAsanAddon, startVublk, teardownDaemon, tmpDir, warnLines, type VublkProcess } from '../helpers/vublk-process';
 import { attachLoop, type LoopDevice } from '../helpers/loop-device';
 import { total } from '../helpers/counters';
-import type { Frontend, SetupOptions } from '../frontend/frontend';
-import type { GuestMemory } from '../frontend/guest-memory';
-import { BlkStatus, LAYOUTS, SECTOR_SIZE, parseBlkConfig, type BlkRequest } from '../frontend/blk-driver';
+import type { Frontend } from '../../src/frontend/frontend';
+import type { SetupOptions } from '../../src/frontend/setup-options';
+import type { GuestMemory } from '../../src/frontend/guest-memory';
+import { BlkStatus, LAYOUTS, SECTOR_SIZE, parseBlkConfig, type BlkRequest } from '../../src/frontend/blk-driver';
 import { pattern } from './harness';
 import { prng } from '../helpers/prng';
 import {

@@ -15,10 +15,11 @@ import fs from 'node:fs';
 import type { VublkProcess } from '../helpers/vublk-process';
 import { countersOf, type Counters } from '../helpers/counters';
 import type { Test } from 'tap';
-import { Frontend, type SetupOptions } from '../frontend/frontend';
-import type { GuestMemory } from '../frontend/guest-memory';
-import type { RingSeg } from '../frontend/split-ring';
-import { BLK_HEADER_SIZE, BlkDriver } from '../frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
+import { type SetupOptions } from '../../src/frontend/setup-options';
+import type { GuestMemory } from '../../src/frontend/guest-memory';
+import type { RingSeg } from '../../src/frontend/split-ring';
+import { BLK_HEADER_SIZE, BlkDriver } from '../../src/frontend/blk-driver';
 
 // ------------------------------------------------------------ environment
 

@@ -26,8 +26,8 @@
 
 import t from 'tap';
 import fs from 'node:fs';
-import { Frontend } from '../frontend/frontend';
-import { BlkDriver } from '../frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
+import { BlkDriver } from '../../src/frontend/blk-driver';
 import { startToolDaemon } from '../helpers/fuzz/daemon';
 import { heapSnapshotArgs, heapSnapshotCounts } from '../helpers/fuzz/heap';
 import { tmpDir } from '../helpers/vublk-process';

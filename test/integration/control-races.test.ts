@@ -10,9 +10,9 @@
 // frontend.
 
 import t, { type Test } from 'tap';
-import { encodeMemTablePayload } from '../frontend/encode';
+import { encodeMemTablePayload } from '../../src/frontend/encode';
 import { Request } from '../../src/vhost-user/protocol';
-import { BlkType, SECTOR_SIZE } from '../frontend/blk-driver';
+import { BlkType, SECTOR_SIZE } from '../../src/frontend/blk-driver';
 import { asanEnabled, runsAsanAddon } from '../helpers/vublk-process';
 import { countersOf, total } from '../helpers/counters';
 import { loopUnsupported } from '../helpers/loop-device';

@@ -15,8 +15,9 @@ import { encodeU64Payload } from '../../src/vhost-user/encode';
 import { ProtocolFeature, Request, featureBit } from '../../src/vhost-user/protocol';
 import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
 import { DeviceStatus } from '../../src/vhost-user/device-status';
-import { BlkStatus, SECTOR_SIZE } from '../frontend/blk-driver';
-import { Frontend, VirtioFeature } from '../frontend/frontend';
+import { BlkStatus, SECTOR_SIZE } from '../../src/frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
+import { VirtioFeature } from '../../src/frontend/features';
 import { frozenFsUnsupported, makeFreezableFs, type FrozenFs } from '../helpers/frozen-fs';
 import { tmpDir } from '../helpers/vublk-process';
 import {

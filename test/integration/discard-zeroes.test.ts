@@ -43,7 +43,8 @@ import {
 } from '../helpers/vublk-process';
 import { attachLoop, sysBlockNumber, type LoopDevice } from '../helpers/loop-device';
 import { total } from '../helpers/counters';
-import { Frontend, VirtioFeature } from '../frontend/frontend';
+import { Frontend } from '../../src/frontend/frontend';
+import { VirtioFeature } from '../../src/frontend/features';
 import { Request } from '../../src/vhost-user/protocol';
 import { encodeConfigPayload } from '../../src/vhost-user/encode';
 import { CFG_WRITEBACK } from '../../src/blk/config-space';
@@ -57,7 +58,7 @@ import {
   type BlkResult,
   type Layout,
   type BlkRequest,
-} from '../frontend/blk-driver';
+} from '../../src/frontend/blk-driver';
 import { prng } from '../helpers/prng';
 import { closeAndCount, connIdAfter, countersNow, readDirect, requirements } from './align-helpers';
 import { DiskModel, fastPattern, firstSectorDiff, fsType, mountTmpfs, segmentList, type RawSegment, type Tmpfs } from './dz-helpers';

@@ -9,7 +9,7 @@
 // - raw segment lists (any flags, any u64 sector) for the error cases.
 
 import { execFileSync } from 'node:child_process';
-import { SECTOR_SIZE } from '../frontend/blk-driver';
+import { SECTOR_SIZE } from '../../src/frontend/blk-driver';
 
 // ------------------------------------------------------------ model
 

@@ -5,8 +5,8 @@
 
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
-import { BlkStatus, BlkType, SECTOR_SIZE, parseBlkConfig, type BlkDriver, type BlkResult } from '../frontend/blk-driver';
-import { DEFAULT_BLK_FEATURES, VirtioFeature } from '../frontend/frontend';
+import { BlkStatus, BlkType, SECTOR_SIZE, parseBlkConfig, type BlkDriver, type BlkResult } from '../../src/frontend/blk-driver';
+import { DEFAULT_BLK_FEATURES, VirtioFeature } from '../../src/frontend/features';
 import { featureBit } from '../../src/vhost-user/protocol';
 import { connect, pattern, readImage, startDaemon, writeImage, type Daemon } from './harness';
 

@@ -17,7 +17,7 @@ import {
   type VublkProcess,
 } from '../helpers/vublk-process';
 import { total } from '../helpers/counters';
-import { BlkStatus, SECTOR_SIZE, type BlkDriver } from '../frontend/blk-driver';
+import { BlkStatus, SECTOR_SIZE, type BlkDriver } from '../../src/frontend/blk-driver';
 import { pattern } from './harness';
 import {
   CAP_IPC_LOCK,

@@ -13,10 +13,11 @@
 
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
-import { BlkDriver, BlkStatus, BlkType } from '../frontend/blk-driver';
-import { Frontend, type SetupOptions } from '../frontend/frontend';
-import type { GuestMemoryOptions } from '../frontend/guest-memory';
-import { DescFlags, DESC_SIZE } from '../frontend/split-ring';
+import { BlkDriver, BlkStatus, BlkType } from '../../src/frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
+import { type SetupOptions } from '../../src/frontend/setup-options';
+import type { GuestMemoryOptions } from '../../src/frontend/guest-memory';
+import { DescFlags, DESC_SIZE } from '../../src/frontend/split-ring';
 import { asanEnabled, runsAsanAddon } from '../helpers/vublk-process';
 import { hugePagesUnsupported, hugetlbfsDir } from '../helpers/hugetlbfs';
 import {

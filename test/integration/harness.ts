@@ -11,9 +11,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync, spawn } from 'node:child_process';
 import { makeImage, startVublk, stopCleanly, tmpDir, type VublkProcess } from '../helpers/vublk-process';
-import { Frontend, type SetupOptions } from '../frontend/frontend';
-import { BlkDriver, SECTOR_SIZE } from '../frontend/blk-driver';
-import type { RawDesc } from '../frontend/split-ring';
+import { TestFrontend } from '../frontend/test-frontend';
+import { Frontend } from '../../src/frontend/frontend';
+import type { SetupOptions } from '../../src/frontend/setup-options';
+import { BlkDriver, SECTOR_SIZE } from '../../src/frontend/blk-driver';
+import type { RawDesc } from '../../src/frontend/split-ring';
 
 export interface Daemon {
   v: VublkProcess;
@@ -112,8 +114,8 @@ export async function connect(
   d: Daemon,
   setup: SetupOptions | false = {},
   opts: { timeoutMs?: number } = {},
-): Promise<{ fe: Frontend; drv: BlkDriver }> {
-  const fe = await Frontend.connect(d.socket, opts);
+): Promise<{ fe: TestFrontend; drv: BlkDriver }> {
+  const fe = await TestFrontend.connect(d.socket, opts);
   t.teardown(() => fe.close());
   if (setup !== false) await fe.setup(setup);
   return { fe, drv: new BlkDriver(fe) };

@@ -9,11 +9,11 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { native } from '../../src/native/binding';
 import { encodeInflightPayload } from '../../src/vhost-user/encode';
-import { encodeVringFilePayload } from '../frontend/encode';
+import { encodeVringFilePayload } from '../../src/frontend/encode';
 import { ProtocolFeature, Request } from '../../src/vhost-user/protocol';
-import { Frontend } from '../frontend/frontend';
-import { InflightRegion } from '../frontend/inflight-region';
-import { BlkDriver, BlkStatus } from '../frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
+import { InflightRegion } from '../../src/frontend/inflight-region';
+import { BlkDriver, BlkStatus } from '../../src/frontend/blk-driver';
 import { connIdSince, connect, expectServes, expectViolation, startDaemon, type Daemon } from './harness';
 
 const MiB = 1 << 20;

@@ -14,9 +14,10 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlkStatus, BlkType, SECTOR_SIZE, BlkDriver, type BlkResult } from '../frontend/blk-driver';
-import { Frontend, GuestState } from '../frontend/frontend';
-import { InflightRegion } from '../frontend/inflight-region';
+import { BlkStatus, BlkType, SECTOR_SIZE, BlkDriver, type BlkResult } from '../../src/frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
+import { GuestState } from '../../src/frontend/guest-state';
+import { InflightRegion } from '../../src/frontend/inflight-region';
 import { pattern, readImage, sleep, spinUntilPopped, writeImage } from './harness';
 import { frozenFsUnsupported, makeFreezableFs } from '../helpers/frozen-fs';
 import { makeImage, startVublk, tmpDir, type VublkProcess } from '../helpers/vublk-process';

@@ -9,7 +9,7 @@
 
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
-import { BlkStatus, SECTOR_SIZE, type BlkDriver } from '../frontend/blk-driver';
+import { BlkStatus, SECTOR_SIZE, type BlkDriver } from '../../src/frontend/blk-driver';
 import { tmpDir } from '../helpers/vublk-process';
 import { frozenFsUnsupported, makeFreezableFs } from '../helpers/frozen-fs';
 import { connIdSince, connect, logSince, pattern, readImage, spinUntilPopped, startDaemon, until } from './harness';

@@ -9,8 +9,17 @@
 // 512-byte guest writes are read-modify-write cycles.
 
 import t from 'tap';
-import { BlkDriver, BlkStatus, BlkType, BLK_ID_BYTES, LAYOUTS, SECTOR_SIZE, parseBlkConfig, type BlkRequest } from '../frontend/blk-driver';
-import { DescFlags, DESC_SIZE } from '../frontend/split-ring';
+import {
+  BlkDriver,
+  BlkStatus,
+  BlkType,
+  BLK_ID_BYTES,
+  LAYOUTS,
+  SECTOR_SIZE,
+  parseBlkConfig,
+  type BlkRequest,
+} from '../../src/frontend/blk-driver';
+import { DescFlags, DESC_SIZE } from '../../src/frontend/split-ring';
 import { connect, pattern, readImage, startDaemon, writeImage } from './harness';
 import { loopUnsupported } from '../helpers/loop-device';
 import { prng } from '../helpers/prng';

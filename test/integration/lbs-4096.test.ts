@@ -4,7 +4,7 @@
 // not whole 4 KiB blocks is refused with IOERR and changes nothing.
 
 import t from 'tap';
-import { BlkStatus, LAYOUTS, SECTOR_SIZE, parseBlkConfig } from '../frontend/blk-driver';
+import { BlkStatus, LAYOUTS, SECTOR_SIZE, parseBlkConfig } from '../../src/frontend/blk-driver';
 import { connect, pattern, readImage, startDaemon } from './harness';
 import { prng } from '../helpers/prng';
 

@@ -7,7 +7,7 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlkStatus, BlkType, type BlkResult, type BlkDriver } from '../frontend/blk-driver';
+import { BlkStatus, BlkType, type BlkResult, type BlkDriver } from '../../src/frontend/blk-driver';
 import { encodeVringStatePayload } from '../../src/vhost-user/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { connect, connIdSince, pattern, startDaemon, waitConnClosed, type Daemon } from './harness';

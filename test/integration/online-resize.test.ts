@@ -8,15 +8,16 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import { connect, logSince, pattern, readImage, startDaemon, until, type Daemon } from './harness';
-import { BlkStatus, SECTOR_SIZE, parseBlkConfig } from '../frontend/blk-driver';
-import { DEFAULT_PROTOCOL_FEATURES, type Frontend } from '../frontend/frontend';
+import { BlkStatus, SECTOR_SIZE, parseBlkConfig } from '../../src/frontend/blk-driver';
+import { DEFAULT_PROTOCOL_FEATURES } from '../../src/frontend/features';
+import { type TestFrontend } from '../frontend/test-frontend';
 import { ProtocolFeature, featureBit } from '../../src/vhost-user/protocol';
 import { POLL_MS } from '../../src/device/capacity-watch';
 
 const MIB = 1 << 20;
 const IMAGE_BYTES = 32 * MIB;
 
-async function capacity(fe: Frontend): Promise<number> {
+async function capacity(fe: TestFrontend): Promise<number> {
   return Number(parseBlkConfig(await fe.readConfig()).capacity);
 }
 

@@ -7,7 +7,7 @@
 
 import t from 'tap';
 import fs from 'node:fs';
-import { BlkStatus } from '../frontend/blk-driver';
+import { BlkStatus } from '../../src/frontend/blk-driver';
 import { total } from '../helpers/counters';
 import { warnLines } from '../helpers/vublk-process';
 import { countersNow } from './align-helpers';

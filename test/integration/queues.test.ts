@@ -12,10 +12,10 @@
 
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { BlkStatus, BlkType, SECTOR_SIZE, type BlkRequest, type Layout } from '../frontend/blk-driver';
-import { VirtioFeature } from '../frontend/frontend';
+import { BlkStatus, BlkType, SECTOR_SIZE, type BlkRequest, type Layout } from '../../src/frontend/blk-driver';
+import { VirtioFeature } from '../../src/frontend/features';
 import { encodeU64Payload, encodeVringStatePayload } from '../../src/vhost-user/encode';
-import { encodeVringAddrPayload, encodeVringFilePayload } from '../frontend/encode';
+import { encodeVringAddrPayload, encodeVringFilePayload } from '../../src/frontend/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { connect, pattern, readImage, spinUntilPopped, startDaemon } from './harness';
 

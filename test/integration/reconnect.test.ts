@@ -8,9 +8,9 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlkStatus, BlkType, SECTOR_SIZE, BlkDriver, type BlkRequest } from '../frontend/blk-driver';
-import { Frontend } from '../frontend/frontend';
-import { parseBlkConfig } from '../frontend/blk-driver';
+import { BlkStatus, BlkType, SECTOR_SIZE, BlkDriver, type BlkRequest } from '../../src/frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
+import { parseBlkConfig } from '../../src/frontend/blk-driver';
 import { encodeConfigPayload } from '../../src/vhost-user/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { connIdSince, connect, logSince, pattern, readImage, sleep, spinUntilPopped, startDaemon, until, waitConnClosed } from './harness';

@@ -7,7 +7,7 @@
 
 import t from 'tap';
 import { Request } from '../../src/vhost-user/protocol';
-import { BlkStatus } from '../frontend/blk-driver';
+import { BlkStatus } from '../../src/frontend/blk-driver';
 import { MAX_QUEUED_REPLY_BYTES } from '../../src/vhost-user/reply-queue';
 import {
   connIdSince,

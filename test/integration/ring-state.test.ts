@@ -11,13 +11,14 @@
 import t, { type Test } from 'tap';
 import { native } from '../../src/native/binding';
 import { encodeU64Payload, encodeVringStatePayload } from '../../src/vhost-user/encode';
-import { encodeMemTablePayload, encodeVringAddrPayload, encodeVringFilePayload } from '../frontend/encode';
+import { encodeMemTablePayload, encodeVringAddrPayload, encodeVringFilePayload } from '../../src/frontend/encode';
 import { ProtocolFeature, Request, featureBit } from '../../src/vhost-user/protocol';
 import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
-import { BlkDriver, BlkStatus, BlkType } from '../frontend/blk-driver';
-import { Frontend, VirtioFeature } from '../frontend/frontend';
-import { GuestMemory } from '../frontend/guest-memory';
-import { DescFlags } from '../frontend/split-ring';
+import { BlkDriver, BlkStatus, BlkType } from '../../src/frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
+import { VirtioFeature } from '../../src/frontend/features';
+import { GuestMemory } from '../../src/frontend/guest-memory';
+import { DescFlags } from '../../src/frontend/split-ring';
 import { connIdSince, expectServes, expectViolation, pattern, startDaemon, until, type Daemon } from './harness';
 
 const MiB = 1 << 20;

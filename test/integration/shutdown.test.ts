@@ -6,8 +6,8 @@
 
 import t from 'tap';
 import fs from 'node:fs';
-import { BlkStatus, BlkType, SECTOR_SIZE, type BlkRequest, type BlkResult } from '../frontend/blk-driver';
-import type { Frontend } from '../frontend/frontend';
+import { BlkStatus, BlkType, SECTOR_SIZE, type BlkRequest, type BlkResult } from '../../src/frontend/blk-driver';
+import type { Frontend } from '../../src/frontend/frontend';
 import { encodeConfigPayload } from '../../src/vhost-user/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { connect, logSince, pattern, readImage, spinUntilPopped, startDaemon, writeImage, type Daemon } from './harness';

@@ -15,8 +15,8 @@
 
 import t from 'tap';
 import { native } from '../../src/native/binding';
-import { DescFlags, DESC_SIZE } from '../frontend/split-ring';
-import { BlkStatus } from '../frontend/blk-driver';
+import { DescFlags, DESC_SIZE } from '../../src/frontend/split-ring';
+import { BlkStatus } from '../../src/frontend/blk-driver';
 import { connect, pattern, startDaemon, waitConnClosed, writeDesc } from './harness';
 
 const QSIZE = 4;

@@ -15,13 +15,15 @@ import {
   encodeVringAddrPayload,
   encodeVringFilePayload,
   type WireRegion,
-} from '../frontend/encode';
+} from '../../src/frontend/encode';
 import { Flags, ProtocolFeature, Request, featureBit } from '../../src/vhost-user/protocol';
 import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
-import { BlkDriver, BlkStatus, BlkType } from '../frontend/blk-driver';
-import { Frontend, VirtioFeature, type SetupOptions } from '../frontend/frontend';
-import { GuestMemory } from '../frontend/guest-memory';
-import { DescFlags, DESC_SIZE } from '../frontend/split-ring';
+import { BlkDriver, BlkStatus, BlkType } from '../../src/frontend/blk-driver';
+import { TestFrontend } from '../frontend/test-frontend';
+import { VirtioFeature } from '../../src/frontend/features';
+import { type SetupOptions } from '../../src/frontend/setup-options';
+import { GuestMemory } from '../../src/frontend/guest-memory';
+import { DescFlags, DESC_SIZE } from '../../src/frontend/split-ring';
 import {
   connIdSince,
   expectServes,
@@ -70,13 +72,13 @@ function violationCase(
   name: string,
   rule: RegExp,
   setup: SetupOptions | false,
-  act: (fe: Frontend, t: Test, d: Daemon) => void | Promise<void>,
+  act: (fe: TestFrontend, t: Test, d: Daemon) => void | Promise<void>,
   daemon?: DaemonOptions,
 ): void {
   t.test(name, async (t) => {
     const d = daemon === undefined ? await sharedDaemon() : await startDaemon(t, { imageBytes: 16 * MiB, ...daemon });
     const mark = d.v.stderr().length;
-    const fe = await Frontend.connect(d.socket);
+    const fe = await TestFrontend.connect(d.socket);
     t.teardown(() => fe.close());
     // Small guest RAM (two 4 MiB regions): each connection maps (and may pin) all of it.
     if (setup !== false) await fe.setup({ memory: { regions: [4 * MiB, 4 * MiB] }, ...setup });
@@ -93,7 +95,7 @@ function violationCase(
 }
 
 /** A 16-byte request header in guest memory; returns its gpa. */
-function header(fe: Frontend, type: number, sector = 0): number {
+function header(fe: TestFrontend, type: number, sector = 0): number {
   const mem = fe.mem!; // set up
   const g = mem.alloc(16, 16);
   const h = Buffer.alloc(16);
@@ -103,19 +105,19 @@ function header(fe: Frontend, type: number, sector = 0): number {
   return g;
 }
 
-function buffer(fe: Frontend, len: number, align = 512): number {
+function buffer(fe: TestFrontend, len: number, align = 512): number {
   return fe.mem!.alloc(len, align); // set up
 }
 
 /** Makes head available on queue 0 (avail idx store) and kicks. */
-function publish(fe: Frontend, ...heads: number[]): void {
+function publish(fe: TestFrontend, ...heads: number[]): void {
   const ring = fe.queue(0).ring;
   for (const h of heads) ring.pushAvail(h, rawToken());
   ring.publish();
   fe.kick(0);
 }
 
-const ring = (fe: Frontend) => fe.queue(0).ring;
+const ring = (fe: TestFrontend) => fe.queue(0).ring;
 
 // ---------------------------------------------------------------- messages
 
@@ -512,7 +514,7 @@ violationCase(
 );
 
 /** The same head published twice while the daemon holds it (a 128 KiB read keeps it in flight). */
-function headTwice(fe: Frontend): void {
+function headTwice(fe: TestFrontend): void {
   const r = ring(fe);
   const a = r.takeDesc();
   const b = r.takeDesc();
@@ -542,7 +544,7 @@ violationCase(
 /** Connect, break a rule in one of several ways (all carrying fds), wait until the daemon closed the connection. */
 async function violateOnce(t: Test, d: Daemon, kind: number): Promise<void> {
   const mark = d.v.stderr().length;
-  const fe = await Frontend.connect(d.socket);
+  const fe = await TestFrontend.connect(d.socket);
   try {
     const conn = await connIdSince(d, mark);
     const fds: number[] = [];
@@ -643,7 +645,7 @@ t.test('fds sent with rejected messages are not leaked: 22 connect/violate/disco
   {
     // The count sees a connection's fds: a set-up frontend costs the daemon some.
     const mark = d.v.stderr().length;
-    const fe = await Frontend.connect(d.socket);
+    const fe = await TestFrontend.connect(d.socket);
     await fe.setup({ queues: 1, memory: { regions: [4 * MiB, 4 * MiB] } });
     t.ok(fdCount(pid) > before, `a set-up connection holds fds in the daemon (${fdCount(pid)} > ${before})`);
     t.ok(guestMappings(pid).length > 0, 'and maps guest memory');

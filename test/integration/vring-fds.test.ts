@@ -10,10 +10,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { native } from '../../src/native/binding';
-import { encodeVringFilePayload } from '../frontend/encode';
+import { encodeVringFilePayload } from '../../src/frontend/encode';
 import { Request } from '../../src/vhost-user/protocol';
-import { BlkDriver, BlkStatus } from '../frontend/blk-driver';
-import { Frontend } from '../frontend/frontend';
+import { BlkDriver, BlkStatus } from '../../src/frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
 import { connIdSince, expectServes, expectViolation, startDaemon, until, waitConnClosed, type Daemon } from './harness';
 
 const MiB = 1 << 20;

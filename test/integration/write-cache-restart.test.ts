@@ -7,14 +7,14 @@
 import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BlkStatus, BlkType, parseBlkConfig } from '../frontend/blk-driver';
+import { BlkStatus, BlkType, parseBlkConfig } from '../../src/frontend/blk-driver';
 import { encodeConfigPayload } from '../../src/vhost-user/encode';
 import { Request } from '../../src/vhost-user/protocol';
 import { connIdSince, connect, pattern, readImage, startDaemon, waitConnClosed, type Daemon } from './harness';
 import { makeImage, runVublk, startVublk, stopCleanly, tmpDir, warnLines, type VublkProcess } from '../helpers/vublk-process';
 import { countersOf, total } from '../helpers/counters';
-import type { Frontend } from '../frontend/frontend';
-import type { BlkDriver } from '../frontend/blk-driver';
+import type { Frontend } from '../../src/frontend/frontend';
+import type { BlkDriver } from '../../src/frontend/blk-driver';
 
 const IMAGE_BYTES = 32 << 20;
 const CFG_WRITEBACK = 32;

@@ -7,8 +7,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { native } from '../../src/native/binding';
-import { Frontend } from '../frontend/frontend';
-import { BlkDriver, BlkStatus } from '../frontend/blk-driver';
+import { Frontend } from '../../src/frontend/frontend';
+import { BlkDriver, BlkStatus } from '../../src/frontend/blk-driver';
 import { makeImage, startVublk, stopCleanly, tmpDir, vublkBin } from '../helpers/vublk-process';
 import { notifyListener } from './notify-listener';
 

@@ -7,7 +7,7 @@ import { native } from '../../src/native/binding';
 import { connectedPair } from '../helpers/socket-pair';
 import { type Message, decodeVringFile } from '../../src/vhost-user/message';
 import { encodeMessage } from '../../src/vhost-user/encode';
-import { encodeMemTablePayload, encodeVringFilePayload } from '../frontend/encode';
+import { encodeMemTablePayload, encodeVringFilePayload } from '../../src/frontend/encode';
 import { MessageReader } from '../../src/vhost-user/message-reader';
 import { Flags, Request } from '../../src/vhost-user/protocol';
 import { ProtocolViolation } from '../../src/vhost-user/violation';

@@ -4,7 +4,7 @@ import t from 'tap';
 import fc from 'fast-check';
 import { type Message } from '../../src/vhost-user/message';
 import { encodeMessage, encodeU64Payload } from '../../src/vhost-user/encode';
-import { encodeMemTablePayload, encodeVringFilePayload } from '../frontend/encode';
+import { encodeMemTablePayload, encodeVringFilePayload } from '../../src/frontend/encode';
 import { decodeRequest } from '../helpers/decode-request';
 import { MessageReader, type RecvChunk } from '../../src/vhost-user/message-reader';
 import { Flags, HEADER_SIZE, MAX_FDS_PER_MESSAGE, MAX_PAYLOAD_SIZE, Request } from '../../src/vhost-user/protocol';

@@ -39,7 +39,7 @@ import {
   encodeVringAddrPayload,
   encodeVringFilePayload,
   type WireRegion,
-} from '../frontend/encode';
+} from '../../src/frontend/encode';
 import { decodeRequest } from '../helpers/decode-request';
 import { Flags, HEADER_SIZE, MAX_PAYLOAD_SIZE, Request, payloadKind } from '../../src/vhost-user/protocol';
 import { ProtocolViolation } from '../../src/vhost-user/violation';

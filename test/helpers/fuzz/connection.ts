@@ -11,12 +11,13 @@
 import fs from 'node:fs';
 import { native } from '../../../src/native/binding';
 import { encodeConfigPayload, encodeMessage, encodeU64Payload, encodeVringStatePayload } from '../../../src/vhost-user/encode';
-import { encodeMemRegPayload, encodeMemTablePayload, encodeVringAddrPayload, encodeVringFilePayload } from '../../frontend/encode';
+import { encodeMemRegPayload, encodeMemTablePayload, encodeVringAddrPayload, encodeVringFilePayload } from '../../../src/frontend/encode';
 import { Flags, HEADER_SIZE, ProtocolFeature, Request, featureBit, requestName } from '../../../src/vhost-user/protocol';
 import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../../src/virtio/constants';
-import { BlkDriver } from '../../frontend/blk-driver';
-import { DEFAULT_BLK_FEATURES, DEFAULT_PROTOCOL_FEATURES, Frontend, VirtioFeature } from '../../frontend/frontend';
-import { GuestMemory } from '../../frontend/guest-memory';
+import { BlkDriver } from '../../../src/frontend/blk-driver';
+import { DEFAULT_BLK_FEATURES, DEFAULT_PROTOCOL_FEATURES, VirtioFeature } from '../../../src/frontend/features';
+import { TestFrontend } from '../../frontend/test-frontend';
+import { GuestMemory } from '../../../src/frontend/guest-memory';
 import { until } from '../../integration/harness';
 import { BLOCKING_KINDS, FD_KINDS, HUNG_UP_KINDS, type FdFactory, type FdKind, type FuzzFd } from './fds';
 import type { FindingKey } from './findings';
@@ -107,7 +108,7 @@ class FuzzConnection implements MessageSource {
   readonly foreignMemfds: FuzzFd[] = [];
 
   constructor(
-    readonly fe: Frontend,
+    readonly fe: TestFrontend,
     readonly rng: Rng,
     readonly target: FuzzTarget,
     readonly fds: FdFactory,
@@ -609,7 +610,7 @@ class FuzzConnection implements MessageSource {
  * daemon to log the close.
  */
 export async function fuzzConnection(target: FuzzTarget, rng: Rng, fds: FdFactory, findings: Set<FindingKey>): Promise<ConnectionReport> {
-  const fe = await Frontend.connect(target.socket, { timeoutMs: 2000 });
+  const fe = await TestFrontend.connect(target.socket, { timeoutMs: 2000 });
   const c = new FuzzConnection(fe, rng, target, fds, findings);
   let canaryHit: number | undefined;
   let acceptedGrow: string | undefined;

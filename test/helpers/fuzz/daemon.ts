@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { makeImage, startVublk, tmpDir } from '../vublk-process';
 import type { Daemon } from '../../integration/harness';
-import { SECTOR_SIZE } from '../../frontend/blk-driver';
+import { SECTOR_SIZE } from '../../../src/frontend/blk-driver';
 
 export interface ToolDaemon extends Daemon {
   /** SIGKILLs a hung daemon; teardown then only cleans up. */

@@ -11,10 +11,10 @@ import {
   encodeVringAddrPayload,
   encodeVringFilePayload,
   type WireRegion,
-} from '../../frontend/encode';
+} from '../../../src/frontend/encode';
 import { Request, requestName } from '../../../src/vhost-user/protocol';
-import { DEFAULT_PROTOCOL_FEATURES } from '../../frontend/frontend';
-import type { GuestMemory } from '../../frontend/guest-memory';
+import { DEFAULT_PROTOCOL_FEATURES } from '../../../src/frontend/features';
+import type { GuestMemory } from '../../../src/frontend/guest-memory';
 import type { FdKind, FuzzFd } from './fds';
 import { randomPayload, requestFlags } from './messages';
 import { ringBytes, someGpa } from './ring-writer';

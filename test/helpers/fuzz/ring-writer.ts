@@ -3,9 +3,9 @@
 // fuzzer placed itself (raw connections) and, through SplitRing's raw
 // access, for rings the in-repo frontend set up.
 
-import type { GuestMemory } from '../../frontend/guest-memory';
-import { DESC_SIZE, DescFlags, type RawDesc, type SplitRing } from '../../frontend/split-ring';
-import { BlkType } from '../../frontend/blk-driver';
+import type { GuestMemory } from '../../../src/frontend/guest-memory';
+import { DESC_SIZE, DescFlags, type RawDesc, type SplitRing } from '../../../src/frontend/split-ring';
+import { BlkType } from '../../../src/frontend/blk-driver';
 import { rawToken } from '../../integration/harness';
 import type { Rng } from './rng';
 

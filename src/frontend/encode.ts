@@ -1,8 +1,8 @@
 // Encoders of what a front-end sends (payloads of SET_VRING_ADDR, SET_MEM_TABLE,
-// ADD/REM_MEM_REG, SET_VRING_KICK/CALL/ERR) and the REPLY_ACK reply, for the test front-ends.
+// ADD/REM_MEM_REG, SET_VRING_KICK/CALL/ERR) and the REPLY_ACK reply, for the in-repo front-end (src/frontend/).
 
-import { PayloadSize, VRING_IDX_MASK, VRING_NOFD_MASK } from '../../src/vhost-user/protocol';
-import { encodeU64Payload, encodeU64Reply } from '../../src/vhost-user/encode';
+import { PayloadSize, VRING_IDX_MASK, VRING_NOFD_MASK } from '../vhost-user/protocol';
+import { encodeU64Payload, encodeU64Reply } from '../vhost-user/encode';
 
 /** The REPLY_ACK reply: u64 0 on success, 1 on failure. */
 export function encodeAck(request: number, ok: boolean): Buffer {

@@ -10,7 +10,7 @@
 //   +12 last_batch_head u16 | +14 used_idx u16
 //   +16 desc[desc_num]: +0 inflight u8 | +1 padding[5] | +6 next u16 | +8 counter u64
 
-import { native } from '../../src/native/binding';
+import { native } from '../native/binding';
 
 const QUEUE_HEADER = 16;
 const DESC_STATE = 16;

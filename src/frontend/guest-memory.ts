@@ -12,7 +12,7 @@
 
 import fs from 'node:fs';
 import path from 'node:path';
-import { native } from '../../src/native/binding';
+import { native } from '../native/binding';
 
 export interface GuestMemoryOptions {
   /** Region sizes in bytes (multiples of 4096). Default two 16 MiB regions. */

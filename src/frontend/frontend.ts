@@ -1,12 +1,11 @@
 // An in-repo vhost-user front-end: plays QEMU (the vhost-user master) and
-// the guest's virtio driver over a real Unix socket, for integration tests
-// and benchmarks. It speaks to any vhost-user-blk back-end (vublk, or
-// qemu-storage-daemon as a reference peer).
+// the guest's virtio driver over a real Unix socket, for `vublk bench`,
+// integration tests and benchmarks. It speaks to any vhost-user-blk back-end
+// (vublk, qemu-storage-daemon, SPDK).
 //
 // Theory of operation:
-// - Control plane: messages are written synchronously (native.sendMsg);
-//   replies are read by a MessageReader in 'reply' mode whenever the socket
-//   is readable, queued, and handed to recvReply() callers in order.
+// - Control plane: FrontendConnection (connection.ts) sends messages and
+//   matches replies; this class runs QEMU 7.2's start-up sequence on it.
 // - Guest memory: GuestMemory (memfds mapped into JS); the back-end gets the
 //   memfds through SET_MEM_TABLE or ADD_MEM_REG.
 // - Data plane: one SplitRing per queue, a kick eventfd the front-end writes
@@ -22,149 +21,20 @@
 //   GuestState (and InflightRegion) picks them up, as QEMU after a backend
 //   restart (reconnect=1).
 
-import { native, type FdWatcher } from '../../src/native/binding';
-import { type Message, needsReply } from '../../src/vhost-user/message';
-import {
-  encodeConfigPayload,
-  encodeInflightPayload,
-  encodeMessage,
-  encodeU64Payload,
-  encodeVringStatePayload,
-} from '../../src/vhost-user/encode';
-import { encodeAck, encodeMemRegPayload, encodeMemTablePayload, encodeVringAddrPayload, encodeVringFilePayload } from './encode';
-import { MessageReader } from '../../src/vhost-user/message-reader';
-import {
-  BackendRequest,
-  CONFIG_HDR_SIZE,
-  Flags,
-  MEMORY_BASELINE_NREGIONS,
-  ProtocolFeature,
-  Request,
-  featureBit,
-  requestName,
-} from '../../src/vhost-user/protocol';
-import { VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/constants';
-import { GuestMemory, type GuestMemoryOptions } from './guest-memory';
+import { native, type FdWatcher } from '../native/binding';
+import { encodeConfigPayload, encodeInflightPayload, encodeU64Payload, encodeVringStatePayload } from '../vhost-user/encode';
+import { encodeMemRegPayload, encodeMemTablePayload, encodeVringAddrPayload, encodeVringFilePayload } from './encode';
+import { CONFIG_HDR_SIZE, MEMORY_BASELINE_NREGIONS, ProtocolFeature, Request, featureBit } from '../vhost-user/protocol';
+import { VHOST_USER_F_PROTOCOL_FEATURES } from '../virtio/constants';
+import { DeviceStatus } from '../vhost-user/device-status';
+import { GuestMemory } from './guest-memory';
 import { SplitRing, type RingSeg } from './split-ring';
 import { InflightRegion } from './inflight-region';
-import { DeviceStatus } from '../../src/vhost-user/device-status';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-
-/** Virtio feature bits the front-end knows (virtio-blk device + transport). */
-export const VirtioFeature = Object.freeze({
-  BLK_SIZE_MAX: 1,
-  BLK_SEG_MAX: 2,
-  BLK_GEOMETRY: 4,
-  BLK_RO: 5,
-  BLK_BLK_SIZE: 6,
-  BLK_FLUSH: 9,
-  BLK_TOPOLOGY: 10,
-  BLK_CONFIG_WCE: 11,
-  BLK_MQ: 12,
-  BLK_DISCARD: 13,
-  BLK_WRITE_ZEROES: 14,
-  RING_INDIRECT_DESC: 28,
-  RING_EVENT_IDX: 29,
-  VERSION_1: 32,
-} as const);
-
-/** Features acked by default (when offered); INDIRECT/EVENT_IDX follow the setup options. */
-export const DEFAULT_BLK_FEATURES = [
-  VirtioFeature.BLK_SIZE_MAX,
-  VirtioFeature.BLK_SEG_MAX,
-  VirtioFeature.BLK_GEOMETRY,
-  VirtioFeature.BLK_RO,
-  VirtioFeature.BLK_BLK_SIZE,
-  VirtioFeature.BLK_FLUSH,
-  VirtioFeature.BLK_TOPOLOGY,
-  VirtioFeature.BLK_CONFIG_WCE,
-  VirtioFeature.BLK_MQ,
-  VirtioFeature.BLK_DISCARD,
-  VirtioFeature.BLK_WRITE_ZEROES,
-  VirtioFeature.VERSION_1,
-].reduce((m, b) => m | featureBit(b), 0n);
-
-/** The protocol features a QEMU 7.2 vhost-user-blk front-end accepts (of those offered). */
-export const DEFAULT_PROTOCOL_FEATURES = [
-  ProtocolFeature.MQ,
-  ProtocolFeature.REPLY_ACK,
-  ProtocolFeature.CONFIG,
-  ProtocolFeature.CONFIGURE_MEM_SLOTS,
-  ProtocolFeature.BACKEND_REQ,
-  ProtocolFeature.INFLIGHT_SHMFD,
-  ProtocolFeature.RESET_DEVICE,
-  ProtocolFeature.STATUS,
-].reduce((m, b) => m | featureBit(b), 0n);
-
-/** sizeof(struct virtio_blk_config) up to write_zeroes_may_unmap + padding (QEMU 7.2 default). */
-export const BLK_CONFIG_SIZE = 60;
-
-export interface SetupOptions {
-  /** Number of virtqueues (default 1). */
-  queues?: number;
-  /** Queue size, a power of two (default 128). */
-  queueSize?: number;
-  /** Virtio features to ack, intersected with those offered (default DEFAULT_BLK_FEATURES). */
-  features?: bigint;
-  /** Negotiate VIRTIO_RING_F_EVENT_IDX: true requires it, false refuses it, undefined takes it if offered. */
-  eventIdx?: boolean;
-  /** Negotiate VIRTIO_RING_F_INDIRECT_DESC, like eventIdx. */
-  indirect?: boolean;
-  /** Guest RAM layout (default two back-to-back 16 MiB regions). */
-  memory?: GuestMemoryOptions;
-  /**
-   * How the memory table is sent: 'set-mem-table', 'add-mem-reg' (needs
-   * CONFIGURE_MEM_SLOTS), or 'auto' (default): ADD_MEM_REG when
-   * CONFIGURE_MEM_SLOTS is negotiated, as QEMU does.
-   */
-  memTable?: 'set-mem-table' | 'add-mem-reg' | 'auto';
-  /** Protocol features to accept of those offered (default DEFAULT_PROTOCOL_FEATURES). */
-  protocolFeatures?: bigint;
-  /** GET_CONFIG size (default 60). */
-  configSize?: number;
-  /** Send SET_VRING_CALL (a throwaway "masked" eventfd) and SET_VRING_ERR at init, as QEMU 7.2 does. Default true. */
-  qemuInitNotifiers?: boolean;
-  /** Set NEED_REPLY on every message that has no reply of its own (REPLY_ACK must be negotiated). */
-  needReplyAll?: boolean;
-  /**
-   * INFLIGHT_SHMFD, as QEMU 7.2 vhost-user-blk: false refuses the feature;
-   * a region is created by GET_INFLIGHT_FD once (if not yet created) and
-   * sent with SET_INFLIGHT_FD on every setup. Default: a region of this
-   * Frontend's own, closed with it.
-   */
-  inflight?: InflightRegion | false;
-  /**
-   * Guest memory and rings that survive this connection (see GuestState).
-   * Rings it already holds are reused, with SET_VRING_BASE = their used
-   * index (QEMU after a backend crash) unless vringBases says otherwise.
-   */
-  guest?: GuestState;
-  /** SET_VRING_BASE per queue (default 0, or the used index of a reused ring). */
-  vringBases?: number[];
-}
-
-/**
- * Guest RAM and virtqueues that outlive a Frontend, as QEMU's guest outlives
- * a backend: the caller owns it and closes it (rejecting chains never
- * completed).
- */
-export class GuestState {
-  mem: GuestMemory | undefined;
-  readonly rings: SplitRing<Completion>[] = [];
-
-  close(): void {
-    const err = new Error('guest closed');
-    for (const r of this.rings) for (const c of r.abandonAll()) c.reject(err);
-    this.mem?.close();
-    this.mem = undefined;
-  }
-}
-
-export interface SendOptions {
-  needReply?: boolean;
-}
+import { BackendChannel } from './backend-channel';
+import { DEFAULT_TIMEOUT_MS, FrontendConnection, connectSocket } from './connection';
+import { BLK_CONFIG_SIZE, DEFAULT_BLK_FEATURES, DEFAULT_PROTOCOL_FEATURES, VirtioFeature } from './features';
+import type { Completion, GuestState } from './guest-state';
+import type { SetupOptions } from './setup-options';
 
 export interface QueueState {
   index: number;
@@ -176,184 +46,29 @@ export interface QueueState {
   calls: number;
 }
 
-interface Completion {
-  resolve: (usedLen: number) => void;
-  reject: (err: Error) => void;
-}
-
-interface Waiter {
-  resolve: (m: Message) => void;
-  reject: (err: Error) => void;
-  timer: NodeJS.Timeout;
-}
-
-const DEFAULT_TIMEOUT_MS = 5000;
-
-export class Frontend {
-  readonly fd: number;
-  readonly timeoutMs: number;
-  /** Virtio features offered by GET_FEATURES and acked by SET_FEATURES. */
-  offeredFeatures = 0n;
-  features = 0n;
-  /** Protocol features offered and accepted. */
-  offeredProtocolFeatures = 0n;
-  protocolFeatures = 0n;
+export class Frontend extends FrontendConnection {
   maxQueues = 1;
   maxMemSlots = MEMORY_BASELINE_NREGIONS;
   /** Config space read during setup (GET_CONFIG), if CONFIG was negotiated. */
   config: Buffer | undefined;
   mem: GuestMemory | undefined;
   readonly queues: QueueState[] = [];
-  /** CONFIG_CHANGE_MSG notifications received on the back-end channel. */
-  configChanges = 0;
-  /** Resolves when the back-end closes the connection (or close() is called). */
-  readonly closed: Promise<void>;
   /** The inflight region in use (after setup, if INFLIGHT_SHMFD was negotiated). */
   inflight: InflightRegion | undefined;
 
-  private readonly reader: MessageReader;
-  private readonly watcher: FdWatcher;
-  private readonly inbox: Message[] = [];
-  private readonly waiters: Waiter[] = [];
-  private readonly ownedFds: number[] = [];
-  private backend: { fd: number; watcher: FdWatcher; reader: MessageReader } | undefined;
-  private isClosed = false;
-  private closeError: Error | undefined;
-  private resolveClosed!: () => void;
-  private needReplyAll = false;
+  protected backend: BackendChannel | undefined;
   private guest: GuestState | undefined;
   private ownInflight = false;
-
-  private constructor(fd: number, timeoutMs: number) {
-    this.fd = fd;
-    this.timeoutMs = timeoutMs;
-    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
-    this.reader = new MessageReader({
-      recv: (buf, off, len, maxFds) => native.recvMsg(fd, buf, off, len, maxFds),
-      closeFd: (f) => native.closeFd(f),
-      expect: 'reply',
-    });
-    this.watcher = new native.FdWatcher(fd, () => this.onSocketReadable());
-    this.watcher.start();
-  }
 
   /** Connects to a back-end's socket, retrying while it does not exist or refuses (up to timeoutMs). */
   static async connect(socketPath: string, opts: { timeoutMs?: number } = {}): Promise<Frontend> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      try {
-        return new Frontend(native.connectUnix(socketPath), timeoutMs);
-      } catch (err) {
-        const code = (err as { code?: string }).code;
-        if ((code !== 'ENOENT' && code !== 'ECONNREFUSED') || Date.now() > deadline) throw err;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    }
+    return new Frontend(await connectSocket(socketPath, timeoutMs), timeoutMs);
   }
 
-  get isOpen(): boolean {
-    return !this.isClosed;
-  }
-
-  // ------------------------------------------------------------ low level
-
-  /** Sends one message (header built here). NEED_REPLY when asked (or needReplyAll). */
-  send(request: number, payload: Uint8Array = Buffer.alloc(0), fds: number[] = [], opts: SendOptions = {}): void {
-    const flags = Flags.VERSION | (opts.needReply ? Flags.NEED_REPLY : 0);
-    this.sendRaw(encodeMessage(request, flags, payload), fds);
-  }
-
-  /**
-   * Stops (false) or resumes (true) reading the socket: replies then pile up
-   * in the kernel, as with a frontend that does not read them.
-   */
-  setReading(on: boolean): void {
-    if (this.isClosed) return;
-    if (on) this.watcher.start();
-    else this.watcher.stop();
-  }
-
-  /** Stops (false) or resumes (true) reading the back-end channel: its messages then pile up in the kernel. */
-  setBackendReading(on: boolean): void {
-    if (on) this.backend?.watcher.start();
-    else this.backend?.watcher.stop();
-  }
-
-  /** Sends bytes as they are, fds attached to the first byte (for malformed-message tests). */
-  sendRaw(bytes: Uint8Array, fds: number[] = []): void {
-    if (this.isClosed) throw this.closeError ?? new Error('front-end is closed');
-    native.sendMsg(this.fd, bytes, fds, this.timeoutMs);
-  }
-
-  /**
-   * Waits for the next reply. With `request`, it must be the reply to that
-   * request. Rejects on timeout or when the back-end disconnects.
-   */
-  recvReply(request?: number, timeoutMs: number = this.timeoutMs, keepFds = false): Promise<Message> {
-    const check = (m: Message): Message => {
-      if (request !== undefined && m.request !== request) {
-        for (const f of m.fds) native.closeFd(f);
-        throw new Error(`expected a reply to ${requestName(request)} but got one to ${requestName(m.request)}`);
-      }
-      // Only GET_INFLIGHT_FD's reply carries an fd: the caller asked for it.
-      if (!keepFds) for (const f of m.fds.splice(0)) native.closeFd(f);
-      return m;
-    };
-    const queued = this.inbox.shift();
-    if (queued) return Promise.resolve().then(() => check(queued));
-    if (this.isClosed) return Promise.reject(this.closeError ?? new Error('front-end is closed'));
-    return new Promise<Message>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        const i = this.waiters.findIndex((w) => w.timer === timer);
-        if (i >= 0) this.waiters.splice(i, 1);
-        reject(new Error(`no reply${request !== undefined ? ` to ${requestName(request)}` : ''} within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.waiters.push({ resolve, reject, timer });
-    }).then(check);
-  }
-
-  /** Sends a request that has a reply of its own and returns the reply. */
-  async call(request: number, payload?: Uint8Array, fds: number[] = []): Promise<Message> {
-    this.send(request, payload, fds);
-    return this.recvReply(request);
-  }
-
-  /** GET_* with a u64 reply. */
-  async getU64(request: number): Promise<bigint> {
-    const m = await this.call(request);
-    if (m.size !== 8) throw new Error(`${requestName(request)} reply has ${m.size} payload bytes, expected 8`);
-    return m.payload.readBigUInt64LE(0);
-  }
-
-  /**
-   * Sends a request without a reply of its own. When `wait` (or needReplyAll)
-   * and REPLY_ACK is negotiated, sets NEED_REPLY and throws if the back-end
-   * acks failure; when `wait` without REPLY_ACK, syncs with GET_FEATURES as
-   * QEMU does.
-   */
-  async command(request: number, payload?: Uint8Array, fds: number[] = [], wait = false): Promise<void> {
-    const ack = this.has(ProtocolFeature.REPLY_ACK);
-    if ((wait || this.needReplyAll) && ack) {
-      this.send(request, payload, fds, { needReply: true });
-      const m = await this.recvReply(request);
-      if (m.size !== 8) throw new Error(`${requestName(request)} REPLY_ACK has ${m.size} payload bytes, expected 8`);
-      const v = m.payload.readBigUInt64LE(0);
-      if (v !== 0n) throw new Error(`back-end refused ${requestName(request)} (ack ${v})`);
-      return;
-    }
-    this.send(request, payload, fds);
-    if (wait) await this.getU64(Request.GET_FEATURES);
-  }
-
-  /** Whether a protocol feature was negotiated. */
-  has(bit: number): boolean {
-    return (this.protocolFeatures & featureBit(bit)) !== 0n;
-  }
-
-  /** Whether a virtio feature was acked. */
-  hasFeature(bit: number): boolean {
-    return (this.features & featureBit(bit)) !== 0n;
+  /** CONFIG_CHANGE_MSG notifications received on the back-end channel. */
+  get configChanges(): number {
+    return this.backend?.configChanges ?? 0;
   }
 
   // ------------------------------------------------------------ high level
@@ -579,7 +294,7 @@ export class Frontend {
    */
   enqueue(q: number, segs: readonly RingSeg[], opts: { indirect?: boolean } = {}): Promise<number> {
     const s = this.queue(q);
-    if (this.isClosed) return Promise.reject(this.closeError ?? new Error('front-end is closed'));
+    if (!this.isOpen) return Promise.reject(this.closedError);
     return new Promise<number>((resolve, reject) => {
       s.ring.add(segs, { resolve, reject }, opts);
     });
@@ -588,7 +303,7 @@ export class Frontend {
   /** Publishes what was enqueued on q and kicks if the ring says so. Returns whether it kicked. */
   flush(q: number): boolean {
     const s = this.queue(q);
-    if (this.isClosed || !s.ring.publish()) return false;
+    if (!this.isOpen || !s.ring.publish()) return false;
     s.kicks++;
     native.eventfdWrite(s.kickFd, 1);
     return true;
@@ -604,7 +319,7 @@ export class Frontend {
   /** Kicks q unconditionally (e.g. after raw ring writes). */
   kick(q: number): void {
     const s = this.queue(q);
-    if (this.isClosed) throw this.closeError ?? new Error('front-end is closed');
+    if (!this.isOpen) throw this.closedError;
     s.kicks++;
     native.eventfdWrite(s.kickFd, 1);
   }
@@ -612,11 +327,6 @@ export class Frontend {
   /** Drains q's used ring now (also done on every call notification). */
   poll(q: number): number {
     return this.drain(this.queue(q));
-  }
-
-  /** Closes everything the front-end owns. Pending replies and I/O are rejected. */
-  close(): void {
-    this.shutdown(new Error('front-end closed'));
   }
 
   // ------------------------------------------------------------ internals
@@ -652,83 +362,15 @@ export class Frontend {
   /**
    * The back-end channel: QEMU uses a socketpair; the native binding has
    * none, so a private listening socket yields a connected pair.
-   */
+
+  /** Opens the back-end channel and hands its other end over with SET_BACKEND_REQ_FD. */
   private async setupBackendChannel(): Promise<void> {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vublk-fe-'));
-    const sockPath = path.join(dir, 'backend.sock');
-    const lfd = native.listenUnix(sockPath, 1);
-    let ours = -1;
-    let theirs = -1;
-    try {
-      theirs = native.connectUnix(sockPath);
-      for (let i = 0; i < 100 && ours < 0; i++) {
-        ours = native.acceptUnix(lfd);
-        if (ours < 0) await new Promise((r) => setTimeout(r, 1));
-      }
-      if (ours < 0) throw new Error('back-end channel: accept did not complete');
-    } finally {
-      native.closeFd(lfd);
-      fs.rmSync(dir, { recursive: true, force: true });
-    }
-    const fd = this.own(ours);
-    const reader = new MessageReader({
-      recv: (buf, off, len, maxFds) => native.recvMsg(fd, buf, off, len, maxFds),
-      closeFd: (f) => native.closeFd(f),
-    });
-    const watcher = new native.FdWatcher(fd, () => this.onBackendReadable());
-    this.backend = { fd, watcher, reader };
-    watcher.start();
+    const { channel, theirs } = await BackendChannel.open(this.timeoutMs);
+    this.backend = channel;
     try {
       await this.command(Request.SET_BACKEND_REQ_FD, Buffer.alloc(0), [theirs], true);
     } finally {
       native.closeFd(theirs); // the back-end has its own copy now
-    }
-  }
-
-  private onBackendReadable(): void {
-    const b = this.backend;
-    if (!b) return;
-    for (;;) {
-      let m: Message | 'again' | 'eof';
-      try {
-        m = b.reader.read();
-      } catch {
-        m = 'eof';
-      }
-      if (m === 'again') return;
-      if (m === 'eof') {
-        b.watcher.close();
-        this.backend = undefined;
-        return;
-      }
-      for (const f of m.fds) native.closeFd(f);
-      const known = m.request === BackendRequest.CONFIG_CHANGE_MSG;
-      if (known) this.configChanges++;
-      if (needsReply(m)) native.sendMsg(b.fd, encodeAck(m.request, known), [], this.timeoutMs);
-    }
-  }
-
-  private onSocketReadable(): void {
-    for (;;) {
-      let m: Message | 'again' | 'eof';
-      try {
-        m = this.reader.read();
-      } catch (err) {
-        this.shutdown(err instanceof Error ? err : new Error(String(err)));
-        return;
-      }
-      if (m === 'again') return;
-      if (m === 'eof') {
-        this.shutdown(new Error('back-end closed the connection'));
-        return;
-      }
-      const w = this.waiters.shift();
-      if (w) {
-        clearTimeout(w.timer);
-        w.resolve(m);
-      } else {
-        this.inbox.push(m);
-      }
     }
   }
 
@@ -746,33 +388,12 @@ export class Frontend {
     return q.ring.drainUsed((e) => e.token.resolve(e.len));
   }
 
-  private own(fd: number): number {
-    this.ownedFds.push(fd);
-    return fd;
-  }
-
-  private shutdown(err: Error): void {
-    if (this.isClosed) return;
-    this.isClosed = true;
-    this.closeError = err;
-    this.watcher.close();
-    for (const w of this.waiters.splice(0)) {
-      clearTimeout(w.timer);
-      w.reject(err);
-    }
+  protected override onShutdown(err: Error): void {
     for (const q of this.queues) {
       q.watcher?.close();
       q.watcher = undefined;
     }
-    if (this.backend) {
-      this.backend.watcher.close();
-      this.backend.reader.discard();
-      this.backend = undefined;
-    }
-    this.reader.discard();
-    for (const m of this.inbox.splice(0)) for (const f of m.fds) native.closeFd(f);
-    native.closeFd(this.fd);
-    for (const fd of this.ownedFds.splice(0)) native.closeFd(fd);
+    this.backend?.close();
     if (this.ownInflight) this.inflight?.close();
     // Chains still in flight will never complete: reject them; unless the
     // guest outlives us (its next connection may complete them).
@@ -780,17 +401,5 @@ export class Frontend {
       for (const q of this.queues) for (const c of q.ring.abandonAll()) c.reject(err);
       this.mem?.close();
     }
-    this.resolveClosed();
-  }
-
-  /** For tests: waits for the back-end to disconnect, failing after timeoutMs. */
-  async waitClosed(timeoutMs: number = this.timeoutMs): Promise<void> {
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      this.closed,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`back-end did not disconnect within ${timeoutMs} ms`)), timeoutMs);
-      }),
-    ]).finally(() => clearTimeout(timer));
   }
 }
