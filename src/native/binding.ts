@@ -163,7 +163,33 @@ export interface Session {
    * answers after destroy().
    */
   ringCounters(out: Float64Array): void;
+  /** The active guest regions (a shared GuestMemory's when made with a token). */
+  regions(): { bufId: number; mmapOffset: number }[];
+  /**
+   * One bounded busy-poll pass of at most maxNs: delivers chains and
+   * completions through the callbacks, with ring notifications suppressed
+   * while it polls and re-enabled (barrier, re-check) before it returns.
+   * Returns how many things it delivered (0: nothing). poll(0) checks once.
+   */
+  poll(maxNs: number): number;
   /** Closes everything: rings, fds, maps, the uring. Idempotent. */
+  destroy(): void;
+}
+
+/**
+ * A connection's guest memory table, shared by the Sessions of all its
+ * data-plane workers (token: process-wide, usable from any thread). Regions
+ * change only while every Session using them is quiesced; each must then
+ * registerBuffers() again.
+ */
+export interface GuestMemory {
+  /** Maps fd (always closed by this call) and returns the region's bufId. */
+  addRegion(fd: number, gpa: number, size: number, uva: number, mmapOffset: number): number;
+  removeRegion(gpa: number, size: number): boolean;
+  clearRegions(): void;
+  regionBytes(): number;
+  regions(): { bufId: number; mmapOffset: number }[];
+  readonly token: number;
   destroy(): void;
 }
 
@@ -181,6 +207,8 @@ export interface SessionConstructor {
     diskBytes: number,
     /** The disk is a block device (BLKDISCARD is allowed). */
     blockDevice: boolean,
+    /** A GuestMemory token: use that memory (addRegion and co. then throw). */
+    memoryToken?: number,
   ): Session;
 }
 
@@ -247,6 +275,7 @@ export interface NativeBinding {
   eventfdWrite(fd: number, value: number): void;
 
   Session: SessionConstructor;
+  GuestMemory: new () => GuestMemory;
 
   // host disk probing (direct-I/O rules); 0 where the kernel does not say
   probeDisk(fd: number): DiskProbe;
