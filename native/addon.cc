@@ -10,6 +10,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vublk::InitUnixSocket(env, exports);
   vublk::InitFdWatcher(env, exports);
   vublk::InitMemfd(env, exports);
+  vublk::InitSharedGuestMemory(env, exports);
   vublk::InitSession(env, exports);
   vublk::InitDiskProbe(env, exports);
   vublk::InitNotifierFd(env, exports);

@@ -24,7 +24,13 @@ void BufferTable::init(Napi::Env env, uint64_t bounceBytes) {
 }
 
 void BufferTable::release() {
-  mem_.clear();
+  // A shared table is unmapped by its last holder; this one only lets go.
+  if (shared_) {
+    mem_ = std::make_shared<GuestMemory>();
+    shared_ = false;
+  } else {
+    mem_->clear();
+  }
   if (bounce_) munmap(bounce_, bounceLen_);
   bounce_ = nullptr;
   if (zeroes_) munmap(zeroes_, kZeroBytes);
@@ -46,18 +52,18 @@ uint8_t* BufferTable::ptr(double bufId, double offset, double len) const {
     if (!bounce_ || off > bounceLen_ || n > bounceLen_ - off) return nullptr;
     return bounce_ + off;
   }
-  return mem_.bufPtr(static_cast<uint32_t>(bufId), off, n);
+  return mem_->bufPtr(static_cast<uint32_t>(bufId), off, n);
 }
 
 bool BufferTable::writeGuest(Napi::Env env, uint64_t bufId, uint64_t off, Napi::Uint8Array data) {
   // The full 53-bit value: a bufId of 2^32 must not alias region 0.
   uint8_t* dst = bufId < GuestMemory::kMaxRegions
-                     ? mem_.bufPtr(static_cast<uint32_t>(bufId), off, data.ByteLength())
+                     ? mem_->bufPtr(static_cast<uint32_t>(bufId), off, data.ByteLength())
                      : nullptr;
   if (!dst) throw Napi::RangeError::New(env, "writeGuest: outside guest memory");
   const uint8_t* src = data.Data();
   size_t len = data.ByteLength();
-  return faulted_ || guardedGuestAccess(mem_, fault_, [&] { memcpy(dst, src, len); });
+  return faulted_ || guardedGuestAccess(*mem_, fault_, [&] { memcpy(dst, src, len); });
 }
 
 // Copies dst.length bytes of guest memory into dst; throws if out of bounds.
@@ -69,7 +75,7 @@ bool BufferTable::readGuest(Napi::Env env, double bufId, Napi::Value offset, Nap
   if (!src) throw Napi::RangeError::New(env, "readGuest: outside guest memory");
   uint8_t* out = dst.Data();
   size_t len = dst.ByteLength();
-  if (faulted_ || !guardedGuestAccess(mem_, fault_, [&] { memcpy(out, src, len); })) {
+  if (faulted_ || !guardedGuestAccess(*mem_, fault_, [&] { memcpy(out, src, len); })) {
     memset(out, 0, len);  // no stale bytes: the request is failed with the connection
     return false;
   }
@@ -85,7 +91,7 @@ bool BufferTable::copy(Napi::Env env, const double* c, int64_t n) {
       throw Napi::RangeError::New(env, "copy: range outside guest memory and bounce arena");
   }
   if (faulted_) return true;
-  return guardedGuestAccess(mem_, fault_, [&] {
+  return guardedGuestAccess(*mem_, fault_, [&] {
     for (int64_t k = 0; k < n; k++) {
       const double* e = c + k * kCopyStride;
       memmove(ptr(e[2], e[3], e[4]), ptr(e[0], e[1], e[4]), static_cast<size_t>(e[4]));

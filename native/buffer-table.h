@@ -7,6 +7,8 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <memory>
+#include <utility>
 
 #include "guest-access.h"
 #include "guest-memory.h"
@@ -18,15 +20,23 @@ constexpr uint64_t kMaxBounceBytes = 1ull << 32;
 
 class BufferTable {
  public:
+  BufferTable() : mem_(std::make_shared<GuestMemory>()) {}
   ~BufferTable() { release(); }
+  // Uses a connection's shared memory table instead of a private one (a
+  // data-plane worker's session); regions then change only through it.
+  void shareMemory(std::shared_ptr<GuestMemory> mem) {
+    mem_ = std::move(mem);
+    shared_ = true;
+  }
+  bool sharedMemory() const { return shared_; }
   // Maps the bounce arena (bounceBytes, checked by the caller) and the zero
   // buffer; throws {code, errno} if mmap fails.
   void init(Napi::Env env, uint64_t bounceBytes);
   // Unmaps guest memory, the arena and the zero buffer (idempotent).
   void release();
 
-  GuestMemory& mem() { return mem_; }
-  const GuestMemory& mem() const { return mem_; }
+  GuestMemory& mem() { return *mem_; }
+  const GuestMemory& mem() const { return *mem_; }
   GuestFault& fault() { return fault_; }
   // A guarded access faulted: from then on the session touches no guest
   // memory and takes no disk I/O.
@@ -52,7 +62,8 @@ class BufferTable {
   bool copy(Napi::Env env, const double* copies, int64_t n);
 
  private:
-  GuestMemory mem_;
+  std::shared_ptr<GuestMemory> mem_;  // never null
+  bool shared_ = false;
   GuestFault fault_;
   bool faulted_ = false;
   uint8_t* bounce_ = nullptr;

@@ -1,8 +1,10 @@
 // Test-only crash points: reads VUBLK_TEST_CRASH_AT once and SIGKILLs the
-// process at the named point of the completion publish (see crash-point.h).
+// process at the named point of the completion publish; and the busy poll's
+// re-arm delay (VUBLK_TEST_POLL_REARM_DELAY_MS). See crash-point.h.
 #include "crash-point.h"
 
 #include <signal.h>
+#include <time.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -38,11 +40,25 @@ Armed readEnv() {
 
 const Armed kArmed = readEnv();
 
+long readDelayMs() {
+  const char* v = getenv("VUBLK_TEST_POLL_REARM_DELAY_MS");
+  return v && *v ? strtol(v, nullptr, 10) : 0;
+}
+
+const long kRearmDelayMs = readDelayMs();
+
 }  // namespace
 
 void crashPoint(CrashPoint point, unsigned batch) {
   if (point != kArmed.point || batch < kArmed.minBatch) return;
   raise(SIGKILL);
+}
+
+void pollRearmPoint() {
+  if (kRearmDelayMs <= 0) return;
+  timespec ts{kRearmDelayMs / 1000, (kRearmDelayMs % 1000) * 1000000};
+  while (nanosleep(&ts, &ts) != 0) {
+  }
 }
 
 }  // namespace vublk

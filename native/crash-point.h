@@ -1,4 +1,5 @@
-// Test-only crash points on the completion publish. With
+// Test-only crash points on the completion publish (and one delay point in
+// the busy poll, at the end). With
 // VUBLK_TEST_CRASH_AT=<point>[:<minBatch>] in the environment the process
 // SIGKILLs itself the first time it reaches <point> with a batch of at
 // least minBatch heads (default 1), so tests can show the inflight region
@@ -19,5 +20,10 @@ enum class CrashPoint {
 
 // Dies here if the environment asked for this point and batch size.
 void crashPoint(CrashPoint point, unsigned batch);
+
+// Test-only: with VUBLK_TEST_POLL_REARM_DELAY_MS=<ms> Session::poll sleeps
+// that long after its last empty look and before it turns kicks back on,
+// so a test can publish a request while it still sees kicks suppressed.
+void pollRearmPoint();
 
 }  // namespace vublk

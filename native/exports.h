@@ -7,6 +7,7 @@ namespace vublk {
 void InitUnixSocket(Napi::Env env, Napi::Object exports);
 void InitFdWatcher(Napi::Env env, Napi::Object exports);
 void InitMemfd(Napi::Env env, Napi::Object exports);
+void InitSharedGuestMemory(Napi::Env env, Napi::Object exports);
 void InitSession(Napi::Env env, Napi::Object exports);
 void InitDiskProbe(Napi::Env env, Napi::Object exports);
 void InitNotifierFd(Napi::Env env, Napi::Object exports);

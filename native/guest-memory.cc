@@ -83,6 +83,7 @@ int GuestMemory::add(int fd, uint64_t gpa, uint64_t size, uint64_t uva, uint64_t
     r.gpa = gpa;
     r.size = size;
     r.uva = uva;
+    r.mmapOffset = mmapOffset;
     r.mapBase = base;
     r.mapLen = static_cast<size_t>(end);
     // SAFETY: mmapOffset + size == mapLen was checked, so host..host+size is mapped.
@@ -124,8 +125,9 @@ bool GuestMemory::translateGpa(uint64_t gpa, uint64_t len, GuestSpan* out) const
     return r.active && gpa >= r.gpa && gpa - r.gpa < r.size;
   };
   unsigned hit = kMaxRegions;
-  if (fits(lastHit_)) {
-    hit = lastHit_;
+  unsigned last = lastHit_.load(std::memory_order_relaxed);
+  if (fits(last)) {
+    hit = last;
   } else {
     for (unsigned i = 0; i < kMaxRegions; i++) {
       if (fits(i)) {
@@ -135,7 +137,7 @@ bool GuestMemory::translateGpa(uint64_t gpa, uint64_t len, GuestSpan* out) const
     }
   }
   if (hit == kMaxRegions) return false;
-  lastHit_ = hit;
+  lastHit_.store(hit, std::memory_order_relaxed);
   const Region& r = regions_[hit];
   uint64_t off = gpa - r.gpa;
   uint64_t avail = r.size - off;

@@ -5,6 +5,7 @@
 // and never sees a pointer. Every translation is bounds-checked here.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -15,6 +16,7 @@ struct Region {
   uint64_t gpa = 0;   // guest-physical start
   uint64_t size = 0;  // bytes
   uint64_t uva = 0;   // frontend's user address (ring addresses use it)
+  uint64_t mmapOffset = 0;  // where gpa lies in the frontend's fd
   uint8_t* host = nullptr;  // our mapping of gpa
   void* mapBase = nullptr;  // what mmap returned (host - mmapOffset)
   size_t mapLen = 0;
@@ -28,6 +30,10 @@ struct GuestSpan {
   uint64_t len;
 };
 
+// One table may be shared by the sessions of several data-plane threads
+// (see shared-guest-memory.h): lookups then run on all of them at once, but
+// regions change only while every one of those sessions is quiesced, so the
+// hot path takes no lock.
 class GuestMemory {
  public:
   // VHOST_USER_MAX_RAM_SLOTS, the most CONFIGURE_MEM_SLOTS lets a frontend add.
@@ -72,7 +78,9 @@ class GuestMemory {
  private:
   Region regions_[kMaxRegions];
   unsigned count_ = 0;
-  mutable unsigned lastHit_ = 0;  // translation cache: most lookups hit the same region
+  // Translation cache (most lookups hit the same region); relaxed: any value
+  // is a valid hint, whichever thread stored it.
+  mutable std::atomic<unsigned> lastHit_{0};
 };
 
 }  // namespace vublk

@@ -92,6 +92,11 @@ Napi::Value Session::SetVringNum(const Napi::CallbackInfo& info) {
 
 Napi::Value Session::StopVring(const Napi::CallbackInfo& info) {
   Vring& v = vring(info);
+  // Stopped from a callback while poll() held kicks off: turn them back on
+  // for whoever serves the ring next.
+  if (v.vq.notifySuppressed() && !buffers_.faulted() &&
+      !guardedGuestAccess(buffers_.mem(), buffers_.fault(), [&] { v.vq.setNotifySuppressed(false); }))
+    buffers_.markFaulted();
   v.kickPoll.close();
   v.kickFd.reset();
   v.callFd.reset();
@@ -208,31 +213,40 @@ void Session::ringBroken(Vring& v, const std::string& err) {
 
 // Pops and hands chains to JS, batch by batch, until the ring is empty or
 // JS pauses it. Re-entry (JS polling from inside onChains) is a no-op: the
-// outer loop keeps popping.
-void Session::deliver(Vring& v) {
+// outer loop keeps popping. Returns the chains delivered.
+unsigned Session::deliver(Vring& v) {
   if (delivering_) {
     // JS asked from inside a delivery: the shared batch arrays are in use.
     // Note it; the outer delivery pops this ring when it is done.
     v.pollPending = true;
-    return;
+    return 0;
   }
   delivering_ = true;
-  deliverOne(v);
+  unsigned n = deliverOne(v);
+  n += deliverPending();
+  delivering_ = false;
+  return n;
+}
+
+// The rings JS asked for during a delivery (see deliver()).
+unsigned Session::deliverPending() {
+  unsigned n = 0;
   for (bool again = true; again;) {
     again = false;
     for (auto& other : vrings_) {
       if (other->pollPending && !destroyed_) {
         other->pollPending = false;
-        deliverOne(*other);
+        n += deliverOne(*other);
         again = true;
       }
     }
   }
-  delivering_ = false;
+  return n;
 }
 
-void Session::deliverOne(Vring& v) {
+unsigned Session::deliverOne(Vring& v) {
   Napi::Env env = Env();
+  unsigned delivered = 0;
   while (!destroyed_ && !buffers_.faulted() && v.started && v.enabled && !v.paused) {
     batch_.nChains = 0;
     batch_.nSegs = 0;
@@ -245,6 +259,7 @@ void Session::deliverOne(Vring& v) {
       err = describeGuestFault(buffers_.mem(), buffers_.fault());
     }
     if (batch_.nChains > 0) {
+      delivered += batch_.nChains;
       callJs(env, onChains_, callbacks_.Value(),
              {Napi::Number::New(env, v.index), Napi::Number::New(env, batch_.nChains),
               Napi::Number::New(env, batch_.nSegs)});
@@ -255,21 +270,29 @@ void Session::deliverOne(Vring& v) {
     }
     if (batch_.nChains == 0) break;
   }
+  return delivered;
 }
 
 void Session::OnUringEvent(uv_poll_t* h, int, int) {
   auto* s = static_cast<Session*>(h->data);
   if (!s) return;
-  Napi::Env env = s->Env();
-  Napi::HandleScope scope(env);
+  Napi::HandleScope scope(s->Env());
   s->disk_.uring().ackEvent();
-  unsigned max = static_cast<unsigned>(s->cqes_.length / kCqeStride);
-  while (!s->destroyed_) {
-    unsigned n = s->disk_.uring().reap(static_cast<double*>(s->cqes_.data), max);
-    if (n == 0) break;
-    callJs(env, s->onCompletions_, s->callbacks_.Value(), {Napi::Number::New(env, n)});
-  }
+  s->reapCompletions();
 }
 
+// Hands every completion waiting to JS, batch by batch; returns how many.
+unsigned Session::reapCompletions() {
+  Napi::Env env = Env();
+  unsigned max = static_cast<unsigned>(cqes_.length / kCqeStride);
+  unsigned total = 0;
+  while (!destroyed_) {
+    unsigned n = disk_.uring().reap(static_cast<double*>(cqes_.data), max);
+    if (n == 0) break;
+    total += n;
+    callJs(env, onCompletions_, callbacks_.Value(), {Napi::Number::New(env, n)});
+  }
+  return total;
+}
 
 }  // namespace vublk

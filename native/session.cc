@@ -4,6 +4,7 @@
 #include "guest-access.h"
 #include "js-callback.h"
 #include "session.h"
+#include "shared-guest-memory.h"
 
 namespace vublk {
 
@@ -14,6 +15,8 @@ Napi::Function Session::Define(Napi::Env env) {
        InstanceMethod<&Session::RemoveRegion>("removeRegion"),
        InstanceMethod<&Session::ClearRegions>("clearRegions"),
        InstanceMethod<&Session::RegionBytes>("regionBytes"),
+       InstanceMethod<&Session::Regions>("regions"),
+       InstanceMethod<&Session::Poll>("poll"),
        InstanceMethod<&Session::SetVringNum>("setVringNum"),
        InstanceMethod<&Session::SetVringAddr>("setVringAddr"),
        InstanceMethod<&Session::SetVringBase>("setVringBase"),
@@ -88,6 +91,12 @@ void Session::init(const Napi::CallbackInfo& info) {
   onCompletions_ = Napi::Persistent(cbs.Get("onCompletions").As<Napi::Function>());
   onViolation_ = Napi::Persistent(cbs.Get("onViolation").As<Napi::Function>());
 
+  // A data-plane worker's session: the connection's shared memory table.
+  if (info.Length() > 9 && !info[9].IsUndefined()) {
+    std::shared_ptr<GuestMemory> mem = findSharedGuestMemory(info[9].ToNumber().DoubleValue());
+    if (!mem) throw Napi::Error::New(env, "memoryToken names no GuestMemory");
+    buffers_.shareMemory(std::move(mem));
+  }
   buffers_.init(env, bounceBytes);
 
   napi_get_uv_event_loop(env, &loop_);
@@ -155,6 +164,7 @@ Napi::Value Session::AddRegion(const Napi::CallbackInfo& info) {
   // Owned at once: any argument below that throws still closes it.
   UniqueFd fd(static_cast<int>(argInt(info, 0)));
   if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
+  requirePrivateMemory(env);
   uint64_t gpa = argU64(info, 1), size = argU64(info, 2), uva = argU64(info, 3), off = argU64(info, 4);
   std::string err;
   int id = buffers_.mem().add(fd.release(), gpa, size, uva, off, err);  // closes it, mapped or not
@@ -163,6 +173,7 @@ Napi::Value Session::AddRegion(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Session::RemoveRegion(const Napi::CallbackInfo& info) {
+  requirePrivateMemory(info.Env());
   // Fixed buffers point into the mapping being removed: drop them first.
   disk_.unregisterBuffers();
   bool ok = !destroyed_ && buffers_.mem().remove(argU64(info, 0), argU64(info, 1));
@@ -170,10 +181,20 @@ Napi::Value Session::RemoveRegion(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Session::ClearRegions(const Napi::CallbackInfo& info) {
+  requirePrivateMemory(info.Env());
   disk_.unregisterBuffers();
   for (auto& v : vrings_) v->vq.unmap();
   buffers_.mem().clear();
   return info.Env().Undefined();
+}
+
+void Session::requirePrivateMemory(Napi::Env env) {
+  if (buffers_.sharedMemory())
+    throw Napi::Error::New(env, "guest memory is shared: change it through its GuestMemory");
+}
+
+Napi::Value Session::Regions(const Napi::CallbackInfo& info) {
+  return describeRegions(info.Env(), buffers_.mem());
 }
 
 void Session::requireStopped(Napi::Env env, const char* what) {

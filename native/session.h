@@ -7,11 +7,12 @@
 //   JS submit(n) ---> io_uring SQEs                              one call per batch
 //   uring eventfd --> reap CQEs  ---> onCompletions(n)           one call per batch
 //   JS pushUsed(q, n) -> status bytes, used ring, call eventfd   one call per batch
+//   JS poll(maxNs) --> the pop and reap above without waiting for an eventfd
 //
 // Shared arrays (layouts in shared-arrays.h) carry every batch, so no JS
 // object is made per request. The methods defined here are the thin ones;
 // session.cc holds set-up and teardown, session-rings.cc the rings and the
-// event handlers.
+// event handlers, session-poll.cc the bounded busy poll.
 #pragma once
 
 #include <napi.h>
@@ -189,6 +190,8 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value AddRegion(const Napi::CallbackInfo& info);
   Napi::Value RemoveRegion(const Napi::CallbackInfo& info);
   Napi::Value ClearRegions(const Napi::CallbackInfo& info);
+  void requirePrivateMemory(Napi::Env env);
+  Napi::Value Regions(const Napi::CallbackInfo& info);
   Napi::Value SetInflight(const Napi::CallbackInfo& info);
   Napi::Value ClearInflight(const Napi::CallbackInfo& info);
   void requireStopped(Napi::Env env, const char* what);
@@ -204,9 +207,16 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value PushUsed(const Napi::CallbackInfo& info);
   static void OnKick(uv_poll_t* h, int status, int events);
   void ringBroken(Vring& v, const std::string& err);
-  void deliver(Vring& v);
-  void deliverOne(Vring& v);
+  unsigned deliver(Vring& v);
+  unsigned deliverPending();
+  unsigned deliverOne(Vring& v);
   static void OnUringEvent(uv_poll_t* h, int, int);
+  unsigned reapCompletions();
+
+  // session-poll.cc: bounded busy polling of the rings and the uring.
+  Napi::Value Poll(const Napi::CallbackInfo& info);
+  unsigned pollOnce();
+  void suppressNotify(bool on);
 
   BufferTable buffers_;  // guest memory, bounce arena, zero buffer; see guestFaulted()
   DiskQueue disk_;       // after buffers_: it reads them

@@ -15,6 +15,7 @@ constexpr uint16_t kDescNext = 1;
 constexpr uint16_t kDescWrite = 2;
 constexpr uint16_t kDescIndirect = 4;
 constexpr uint16_t kAvailNoInterrupt = 1;
+constexpr uint16_t kUsedNoNotify = 1;
 
 struct Desc {
   uint64_t addr;
@@ -143,7 +144,7 @@ bool SplitVirtqueue::pop(const GuestMemory& mem, PopBatch& batch, std::string& e
       lastAvail_++;
       pending--;
     }
-    if (!eventIdx_) return true;
+    if (!eventIdx_ || suppressed_) return true;
     // Ask for a kick when the driver adds past what we popped (avail_event),
     // then look again: the driver may have added before it saw the new value.
     store16(used_ + 4 + 8u * num_, lastAvail_);
@@ -284,6 +285,19 @@ bool SplitVirtqueue::walkChain(const GuestMemory& mem, uint16_t head, PopBatch& 
   c[3] = headerLen;
   batch.nChains++;
   return true;
+}
+
+void SplitVirtqueue::setNotifySuppressed(bool on) {
+  if (!mapped_) {
+    suppressed_ = false;
+    return;
+  }
+  if (on == suppressed_) return;
+  suppressed_ = on;
+  if (!eventIdx_)
+    store16(used_, on ? kUsedNoNotify : 0);
+  else if (!on)
+    store16(used_ + 4 + 8u * num_, lastAvail_);
 }
 
 void SplitVirtqueue::addUsed(uint32_t head, uint32_t len) {

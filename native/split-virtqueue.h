@@ -84,6 +84,16 @@ class SplitVirtqueue {
   // True if the driver has made chains available that we have not popped.
   bool hasAvailable() const;
 
+  // Notification suppression while the device polls the ring: without
+  // EVENT_IDX sets VRING_USED_F_NO_NOTIFY, with it stops moving avail_event
+  // forward (pop() leaves it behind, so the driver's next publish does not
+  // cross it). Turning it off re-enables kicks (clears the flag, or sets
+  // avail_event to what was popped); the caller then needs a full barrier
+  // and a hasAvailable() re-check: a driver that published while it saw
+  // kicks suppressed did not kick. Writes guest memory: the caller guards.
+  void setNotifySuppressed(bool on);
+  bool notifySuppressed() const { return suppressed_; }
+
   // Adds one used element; publish() makes a batch of them visible. Both do
   // nothing on an unmapped ring (the caller checks mapped() and head < num).
   void addUsed(uint32_t head, uint32_t len);
@@ -103,6 +113,7 @@ class SplitVirtqueue {
   bool mapped_ = false;
   bool eventIdx_ = false;
   bool indirect_ = false;
+  bool suppressed_ = false;
   uint16_t lastAvail_ = 0;
   uint16_t usedIdx_ = 0;       // next used slot, private until publish()
   uint16_t publishedIdx_ = 0;  // used->idx as the driver last saw it

@@ -60,6 +60,8 @@ class Uring {
   // Delivers a completion for work done outside the ring (a BLKDISCARD on a
   // worker thread) through the same path as the ring's own: stash + eventfd.
   void postCompletion(uint64_t userData, int32_t res);
+  // Completions waiting to be reaped (stashed or in the completion queue).
+  bool ready() const { return stashHead_ < stash_.size() || io_uring_cq_ready(&ring_) > 0; }
   // Drains the eventfd counter (call before reaping).
   void ackEvent();
   unsigned entries() const { return entries_; }

@@ -163,6 +163,8 @@ export interface Session {
    * answers after destroy().
    */
   ringCounters(out: Float64Array): void;
+  /** The active guest regions (a shared GuestMemory's when made with a token). */
+  regions(): { bufId: number; mmapOffset: number }[];
   /**
    * One bounded busy-poll pass of at most maxNs: delivers chains and
    * completions through the callbacks, with ring notifications suppressed
