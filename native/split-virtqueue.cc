@@ -294,10 +294,14 @@ void SplitVirtqueue::setNotifySuppressed(bool on) {
   }
   if (on == suppressed_) return;
   suppressed_ = on;
-  if (!eventIdx_)
+  if (!eventIdx_) {
     store16(used_, on ? kUsedNoNotify : 0);
-  else if (!on)
-    store16(used_ + 4 + 8u * num_, lastAvail_);
+    return;
+  }
+  // The driver kicks when its publish moves avail idx across avail_event.
+  // One behind what was popped is behind every index it can publish next
+  // (it holds at most num entries ahead of us), so it never kicks.
+  store16(used_ + 4 + 8u * num_, static_cast<uint16_t>(on ? lastAvail_ - 1 : lastAvail_));
 }
 
 void SplitVirtqueue::addUsed(uint32_t head, uint32_t len) {

@@ -85,9 +85,9 @@ class SplitVirtqueue {
   bool hasAvailable() const;
 
   // Notification suppression while the device polls the ring: without
-  // EVENT_IDX sets VRING_USED_F_NO_NOTIFY, with it stops moving avail_event
-  // forward (pop() leaves it behind, so the driver's next publish does not
-  // cross it). Turning it off re-enables kicks (clears the flag, or sets
+  // EVENT_IDX sets VRING_USED_F_NO_NOTIFY, with it sets avail_event one
+  // behind what was popped and pop() stops moving it (the driver's next
+  // publishes do not cross it). Turning it off re-enables kicks (clears the flag, or sets
   // avail_event to what was popped); the caller then needs a full barrier
   // and a hasAvailable() re-check: a driver that published while it saw
   // kicks suppressed did not kick. Writes guest memory: the caller guards.
