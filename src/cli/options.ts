@@ -1,6 +1,7 @@
 // Command line parsing. Pure: reads nothing from disk, creates nothing. Every
 // problem is a UsageError whose message is one line naming the option.
 
+import os from 'node:os';
 import { MAX_QUEUES } from '../blk/features';
 import { MAX_WORKERS } from '../device/shared-disk-state';
 import { UsageError } from '../errors';
@@ -74,7 +75,7 @@ export interface Options {
   metricsListen: MetricsAddress | undefined;
   /** Take QEMU's image locks on the disk (off: --no-image-lock; see src/disk/image-lock.ts). */
   imageLock: boolean;
-  /** --workers: data-plane worker threads per connection (default 0: in-thread). */
+  /** --workers: data-plane worker threads per connection (0: in-thread; default one per queue up to the cores). */
   workers: number;
   /** --poll-max-us: longest busy-poll pass of a worker after a batch; 0: no polling. */
   pollMaxUs: number;
@@ -105,7 +106,7 @@ const SPECS: readonly OptionSpec[] = [
   {
     name: 'workers',
     arg: 'N',
-    help: `data-plane worker threads, 0..${MAX_WORKERS}; queue q is served by worker q mod N; 0 serves every queue on the main thread (default 0)`,
+    help: `data-plane worker threads, 0..${MAX_WORKERS}; queue q is served by worker q mod N; 0 serves every queue on the main thread (default: one per queue, up to the number of cores)`,
   },
   {
     name: 'poll-max-us',
@@ -379,8 +380,7 @@ export function parseOptions(argv: readonly string[]): Options {
   if (opts.socketGiven && opts.socketFd !== undefined) {
     throw new UsageError('--socket and --socket-fd both name the socket to serve; give one of them');
   }
-  // In-thread until the addon shares guest memory between workers (native.GuestMemory, branch i11-native).
-  opts.workers = workers ?? 0;
+  opts.workers = workers ?? Math.min(opts.queues, os.availableParallelism());
   // A file named "none" is still reachable as ./none.
   opts.stateFile = stateFile === NO_STATE_FILE ? null : (stateFile ?? opts.socket + STATE_FILE_SUFFIX);
   return opts;

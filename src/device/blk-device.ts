@@ -113,7 +113,16 @@ export class BlkDevice {
     this.stats = new DeviceStats(opts.queues);
     this.serial = opts.serial;
     this.fixedBuffers = opts.fixedBuffers;
-    this.workers = opts.workers ?? 0;
+    // A guest block smaller than the host's: read-modify-writes of one host
+    // block are serialised by the handler's RangeLock, which lives in one
+    // thread, so one worker serves every queue of a connection.
+    const emulated = opts.logicalBlockSize < disk.rules.offsetAlign;
+    this.workers = emulated ? Math.min(opts.workers ?? 0, 1) : (opts.workers ?? 0);
+    if (emulated && (opts.workers ?? 0) > 1)
+      log.info('one data-plane worker per connection: the guest block is smaller than the host block', {
+        logicalBlockSize: opts.logicalBlockSize,
+        hostBlock: disk.rules.offsetAlign,
+      });
     this.pollMaxUs = opts.pollMaxUs ?? 0;
     this.maxPinnedBytes = opts.maxPinnedMemory ?? Math.floor(os.totalmem() * DEFAULT_PINNED_FRACTION);
     const readOnly = opts.readOnly || disk.readOnly;

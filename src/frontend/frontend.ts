@@ -316,6 +316,11 @@ export class Frontend extends FrontendConnection {
     return p;
   }
 
+  /** Kicks sent on q so far (flush() leaves a kick out when the device suppressed it). */
+  kicksSent(q: number): number {
+    return this.queue(q).kicks;
+  }
+
   /** Kicks q unconditionally (e.g. after raw ring writes). */
   kick(q: number): void {
     const s = this.queue(q);

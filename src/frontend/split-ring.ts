@@ -16,6 +16,8 @@ import type { GuestMemory, GuestRegion } from './guest-memory';
 
 export const DescFlags = Object.freeze({ NEXT: 1, WRITE: 2, INDIRECT: 4 });
 export const DESC_SIZE = 16;
+/** used->flags: the device asks the driver not to kick (it is polling). */
+const VRING_USED_F_NO_NOTIFY = 1;
 
 /** One buffer of a chain: guest-physical range and direction (write = device writes). */
 export interface RingSeg {
@@ -206,7 +208,10 @@ export class SplitRing<T = unknown> {
     // SAFETY: avail is 2-byte aligned, so (offset + 2) / 2 is an exact index.
     Atomics.store(this.avail16, (this.avail.offset + 2) / 2, now);
     this.publishedAvail = now;
-    if (!this.eventIdx) return true;
+    // A device polling the ring suppresses kicks. Atomics are sequentially
+    // consistent: the avail idx store above is ordered before the loads
+    // below, as the device's re-check after re-enabling kicks needs.
+    if (!this.eventIdx) return (Atomics.load(this.used16, this.used.offset / 2) & VRING_USED_F_NO_NOTIFY) === 0;
     const availEvent = Atomics.load(this.used16, (this.used.offset + 4 + 8 * this.size) / 2);
     return vringNeedEvent(availEvent, now, old);
   }

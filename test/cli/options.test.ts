@@ -1,4 +1,5 @@
 import t from 'tap';
+import os from 'node:os';
 import { UsageError } from '../../src/errors';
 import { parseOptions, usageText } from '../../src/cli/options';
 
@@ -30,7 +31,7 @@ t.test('defaults', (t) => {
     maxPinnedMemory: undefined,
     stateFile: './vublk.sock.state',
     imageLock: true,
-    workers: 0,
+    workers: 1,
     pollMaxUs: 50,
     help: false,
   });
@@ -39,6 +40,8 @@ t.test('defaults', (t) => {
 
 t.test('--workers and --poll-max-us take bounded integers', (t) => {
   t.equal(parseOptions(['--queues', '8', '--workers', '2']).workers, 2);
+  t.equal(parseOptions(['--queues', '8']).workers, Math.min(8, os.availableParallelism()), 'default: one per queue up to the cores');
+  t.equal(parseOptions(['--workers', '0']).workers, 0, '0: in-thread');
   t.match((thrown(['--workers', '65']) as Error).message, /--workers expects an integer between 0 and 64/);
   t.match((thrown(['--poll-max-us', '-1']) as Error).message, /--poll-max-us/);
   t.end();

@@ -49,6 +49,8 @@ export interface DaemonOptions {
   loopSectorSize?: number;
   /** Serve this existing file (imageBytes long) instead of a fresh image in the daemon's directory. */
   diskFile?: string;
+  /** Added to the daemon's environment (test hooks such as VUBLK_TEST_POLL_REARM_DELAY_MS). */
+  env?: Record<string, string>;
 }
 
 /** Attaches file to a free loop device with the given sector size; teardown detaches it. */
@@ -79,7 +81,7 @@ export async function startDaemon(t: Test, opts: DaemonOptions = {}): Promise<Da
   args.push(...(opts.extraArgs ?? []));
   let v: VublkProcess;
   try {
-    v = await startVublk(args);
+    v = await startVublk(args, opts.env === undefined ? {} : { env: opts.env });
   } catch (err) {
     fs.rmSync(dir, { recursive: true, force: true });
     throw err;
