@@ -8,7 +8,7 @@
 
 import { native, type Session } from '../native/binding';
 import { BlkHandler } from '../blk/blk-handler';
-import { DEFAULT_BOUNCE_BYTES, allocateArrays, type SessionArrays } from '../blk/shared-arrays';
+import { DEFAULT_BOUNCE_BYTES, FIXED_BOUNCE_BYTES, allocateArrays, type SessionArrays } from '../blk/shared-arrays';
 import type { DataPlaneEvents, VhostUserDataPlane } from '../vhost-user/backend';
 import type { MemRegionWithFd } from '../vhost-user/message';
 import {
@@ -146,7 +146,11 @@ export class BlkDataPlane implements VhostUserDataPlane {
   /** Registers guest memory as io_uring fixed buffers if the policy allows (see fixed-buffers.ts). Called with I/O drained. */
   memoryChanged(): void {
     this.handler.setRegistered(false);
-    this.handler.setRegistered(this.fixedBuffers.apply(this.session.regionBytes(), () => this.session.registerBuffers()));
+    const bytes = this.session.regionBytes() + FIXED_BOUNCE_BYTES;
+    this.handler.setRegistered(
+      this.fixedBuffers.apply(bytes, () => this.session.registerBuffers(FIXED_BOUNCE_BYTES)),
+      FIXED_BOUNCE_BYTES,
+    );
   }
 
   async quiesce(): Promise<number[]> {
