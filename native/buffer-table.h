@@ -48,6 +48,10 @@ class BufferTable {
     return first;
   }
 
+  // The bounce arena (for fixed-buffer registration).
+  uint8_t* bounce() const { return bounce_; }
+  uint64_t bounceLen() const { return bounceLen_; }
+
   // Host pointer for (bufId, offset, len): a guest region or the bounce
   // arena, bounds-checked; nullptr if it lies outside.
   uint8_t* ptr(double bufId, double offset, double len) const;

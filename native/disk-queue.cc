@@ -2,6 +2,8 @@
 // disk-queue.h).
 #include "disk-queue.h"
 
+#include <algorithm>
+
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 
@@ -131,13 +133,18 @@ void DiskQueue::cancelAll(Napi::Env env) {
 }
 
 // Registers every guest region with io_uring as fixed buffers, in chunks of
-// at most kFixedChunk (the kernel's limit per buffer is 1 GiB). Returns the
-// number of fixed buffers; throws {code, errno} if the kernel refuses
+// at most kFixedChunk (the kernel's limit per buffer is 1 GiB), and the
+// first bounceBytes of the bounce arena as one more (bounced requests then
+// use READ_FIXED / WRITE_FIXED too; pinning faults those pages in, so only
+// the part a first-fit allocator hands out most is registered). Returns
+// the number of fixed buffers; throws {code, errno} if the kernel refuses
 // (e.g. RLIMIT_MEMLOCK), leaving none registered. The caller has drained
 // I/O on the previous table.
-size_t DiskQueue::registerBuffers(Napi::Env env) {
+size_t DiskQueue::registerBuffers(Napi::Env env, uint64_t bounceBytes) {
   std::vector<iovec> iov;
   fixedBase_.assign(GuestMemory::kMaxRegions, -1);
+  bounceFixed_ = -1;
+  bounceFixedLen_ = 0;
   for (uint32_t id = 0; id < GuestMemory::kMaxRegions; id++) {
     const Region* r = buffers_.mem().region(id);
     if (!r) continue;
@@ -147,9 +154,17 @@ size_t DiskQueue::registerBuffers(Napi::Env env) {
       iov.push_back(iovec{r->host + off, static_cast<size_t>(len)});
     }
   }
-  int rc = uring_.registerBuffers(iov.data(), static_cast<unsigned>(iov.size()));
+  uint64_t arena = std::min({bounceBytes, buffers_.bounceLen(), static_cast<uint64_t>(kFixedChunk)});
+  if (arena > 0 && buffers_.bounce()) {
+    bounceFixed_ = static_cast<int>(iov.size());
+    bounceFixedLen_ = arena;
+    iov.push_back(iovec{buffers_.bounce(), static_cast<size_t>(arena)});
+  }
+  int rc = iov.empty() ? 0 : uring_.registerBuffers(iov.data(), static_cast<unsigned>(iov.size()));
   if (rc < 0) {
     fixedBase_.clear();
+    bounceFixed_ = -1;
+    bounceFixedLen_ = 0;
     throwErrno(env, -rc, "io_uring_register_buffers");
   }
   return iov.size();
@@ -158,11 +173,18 @@ size_t DiskQueue::registerBuffers(Napi::Env env) {
 void DiskQueue::unregisterBuffers() {
   uring_.unregisterBuffers();
   fixedBase_.clear();
+  bounceFixed_ = -1;
+  bounceFixedLen_ = 0;
 }
 
 // Fixed buffer index for (bufId, offset, len), or -1 if it is not inside
 // one registered chunk.
 int DiskQueue::fixedIndex(double bufId, double offset, double len) const {
+  if (bufId == kBounceBufId) {
+    bool inside = bounceFixed_ >= 0 && offset >= 0 && len > 0 && len <= static_cast<double>(bounceFixedLen_) &&
+                  offset <= static_cast<double>(bounceFixedLen_) - len;
+    return inside ? bounceFixed_ : -1;
+  }
   if (fixedBase_.empty() || !(bufId >= 0 && bufId < GuestMemory::kMaxRegions)) return -1;
   int base = fixedBase_[static_cast<size_t>(bufId)];
   if (base < 0 || !(offset >= 0 && len > 0)) return -1;

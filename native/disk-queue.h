@@ -45,8 +45,9 @@ class DiskQueue {
   unsigned pendingDiscards() const { return pendingDiscards_; }
   // Asks the kernel to cancel every op in flight; throws if it refuses.
   void cancelAll(Napi::Env env);
-  // Registers every guest region as fixed buffers; returns how many.
-  size_t registerBuffers(Napi::Env env);
+  // Registers every guest region and the first bounceBytes of the bounce
+  // arena as fixed buffers; returns how many.
+  size_t registerBuffers(Napi::Env env, uint64_t bounceBytes);
   void unregisterBuffers();
 
  private:
@@ -64,6 +65,8 @@ class DiskQueue {
   bool closed_ = false;
   unsigned pendingDiscards_ = 0;
   std::vector<int> fixedBase_;  // first fixed buffer index per bufId, -1 if none
+  int bounceFixed_ = -1;        // the arena's fixed buffer, -1 if none
+  uint64_t bounceFixedLen_ = 0;  // its length: the arena's first bytes
   std::vector<iovec> iovScratch_;
 };
 

@@ -139,11 +139,13 @@ class Session : public Napi::ObjectWrap<Session> {
     return info.Env().Undefined();
   }
 
-  // Registers every guest region as fixed buffers (DiskQueue::registerBuffers).
+  // registerBuffers(bounceBytes = 0): every guest region and the arena's
+  // first bounceBytes as fixed buffers (DiskQueue::registerBuffers).
   Napi::Value RegisterBuffers(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
-    return Napi::Number::New(env, static_cast<double>(disk_.registerBuffers(env)));
+    uint64_t bounceBytes = info.Length() > 0 && !info[0].IsUndefined() ? argU64(info, 0) : 0;
+    return Napi::Number::New(env, static_cast<double>(disk_.registerBuffers(env, bounceBytes)));
   }
 
   Napi::Value UnregisterBuffers(const Napi::CallbackInfo& info) {

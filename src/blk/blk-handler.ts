@@ -159,9 +159,10 @@ export class BlkHandler {
     this.disk.writeZeroes = writeZeroes && this.opts.disk.writeZeroes === true;
   }
 
-  /** Whether guest memory is registered as io_uring fixed buffers now. */
-  setRegistered(on: boolean): void {
+  /** Whether guest memory is registered as io_uring fixed buffers now, with the bounce arena's first bounceBytes. */
+  setRegistered(on: boolean, bounceBytes = 0): void {
     this.registered = on;
+    this.requestOps.fixedBounceBytes = on ? bounceBytes : 0;
   }
 
   /** Per-queue counters (live objects). */

@@ -1,13 +1,16 @@
 // Queues one request's disk ops and memory copies into the op batch: each op
 // gets its completion id, the result it must return, and its counter.
 
-import { BOUNCE_BUF_ID, OP_FLAG_FIXED, OP_FSYNC } from './shared-arrays';
+import { BOUNCE_BUF_ID, OP_FLAG_FIXED, OP_FSYNC, fitsFixedChunk } from './shared-arrays';
 import type { BlkRequest } from './request';
 import type { OpBatch } from './op-batch';
 import type { CompletionIds } from './completion-id';
 import type { QueueCounters } from './counters';
 
 export class RequestOps {
+  /** Bytes at the start of the bounce arena registered as a fixed buffer now (0: none). */
+  fixedBounceBytes = 0;
+
   constructor(
     private readonly batch: OpBatch,
     private readonly ids: CompletionIds,
@@ -39,11 +42,21 @@ export class RequestOps {
     else c.plainOps++;
   }
 
-  /** Queues one op on a single bounce-arena range. */
+  /**
+   * OP_FLAG_FIXED if one iovec on (bufId, offset, len) lies in registered
+   * memory: the registered part of the arena, or guest memory while the
+   * request's hint (`registered`) says guest memory is registered.
+   */
+  fixedFlag(registered: boolean, bufId: number, offset: number, len: number): number {
+    if (bufId === BOUNCE_BUF_ID) return offset + len <= this.fixedBounceBytes ? OP_FLAG_FIXED : 0;
+    return registered && bufId < BOUNCE_BUF_ID && fitsFixedChunk(offset, len) ? OP_FLAG_FIXED : 0;
+  }
+
+  /** Queues one op on a single bounce-arena range (fixed when that range is registered). */
   queueBounce(req: BlkRequest, opIdx: number, opcode: number, offset: number, at: number, len: number, flags = 0): void {
     this.batch.reserve(1);
     this.batch.iov(0, BOUNCE_BUF_ID, at, len);
-    this.queue(req, opIdx, opcode, offset, 1, len, flags);
+    this.queue(req, opIdx, opcode, offset, 1, len, flags | this.fixedFlag(false, BOUNCE_BUF_ID, at, len));
   }
 
   /** Queues an op on the file range [offset, offset+len) with no iovecs (fallocate, BLKDISCARD); it returns 0. */

@@ -2,7 +2,7 @@
 // partial host blocks, bounce buffers, split ops and the fixed-buffer choice.
 
 import { BlkRequest } from './request';
-import { BOUNCE_BUF_ID, OP_FLAG_DSYNC, OP_FLAG_FIXED, OP_READV, OP_WRITEV, fitsFixedChunk } from './shared-arrays';
+import { BOUNCE_BUF_ID, OP_FLAG_DSYNC, OP_READV, OP_WRITEV } from './shared-arrays';
 import { statusForErrno } from './status';
 import { EIO, PHASE_DONE, PHASE_IDLE, PHASE_MAIN, PHASE_RMW_READ, type HandlerPort } from './handler-port';
 import { ELEM, RwPlan, buildVector, cutPieces, splitPoints } from '../align/rw-plan';
@@ -17,8 +17,9 @@ export class RwRequests {
     const write = req.type === VIRTIO_BLK_T_OUT;
     const plan = req.plan ?? (req.plan = new RwPlan(req.capacity));
     this.h.planner.plan(plan, req.sector * SECTOR_SIZE, req.dataLen, write, req.iovs, req.iovCount);
-    // A bounce buffer replaces guest iovecs: the hint no longer holds.
-    if (plan.bounced) req.registered = false;
+    // A bounce buffer replaces guest iovecs: the hint holds only while the
+    // arena is registered too (fixedFlag checks each op's range in it).
+    if (plan.bounced && this.h.ops.fixedBounceBytes === 0) req.registered = false;
     req.error = 0;
     req.phase = PHASE_IDLE;
     req.lockHeld = false;
@@ -103,10 +104,7 @@ export class RwRequests {
       }
       return;
     }
-    let fixed = 0;
-    if (n === 1 && req.registered && fitsFixedChunk(vec[1] as number, vec[2] as number)) {
-      fixed = OP_FLAG_FIXED;
-    }
+    const fixed = n === 1 ? this.h.ops.fixedFlag(req.registered, vec[0] as number, vec[1] as number, vec[2] as number) : 0;
     req.pendingOps = 1;
     this.queueVecOp(req, 0, opcode, plan.aStart, 0, n, plan.aEnd - plan.aStart, flags | fixed);
   }

@@ -96,6 +96,11 @@ export const BATCH_CQES = 256;
 export const BATCH_COPIES = 4096;
 /** Default bounce arena: reserved address space, touched only as used. */
 export const DEFAULT_BOUNCE_BYTES = 64 * 1024 * 1024;
+/**
+ * The arena's first bytes, registered as an io_uring fixed buffer with guest
+ * memory (pinned, so resident; the first-fit BouncePool hands them out first).
+ */
+export const FIXED_BOUNCE_BYTES = 8 * 1024 * 1024;
 
 export function allocateArrays(maxQueueSize: number): SessionArrays {
   const usedEntries = Math.max(maxQueueSize, BATCH_CHAINS, BATCH_CQES);

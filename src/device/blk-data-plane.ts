@@ -9,7 +9,7 @@
 
 import { native, type Session } from '../native/binding';
 import { BlkHandler } from '../blk/blk-handler';
-import { DEFAULT_BOUNCE_BYTES, allocateArrays, type SessionArrays } from '../blk/shared-arrays';
+import { DEFAULT_BOUNCE_BYTES, FIXED_BOUNCE_BYTES, allocateArrays, type SessionArrays } from '../blk/shared-arrays';
 import type { DataPlaneEvents, VhostUserDataPlane } from '../vhost-user/backend';
 import type { MemRegionWithFd } from '../vhost-user/message';
 import {
@@ -206,7 +206,10 @@ export class BlkDataPlane implements VhostUserDataPlane {
 
   private registerMemory(bytes: number): void {
     this.handler.setRegistered(false);
-    this.handler.setRegistered(this.fixedBuffers.apply(bytes, () => this.session.registerBuffers()));
+    this.handler.setRegistered(
+      this.fixedBuffers.apply(bytes + FIXED_BOUNCE_BYTES, () => this.session.registerBuffers(FIXED_BOUNCE_BYTES)),
+      FIXED_BOUNCE_BYTES,
+    );
   }
 
   async quiesce(): Promise<number[]> {

@@ -151,10 +151,11 @@ export interface Session {
   /** Performs n copies from arrays.copies (guest memory <-> bounce arena). Throws if any is out of bounds. */
   copy(n: number): void;
   /**
-   * Registers every guest region as io_uring fixed buffers (1 GiB chunks);
+   * Registers every guest region as io_uring fixed buffers (1 GiB chunks)
+   * and the bounce arena's first bounceBytes (default 0) as one more;
    * returns how many. Throws {code, errno} when the kernel refuses (RLIMIT_MEMLOCK).
    */
-  registerBuffers(): number;
+  registerBuffers(bounceBytes?: number): number;
   unregisterBuffers(): void;
   /**
    * Writes [kicks, calls] of each queue into out[2q], out[2q+1] (out holds at

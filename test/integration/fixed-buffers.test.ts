@@ -18,6 +18,7 @@ import {
 } from '../helpers/vublk-process';
 import { total } from '../helpers/counters';
 import { BlkStatus, SECTOR_SIZE, type BlkDriver } from '../../src/frontend/blk-driver';
+import type { Frontend } from '../../src/frontend/frontend';
 import { pattern } from './harness';
 import {
   CAP_IPC_LOCK,
@@ -121,6 +122,30 @@ t.test('registered guest memory: aligned single-segment I/O uses READ_FIXED/WRIT
   t.same(warnLines(d.v, mark), [], 'no warning: registration worked');
 });
 
+/** A write and a read whose guest buffers sit 1 byte past a page: the daemon bounces both. */
+async function bouncedIo(t: Test, d: Daemon, fe: Frontend, seed: number): Promise<number> {
+  const mem = fe.mem!; // set up
+  const area = mem.alloc(3 * 4096, 4096);
+  const sector = (3 << 20) / SECTOR_SIZE;
+  const data = pattern(4096, seed);
+  const w = await runRaw(fe, 0, buildRawRequest(mem, 1, sector, [{ gpa: area + 1, len: 4096 }], { payload: data }));
+  const r = await runRaw(fe, 0, buildRawRequest(mem, 0, sector, [{ gpa: area + 4096 + 1, len: 4096 }]));
+  mem.release(area);
+  t.ok(w.status === BlkStatus.OK && r.status === BlkStatus.OK && r.data.equals(data), 'an unaligned write and read back: OK');
+  t.ok(firstDiff(readDirect(d.image, sector * SECTOR_SIZE, 4096), data) < 0, 'the image holds the write');
+  return 2;
+}
+
+t.test('the bounce arena is registered too: bounced requests use READ_FIXED/WRITE_FIXED', async (t) => {
+  const d = await daemon(t, (args) => startVublk(args));
+  const { fe, conn } = await connect(t, d);
+  const ops = await bouncedIo(t, d, fe, 31);
+  const c = total(await countersNow(d.v, conn, 1));
+  t.ok(c.bytesBounced >= 2 * 4096, `both were bounced (bytesBounced=${c.bytesBounced})`);
+  t.equal(c.fixedOps, ops, `their ${ops} ops were fixed (fixedOps=${c.fixedOps})`);
+  t.equal(c.plainOps, 0, 'no plain op');
+});
+
 // Root has CAP_IPC_LOCK, which lets io_uring pin memory past RLIMIT_MEMLOCK:
 // drop it (bounding set, so the exec'd node cannot regain it) and lower the
 // limit. Without root there is no CAP_IPC_LOCK to drop.
@@ -157,9 +182,10 @@ t.test(
 
 t.test('--no-fixed-buffers: no registration, no warning, plain ops', async (t) => {
   const d = await daemon(t, (args) => startVublk([...args, '--no-fixed-buffers']));
-  const { drv, conn, mark } = await connect(t, d);
-  const ops = await alignedIo(t, d, drv, 3);
+  const { fe, drv, conn, mark } = await connect(t, d);
+  const ops = (await alignedIo(t, d, drv, 3)) + (await bouncedIo(t, d, fe, 32));
   const c = total(await countersNow(d.v, conn, 1));
+  t.ok(c.bytesBounced >= 2 * 4096, `the unaligned ones were bounced (bytesBounced=${c.bytesBounced})`);
   t.equal(c.fixedOps, 0, 'no fixed op');
   t.equal(c.plainOps, ops, `all ${ops} ops were plain`);
   t.same(warnLines(d.v, mark), [], 'no warning');
