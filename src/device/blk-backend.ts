@@ -5,9 +5,15 @@ import type { DataPlaneEvents, VhostUserBackend, VhostUserDataPlane } from '../v
 import type { BlkDevice } from './blk-device';
 import { BlkDataPlane } from './blk-data-plane';
 import { WorkerDataPlane } from './worker-data-plane';
+import { WorkerPool } from './worker-pool';
 
 export class BlkBackend implements VhostUserBackend {
-  constructor(readonly device: BlkDevice) {}
+  /** The data-plane worker threads every connection uses (none with --workers 0). */
+  private readonly pool: WorkerPool | undefined;
+
+  constructor(readonly device: BlkDevice) {
+    this.pool = device.workers > 0 ? new WorkerPool(device) : undefined;
+  }
 
   get features(): bigint {
     return this.device.features;
@@ -26,7 +32,7 @@ export class BlkBackend implements VhostUserBackend {
   }
 
   connect(conn: number, events: DataPlaneEvents): VhostUserDataPlane {
-    if (this.device.workers > 0) return new WorkerDataPlane(this.device, conn, events);
+    if (this.pool !== undefined) return new WorkerDataPlane(this.device, conn, events, this.pool);
     return new BlkDataPlane(this.device, conn, events, { config: this.device });
   }
 

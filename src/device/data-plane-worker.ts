@@ -1,6 +1,8 @@
-// Entry of a data-plane worker thread: one BlkDataPlane (its own Session,
-// io_uring, request handler and shared arrays) for the queues the main thread
-// routes to this worker, driven through worker-rpc.ts, with adaptive polling.
+// Entry of a data-plane worker thread (worker-pool.ts): for each connection
+// the main thread opens here, one BlkDataPlane (its own Session, io_uring,
+// request handler and shared arrays) for the queues routed to this worker,
+// driven through worker-rpc.ts, with adaptive polling. Every call names
+// its connection first; the worker lives across connections.
 //
 // Guest memory is the connection's native.GuestMemory (the main thread maps
 // and unmaps it); fds passed in calls (kick, call, err, inflight) are plain
@@ -14,19 +16,23 @@ import { BlkDataPlane } from './blk-data-plane';
 import { WorkerDevice, type DeviceSpec } from './plane-device';
 import { serveRpc, type RpcEnd } from './worker-rpc';
 
-/** What the main thread gives a worker at start (workerData). */
+/** What the pool gives a worker at start (workerData). */
 export interface WorkerInit {
   spec: DeviceSpec;
-  /** This worker's index among the connection's workers. */
+  /** This worker's index in the pool (queue q of a connection goes to worker q mod its count). */
   worker: number;
-  conn: number;
   rpc: RpcEnd;
-  memoryToken: number | undefined;
   pollMaxNs: number;
   /** One Int32: 1 once the daemon is exiting (drain stops waiting for native work). */
   exiting: SharedArrayBuffer;
   logLevel: LogLevel;
   logFormat: LogFormat;
+}
+
+interface Open {
+  plane: BlkDataPlane;
+  /** The connection broke or is closing: leftover failures are expected. */
+  broken: boolean;
 }
 
 function main(init: WorkerInit): void {
@@ -36,52 +42,74 @@ function main(init: WorkerInit): void {
   setLogLevel(init.logLevel);
   const device = new WorkerDevice(init.spec, init.worker);
   const exiting = new Int32Array(init.exiting);
-  let broken = false;
-  const events: DataPlaneEvents = {
-    violation(rule) {
-      broken = true;
-      parent.postMessage({ event: 'violation', rule });
-    },
-    broken: () => broken,
-    // The main thread tells the frontend once every worker has the new size.
-    configChanged() {},
+  const open = new Map<number, Open>();
+
+  const plane = (conn: number): BlkDataPlane => {
+    const o = open.get(conn);
+    if (o === undefined) throw new Error(`internal error: connection ${conn} has no data plane in worker ${init.worker}`);
+    return o.plane;
   };
-  const plane = new BlkDataPlane(device, init.conn, events, { memoryToken: init.memoryToken, pollMaxNs: init.pollMaxNs });
+
+  const connect = (conn: number, memoryToken: number): void => {
+    if (open.has(conn)) throw new Error(`internal error: connection ${conn} is already open in worker ${init.worker}`);
+    const o: Open = { plane: undefined as unknown as BlkDataPlane, broken: false };
+    const events: DataPlaneEvents = {
+      violation(rule) {
+        o.broken = true;
+        parent.postMessage({ event: 'violation', conn, rule });
+      },
+      broken: () => o.broken,
+      // The main thread tells the frontend once every worker has the new size.
+      configChanged() {},
+    };
+    o.plane = new BlkDataPlane(device, conn, events, { memoryToken, pollMaxNs: init.pollMaxNs });
+    open.set(conn, o);
+  };
+
+  // Per-connection calls: (conn, ...args) -> the connection's data plane.
+  const on =
+    <A extends unknown[], R>(fn: (p: BlkDataPlane, ...a: A) => R) =>
+    (conn: number, ...a: A): R =>
+      fn(plane(conn), ...a);
+
   serveRpc(init.rpc, {
-    setFeatures: (acked: bigint) => plane.setFeatures(acked),
-    addRegion: (r: Parameters<BlkDataPlane['addRegion']>[0]) => plane.addRegion(r),
-    clearRegions: () => plane.clearRegions(),
-    removeRegion: (gpa: number, size: number) => plane.removeRegion(gpa, size),
-    memoryChanged: () => plane.memoryChanged(),
-    adoptRegions: (regions: { bufId: number; mmapOffset: number }[], bytes: number) => plane.adoptRegions(regions, bytes),
-    quiesce: () => plane.quiesce(),
-    resume: (running: number[], what: string) => plane.resume(running, what),
-    vringStarted: (q: number) => plane.vringStarted(q),
-    setVringNum: (q: number, num: number) => plane.setVringNum(q, num),
-    setVringAddr: (q: number, desc: number, used: number, avail: number) => plane.setVringAddr(q, desc, used, avail),
-    setVringBase: (q: number, base: number) => plane.setVringBase(q, base),
-    setVringKick: (q: number, fd: number) => plane.setVringKick(q, fd),
-    setVringCall: (q: number, fd: number) => plane.setVringCall(q, fd),
-    setVringErr: (q: number, fd: number) => plane.setVringErr(q, fd),
-    setVringEnabled: (q: number, enabled: boolean) => plane.setVringEnabled(q, enabled),
-    startVring: (q: number) => plane.startVring(q),
-    drainVring: (q: number, timeoutMs: number) => plane.drainVring(q, timeoutMs),
-    inflight: (q?: number) => plane.inflight(q),
-    stopVring: (q: number) => plane.stopVring(q),
-    stopAllRings: () => plane.stopAllRings(),
-    setInflight: (fd: number, size: number, offset: number, numQueues: number, queueSize: number) =>
-      plane.setInflight(fd, size, offset, numQueues, queueSize),
-    clearInflight: () => plane.clearInflight(),
+    open: connect,
+    setFeatures: on((p, acked: bigint) => p.setFeatures(acked)),
+    adoptRegions: on((p, regions: { bufId: number; mmapOffset: number }[], bytes: number) => p.adoptRegions(regions, bytes)),
+    quiesce: on((p) => p.quiesce()),
+    resume: on((p, running: number[], what: string) => p.resume(running, what)),
+    vringStarted: on((p, q: number) => p.vringStarted(q)),
+    setVringNum: on((p, q: number, num: number) => p.setVringNum(q, num)),
+    setVringAddr: on((p, q: number, desc: number, used: number, avail: number) => p.setVringAddr(q, desc, used, avail)),
+    setVringBase: on((p, q: number, base: number) => p.setVringBase(q, base)),
+    setVringKick: on((p, q: number, fd: number) => p.setVringKick(q, fd)),
+    setVringCall: on((p, q: number, fd: number) => p.setVringCall(q, fd)),
+    setVringErr: on((p, q: number, fd: number) => p.setVringErr(q, fd)),
+    setVringEnabled: on((p, q: number, enabled: boolean) => p.setVringEnabled(q, enabled)),
+    startVring: on((p, q: number) => p.startVring(q)),
+    drainVring: on((p, q: number, timeoutMs: number) => p.drainVring(q, timeoutMs)),
+    inflight: on((p, q?: number) => p.inflight(q)),
+    stopVring: on((p, q: number) => p.stopVring(q)),
+    stopAllRings: on((p) => p.stopAllRings()),
+    setInflight: on((p, fd: number, size: number, offset: number, numQueues: number, queueSize: number) =>
+      p.setInflight(fd, size, offset, numQueues, queueSize),
+    ),
+    clearInflight: on((p) => p.clearInflight()),
+    snapshot: on((p) => p.snapshot()),
+    drain: (conn: number, timeoutMs: number) => {
+      const o = open.get(conn);
+      if (o === undefined) return undefined;
+      o.broken = true; // closing: leftover failures are expected
+      return o.plane.drain(timeoutMs, () => Atomics.load(exiting, 0) === 1);
+    },
+    destroy: (conn: number) => {
+      const o = open.get(conn);
+      if (o === undefined) return undefined;
+      open.delete(conn);
+      o.plane.destroy();
+      return o.plane.snapshot();
+    },
     resized: (hostBytes: number) => device.resized(hostBytes),
-    snapshot: () => plane.snapshot(),
-    drain: (timeoutMs: number) => {
-      broken = true; // closing: leftover failures are expected
-      return plane.drain(timeoutMs, () => Atomics.load(exiting, 0) === 1);
-    },
-    destroy: () => {
-      plane.destroy();
-      return plane.snapshot();
-    },
   });
 }
 

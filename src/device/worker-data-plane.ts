@@ -6,37 +6,37 @@
 // here, only while every worker is quiesced; the workers' Sessions use it by
 // token). An fd passed to a per-queue call belongs to the owning worker from
 // then on; SET_INFLIGHT_FD's fd goes to worker 0 and every other worker gets
-// its own reopened copy. Workers start at connect and end at destroy().
+// its own reopened copy. The workers are the device's (worker-pool.ts): the
+// connection opens its data plane in them at connect and closes it at
+// destroy(); every call names the connection.
 
 import fs from 'node:fs';
-import path from 'node:path';
-import { Worker } from 'node:worker_threads';
 import { native, type GuestMemory } from '../native/binding';
 import { QueueCounters } from '../blk/counters';
 import { RequestStats } from '../blk/request-stats';
 import type { DataPlaneEvents, VhostUserDataPlane } from '../vhost-user/backend';
 import type { MemRegionWithFd } from '../vhost-user/message';
 import type { HandlerCounters, RingCounters } from '../metrics/device-stats';
-import { getLogFormat, getLogLevel, log } from '../log';
+import { log } from '../log';
 import type { BlkDevice } from './blk-device';
 import type { PlaneSnapshot } from './blk-data-plane';
-import type { WorkerInit } from './data-plane-worker';
-import { deviceSpec } from './plane-device';
-import { RpcClient, type WorkerEvent } from './worker-rpc';
+import type { PoolWorker, WorkerPool } from './worker-pool';
+import type { WorkerEvent } from './worker-rpc';
 
 /** How often a draining connection looks whether the daemon started exiting. */
 const EXITING_POLL_MS = 50;
 
+/** A pool worker as one connection uses it: every call names the connection. */
 interface PlaneWorker {
   readonly index: number;
-  readonly thread: Worker;
-  readonly rpc: RpcClient;
+  call(method: string, ...args: unknown[]): unknown;
+  callAsync(method: string, ...args: unknown[]): Promise<unknown>;
 }
 
 export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, RingCounters {
   private readonly workers: PlaneWorker[] = [];
+  private readonly pooled: PoolWorker[];
   private readonly memory: GuestMemory;
-  private readonly exiting = new Int32Array(new SharedArrayBuffer(4));
   private readonly unwatchCapacity: () => void;
   private acked = 0n;
   private destroyed = false;
@@ -47,56 +47,55 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
     private readonly device: BlkDevice,
     private readonly conn: number,
     private readonly events: DataPlaneEvents,
+    private readonly pool: WorkerPool,
   ) {
     const count = Math.max(1, Math.min(device.workers, device.queues));
     this.memory = new native.GuestMemory();
+    this.pooled = pool.take(count);
+    const opened: PoolWorker[] = [];
     try {
-      for (let i = 0; i < count; i++) this.workers.push(this.startWorker(i));
-      // A worker that could not build its data plane (io_uring, arrays) refuses the connection, as in-thread.
-      for (const w of this.workers) w.rpc.call('vringStarted', 0);
+      for (const w of this.pooled) {
+        w.listen(conn, { event: (e) => this.onEvent(w.index, e), lost: (reason) => this.lost(reason) });
+        // A worker that cannot build the data plane (io_uring, arrays) refuses the connection, as in-thread.
+        w.rpc.call('open', conn, this.memory.token);
+        opened.push(w);
+        this.workers.push({
+          index: w.index,
+          call: (method, ...args) => w.rpc.call(method, conn, ...args),
+          callAsync: (method, ...args) => w.rpc.callAsync(method, conn, ...args),
+        });
+      }
     } catch (err) {
-      this.endWorkers();
+      this.release(opened);
       this.memory.destroy();
       throw err;
     }
-    this.unwatchCapacity = device.onCapacityChange((bytes) => {
-      this.each((w) => w.rpc.call('resized', bytes));
-      events.configChanged();
-    });
+    // The pool has told every worker the new size by now (its listener came first).
+    this.unwatchCapacity = device.onCapacityChange(() => events.configChanged());
     log.info('data plane on worker threads', { conn, workers: count, pollMaxUs: device.pollMaxUs });
     device.stats.opened(this, this);
   }
 
-  private startWorker(index: number): PlaneWorker {
-    const rpc = new RpcClient(`data-plane worker ${index} of connection ${this.conn}`);
-    const init: WorkerInit = {
-      spec: deviceSpec(this.device),
-      worker: index,
-      conn: this.conn,
-      rpc: rpc.end,
-      memoryToken: this.memory.token,
-      pollMaxNs: this.device.pollMaxUs * 1000,
-      exiting: this.exiting.buffer,
-      logLevel: getLogLevel(),
-      logFormat: getLogFormat(),
-    };
-    const thread = new Worker(path.join(__dirname, 'data-plane-worker.js'), { workerData: init, transferList: [rpc.end.port] });
-    const w: PlaneWorker = { index, thread, rpc };
-    rpc.attach(thread, (e) => this.onEvent(w, e));
-    thread.on('error', (err) => this.lost(w, `internal error: data-plane worker ${index}: ${err.message}`));
-    thread.on('exit', (code) => this.lost(w, `internal error: data-plane worker ${index} exited (code ${code})`));
-    return w;
-  }
-
-  private onEvent(w: PlaneWorker, e: WorkerEvent): void {
+  private onEvent(worker: number, e: WorkerEvent): void {
     if (e.event === 'violation' && typeof e.rule === 'string') this.events.violation(e.rule);
-    else log.error('unknown event from a data-plane worker', { conn: this.conn, worker: w.index, event: e.event });
+    else log.error('unknown event from a data-plane worker', { conn: this.conn, worker, event: e.event });
   }
 
-  /** A worker died (or ended at destroy): its calls fail from now on; unexpected, it breaks the connection. */
-  private lost(w: PlaneWorker, reason: string): void {
-    w.rpc.dead(reason);
+  /** A worker died: its calls fail from now on; unexpected, it breaks the connection. */
+  private lost(reason: string): void {
     if (!this.destroyed) this.events.violation(reason);
+  }
+
+  /** Closes this connection's data plane in each worker (they stay the pool's). */
+  private release(workers: readonly PoolWorker[]): void {
+    for (const w of this.pooled) w.unlisten(this.conn);
+    for (const w of workers) {
+      try {
+        if (w.alive) w.rpc.call('destroy', this.conn);
+      } catch (err) {
+        w.terminate(`data-plane worker ${w.index} failed to close connection ${this.conn}: ${(err as Error).message}`);
+      }
+    }
   }
 
   /** The worker serving queue q (q < queues: the connection checked it). */
@@ -112,7 +111,7 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
 
   setFeatures(acked: bigint): void {
     this.acked = acked;
-    this.each((w) => w.rpc.call('setFeatures', acked));
+    this.each((w) => w.call('setFeatures', acked));
   }
 
   readConfig(offset: number, size: number): Uint8Array | null {
@@ -141,76 +140,76 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
   memoryChanged(): void {
     const regions = this.memory.regions();
     const bytes = this.memory.regionBytes();
-    this.each((w) => w.rpc.call('adoptRegions', regions, bytes));
+    this.each((w) => w.call('adoptRegions', regions, bytes));
   }
 
   async quiesce(): Promise<number[]> {
-    const paused = await Promise.all(this.each((w) => w.rpc.callAsync('quiesce') as Promise<number[]>));
+    const paused = await Promise.all(this.each((w) => w.callAsync('quiesce') as Promise<number[]>));
     return paused.flat().sort((a, b) => a - b);
   }
 
   resume(running: number[], what: string): void {
     for (const w of this.workers) {
       const mine = running.filter((q) => this.owner(q) === w);
-      if (mine.length > 0) w.rpc.call('resume', mine, what);
+      if (mine.length > 0) w.call('resume', mine, what);
     }
   }
 
   // ------------------------------------------------------------ rings: the owning worker's
 
   vringStarted(q: number): boolean {
-    return this.owner(q).rpc.call('vringStarted', q) as boolean;
+    return this.owner(q).call('vringStarted', q) as boolean;
   }
 
   setVringNum(q: number, num: number): void {
-    this.owner(q).rpc.call('setVringNum', q, num);
+    this.owner(q).call('setVringNum', q, num);
   }
 
   setVringAddr(q: number, desc: number, used: number, avail: number): void {
-    this.owner(q).rpc.call('setVringAddr', q, desc, used, avail);
+    this.owner(q).call('setVringAddr', q, desc, used, avail);
   }
 
   setVringBase(q: number, base: number): void {
-    this.owner(q).rpc.call('setVringBase', q, base);
+    this.owner(q).call('setVringBase', q, base);
   }
 
   setVringKick(q: number, fd: number): void {
-    this.owner(q).rpc.call('setVringKick', q, fd);
+    this.owner(q).call('setVringKick', q, fd);
   }
 
   setVringCall(q: number, fd: number): void {
-    this.owner(q).rpc.call('setVringCall', q, fd);
+    this.owner(q).call('setVringCall', q, fd);
   }
 
   setVringErr(q: number, fd: number): void {
-    this.owner(q).rpc.call('setVringErr', q, fd);
+    this.owner(q).call('setVringErr', q, fd);
   }
 
   setVringEnabled(q: number, enabled: boolean): void {
-    this.owner(q).rpc.call('setVringEnabled', q, enabled);
+    this.owner(q).call('setVringEnabled', q, enabled);
   }
 
   startVring(q: number): void {
-    this.owner(q).rpc.call('startVring', q);
+    this.owner(q).call('startVring', q);
   }
 
   async drainVring(q: number, timeoutMs: number): Promise<boolean> {
-    return (await this.owner(q).rpc.callAsync('drainVring', q, timeoutMs)) as boolean;
+    return (await this.owner(q).callAsync('drainVring', q, timeoutMs)) as boolean;
   }
 
   /** Requests in flight on ring q, or on all; after destroy() from the final counters. */
   inflight(q?: number): number {
     if (this.destroyed) return 0;
-    if (q !== undefined) return this.owner(q).rpc.call('inflight', q) as number;
-    return this.each((w) => w.rpc.call('inflight') as number).reduce((a, b) => a + b, 0);
+    if (q !== undefined) return this.owner(q).call('inflight', q) as number;
+    return this.each((w) => w.call('inflight') as number).reduce((a, b) => a + b, 0);
   }
 
   stopVring(q: number): number {
-    return this.owner(q).rpc.call('stopVring', q) as number;
+    return this.owner(q).call('stopVring', q) as number;
   }
 
   stopAllRings(): void {
-    this.each((w) => w.rpc.call('stopAllRings'));
+    this.each((w) => w.call('stopAllRings'));
   }
 
   // ------------------------------------------------------------ inflight region
@@ -229,7 +228,7 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
     this.workers.forEach((w, i) => {
       if (failure !== undefined) return native.closeFd(fds[i] as number);
       try {
-        w.rpc.call('setInflight', fds[i], mmapSize, mmapOffset, numQueues, queueSize);
+        w.call('setInflight', fds[i], mmapSize, mmapOffset, numQueues, queueSize);
       } catch (err) {
         failure = err as Error;
       }
@@ -238,7 +237,7 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
   }
 
   clearInflight(): void {
-    this.each((w) => w.rpc.call('clearInflight'));
+    this.each((w) => w.call('clearInflight'));
   }
 
   // ------------------------------------------------------------ counters (metrics, logs)
@@ -246,7 +245,7 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
   /** One snapshot per worker for this scrape (taken once, dropped after it), or the final ones. */
   private collect(): PlaneSnapshot[] {
     if (this.snapshots === undefined) {
-      this.snapshots = this.each((w) => w.rpc.call('snapshot') as PlaneSnapshot);
+      this.snapshots = this.each((w) => w.call('snapshot') as PlaneSnapshot);
       queueMicrotask(() => {
         if (!this.destroyed) this.snapshots = undefined;
       });
@@ -294,11 +293,11 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
   async drain(timeoutMs: number, exiting: () => boolean): Promise<void> {
     this.unwatchCapacity();
     const watch = setInterval(() => {
-      if (exiting()) Atomics.store(this.exiting, 0, 1);
+      if (exiting()) Atomics.store(this.pool.exiting, 0, 1);
     }, EXITING_POLL_MS);
     try {
-      if (exiting()) Atomics.store(this.exiting, 0, 1);
-      await Promise.all(this.each((w) => w.rpc.callAsync('drain', timeoutMs)));
+      if (exiting()) Atomics.store(this.pool.exiting, 0, 1);
+      await Promise.all(this.each((w) => w.callAsync('drain', timeoutMs)));
     } catch (err) {
       log.error('a data-plane worker failed to drain', { conn: this.conn, error: err as Error });
     } finally {
@@ -307,27 +306,20 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
   }
 
   destroy(): void {
-    const finals = this.each((w) => {
+    const finals = this.pooled.map((w) => {
       try {
-        return w.rpc.call('destroy') as PlaneSnapshot;
+        return w.alive ? (w.rpc.call('destroy', this.conn) as PlaneSnapshot | undefined) : undefined;
       } catch (err) {
         log.error('a data-plane worker failed to close', { conn: this.conn, worker: w.index, error: err as Error });
+        w.terminate(`data-plane worker ${w.index} failed to close connection ${this.conn}`);
         return undefined;
       }
     });
     this.snapshots = finals.map((s) => s ?? { counters: [], stats: [], inflight: [], rings: new Float64Array(0) });
     this.destroyed = true;
-    this.endWorkers();
+    for (const w of this.pooled) w.unlisten(this.conn);
     this.memory.destroy();
     this.logCounters('closed');
     this.device.stats.closing(this, this);
-  }
-
-  private endWorkers(): void {
-    this.destroyed = true;
-    for (const w of this.workers) {
-      w.rpc.dead('data-plane worker ended');
-      void w.thread.terminate();
-    }
   }
 }
