@@ -96,7 +96,7 @@ export class WorkerPool {
         w = new PoolWorker(i, {
           spec: deviceSpec(this.device),
           pollMaxNs: this.device.pollMaxUs * 1000,
-          exiting: this.exiting.buffer as SharedArrayBuffer,
+          exiting: this.exiting.buffer,
           logLevel: getLogLevel(),
           logFormat: getLogFormat(),
         });
