@@ -24,9 +24,7 @@ t.test('an idle daemon sleeps: its CPU time stays flat with no I/O', async (t) =
   const burstEnd = Date.now() + 1000;
   let done = 0;
   while (Date.now() < burstEnd) {
-    const rs = await Promise.all(
-      Array.from({ length: 16 }, (_, i) => drv.read(i % 2, (i * 8) % 4096, 4096)),
-    );
+    const rs = await Promise.all(Array.from({ length: 16 }, (_, i) => drv.read(i % 2, (i * 8) % 4096, 4096)));
     done += rs.filter((r) => r.status === BlkStatus.OK).length;
   }
   t.ok(done > 0, `the burst completed ${done} reads`);
