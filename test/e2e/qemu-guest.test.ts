@@ -86,6 +86,13 @@ async function bootWith(tt: Test, script: string, imageBytes = IMAGE_BYTES): Pro
 async function expectGuestPasses(tt: Test, script: string): Promise<void> {
   const run = await bootWith(tt, script);
   expectGuestPass(tt, run, `guest reports PASS (backend ${run.backendName})`);
+  if (run.backendName === 'vublk') {
+    tt.match(
+      run.output,
+      new RegExp(`data plane on worker threads conn=\\d+ workers=${QUEUES}\\b`),
+      `vublk served the ${QUEUES} queues on ${QUEUES} worker threads`,
+    );
+  }
 }
 
 // --------------------------------------------------------------- tests ---

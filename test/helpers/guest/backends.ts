@@ -29,14 +29,17 @@ export interface VublkOptions {
 }
 
 /**
- * Starts `node bin/vublk.js --disk IMG --socket SOCK --queues N` from the repo
+ * Starts `node bin/vublk.js --disk IMG --socket SOCK --queues N --workers N` from the repo
  * root, without the ASan build whatever VUBLK_TEST_ASAN says; resolves once
  * it serves on the socket. Stop it with stopDaemon().
  */
 export async function startVublkBackend(opts: VublkOptions): Promise<ChildProcess> {
   if (opts.removeStaleSocket ?? true) await fsp.rm(opts.socket, { force: true });
+  const extra = opts.extraArgs ?? [];
+  // One data-plane worker per queue whatever the machine's core count (the default caps it there).
+  const workers = extra.some((a) => a.startsWith('--workers')) ? [] : ['--workers', String(opts.queues)];
   const v = await startVublkProcess(
-    ['--disk', opts.image, '--socket', opts.socket, '--queues', String(opts.queues), ...(opts.extraArgs ?? [])],
+    ['--disk', opts.image, '--socket', opts.socket, '--queues', String(opts.queues), ...workers, ...extra],
     {
       cwd: repoRoot(),
       socket: opts.socket,
