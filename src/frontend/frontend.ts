@@ -60,10 +60,13 @@ export class Frontend extends FrontendConnection {
   private guest: GuestState | undefined;
   private ownInflight = false;
 
-  /** Connects to a back-end's socket, retrying while it does not exist or refuses (up to timeoutMs). */
-  static async connect(socketPath: string, opts: { timeoutMs?: number } = {}): Promise<Frontend> {
+  /**
+   * Connects to a back-end's socket, retrying while it does not exist or
+   * refuses (up to connectTimeoutMs, default timeoutMs, the reply timeout).
+   */
+  static async connect(socketPath: string, opts: { timeoutMs?: number; connectTimeoutMs?: number } = {}): Promise<Frontend> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    return new Frontend(await connectSocket(socketPath, timeoutMs), timeoutMs);
+    return new Frontend(await connectSocket(socketPath, opts.connectTimeoutMs ?? timeoutMs), timeoutMs);
   }
 
   /** CONFIG_CHANGE_MSG notifications received on the back-end channel. */
@@ -322,6 +325,24 @@ export class Frontend extends FrontendConnection {
     if (!this.isOpen) throw this.closedError;
     s.kicks++;
     native.eventfdWrite(s.kickFd, 1);
+  }
+
+  /**
+   * Takes over q's call notifications: onCall runs on each one (after the
+   * eventfd is read) in place of the built-in drain; undefined stops
+   * watching the call eventfd (a driver that busy-polls the used ring).
+   */
+  handleCalls(q: number, onCall: (() => void) | undefined): void {
+    const s = this.queue(q);
+    s.watcher?.close();
+    s.watcher = undefined;
+    if (!onCall) return;
+    s.watcher = new native.FdWatcher(s.callFd, () => {
+      native.eventfdRead(s.callFd); // 0 on a spurious wake-up
+      s.calls++;
+      onCall();
+    });
+    s.watcher.start();
   }
 
   /** Drains q's used ring now (also done on every call notification). */
