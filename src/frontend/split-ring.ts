@@ -247,8 +247,9 @@ export class SplitRing<T = unknown> {
       if (!this.eventIdx) return count;
       if (!this.interrupts) {
         // used_event one behind what we consumed: vring_need_event stays
-        // false for every batch the device publishes after it.
-        Atomics.store(this.avail16, (this.avail.offset + 4 + 2 * this.size) / 2, (this.lastUsed - 1) & 0xffff);
+        // false for every batch the device publishes after it. (Unchanged,
+        // and not rewritten, when a busy-poll found nothing.)
+        if (count > 0) Atomics.store(this.avail16, (this.avail.offset + 4 + 2 * this.size) / 2, (this.lastUsed - 1) & 0xffff);
         return count;
       }
       Atomics.store(this.avail16, (this.avail.offset + 4 + 2 * this.size) / 2, this.lastUsed);
