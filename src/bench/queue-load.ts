@@ -10,6 +10,7 @@
 
 import { randomFillSync } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import { BlkType, SECTOR_SIZE as SECTOR } from '../frontend/blk-driver';
 import type { Frontend } from '../frontend/frontend';
 import type { Completion } from '../frontend/guest-state';
 import type { RingSeg } from '../frontend/split-ring';
@@ -31,9 +32,6 @@ export interface Workload {
   tag: number;
 }
 
-const T_IN = 0;
-const T_OUT = 1;
-const SECTOR = 512;
 const META_CELL = 32;
 const PAGE = 4096;
 const STATUS_NONE = 0xff;
@@ -128,7 +126,7 @@ export class QueueLoad {
       const block = this.pickBlock();
       const sector = (block * this.w.bs) / SECTOR;
       const v = slot.view;
-      v.setUint32(slot.hdr, write ? T_OUT : T_IN, true);
+      v.setUint32(slot.hdr, write ? BlkType.OUT : BlkType.IN, true);
       v.setUint32(slot.hdr + 4, 0, true);
       v.setUint32(slot.hdr + 8, sector % 0x1_0000_0000, true);
       v.setUint32(slot.hdr + 12, Math.floor(sector / 0x1_0000_0000), true);

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { UsageError } from '../errors';
 import { parseInteger, parseSize } from './options';
+import { parseSubcommandArgs } from './subcommand-args';
 import { RW_MODES, type RwMode } from '../bench/queue-load';
 import { MAX_RING, ringSizeFor, runBench, type BenchOptions } from '../bench/run-bench';
 import { formatReport } from '../bench/report';
@@ -46,22 +47,8 @@ const VALUE_OPTIONS = [
 
 export function parseBenchArgs(argv: readonly string[]): BenchRequest | 'help' {
   if (argv.includes('--help') || argv.includes('-h')) return 'help';
-  const values = new Map<string, string>();
-  let json = false;
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i]!;
-    if (arg === '--json') {
-      json = true;
-      continue;
-    }
-    const eq = arg.indexOf('=');
-    const key = eq < 0 ? arg : arg.slice(0, eq);
-    if (!VALUE_OPTIONS.includes(key)) throw new UsageError(`bench: unknown argument ${JSON.stringify(arg)} (see vublk bench --help)`);
-    if (values.has(key)) throw new UsageError(`bench: ${key} given more than once`);
-    const value = eq < 0 ? argv[++i] : arg.slice(eq + 1);
-    if (value === undefined) throw new UsageError(`bench: ${key} expects a value`);
-    values.set(key, value);
-  }
+  const { values, flags } = parseSubcommandArgs('bench', argv, VALUE_OPTIONS, ['--json']);
+  const json = flags.has('--json');
   const get = (k: string, dflt: string): string => values.get(`--${k}`) ?? dflt;
   const int = (k: string, dflt: number, min: number, max: number): number =>
     parseInteger(k, get(k, String(dflt)), min, max, `an integer between ${min} and ${max}`);
