@@ -10,7 +10,8 @@
 //   memfds through SET_MEM_TABLE or ADD_MEM_REG.
 // - Data plane: one SplitRing per queue, a kick eventfd the front-end writes
 //   and a call eventfd it watches (native.FdWatcher); on a call the used
-//   ring is drained and each chain's promise resolved.
+//   ring is drained and each chain's promise resolved. `vublk bench` takes
+//   the call over (handleCalls) or stops watching it and busy-polls.
 // - Ownership: the front-end owns every fd it creates (socket, memfds,
 //   eventfds, the back-end channel) and closes them all in close(). fds sent
 //   to the back-end are duplicated by the kernel; ours stay ours.
