@@ -84,6 +84,8 @@ export async function runBench(o: BenchOptions): Promise<BenchRun> {
     if (o.wait === 'poll') await runPolling(fe, loads, start + o.runtime * 1000, stallMs);
     else await runIrq(fe, loads, o.runtime * 1000, stallMs);
     const seconds = (performance.now() - start) / 1000;
+    // While polling, nobody read the call eventfds: what they hold is what the backend sent.
+    for (const l of loads) fe.takeCalls(l.q);
     const cpu = process.cpuUsage(cpu0);
     const backendCpu1 = o.backendPid === undefined ? 0 : backendCpuSeconds(o.backendPid);
 
@@ -105,6 +107,8 @@ export async function runBench(o: BenchOptions): Promise<BenchRun> {
       mibps: Math.round(((ios * o.bs) / seconds / (1 << 20)) * 10) / 10,
       latencyUs: summarize(hist),
       timeline,
+      kicks: fe.queues.reduce((a, q) => a + q.kicks, 0),
+      calls: fe.queues.reduce((a, q) => a + q.calls, 0),
       benchCpu: cpuUse((cpu.user + cpu.system) / 1e6, ios),
     };
     if (o.backendPid !== undefined) result.backendCpu = { pid: o.backendPid, ...cpuUse(backendCpu1 - backendCpu0, ios) };

@@ -346,6 +346,14 @@ export class Frontend extends FrontendConnection {
     s.watcher.start();
   }
 
+  /** Counts (in calls) the notifications on q's call eventfd that nobody has read; returns how many. */
+  takeCalls(q: number): number {
+    const s = this.queue(q);
+    const n = native.eventfdRead(s.callFd); // non-blocking: 0 when none
+    s.calls += n;
+    return n;
+  }
+
   /** Drains q's used ring now (also done on every call notification). */
   poll(q: number): number {
     return this.drain(this.queue(q));
