@@ -36,6 +36,9 @@ export interface BenchResult {
   latencyUs: LatencySummary;
   /** I/Os completed in each second of the run. */
   timeline: number[];
+  /** Kicks the bench sent, and call notifications the backend sent it (all queues). */
+  kicks: number;
+  calls: number;
   /** The load generator's own CPU. */
   benchCpu: CpuUse;
   /** The backend's CPU, when --backend-pid named it. */
@@ -64,6 +67,7 @@ export function formatReport(r: BenchResult): string {
     `vublk bench: ${r.rw} bs=${r.bs} iodepth=${r.iodepth} queues=${r.queues} segments=${r.segments} wait=${r.wait}, ${r.seconds} s on ${r.socket}`,
     `  IOPS ${Math.round(r.iops).toLocaleString('en-US')}  MiB/s ${r.mibps}  I/Os ${r.ios}  errors ${r.errors}`,
     `  latency (us): min ${l.min}  mean ${l.mean}  p50 ${l.p50}  p99 ${l.p99}  p99.9 ${l.p999}  max ${l.max}`,
+    `  kicks ${r.kicks}  calls ${r.calls}`,
     `  bench CPU: ${r.benchCpu.seconds} s, ${r.benchCpu.usPerIo} us per I/O`,
   ];
   if (r.backendCpu) {

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseOptions } from './options';
 import { UsageError } from '../errors';
+import { parseSubcommandArgs } from './subcommand-args';
 
 /** The unit files shipped in the repository (dist/src/cli -> systemd/). */
 export const UNIT_SOURCE_DIR = path.resolve(__dirname, '..', '..', '..', 'systemd');
@@ -52,24 +53,13 @@ function parseInstallArgs(argv: readonly string[]): InstallRequest | 'help' {
       `install-unit NAME expects 1 to 64 letters, digits, "_", ".", ":" or "-" (a systemd instance name), got ${JSON.stringify(name)}`,
     );
   }
-  const values = new Map<string, string>();
-  let force = false;
-  for (let i = 0; i < rest.length; i++) {
-    const arg = rest[i]!;
-    if (arg === '--force') {
-      force = true;
-      continue;
-    }
-    const eq = arg.indexOf('=');
-    const key = eq < 0 ? arg : arg.slice(0, eq);
-    if (!['--disk', '--root', '--unit-dir', '--config-dir', '--options', '--exec'].includes(key)) {
-      throw new UsageError(`install-unit: unknown argument ${JSON.stringify(arg)} (see vublk install-unit --help)`);
-    }
-    if (values.has(key)) throw new UsageError(`install-unit: ${key} given more than once`);
-    const value = eq < 0 ? rest[++i] : arg.slice(eq + 1);
-    if (value === undefined) throw new UsageError(`install-unit: ${key} expects a value`);
-    values.set(key, value);
-  }
+  const { values, flags } = parseSubcommandArgs(
+    'install-unit',
+    rest,
+    ['--disk', '--root', '--unit-dir', '--config-dir', '--options', '--exec'],
+    ['--force'],
+  );
+  const force = flags.has('--force');
   const absolute = (key: string, fallback?: string): string => {
     const v = values.get(key) ?? fallback;
     if (v === undefined) throw new UsageError(`install-unit: ${key} is required`);

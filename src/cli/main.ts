@@ -15,6 +15,7 @@ import { log, setLogFormat, setLogLevel } from '../log';
 import { featureNames } from '../virtio/constants';
 import { qemuCommandLine } from './qemu-command';
 import { installUnitMain } from './install-unit';
+import { benchMain } from './bench';
 import { checkNativeLayout } from '../native/layout-check';
 import { MetricsEndpoint } from '../metrics/endpoint';
 
@@ -99,6 +100,16 @@ export function startDaemon(opts: Options): Running {
 export function main(argv: string[]): void {
   if (argv[0] === 'install-unit') {
     process.exitCode = installUnitMain(argv.slice(1));
+    return;
+  }
+  if (argv[0] === 'bench') {
+    benchMain(argv.slice(1)).then(
+      (code) => process.exit(code),
+      (err: unknown) => {
+        process.stderr.write(`vublk: error: bench: ${(err as Error).stack ?? String(err)}\n`);
+        process.exit(1);
+      },
+    );
     return;
   }
   let opts: Options;

@@ -168,6 +168,7 @@ export function usageText(): string {
   const lines = [
     'usage: vublk [options]',
     '       vublk install-unit NAME --disk PATH ... (systemd units; see install-unit --help)',
+    '       vublk bench --socket PATH ... (load generator for any vhost-user-blk backend; see bench --help)',
     '',
     'Serve a disk to a QEMU guest as a vhost-user-blk device.',
     '',
@@ -184,7 +185,7 @@ function show(value: string): string {
   return JSON.stringify(value);
 }
 
-function parseInteger(name: string, raw: string, min: number, max: number, what: string): number {
+export function parseInteger(name: string, raw: string, min: number, max: number, what: string): number {
   const n = /^[0-9]{1,10}$/.test(raw) ? Number(raw) : NaN;
   if (!(n >= min && n <= max)) {
     throw new UsageError(`--${name} expects ${what}, got ${show(raw)}`);
@@ -202,7 +203,7 @@ function parseQueueSize(raw: string): number {
 const SIZE_UNITS: Record<string, number> = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
 
 /** A byte count: digits with an optional binary suffix K, M, G or T (e.g. 512M). */
-function parseSize(name: string, raw: string): number {
+export function parseSize(name: string, raw: string): number {
   const m = /^([0-9]{1,15})([KMGT]?)$/i.exec(raw);
   const n = m ? Number(m[1]) * (SIZE_UNITS[m[2]!.toUpperCase()] ?? NaN) : NaN;
   if (!Number.isSafeInteger(n)) {

@@ -10,7 +10,8 @@
 //   memfds through SET_MEM_TABLE or ADD_MEM_REG.
 // - Data plane: one SplitRing per queue, a kick eventfd the front-end writes
 //   and a call eventfd it watches (native.FdWatcher); on a call the used
-//   ring is drained and each chain's promise resolved.
+//   ring is drained and each chain's promise resolved. `vublk bench` takes
+//   the call over (handleCalls) or stops watching it and busy-polls.
 // - Ownership: the front-end owns every fd it creates (socket, memfds,
 //   eventfds, the back-end channel) and closes them all in close(). fds sent
 //   to the back-end are duplicated by the kernel; ours stay ours.
@@ -60,10 +61,13 @@ export class Frontend extends FrontendConnection {
   private guest: GuestState | undefined;
   private ownInflight = false;
 
-  /** Connects to a back-end's socket, retrying while it does not exist or refuses (up to timeoutMs). */
-  static async connect(socketPath: string, opts: { timeoutMs?: number } = {}): Promise<Frontend> {
+  /**
+   * Connects to a back-end's socket, retrying while it does not exist or
+   * refuses (up to connectTimeoutMs, default timeoutMs, the reply timeout).
+   */
+  static async connect(socketPath: string, opts: { timeoutMs?: number; connectTimeoutMs?: number } = {}): Promise<Frontend> {
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
-    return new Frontend(await connectSocket(socketPath, timeoutMs), timeoutMs);
+    return new Frontend(await connectSocket(socketPath, opts.connectTimeoutMs ?? timeoutMs), timeoutMs);
   }
 
   /** CONFIG_CHANGE_MSG notifications received on the back-end channel. */
@@ -327,6 +331,32 @@ export class Frontend extends FrontendConnection {
     if (!this.isOpen) throw this.closedError;
     s.kicks++;
     native.eventfdWrite(s.kickFd, 1);
+  }
+
+  /**
+   * Takes over q's call notifications: onCall runs on each one (after the
+   * eventfd is read) in place of the built-in drain; undefined stops
+   * watching the call eventfd (a driver that busy-polls the used ring).
+   */
+  handleCalls(q: number, onCall: (() => void) | undefined): void {
+    const s = this.queue(q);
+    s.watcher?.close();
+    s.watcher = undefined;
+    if (!onCall) return;
+    s.watcher = new native.FdWatcher(s.callFd, () => {
+      native.eventfdRead(s.callFd); // 0 on a spurious wake-up
+      s.calls++;
+      onCall();
+    });
+    s.watcher.start();
+  }
+
+  /** Counts (in calls) the notifications on q's call eventfd that nobody has read; returns how many. */
+  takeCalls(q: number): number {
+    const s = this.queue(q);
+    const n = native.eventfdRead(s.callFd); // non-blocking: 0 when none
+    s.calls += n;
+    return n;
   }
 
   /** Drains q's used ring now (also done on every call notification). */

@@ -77,6 +77,7 @@ export class SplitRing<T = unknown> {
   private shadowAvail = 0;
   private publishedAvail = 0;
   private lastUsed = 0;
+  private interrupts = true;
 
   constructor(mem: GuestMemory, options: SplitRingOptions) {
     const n = options.size;
@@ -249,8 +250,29 @@ export class SplitRing<T = unknown> {
         onUsed({ head: id, len, token: chain.token });
       }
       if (!this.eventIdx) return count;
+      if (!this.interrupts) {
+        // used_event one behind what we consumed: vring_need_event stays
+        // false for every batch the device publishes after it. (Unchanged,
+        // and not rewritten, when a busy-poll found nothing.)
+        if (count > 0) Atomics.store(this.avail16, (this.avail.offset + 4 + 2 * this.size) / 2, (this.lastUsed - 1) & 0xffff);
+        return count;
+      }
       Atomics.store(this.avail16, (this.avail.offset + 4 + 2 * this.size) / 2, this.lastUsed);
       if (this.usedIdx() === this.lastUsed) return count;
+    }
+  }
+
+  /**
+   * A driver that busy-polls the used ring asks for no notifications:
+   * VRING_AVAIL_F_NO_INTERRUPT without EVENT_IDX, a used_event the device
+   * never crosses with it (refreshed by every drainUsed).
+   */
+  setInterrupts(on: boolean): void {
+    this.interrupts = on;
+    if (this.eventIdx) {
+      Atomics.store(this.avail16, (this.avail.offset + 4 + 2 * this.size) / 2, on ? this.lastUsed : (this.lastUsed - 1) & 0xffff);
+    } else {
+      this.setAvailFlags(on ? 0 : 1);
     }
   }
 

@@ -40,6 +40,8 @@ function result(): BenchResult {
     mibps: 1.95,
     latencyUs: summarize(h),
     timeline: [480, 520],
+    kicks: 40,
+    calls: 3,
     benchCpu: cpuUse(0.5, 1000),
     backendCpu: { pid: 7, ...cpuUse(0.25, 1000) },
   };
@@ -56,6 +58,7 @@ t.test('summary in microseconds, CPU per I/O, text report', (t) => {
   const text = formatReport(r);
   t.match(text, /IOPS 500 {2}MiB\/s 1\.95/);
   t.match(text, /backend CPU \(pid 7\): 0\.25 s, 250 us per I\/O/);
+  t.match(text, /kicks 40 {2}calls 3/);
   t.end();
 });
 

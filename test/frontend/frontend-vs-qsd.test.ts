@@ -9,7 +9,6 @@ import { VirtioFeature, DEFAULT_PROTOCOL_FEATURES } from '../../src/frontend/fea
 import { BlkDriver, BlkStatus, BlkType, LAYOUTS, parseBlkConfig, SECTOR_SIZE, type BlkRequest } from '../../src/frontend/blk-driver';
 import { Qsd, qsdMissingReason } from '../helpers/qsd';
 import { Flags, ProtocolFeature, Request, featureBit } from '../../src/vhost-user/protocol';
-import { runRandRead } from '../../bench/randread';
 
 const IMG = 64 << 20;
 const missing = qsdMissingReason();
@@ -222,15 +221,6 @@ function main(): void {
       await tt.rejects(reply, /back-end closed the connection/);
       await tt.rejects(d.read(0, 0, 512), /back-end closed the connection/);
       tt.throws(() => fe.send(Request.GET_FEATURES), /back-end closed the connection/);
-    }),
-  );
-
-  t.test('randread benchmark runs', (tt) =>
-    withQsd(tt, async (q) => {
-      const r = await runRandRead({ socket: q.socket, seconds: 1, qd: 32, bs: 4096, queues: 1 });
-      tt.equal(r.errors, 0);
-      tt.ok(r.iops > 100, `${r.iops} IOPS`);
-      tt.comment(JSON.stringify(r));
     }),
   );
 }

@@ -196,6 +196,35 @@ t.test('EVENT_IDX: kicks follow avail_event; used_event follows what was drained
   tt.ok(dev.push(h2, 1), 'the next one notifies again');
 });
 
+t.test('a polling driver asks for no notifications, and can ask again', async (tt) => {
+  for (const eventIdx of [true, false]) {
+    const { mem, ring, dev } = setup(8, eventIdx);
+    const flags = (): number => mem.read(ring.availGpa, 2).readUInt16LE(0);
+    ring.setInterrupts(false);
+    let notified = 0;
+    let flagged = 0;
+    for (let i = 0; i < 600; i++) {
+      // Many cycles, so used_event would be crossed if it were left behind.
+      const h = ring.add([{ gpa: 0, len: 1, write: true }], String(i));
+      ring.publish();
+      dev.pop();
+      if (dev.push(h, 1)) notified++;
+      if (flags() === 1) flagged++;
+      ring.drainUsed(() => undefined);
+    }
+    // Without EVENT_IDX the device is told by the flag, and push() does not look at it.
+    if (eventIdx) tt.equal(notified, 0, 'no used entry asked for a notification (EVENT_IDX)');
+    else tt.equal(flagged, 600, 'VRING_AVAIL_F_NO_INTERRUPT set throughout');
+    ring.setInterrupts(true);
+    if (!eventIdx) tt.equal(flags(), 0, 'notifications asked for again');
+    const h = ring.add([{ gpa: 0, len: 1, write: true }], 'again');
+    ring.publish();
+    dev.pop();
+    tt.ok(dev.push(h, 1), `the next used entry notifies (EVENT_IDX ${eventIdx})`);
+    mem.close();
+  }
+});
+
 t.test('16-bit index wrap-around over many cycles', async (tt) => {
   const { mem, ring, dev } = setup(4, true);
   tt.teardown(() => mem.close());
