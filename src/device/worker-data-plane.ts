@@ -25,6 +25,8 @@ import type { WorkerEvent } from './worker-rpc';
 
 /** How often a draining connection looks whether the daemon started exiting. */
 const EXITING_POLL_MS = 50;
+/** Bound of a connection's first call to each worker (which may be starting). */
+const OPEN_TIMEOUT_MS = 30_000;
 
 /** A pool worker as one connection uses it: every call names the connection. */
 interface PlaneWorker {
@@ -57,7 +59,8 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
       for (const w of this.pooled) {
         w.listen(conn, { event: (e) => this.onEvent(w.index, e), lost: (reason) => this.lost(reason) });
         // A worker that cannot build the data plane (io_uring, arrays) refuses the connection, as in-thread.
-        w.rpc.call('open', conn, this.memory.token);
+        // A worker just started loads its modules first: a longer bound than other calls.
+        w.rpc.callWithin(OPEN_TIMEOUT_MS, 'open', conn, this.memory.token);
         opened.push(w);
         this.workers.push({
           index: w.index,

@@ -39,8 +39,9 @@ export class PoolWorker {
     this.thread.on('exit', (code) => this.die(`internal error: data-plane worker ${index} exited (code ${code})`));
   }
 
+  /** False once the thread ended or stopped answering (the pool then replaces it). */
   get alive(): boolean {
-    return this.deadReason === undefined;
+    return this.deadReason === undefined && !this.rpc.isDead;
   }
 
   /** Routes the events about connection conn to listener until unlisten(conn). */
@@ -92,6 +93,7 @@ export class WorkerPool {
     const out: PoolWorker[] = [];
     for (let i = 0; i < count; i++) {
       let w = this.workers[i];
+      if (w !== undefined && !w.alive) w.terminate('data-plane worker replaced');
       if (w === undefined || !w.alive) {
         w = new PoolWorker(i, {
           spec: deviceSpec(this.device),

@@ -77,14 +77,29 @@ export class RpcClient {
     this.port.close();
   }
 
+  /** The worker is gone, or stopped answering: no call reaches it any more. */
+  get isDead(): boolean {
+    return this.deadReason !== undefined;
+  }
+
   /** Calls method in the worker and waits for its answer; rethrows its error as Error(message). */
   call(method: string, ...args: unknown[]): unknown {
+    return this.callWithin(SYNC_TIMEOUT_MS, method, ...args);
+  }
+
+  /**
+   * call() with its own bound: a worker that does not answer in time is
+   * dead from then on (its late reply would answer the next call).
+   */
+  callWithin(timeoutMs: number, method: string, ...args: unknown[]): unknown {
     if (this.deadReason !== undefined) throw new Error(this.deadReason);
     const id = this.nextId++;
     Atomics.store(this.signal, 0, 0);
     this.port.postMessage({ id, method, args, async: false } satisfies Call);
-    if (Atomics.wait(this.signal, 0, 0, SYNC_TIMEOUT_MS) === 'timed-out') {
-      throw new Error(`internal error: ${this.label} did not answer ${method} within ${SYNC_TIMEOUT_MS} ms`);
+    if (Atomics.wait(this.signal, 0, 0, timeoutMs) === 'timed-out') {
+      const reason = `internal error: ${this.label} did not answer ${method} within ${timeoutMs} ms`;
+      this.dead(reason);
+      throw new Error(reason);
     }
     const got = receiveMessageOnPort(this.port);
     const reply = got?.message as Reply | undefined;
