@@ -4,6 +4,7 @@
 
 import fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
+import { background } from '../background';
 import { Frontend } from '../frontend/frontend';
 import { parseBlkConfig, SECTOR_SIZE } from '../frontend/blk-driver';
 import { VirtioFeature } from '../frontend/features';
@@ -221,7 +222,10 @@ function runIrq(fe: Frontend, loads: readonly QueueLoad[], runtimeMs: number, st
         finish(err as Error);
       }
     }, 100);
-    void fe.closed.then(() => finish(new Error('the backend closed the connection')));
+    background(
+      fe.closed.then(() => finish(new Error('the backend closed the connection'))),
+      'watching the bench connection',
+    );
     for (const l of loads) {
       fe.handleCalls(l.q, () => {
         try {

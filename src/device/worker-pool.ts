@@ -7,6 +7,7 @@
 
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
+import { background } from '../background';
 import { getLogFormat, getLogLevel, log } from '../log';
 import type { BlkDevice } from './blk-device';
 import type { WorkerInit } from './data-plane-worker';
@@ -56,7 +57,7 @@ export class PoolWorker {
   /** Ends the thread (it is dead from now on). */
   terminate(reason: string): void {
     this.die(reason);
-    void this.thread.terminate();
+    background(this.thread.terminate(), 'ending a data-plane worker', { worker: this.index });
   }
 
   private onEvent(e: WorkerEvent): void {
