@@ -1,5 +1,7 @@
 // Session's N-API glue (the class, the exported constants), its set-up and
 // teardown, guest memory regions and the inflight region (see session.h).
+#include <utility>
+
 #include "exports.h"
 #include "guest-access.h"
 #include "js-callback.h"
@@ -165,11 +167,7 @@ Napi::Value Session::AddRegion(const Napi::CallbackInfo& info) {
   UniqueFd fd(static_cast<int>(argInt(info, 0)));
   if (destroyed_) throw Napi::Error::New(env, "session is destroyed");
   requirePrivateMemory(env);
-  uint64_t gpa = argU64(info, 1), size = argU64(info, 2), uva = argU64(info, 3), off = argU64(info, 4);
-  std::string err;
-  int id = buffers_.mem().add(fd.release(), gpa, size, uva, off, err);  // closes it, mapped or not
-  if (id < 0) throw Napi::Error::New(env, err);
-  return Napi::Number::New(env, id);
+  return addGuestRegion(info, std::move(fd), buffers_.mem());
 }
 
 Napi::Value Session::RemoveRegion(const Napi::CallbackInfo& info) {

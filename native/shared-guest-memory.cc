@@ -5,6 +5,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <utility>
 
 #include "errno-error.h"
 #include "exports.h"
@@ -51,13 +52,7 @@ class SharedGuestMemory : public Napi::ObjectWrap<SharedGuestMemory> {
   Napi::Value AddRegion(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     UniqueFd fd(static_cast<int>(argInt(info, 0)));
-    GuestMemory& mem = live(env);
-    uint64_t gpa = argU64(info, 1), size = argU64(info, 2), uva = argU64(info, 3);
-    uint64_t off = argU64(info, 4);
-    std::string err;
-    int id = mem.add(fd.release(), gpa, size, uva, off, err);
-    if (id < 0) throw Napi::Error::New(env, err);
-    return Napi::Number::New(env, id);
+    return addGuestRegion(info, std::move(fd), live(env));
   }
 
   Napi::Value RemoveRegion(const Napi::CallbackInfo& info) {
@@ -102,6 +97,15 @@ class SharedGuestMemory : public Napi::ObjectWrap<SharedGuestMemory> {
 };
 
 }  // namespace
+
+Napi::Value addGuestRegion(const Napi::CallbackInfo& info, UniqueFd fd, GuestMemory& mem) {
+  uint64_t gpa = argU64(info, 1), size = argU64(info, 2), uva = argU64(info, 3);
+  uint64_t off = argU64(info, 4);
+  std::string err;
+  int id = mem.add(fd.release(), gpa, size, uva, off, err);  // closes it, mapped or not
+  if (id < 0) throw Napi::Error::New(info.Env(), err);
+  return Napi::Number::New(info.Env(), id);
+}
 
 std::shared_ptr<GuestMemory> findSharedGuestMemory(double token) {
   if (!(token >= 1 && token <= UINT32_MAX)) return nullptr;

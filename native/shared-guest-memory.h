@@ -15,11 +15,18 @@
 #include <memory>
 
 #include "guest-memory.h"
+#include "unique-fd.h"
 
 namespace vublk {
 
 // The table registered under token, or nullptr if none (or destroyed).
 std::shared_ptr<GuestMemory> findSharedGuestMemory(double token);
+
+// addRegion(fd, gpa, size, uva, mmapOffset) into mem, for the GuestMemory
+// class and a Session with private memory: the caller owns fd (taken from
+// argument 0 before any check that may throw); it is always closed.
+// Returns the bufId; throws the rule a bad region broke.
+Napi::Value addGuestRegion(const Napi::CallbackInfo& info, UniqueFd fd, GuestMemory& mem);
 
 // [{bufId, mmapOffset}] for the active regions of mem.
 Napi::Array describeRegions(Napi::Env env, const GuestMemory& mem);

@@ -31,8 +31,8 @@ export interface WorkerInit {
 
 interface Open {
   plane: BlkDataPlane;
-  /** The connection broke or is closing: leftover failures are expected. */
-  broken: boolean;
+  /** The connection is closing: leftover failures are expected from now on. */
+  closing(): void;
 }
 
 function main(init: WorkerInit): void {
@@ -52,18 +52,18 @@ function main(init: WorkerInit): void {
 
   const connect = (conn: number, memoryToken: number): void => {
     if (open.has(conn)) throw new Error(`internal error: connection ${conn} is already open in worker ${init.worker}`);
-    const o: Open = { plane: undefined as unknown as BlkDataPlane, broken: false };
+    let broken = false;
     const events: DataPlaneEvents = {
       violation(rule) {
-        o.broken = true;
+        broken = true;
         parent.postMessage({ event: 'violation', conn, rule });
       },
-      broken: () => o.broken,
+      broken: () => broken,
       // The main thread tells the frontend once every worker has the new size.
       configChanged() {},
     };
-    o.plane = new BlkDataPlane(device, conn, events, { memoryToken, pollMaxNs: init.pollMaxNs });
-    open.set(conn, o);
+    const plane = new BlkDataPlane(device, conn, events, { memoryToken, pollMaxNs: init.pollMaxNs });
+    open.set(conn, { plane, closing: () => (broken = true) });
   };
 
   // Per-connection calls: (conn, ...args) -> the connection's data plane.
@@ -99,7 +99,7 @@ function main(init: WorkerInit): void {
     drain: (conn: number, timeoutMs: number) => {
       const o = open.get(conn);
       if (o === undefined) return undefined;
-      o.broken = true; // closing: leftover failures are expected
+      o.closing();
       return o.plane.drain(timeoutMs, () => Atomics.load(exiting, 0) === 1);
     },
     destroy: (conn: number) => {

@@ -89,16 +89,22 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
     if (!this.destroyed) this.events.violation(reason);
   }
 
-  /** Closes this connection's data plane in each worker (they stay the pool's). */
-  private release(workers: readonly PoolWorker[]): void {
+  /**
+   * Closes this connection's data plane in each of `workers` (they stay the
+   * pool's) and returns their final snapshots; a worker that fails to close
+   * is ended.
+   */
+  private release(workers: readonly PoolWorker[]): (PlaneSnapshot | undefined)[] {
     for (const w of this.pooled) w.unlisten(this.conn);
-    for (const w of workers) {
+    return workers.map((w) => {
       try {
-        if (w.alive) w.rpc.call('destroy', this.conn);
+        return w.alive ? (w.rpc.call('destroy', this.conn) as PlaneSnapshot | undefined) : undefined;
       } catch (err) {
-        w.terminate(`data-plane worker ${w.index} failed to close connection ${this.conn}: ${(err as Error).message}`);
+        log.error('a data-plane worker failed to close', { conn: this.conn, worker: w.index, error: err as Error });
+        w.terminate(`data-plane worker ${w.index} failed to close connection ${this.conn}`);
+        return undefined;
       }
-    }
+    });
   }
 
   /** The worker serving queue q (q < queues: the connection checked it). */
@@ -309,18 +315,9 @@ export class WorkerDataPlane implements VhostUserDataPlane, HandlerCounters, Rin
   }
 
   destroy(): void {
-    const finals = this.pooled.map((w) => {
-      try {
-        return w.alive ? (w.rpc.call('destroy', this.conn) as PlaneSnapshot | undefined) : undefined;
-      } catch (err) {
-        log.error('a data-plane worker failed to close', { conn: this.conn, worker: w.index, error: err as Error });
-        w.terminate(`data-plane worker ${w.index} failed to close connection ${this.conn}`);
-        return undefined;
-      }
-    });
-    this.snapshots = finals.map((s) => s ?? { counters: [], stats: [], inflight: [], rings: new Float64Array(0) });
     this.destroyed = true;
-    for (const w of this.pooled) w.unlisten(this.conn);
+    const finals = this.release(this.pooled);
+    this.snapshots = finals.map((s) => s ?? { counters: [], stats: [], inflight: [], rings: new Float64Array(0) });
     this.memory.destroy();
     this.logCounters('closed');
     this.device.stats.closing(this, this);
