@@ -6,10 +6,9 @@
 
 #include <cerrno>
 #include <cstring>
-#include <mutex>
-#include <unordered_map>
 
 #include "exports.h"
+#include "token-registry.h"
 
 namespace vublk {
 
@@ -19,9 +18,7 @@ namespace {
 // cluster fails start-up instead of hanging it.
 constexpr const char* kTimeoutSeconds = "10";
 
-std::mutex registryLock;
-std::unordered_map<uint32_t, std::weak_ptr<RbdHandle>> registry;
-uint32_t nextToken = 1;
+TokenRegistry<RbdHandle> registry;
 
 [[noreturn]] void throwRbd(Napi::Env env, int rc, const std::string& what) {
   Napi::Error e = Napi::Error::New(env, what + ": " + strerror(-rc));
@@ -80,9 +77,7 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
       h->image = nullptr;
       throwRbd(env, rc, "cannot open rbd image " + h->spec);
     }
-    std::lock_guard<std::mutex> g(registryLock);
-    token_ = nextToken++;
-    registry[token_] = h;
+    token_ = registry.add(h);
     h_ = std::move(h);
   }
 
@@ -147,10 +142,7 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
 
   void release() {
     if (!h_) return;
-    {
-      std::lock_guard<std::mutex> g(registryLock);
-      registry.erase(token_);
-    }
+    registry.remove(token_);
     h_.reset();
   }
 
@@ -166,12 +158,7 @@ RbdHandle::~RbdHandle() {
   if (cluster) rados_shutdown(cluster);
 }
 
-std::shared_ptr<RbdHandle> findSharedRbdImage(double token) {
-  if (!(token >= 1 && token <= UINT32_MAX)) return nullptr;
-  std::lock_guard<std::mutex> g(registryLock);
-  auto it = registry.find(static_cast<uint32_t>(token));
-  return it == registry.end() ? nullptr : it->second.lock();
-}
+std::shared_ptr<RbdHandle> findSharedRbdImage(double token) { return registry.find(token); }
 
 void InitRbdImage(Napi::Env env, Napi::Object exports) { exports.Set("RbdImage", RbdImage::Define(env)); }
 

@@ -11,6 +11,19 @@ import { cephUnsupported, createImage, exportImage, startCephCluster, type CephC
 import { Frontend } from '../../src/frontend/frontend';
 import { BlkDriver, SECTOR_SIZE } from '../../src/frontend/blk-driver';
 import { pattern } from './harness';
+import { native, type Session } from '../../src/native/binding';
+import {
+  allocateArrays,
+  FALLOC_PUNCH,
+  FALLOC_ZERO,
+  OP_BLKDISCARD,
+  OP_FALLOCATE,
+  OP_FLAG_DSYNC,
+  OP_FLAG_FIXED,
+  OP_FSYNC,
+  OP_READV,
+  OP_WRITEV,
+} from '../../src/blk/shared-arrays';
 
 const skip = cephUnsupported();
 const OBJECT_SECTORS = (4 << 20) / SECTOR_SIZE; // rbd create's default object size
@@ -82,6 +95,85 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
       t.ok(img.subarray(OBJECT_SECTORS * 512, OBJECT_SECTORS * 1024).equals(Buffer.alloc(4 << 20)), 'and where DISCARD went');
     });
   }
+
+  await t.test('a native Session on the image: ops checked as for a file, completed through librbd', async (t) => {
+    createImage(c, 'native', '4M');
+    const DISK = 4 << 20;
+    const image = new native.RbdImage('rbd', '', 'native', c.conf, '', false);
+    t.teardown(() => image.destroy());
+    t.equal(image.size(), DISK, 'size()');
+    t.equal(image.objectSize(), 4 << 20, 'objectSize()');
+    const arrays = allocateArrays(16);
+    const done = new Map<number, number>();
+    const callbacks = {
+      onChains() {},
+      onCompletions: (n: number) => {
+        for (let i = 0; i < n; i++) done.set(arrays.cqes[2 * i]!, arrays.cqes[2 * i + 1]!);
+      },
+      onViolation() {},
+    };
+    t.throws(
+      () => new native.Session(1, 16, -1, 16, 1 << 20, arrays, callbacks, DISK, false, undefined, 12345),
+      /rbdToken names no RbdImage/,
+    );
+    const session: Session = new native.Session(1, 16, -1, 16, 1 << 20, arrays, callbacks, DISK, false, undefined, image.token);
+    t.teardown(() => session.destroy());
+    const mfd = native.memfdCreate('vublk-rbd', 1 << 20);
+    const bufId = session.addRegion(mfd, 0, 1 << 20, 0x7f0000000000, 0);
+    const data = pattern(8192, 7);
+    session.writeGuest(bufId, 0, data);
+
+    const rw = (opcode: number, ud: number, offset: number, len: number, flags = 0): void => {
+      arrays.sqIovs.set([bufId, 0, len], 0);
+      arrays.sqOps.set([opcode, ud, offset, 0, 1, flags], 0);
+    };
+    const falloc = (opcode: number, ud: number, offset: number, len: number, mode: number): void => {
+      arrays.sqOps.set([opcode, ud, offset, len, mode, 0], 0);
+    };
+    const refused: Array<[string, () => void, RegExp]> = [
+      ['read crossing the end', () => rw(OP_READV, 1, DISK - 512, 1024), /outside the disk/],
+      ['write far past the end', () => rw(OP_WRITEV, 1, 2 ** 52, 4096), /outside the disk/],
+      ['zeroing crossing the end', () => falloc(OP_FALLOCATE, 1, DISK - 4096, 8192, FALLOC_ZERO), /outside the disk/],
+      ['BLKDISCARD', () => falloc(OP_BLKDISCARD, 1, 0, 4096, 0), /not a block device/],
+      ['a FIXED op (nothing is registered)', () => rw(OP_WRITEV, 1, 0, 4096, OP_FLAG_FIXED), /FIXED op/],
+    ];
+    for (const [name, fill, message] of refused) {
+      fill();
+      t.throws(() => session.submit(1), { name: 'RangeError', message }, `${name} is refused`);
+    }
+    t.equal(session.registerBuffers(), 0, 'registerBuffers pins nothing');
+
+    const settle = async (ud: number): Promise<number | undefined> => {
+      const until = Date.now() + 20_000;
+      while (!done.has(ud) && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      return done.get(ud);
+    };
+    rw(OP_WRITEV, 10, DISK - 8192, 8192, OP_FLAG_DSYNC);
+    t.equal(session.submit(1), 1, 'a DSYNC write of the last 8 KiB is taken');
+    t.equal(await settle(10), 8192, 'and completes with its length');
+    session.writeGuest(bufId, 0, Buffer.alloc(8192));
+    rw(OP_READV, 11, DISK - 8192, 8192);
+    session.submit(1);
+    t.equal(await settle(11), 8192, 'a read completes with its length');
+    const back = Buffer.alloc(8192);
+    session.readGuest(bufId, 0, back);
+    t.ok(back.equals(data), 'into guest memory, in place');
+    arrays.sqOps.set([OP_FSYNC, 12, 0, 0, 0, 0], 0);
+    session.submit(1);
+    t.equal(await settle(12), 0, 'FSYNC (rbd_aio_flush) completes with 0');
+    falloc(OP_FALLOCATE, 13, DISK - 8192, 4096, FALLOC_ZERO);
+    session.submit(1);
+    t.equal(await settle(13), 0, 'zeroing completes with 0');
+    let img = exportImage(c, 'native');
+    t.ok(img.subarray(DISK - 8192, DISK - 4096).equals(Buffer.alloc(4096)), 'rbd export: the zeroed half reads as zeroes');
+    t.ok(img.subarray(DISK - 4096).equals(data.subarray(4096)), 'and the other half holds the write');
+    falloc(OP_FALLOCATE, 14, 0, DISK, FALLOC_PUNCH);
+    session.submit(1);
+    t.equal(await settle(14), 0, 'a punch (rbd_aio_discard) of the whole object completes with 0');
+    t.equal(session.outstanding().rbd, 0, 'nothing is outstanding');
+    img = exportImage(c, 'native');
+    t.ok(img.equals(Buffer.alloc(DISK)), 'and the image reads as zeroes');
+  });
 
   await t.test('a second vublk on the same image is refused while the first holds it', async (t) => {
     createImage(c, 'locked');
