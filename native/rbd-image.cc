@@ -41,6 +41,7 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
                         InstanceMethod<&RbdImage::ObjectSize>("objectSize"),
                         InstanceMethod<&RbdImage::Features>("features"),
                         InstanceMethod<&RbdImage::AcquireExclusiveLock>("acquireExclusiveLock"),
+                        InstanceMethod<&RbdImage::WatchUpdates>("watchUpdates"),
                         InstanceAccessor<&RbdImage::ReadOnly>("readOnly"),
                         InstanceAccessor<&RbdImage::Token>("token"),
                         InstanceMethod<&RbdImage::Destroy>("destroy")});
@@ -127,6 +128,28 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
     return Napi::Boolean::New(env, true);
   }
 
+  // watchUpdates(fn): fn() on the JS thread after each change of the image's
+  // header another client (or librbd) announces: a resize, a lock change, a
+  // snapshot. Several changes may share one call. Never keeps the loop alive.
+  Napi::Value WatchUpdates(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    RbdHandle& h = live(env);
+    if (watching_) throw Napi::Error::New(env, "watchUpdates: already watching");
+    if (!info[0].IsFunction()) throw Napi::TypeError::New(env, "watchUpdates(fn)");
+    onUpdate_ = Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "rbd-update", 0, 1);
+    onUpdate_.Unref(env);
+    int rc = rbd_update_watch(h.image, &watchHandle_, &RbdImage::OnUpdate, this);
+    if (rc < 0) {
+      onUpdate_.Release();
+      throwRbd(env, rc, "rbd_update_watch " + h.spec);
+    }
+    watching_ = true;
+    return env.Undefined();
+  }
+
+  // On a librbd thread.
+  static void OnUpdate(void* arg) { static_cast<RbdImage*>(arg)->onUpdate_.NonBlockingCall(); }
+
   Napi::Value ReadOnly(const Napi::CallbackInfo& info) {
     return Napi::Boolean::New(info.Env(), live(info.Env()).readOnly);
   }
@@ -143,11 +166,20 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
   void release() {
     if (!h_) return;
     registry.remove(token_);
+    if (watching_) {
+      // Returns once no callback runs any more: OnUpdate never sees a released function.
+      rbd_update_unwatch(h_->image, watchHandle_);
+      onUpdate_.Release();
+      watching_ = false;
+    }
     h_.reset();
   }
 
   std::shared_ptr<RbdHandle> h_;
   uint32_t token_ = 0;
+  Napi::ThreadSafeFunction onUpdate_;
+  uint64_t watchHandle_ = 0;
+  bool watching_ = false;
 };
 
 }  // namespace

@@ -92,6 +92,8 @@ export function startDaemon(opts: Options): Running {
   });
   const watch = new CapacityWatch(device!, () => currentSizeBytes(disk));
   watch.start();
+  // librbd announces a resize by another client at once: no need to wait for the poll.
+  disk.rbd?.watchUpdates(() => watch.check('rbd-update'));
   let stopping: Promise<void> | undefined;
   const metrics = opts.metricsListen === undefined ? undefined : new MetricsEndpoint(opts.metricsListen, device!);
   return {

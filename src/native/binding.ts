@@ -230,6 +230,8 @@ export interface RbdImage {
   features(): number;
   /** Takes the exclusive lock for good; false if the image has no exclusive-lock feature; throws if another client holds it. */
   acquireExclusiveLock(): boolean;
+  /** fn() on this thread after changes of the image's header (resize, lock, snapshot); several may share a call. */
+  watchUpdates(fn: () => void): void;
   readonly readOnly: boolean;
   readonly token: number;
   /** Unregisters the token; Sessions holding the image keep it open until destroyed. */

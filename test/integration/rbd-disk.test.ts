@@ -9,8 +9,9 @@ import path from 'node:path';
 import { runVublk, startVublk, stopCleanly, tmpDir, type VublkProcess } from '../helpers/vublk-process';
 import { cephUnsupported, createImage, exportImage, startCephCluster, type CephCluster } from '../helpers/ceph-cluster';
 import { Frontend } from '../../src/frontend/frontend';
-import { BlkDriver, SECTOR_SIZE } from '../../src/frontend/blk-driver';
-import { pattern } from './harness';
+import { BlkDriver, SECTOR_SIZE, parseBlkConfig } from '../../src/frontend/blk-driver';
+import { pattern, until } from './harness';
+import { execFileSync } from 'node:child_process';
 import { native, type Session } from '../../src/native/binding';
 import {
   allocateArrays,
@@ -173,6 +174,31 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
     t.equal(session.outstanding().rbd, 0, 'nothing is outstanding');
     img = exportImage(c, 'native');
     t.ok(img.equals(Buffer.alloc(DISK)), 'and the image reads as zeroes');
+  });
+
+  await t.test('a resize by another client reaches the guest through the update watch', async (t) => {
+    createImage(c, 'grow');
+    const { v, socket } = await serveImage(t, c, 'grow', []);
+    const fe = await Frontend.connect(socket);
+    t.teardown(() => fe.close());
+    await fe.setup({ queues: 1, memory: { regions: [4 << 20] } });
+    const capacity = async () => Number(parseBlkConfig(await fe.readConfig()).capacity);
+    t.equal(await capacity(), (64 << 20) / SECTOR_SIZE, 'capacity before');
+    execFileSync('rbd', ['--conf', c.conf, 'resize', '--size', '96M', 'rbd/grow'], { stdio: 'ignore' });
+    t.ok(await until(() => fe.configChanges === 1, 10_000), 'the frontend got CONFIG_CHANGE_MSG');
+    t.equal(await capacity(), (96 << 20) / SECTOR_SIZE, 'GET_CONFIG shows the new capacity');
+    t.match(v.stderr(), /capacity changed disk=rbd:rbd\/grow trigger=rbd-update bytes=100663296/, 'noticed through the update watch');
+    const drv = new BlkDriver(fe);
+    const data = pattern(4096, 11);
+    const sector = (64 << 20) / SECTOR_SIZE + 8;
+    t.equal((await drv.write(0, sector, data)).status, 0, 'a write past the old end succeeds');
+    t.equal((await drv.flush(0)).status, 0, 'FLUSH');
+    t.ok(
+      exportImage(c, 'grow')
+        .subarray(sector * SECTOR_SIZE, sector * SECTOR_SIZE + 4096)
+        .equals(data),
+      'and lands in the image',
+    );
   });
 
   await t.test('a second vublk on the same image is refused while the first holds it', async (t) => {
