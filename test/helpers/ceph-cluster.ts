@@ -53,3 +53,12 @@ export function exportImage(c: CephCluster, name: string): Buffer {
     stdio: ['ignore', 'pipe', 'ignore'],
   });
 }
+
+/** Stops the cluster's only OSD (its data stays) or starts it again. */
+export function osdStop(c: CephCluster): void {
+  execFileSync('bash', [SCRIPT, 'osd-stop', c.dir], { stdio: 'ignore' });
+}
+
+export function osdStart(c: CephCluster): void {
+  execFileSync('bash', [SCRIPT, 'osd-start', c.dir], { stdio: 'ignore', timeout: 60_000 });
+}

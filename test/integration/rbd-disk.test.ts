@@ -7,10 +7,10 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { runVublk, startVublk, stopCleanly, tmpDir, type VublkProcess } from '../helpers/vublk-process';
-import { cephUnsupported, createImage, exportImage, startCephCluster, type CephCluster } from '../helpers/ceph-cluster';
+import { cephUnsupported, createImage, exportImage, osdStart, osdStop, startCephCluster, type CephCluster } from '../helpers/ceph-cluster';
 import { Frontend } from '../../src/frontend/frontend';
 import { BlkDriver, SECTOR_SIZE, parseBlkConfig } from '../../src/frontend/blk-driver';
-import { pattern, until } from './harness';
+import { pattern, sleep, until } from './harness';
 import { execFileSync } from 'node:child_process';
 import { native, type Session } from '../../src/native/binding';
 import {
@@ -218,5 +218,43 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
     const drv = new BlkDriver(fe);
     t.equal((await drv.write(0, 0, data)).status, 0, 'the first still writes');
     t.ok((await drv.read(0, 0, 4096)).data.equals(data), 'and reads');
+  });
+
+  await t.test('an OSD stopped for 10 s: requests wait, then complete when it is back', async (t) => {
+    createImage(c, 'outage');
+    // Data vublk's librbd has not cached: only an OSD can answer a READ of it.
+    execFileSync(
+      'rbd',
+      ['--conf', c.conf, 'bench', '--io-type', 'write', '--io-size', '4096', '--io-total', '65536', '--io-pattern', 'seq', 'rbd/outage'],
+      { stdio: 'ignore' },
+    );
+    const { socket } = await serveImage(t, c, 'outage', []);
+    const fe = await Frontend.connect(socket);
+    t.teardown(() => fe.close());
+    await fe.setup({ queues: 1, memory: { regions: [4 << 20] } });
+    const drv = new BlkDriver(fe);
+    const data = pattern(64 << 10, 21);
+    osdStop(c);
+    let osdDown = true;
+    t.teardown(() => {
+      if (osdDown) osdStart(c);
+    });
+    const settled = new Set<string>();
+    const track = <T>(name: string, p: Promise<T>) => p.finally(() => settled.add(name));
+    const write = track('write', drv.write(0, 1024, data));
+    const flush = track('flush', drv.flush(0));
+    const read = track('read', drv.read(0, 0, 4096));
+    await sleep(10_000);
+    t.notOk(settled.has('flush'), 'FLUSH waits while the OSD is down');
+    t.notOk(settled.has('read'), 'so does a READ only an OSD can answer');
+    osdStart(c);
+    osdDown = false;
+    t.equal((await write).status, 0, 'the WRITE completes with OK');
+    t.equal((await flush).status, 0, 'the FLUSH completes with OK');
+    const r = await read;
+    const img = exportImage(c, 'outage');
+    t.ok(r.status === 0 && r.data.equals(img.subarray(0, 4096)), 'the READ completes with what rbd bench wrote');
+    t.ok((await drv.read(0, 1024, data.length)).data.equals(data), 'the write reads back');
+    t.ok(img.subarray(1024 * SECTOR_SIZE, 1024 * SECTOR_SIZE + data.length).equals(data), 'and is in the image');
   });
 });
