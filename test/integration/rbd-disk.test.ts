@@ -38,8 +38,13 @@ async function serveImage(t: Test, c: CephCluster, image: string, extra: string[
       timeoutMs: 30_000,
     },
   );
-  let stopped: Promise<void> | undefined;
-  t.teardown(() => (stopped ??= stopCleanly(v)));
+  t.teardown(async () => {
+    try {
+      await stopCleanly(v);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
   return { v, socket };
 }
 
@@ -49,14 +54,20 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
     await t.test(`every request type, workers ${workers ?? 'default'}`, async (t) => {
       const image = `img-${workers ?? 'default'}`;
       createImage(c, image);
-      const { socket } = await serveImage(t, c, image, workers === undefined ? [] : ['--workers', workers]);
+      // Default workers: two queues, so two threads' Sessions share the image.
+      const queues = workers === undefined ? 2 : 1;
+      const { socket } = await serveImage(t, c, image, [
+        '--queues',
+        String(queues),
+        ...(workers === undefined ? [] : ['--workers', workers]),
+      ]);
       const fe = await Frontend.connect(socket);
       t.teardown(() => fe.close());
-      await fe.setup({ queues: 1, memory: { regions: [4 << 20, 4 << 20] } });
+      await fe.setup({ queues, memory: { regions: [4 << 20, 4 << 20] } });
       const drv = new BlkDriver(fe);
 
       const big = pattern(64 << 10, 1);
-      t.equal((await drv.write(0, 2048, big)).status, 0, 'a 64 KiB WRITE succeeds');
+      t.equal((await drv.write(queues - 1, 2048, big)).status, 0, `a 64 KiB WRITE on queue ${queues - 1} succeeds`);
       const r = await drv.read(0, 2048, big.length);
       t.ok(r.status === 0 && r.data.equals(big), 'and reads back');
 
@@ -218,6 +229,16 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
     const drv = new BlkDriver(fe);
     t.equal((await drv.write(0, 0, data)).status, 0, 'the first still writes');
     t.ok((await drv.read(0, 0, 4096)).data.equals(data), 'and reads');
+    t.equal((await drv.flush(0)).status, 0, 'and flushes');
+
+    // A reader takes no lock: it may run beside the writer.
+    const reader = await serveImage(t, c, 'locked', ['--read-only']);
+    const rfe = await Frontend.connect(reader.socket);
+    t.teardown(() => rfe.close());
+    await rfe.setup({ queues: 1, memory: { regions: [4 << 20] } });
+    const rdrv = new BlkDriver(rfe);
+    t.ok((await rdrv.read(0, 0, 4096)).data.equals(data), 'a --read-only vublk starts beside it and reads what it wrote');
+    t.not((await rdrv.write(0, 0, data)).status, 0, 'but cannot write');
   });
 
   await t.test('an OSD stopped for 10 s: requests wait, then complete when it is back', async (t) => {
