@@ -22,6 +22,8 @@ function errnoOf(err: unknown): number | undefined {
   return typeof e === 'number' ? Math.abs(e) : undefined;
 }
 
+const EPERM = 1;
+
 // The guest's sectors: virtio-blk offsets and lengths come in 512-byte units.
 const SECTOR = 512;
 
@@ -36,7 +38,9 @@ export function openRbdDisk(spec: RbdSpec, connect: RbdConnect, readOnly: boolea
   try {
     image = new native.RbdImage(spec.pool, spec.namespace, spec.image, connect.conf ?? '', connect.id ?? '', readOnly);
   } catch (err) {
-    throw new DiskError(`cannot open disk ${name}: ${(err as Error).message}`, { errno: errnoOf(err) });
+    // A client whose caps are read-only (profile rbd-read-only) may not open the image for writing.
+    const hint = !readOnly && errnoOf(err) === EPERM ? ' (read-only caps? then serve it with --read-only)' : '';
+    throw new DiskError(`cannot open disk ${name}: ${(err as Error).message}${hint}`, { errno: errnoOf(err) });
   }
   try {
     if (!readOnly && !image.acquireExclusiveLock()) {

@@ -18,7 +18,7 @@ const SCRIPT = path.join(repoRoot, 'scripts', 'ceph-test-cluster.sh');
 
 /** A skip reason (false: all there); under CI a missing prerequisite throws. */
 export function cephUnsupported(): string | false {
-  return requirements({ root: true, commands: ['ceph-mon', 'ceph-osd', 'ceph-authtool', 'monmaptool', 'rbd'] });
+  return requirements({ root: true, commands: ['ceph-mon', 'ceph-osd', 'ceph-authtool', 'monmaptool', 'ceph', 'rbd'] });
 }
 
 /** Starts a cluster (about 11 s); teardown stops it and removes its directory. */
@@ -61,4 +61,23 @@ export function osdStop(c: CephCluster): void {
 
 export function osdStart(c: CephCluster): void {
   execFileSync('bash', [SCRIPT, 'osd-start', c.dir], { stdio: 'ignore', timeout: 60_000 });
+}
+
+/**
+ * A client `name` with read-only caps on pool rbd (profile rbd-read-only)
+ * and a conf file that uses its keyring; returns that conf's path.
+ */
+export function readOnlyClient(c: CephCluster, name: string): string {
+  const keyring = path.join(c.dir, `${name}.keyring`);
+  const key = execFileSync(
+    'ceph',
+    ['--conf', c.conf, 'auth', 'get-or-create', `client.${name}`, 'mon', 'profile rbd', 'osd', 'profile rbd-read-only pool=rbd'],
+    {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    },
+  );
+  fs.writeFileSync(keyring, key);
+  const conf = path.join(c.dir, `${name}.conf`);
+  fs.writeFileSync(conf, fs.readFileSync(c.conf, 'utf8').replace(/^keyring = .*$/m, `keyring = ${keyring}`));
+  return conf;
 }

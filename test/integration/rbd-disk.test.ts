@@ -7,7 +7,16 @@ import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { runVublk, startVublk, stopCleanly, tmpDir, type VublkProcess } from '../helpers/vublk-process';
-import { cephUnsupported, createImage, exportImage, osdStart, osdStop, startCephCluster, type CephCluster } from '../helpers/ceph-cluster';
+import {
+  cephUnsupported,
+  createImage,
+  exportImage,
+  osdStart,
+  osdStop,
+  readOnlyClient,
+  startCephCluster,
+  type CephCluster,
+} from '../helpers/ceph-cluster';
 import { Frontend } from '../../src/frontend/frontend';
 import { BlkDriver, SECTOR_SIZE, parseBlkConfig } from '../../src/frontend/blk-driver';
 import { pattern, sleep, until } from './harness';
@@ -239,6 +248,24 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
     const rdrv = new BlkDriver(rfe);
     t.ok((await rdrv.read(0, 0, 4096)).data.equals(data), 'a --read-only vublk starts beside it and reads what it wrote');
     t.not((await rdrv.write(0, 0, data)).status, 0, 'but cannot write');
+  });
+
+  await t.test('a client with read-only caps: refused writable with a hint, served with --read-only', async (t) => {
+    createImage(c, 'ro');
+    const conf = readOnlyClient(c, 'ro');
+    const dir = tmpDir('vublk-rbd-');
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const args = ['--disk', 'rbd:rbd/ro', '--ceph-conf', conf, '--ceph-id', 'ro', '--socket', path.join(dir, 's.sock')];
+    const r = await runVublk(args, { timeoutMs: 30_000 });
+    t.equal(r.code, 1, 'writable: vublk exits 1');
+    t.match(
+      r.stderr,
+      /cannot open disk rbd:rbd\/ro: .*Operation not permitted \(read-only caps\? then serve it with --read-only\)/,
+      'with the hint',
+    );
+    const v = await startVublk([...args, '--read-only'], { timeoutMs: 30_000 });
+    await stopCleanly(v);
+    t.match(v.stderr(), /serving disk=rbd:rbd\/ro .*readOnly=true/, 'with --read-only it serves');
   });
 
   await t.test('an OSD stopped for 10 s: requests wait, then complete when it is back', async (t) => {
