@@ -43,6 +43,9 @@ export function openRbdDisk(spec: RbdSpec, connect: RbdConnect, readOnly: boolea
     throw new DiskError(`cannot open disk ${name}: ${(err as Error).message}${hint}`, { errno: errnoOf(err) });
   }
   try {
+    // A lock left by a client that died is broken once its watch on the
+    // image lapses (about 30 s): until then this waits.
+    if (!readOnly) log.info('taking the exclusive lock of the rbd image', { disk: name });
     if (!readOnly && !image.acquireExclusiveLock()) {
       log.warn('rbd image has no exclusive-lock feature: nothing keeps a second writer out', { disk: name });
     }

@@ -38,13 +38,19 @@ import {
 const skip = cephUnsupported();
 const OBJECT_SECTORS = (4 << 20) / SECTOR_SIZE; // rbd create's default object size
 
-async function serveImage(t: Test, c: CephCluster, image: string, extra: string[]): Promise<{ v: VublkProcess; socket: string }> {
+async function serveImage(
+  t: Test,
+  c: CephCluster,
+  image: string,
+  extra: string[],
+  timeoutMs = 30_000,
+): Promise<{ v: VublkProcess; socket: string }> {
   const dir = tmpDir('vublk-rbd-');
   const socket = path.join(dir, 'vublk.sock');
   const v = await startVublk(
     ['--disk', `rbd:rbd/${image}`, '--ceph-conf', c.conf, '--socket', socket, '--serial', 'rbd-serial', ...extra],
     {
-      timeoutMs: 30_000,
+      timeoutMs,
     },
   );
   t.teardown(async () => {
@@ -248,6 +254,32 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
     const rdrv = new BlkDriver(rfe);
     t.ok((await rdrv.read(0, 0, 4096)).data.equals(data), 'a --read-only vublk starts beside it and reads what it wrote');
     t.not((await rdrv.write(0, 0, data)).status, 0, 'but cannot write');
+  });
+
+  await t.test('after a vublk is killed, the next one takes its lock once the cluster sees it gone', async (t) => {
+    createImage(c, 'crash');
+    const dir = tmpDir('vublk-rbd-');
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const socket = path.join(dir, 'first.sock');
+    const first = await startVublk(['--disk', 'rbd:rbd/crash', '--ceph-conf', c.conf, '--socket', socket], { timeoutMs: 30_000 });
+    t.teardown(() => first.stop('SIGKILL'));
+    const fe = await Frontend.connect(socket);
+    await fe.setup({ queues: 1, memory: { regions: [4 << 20] } });
+    const drv = new BlkDriver(fe);
+    const data = pattern(8192, 31);
+    t.equal((await drv.write(0, 64, data)).status, 0, 'the first vublk writes');
+    t.equal((await drv.flush(0)).status, 0, 'and flushes');
+    fe.close();
+    await first.stop('SIGKILL');
+    // The dead client's watch lapses after about 30 s; until then the lock is its.
+    const next = await serveImage(t, c, 'crash', [], 90_000);
+    t.match(next.v.stderr(), /taking the exclusive lock of the rbd image disk=rbd:rbd\/crash/, 'the next one says it takes the lock');
+    const fe2 = await Frontend.connect(next.socket);
+    t.teardown(() => fe2.close());
+    await fe2.setup({ queues: 1, memory: { regions: [4 << 20] } });
+    const drv2 = new BlkDriver(fe2);
+    t.ok((await drv2.read(0, 64, 8192)).data.equals(data), 'serves what the first one flushed');
+    t.equal((await drv2.write(0, 64, pattern(8192, 32))).status, 0, 'and writes');
   });
 
   await t.test('a client with read-only caps: refused writable with a hint, served with --read-only', async (t) => {
