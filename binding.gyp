@@ -22,7 +22,9 @@
         "native/inflight.cc",
         "native/crash-point.cc",
         "native/sd-notify.cc",
-        "native/file-lock.cc"
+        "native/file-lock.cc",
+        "native/rbd-image.cc",
+        "native/rbd-queue.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
@@ -30,7 +32,7 @@
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "<@(extra_cflags)"],
       "ldflags": ["<@(extra_ldflags)"],
-      "libraries": ["-l:liburing.a"]
+      "libraries": ["-l:liburing.a", "-lrbd", "-lrados"]
     }
   ],
   "variables": {

@@ -16,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vublk::InitNotifierFd(env, exports);
   vublk::InitSdNotify(env, exports);
   vublk::InitFileLock(env, exports);
+  vublk::InitRbdImage(env, exports);
   return exports;
 }
 

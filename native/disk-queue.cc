@@ -12,7 +12,7 @@
 namespace vublk {
 
 void DiskQueue::init(Napi::Env env, uv_loop_t* loop, int diskFd, uint64_t diskBytes,
-                     bool blockDevice, unsigned entries, size_t maxIovs) {
+                     bool blockDevice, unsigned entries, size_t maxIovs, std::shared_ptr<RbdHandle> rbd) {
   loop_ = loop;
   diskFd_ = diskFd;
   diskBytes_ = diskBytes;
@@ -20,11 +20,41 @@ void DiskQueue::init(Napi::Env env, uv_loop_t* loop, int diskFd, uint64_t diskBy
   iovScratch_.resize(maxIovs);
   int rc = uring_.init(entries);
   if (rc < 0) throwErrno(env, -rc, "io_uring_queue_init");
+  if (rbd) {
+    rbd_ = std::make_unique<RbdQueue>();
+    rc = rbd_->init(std::move(rbd));
+    if (rc < 0) throwErrno(env, -rc, "eventfd");
+  }
 }
 
 void DiskQueue::close() {
   closed_ = true;
   uring_.close();
+  if (rbd_) rbd_->close();
+}
+
+unsigned DiskQueue::reap(double* out, unsigned max) {
+  unsigned n = uring_.reap(out, max);
+  if (rbd_ && n < max) n += rbd_->reap(out + static_cast<size_t>(n) * kCqeStride, max - n);
+  return n;
+}
+
+// One checked op to librbd (iov: its iovecs, null for the ops without).
+void DiskQueue::startRbd(const double* op, const iovec* iov) {
+  unsigned opcode = static_cast<unsigned>(op[0]);
+  uint64_t userData = static_cast<uint64_t>(op[1]), off = static_cast<uint64_t>(op[2]);
+  if (opcode == kOpFsync) {
+    rbd_->start(RbdQueue::Kind::kFlush, userData, 0, 0, nullptr, 0, false);
+  } else if (opcode == kOpFallocate) {
+    auto kind = static_cast<int>(op[4]) == kFallocZero ? RbdQueue::Kind::kWriteZeroes : RbdQueue::Kind::kDiscard;
+    rbd_->start(kind, userData, off, static_cast<uint64_t>(op[3]), nullptr, 0, false);
+  } else {
+    unsigned cnt = static_cast<unsigned>(op[4]);
+    uint64_t len = 0;
+    for (unsigned i = 0; i < cnt; i++) len += iov[i].iov_len;
+    rbd_->start(opcode == kOpReadv ? RbdQueue::Kind::kReadv : RbdQueue::Kind::kWritev, userData, off, len, iov, cnt,
+                static_cast<unsigned>(op[5]) & kOpFlagDsync);
+  }
 }
 
 int64_t DiskQueue::submit(Napi::Env env, const double* ops, const double* iovs, int64_t n) {
@@ -45,7 +75,7 @@ int64_t DiskQueue::submit(Napi::Env env, const double* ops, const double* iovs, 
       if (!(op[2] >= 0 && op[2] <= 9007199254740992.0 && op[3] > 0 && op[3] <= 9007199254740992.0 &&
             (op[0] == kOpBlkDiscard || op[4] == kFallocPunch || op[4] == kFallocZero)))
         throw Napi::RangeError::New(env, "submit: bad fallocate/discard range or mode");
-      if (op[0] == kOpBlkDiscard && !blockDevice_)
+      if (op[0] == kOpBlkDiscard && (!blockDevice_ || rbd_))
         throw Napi::RangeError::New(env, "submit: BLKDISCARD on a disk that is not a block device");
       if (!insideDisk(op[2], op[3]))
         throw Napi::RangeError::New(env, "submit: fallocate/discard range outside the disk");
@@ -73,6 +103,14 @@ int64_t DiskQueue::submit(Napi::Env env, const double* ops, const double* iovs, 
     }
     if (!insideDisk(op[2], bytes))
       throw Napi::RangeError::New(env, "submit: read/write range outside the disk");
+  }
+  if (rbd_) {
+    for (int64_t k = 0; k < n; k++) {
+      const double* op = ops + k * kOpStride;
+      bool hasIov = op[0] == kOpReadv || op[0] == kOpWritev;
+      startRbd(op, hasIov ? iovScratch_.data() + static_cast<size_t>(op[3]) : nullptr);
+    }
+    return n;
   }
   int64_t queued = 0;
   int rc = 0;
@@ -127,6 +165,7 @@ bool DiskQueue::insideDisk(double offset, double len) const {
   return offset <= static_cast<double>(diskBytes_) && len <= static_cast<double>(diskBytes_) - offset;
 }
 
+// librbd cannot cancel: its ops complete in their own time.
 void DiskQueue::cancelAll(Napi::Env env) {
   int rc = uring_.cancelAll();
   if (rc < 0) throwErrno(env, -rc, "io_uring_submit");
@@ -141,6 +180,7 @@ void DiskQueue::cancelAll(Napi::Env env) {
 // (e.g. RLIMIT_MEMLOCK), leaving none registered. The caller has drained
 // I/O on the previous table.
 size_t DiskQueue::registerBuffers(Napi::Env env, uint64_t bounceBytes) {
+  if (rbd_) return 0;  // librbd takes plain iovecs: nothing to pin
   std::vector<iovec> iov;
   fixedBase_.assign(GuestMemory::kMaxRegions, -1);
   bounceFixed_ = -1;

@@ -13,4 +13,5 @@ void InitDiskProbe(Napi::Env env, Napi::Object exports);
 void InitNotifierFd(Napi::Env env, Napi::Object exports);
 void InitSdNotify(Napi::Env env, Napi::Object exports);
 void InitFileLock(Napi::Env env, Napi::Object exports);
+void InitRbdImage(Napi::Env env, Napi::Object exports);
 }  // namespace vublk

@@ -88,7 +88,7 @@ unsigned Session::pollOnce() {
     if (!destroyed_) n += deliverOne(*v);
   n += deliverPending();
   delivering_ = false;
-  if (!destroyed_ && disk_.uring().ready()) n += reapCompletions();
+  if (!destroyed_ && disk_.ready()) n += reapCompletions();
   return n;
 }
 

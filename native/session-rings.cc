@@ -277,7 +277,7 @@ void Session::OnUringEvent(uv_poll_t* h, int, int) {
   auto* s = static_cast<Session*>(h->data);
   if (!s) return;
   Napi::HandleScope scope(s->Env());
-  s->disk_.uring().ackEvent();
+  s->disk_.ackEvents();
   s->reapCompletions();
 }
 
@@ -287,7 +287,7 @@ unsigned Session::reapCompletions() {
   unsigned max = static_cast<unsigned>(cqes_.length / kCqeStride);
   unsigned total = 0;
   while (!destroyed_) {
-    unsigned n = disk_.uring().reap(static_cast<double*>(cqes_.data), max);
+    unsigned n = disk_.reap(static_cast<double*>(cqes_.data), max);
     if (n == 0) break;
     total += n;
     callJs(env, onCompletions_, callbacks_.Value(), {Napi::Number::New(env, n)});

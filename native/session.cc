@@ -5,6 +5,7 @@
 #include "exports.h"
 #include "guest-access.h"
 #include "js-callback.h"
+#include "rbd-image.h"
 #include "session.h"
 #include "shared-guest-memory.h"
 
@@ -101,12 +102,24 @@ void Session::init(const Napi::CallbackInfo& info) {
   }
   buffers_.init(env, bounceBytes);
 
+  // A session on an RBD image: its ops go to librbd, not to diskFd.
+  std::shared_ptr<RbdHandle> rbd;
+  if (info.Length() > 10 && !info[10].IsUndefined()) {
+    rbd = findSharedRbdImage(info[10].ToNumber().DoubleValue());
+    if (!rbd) throw Napi::Error::New(env, "rbdToken names no RbdImage");
+  }
+
   napi_get_uv_event_loop(env, &loop_);
   disk_.init(env, loop_, diskFd, diskBytes, blockDevice, static_cast<unsigned>(entries),
-             sqIovs_.length / kIovStride);
+             sqIovs_.length / kIovStride, std::move(rbd));
   int rc = uringPoll_.open(loop_, disk_.uring().eventFd(), this);
   if (rc != 0) throwErrno(env, -rc, "uv_poll_init");
   uringPoll_.start(UV_READABLE, OnUringEvent);
+  if (disk_.rbdEventFd() >= 0) {
+    rc = rbdPoll_.open(loop_, disk_.rbdEventFd(), this);
+    if (rc != 0) throwErrno(env, -rc, "uv_poll_init");
+    rbdPoll_.start(UV_READABLE, OnUringEvent);
+  }
 
   vrings_.resize(static_cast<size_t>(queues));
   for (size_t i = 0; i < vrings_.size(); i++) {
@@ -152,10 +165,12 @@ void Session::teardown() {
     if (v) v->vq.setInflight(nullptr);
   inflight_.unmap();
   uringPoll_.close();
+  rbdPoll_.close();
   // JS destroys only once outstanding() is 0 (src/vhost-user/drain.ts),
   // except when the daemon exits. Then exiting the ring cancels what it
   // can and the kernel finishes the rest in the background; pages under
   // O_DIRECT I/O stay pinned by the kernel, so unmapping below is safe.
+  // librbd's ops are waited for (RbdQueue::close): they touch the memory.
   disk_.close();
   buffers_.release();
 }

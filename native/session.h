@@ -121,13 +121,15 @@ class Session : public Napi::ObjectWrap<Session> {
     return info.Env().Undefined();
   }
 
-  // {ioUring, threadPool}: native work of this session still outstanding
-  // (ops the kernel holds, BLKDISCARDs on libuv's thread pool). A closing
-  // connection waits for both to reach 0 before destroy().
+  // {ioUring, threadPool, rbd}: native work of this session still
+  // outstanding (ops the kernel holds, BLKDISCARDs on libuv's thread pool,
+  // ops librbd holds). A closing connection waits for all to reach 0 before
+  // destroy().
   Napi::Value Outstanding(const Napi::CallbackInfo& info) {
     Napi::Object o = Napi::Object::New(info.Env());
     o.Set("ioUring", static_cast<double>(disk_.inflight()));
     o.Set("threadPool", static_cast<double>(disk_.pendingDiscards()));
+    o.Set("rbd", static_cast<double>(disk_.rbdInflight()));
     return o;
   }
 
@@ -226,6 +228,7 @@ class Session : public Napi::ObjectWrap<Session> {
   std::vector<std::unique_ptr<Vring>> vrings_;
   uv_loop_t* loop_ = nullptr;
   PollHandle uringPoll_;
+  PollHandle rbdPoll_;  // the RBD queue's completions, on an RBD image
   unsigned maxQueueSize_ = 0;
   bool destroyed_ = false;
   bool delivering_ = false;

@@ -2,23 +2,19 @@
 // memory tables (see shared-guest-memory.h).
 #include "shared-guest-memory.h"
 
-#include <mutex>
 #include <string>
-#include <unordered_map>
 #include <utility>
 
 #include "errno-error.h"
 #include "exports.h"
+#include "token-registry.h"
 #include "unique-fd.h"
 
 namespace vublk {
 
 namespace {
 
-// Weak: the registry never keeps maps alive; tokens are never reused.
-std::mutex registryLock;
-std::unordered_map<uint32_t, std::weak_ptr<GuestMemory>> registry;
-uint32_t nextToken = 1;
+TokenRegistry<GuestMemory> registry;
 
 class SharedGuestMemory : public Napi::ObjectWrap<SharedGuestMemory> {
  public:
@@ -35,9 +31,7 @@ class SharedGuestMemory : public Napi::ObjectWrap<SharedGuestMemory> {
 
   explicit SharedGuestMemory(const Napi::CallbackInfo& info)
       : Napi::ObjectWrap<SharedGuestMemory>(info), mem_(std::make_shared<GuestMemory>()) {
-    std::lock_guard<std::mutex> g(registryLock);
-    token_ = nextToken++;
-    registry[token_] = mem_;
+    token_ = registry.add(mem_);
   }
 
   ~SharedGuestMemory() override { release(); }
@@ -85,10 +79,7 @@ class SharedGuestMemory : public Napi::ObjectWrap<SharedGuestMemory> {
 
   void release() {
     if (!mem_) return;
-    {
-      std::lock_guard<std::mutex> g(registryLock);
-      registry.erase(token_);
-    }
+    registry.remove(token_);
     mem_.reset();
   }
 
@@ -107,12 +98,7 @@ Napi::Value addGuestRegion(const Napi::CallbackInfo& info, UniqueFd fd, GuestMem
   return Napi::Number::New(info.Env(), id);
 }
 
-std::shared_ptr<GuestMemory> findSharedGuestMemory(double token) {
-  if (!(token >= 1 && token <= UINT32_MAX)) return nullptr;
-  std::lock_guard<std::mutex> g(registryLock);
-  auto it = registry.find(static_cast<uint32_t>(token));
-  return it == registry.end() ? nullptr : it->second.lock();
-}
+std::shared_ptr<GuestMemory> findSharedGuestMemory(double token) { return registry.find(token); }
 
 Napi::Array describeRegions(Napi::Env env, const GuestMemory& mem) {
   Napi::Array out = Napi::Array::New(env);

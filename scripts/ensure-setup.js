@@ -14,8 +14,9 @@ const root = path.resolve(__dirname, '..');
 const mode = process.argv[2] === 'test' ? 'test' : 'serve';
 
 const PACKAGES = {
-  // Building the addon: a C++ toolchain and liburing (linked statically).
-  serve: ['g++', 'make', 'python3', 'liburing-dev'],
+  // Building the addon: a C++ toolchain, liburing (linked statically) and
+  // librbd/librados (rbd: disks).
+  serve: ['g++', 'make', 'python3', 'liburing-dev', 'librbd-dev'],
   // Tests: QEMU and the guest's tools, loop devices, the ASan runtime.
   test: [
     'qemu-system-x86',
@@ -34,6 +35,10 @@ const PACKAGES = {
     'libxml2-utils',
     // systemd-analyze verify and systemd-socket-activate check the units in systemd/.
     'systemd',
+    // The single-node Ceph cluster of the rbd: tests (scripts/ceph-test-cluster.sh).
+    'ceph-mon',
+    'ceph-osd',
+    'ceph-common',
   ],
 };
 

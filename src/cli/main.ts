@@ -3,6 +3,7 @@
 import path from 'node:path';
 import { parseOptions, usageText, DEFAULT_DISK_BYTES, DEFAULT_DISK_PATH, type Options } from './options';
 import { ensureDefaultImage, openHostDisk, closeHostDisk, currentSizeBytes } from '../disk/host-disk';
+import { openRbdDisk } from '../disk/rbd-disk';
 import { CapacityWatch, type ResizeTrigger } from '../device/capacity-watch';
 import { BlkDevice } from '../device/blk-device';
 import { BlkBackend } from '../device/blk-backend';
@@ -42,12 +43,21 @@ export function startDaemon(opts: Options): Running {
       log.info('created default disk image', { path: path.resolve(diskPath), bytes: DEFAULT_DISK_BYTES });
     }
   }
-  const disk = openHostDisk(diskPath, opts.readOnly, opts.imageLock);
+  // An RBD image has no image locks: its exclusive lock keeps other writers out.
+  const disk =
+    opts.rbd !== undefined
+      ? openRbdDisk(opts.rbd, { conf: opts.cephConf, id: opts.cephId }, opts.readOnly)
+      : openHostDisk(diskPath, opts.readOnly, opts.imageLock);
   let device: BlkDevice;
   const server = (() => {
     try {
       const writeCacheState =
-        opts.stateFile === null ? undefined : new WriteCacheStateFile(path.resolve(opts.stateFile), diskIdentity(disk.path, disk.fd));
+        opts.stateFile === null
+          ? undefined
+          : new WriteCacheStateFile(
+              path.resolve(opts.stateFile),
+              disk.kind === 'rbd' ? { path: disk.path, kind: 'rbd' } : diskIdentity(disk.path, disk.fd),
+            );
       device = new BlkDevice(disk, { ...opts, writeCacheState });
       const s = new VhostUserServer(passed?.name ?? path.resolve(opts.socket), new BlkBackend(device), passed);
       s.start();
@@ -82,6 +92,8 @@ export function startDaemon(opts: Options): Running {
   });
   const watch = new CapacityWatch(device!, () => currentSizeBytes(disk));
   watch.start();
+  // librbd announces a resize by another client at once: no need to wait for the poll.
+  disk.rbd?.watchUpdates(() => watch.check('rbd-update'));
   let stopping: Promise<void> | undefined;
   const metrics = opts.metricsListen === undefined ? undefined : new MetricsEndpoint(opts.metricsListen, device!);
   return {

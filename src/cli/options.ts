@@ -9,6 +9,7 @@ import { LOG_FORMATS, LOG_LEVELS, type LogFormat, type LogLevel, isLogFormat, is
 import { VIRTIO_BLK_ID_BYTES } from '../virtio/constants';
 import { MAX_RING_SIZE } from '../vhost-user/vring-rules';
 import { parseMetricsAddress, type MetricsAddress } from '../metrics/listen-address';
+import { isRbdDisk, parseRbdSpec, type RbdSpec } from '../disk/rbd-spec';
 
 export const DEFAULT_DISK_PATH = './vublk-disk.img';
 /** Size of the sparse image created when --disk is omitted. */
@@ -42,8 +43,14 @@ export const MAX_SOCKET_PATH_BYTES = 107;
 export const MAX_SOCKET_FD = 2147483647;
 
 export interface Options {
-  /** Host disk (image file or block device); undefined when --disk was omitted. */
+  /** Host disk (image file or block device, or rbd:...); undefined when --disk was omitted. */
   disk: string | undefined;
+  /** --disk rbd:POOL[/NAMESPACE]/IMAGE: the RBD image; undefined for a path. */
+  rbd: RbdSpec | undefined;
+  /** --ceph-conf: Ceph configuration file; undefined: Ceph's default search (/etc/ceph/ceph.conf, ...). */
+  cephConf: string | undefined;
+  /** --ceph-id: Ceph client name without "client."; undefined: Ceph's default (admin). */
+  cephId: string | undefined;
   /** True when --disk was omitted: the daemon creates DEFAULT_DISK_PATH, a sparse DEFAULT_DISK_BYTES image. */
   defaultDisk: boolean;
   socket: string;
@@ -94,8 +101,10 @@ const SPECS: readonly OptionSpec[] = [
   {
     name: 'disk',
     arg: 'PATH',
-    help: `image file or block device to serve (default: create ${DEFAULT_DISK_PATH}, a sparse 1 GiB image)`,
+    help: `image file or block device to serve, or an RBD image as rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE (default: create ${DEFAULT_DISK_PATH}, a sparse 1 GiB image)`,
   },
+  { name: 'ceph-conf', arg: 'PATH', help: "Ceph configuration file for an rbd: disk (default: Ceph's own, /etc/ceph/ceph.conf)" },
+  { name: 'ceph-id', arg: 'NAME', help: 'Ceph client name for an rbd: disk, without "client." (default: admin)' },
   { name: 'socket', arg: 'PATH', help: `vhost-user socket to listen on (default ${DEFAULT_SOCKET_PATH})` },
   {
     name: 'socket-fd',
@@ -241,6 +250,13 @@ function parsePath(name: string, raw: string): string {
   return raw;
 }
 
+function parseCephId(raw: string): string {
+  if (raw.startsWith('client.')) throw new UsageError(`--ceph-id expects the name without "client.", e.g. ${show(raw.slice(7))}`);
+  if (!/^[A-Za-z0-9_.-]+$/.test(raw))
+    throw new UsageError(`--ceph-id expects a Ceph client name (letters, digits, "_", ".", "-"), got ${show(raw)}`);
+  return raw;
+}
+
 function parseSocketPath(raw: string): string {
   const path = parsePath('socket', raw);
   const bytes = Buffer.byteLength(path, 'utf8');
@@ -262,6 +278,9 @@ function parseSocketPath(raw: string): string {
 export function parseOptions(argv: readonly string[]): Options {
   const opts: Options = {
     disk: undefined,
+    rbd: undefined,
+    cephConf: undefined,
+    cephId: undefined,
     defaultDisk: true,
     socket: DEFAULT_SOCKET_PATH,
     socketGiven: false,
@@ -322,7 +341,14 @@ export function parseOptions(argv: readonly string[]): Options {
     switch (name) {
       case 'disk':
         opts.disk = parsePath('disk', value);
+        opts.rbd = isRbdDisk(value) ? parseRbdSpec(value) : undefined;
         opts.defaultDisk = false;
+        break;
+      case 'ceph-conf':
+        opts.cephConf = parsePath('ceph-conf', value);
+        break;
+      case 'ceph-id':
+        opts.cephId = parseCephId(value);
         break;
       case 'socket':
         opts.socket = parseSocketPath(value);
@@ -377,6 +403,9 @@ export function parseOptions(argv: readonly string[]): Options {
         // SPECS and this switch list the same names; reaching here is a bug.
         throw new Error(`option --${name} has no parser`);
     }
+  }
+  if (opts.rbd === undefined && (opts.cephConf !== undefined || opts.cephId !== undefined)) {
+    throw new UsageError(`--${opts.cephConf !== undefined ? 'ceph-conf' : 'ceph-id'} applies to an rbd: disk only (--disk rbd:POOL/IMAGE)`);
   }
   if (opts.socketGiven && opts.socketFd !== undefined) {
     throw new UsageError('--socket and --socket-fd both name the socket to serve; give one of them');

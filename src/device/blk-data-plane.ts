@@ -113,7 +113,8 @@ export class BlkDataPlane implements VhostUserDataPlane {
           callbacks,
           device.disk.sizeBytes,
           device.disk.kind === 'block',
-          ...(opts.memoryToken === undefined ? [] : [opts.memoryToken]),
+          opts.memoryToken,
+          device.disk.rbdToken,
         ),
     );
     const session = this.session;

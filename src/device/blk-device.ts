@@ -112,7 +112,8 @@ export class BlkDevice {
     this.maxQueueSize = opts.queueSize;
     this.stats = new DeviceStats(opts.queues);
     this.serial = opts.serial;
-    this.fixedBuffers = opts.fixedBuffers;
+    // librbd takes plain iovecs: pinning guest memory would buy nothing.
+    this.fixedBuffers = opts.fixedBuffers && disk.kind !== 'rbd';
     // A guest block smaller than the host's: read-modify-writes of one host
     // block are serialised by the handler's RangeLock, which lives in one
     // thread, so one worker serves every queue of a connection.

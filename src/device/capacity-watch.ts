@@ -1,5 +1,6 @@
 // Online resize: notices that the host disk changed size (a poll every
-// POLL_MS, or at once on SIGHUP) and has the device apply it; the device
+// POLL_MS, at once on SIGHUP, or on an RBD image's header update) and has
+// the device apply it; the device
 // tells each connection (CONFIG_CHANGE_MSG on the back-end channel).
 //
 // A shrink below the highest sector written since this vublk started is
@@ -15,7 +16,7 @@ import { log } from '../log';
 /** How often the disk's size is looked at without a SIGHUP. */
 export const POLL_MS = 2000;
 
-export type ResizeTrigger = 'SIGHUP' | 'poll';
+export type ResizeTrigger = 'SIGHUP' | 'poll' | 'rbd-update';
 
 export class CapacityWatch {
   private timer: NodeJS.Timeout | undefined;
@@ -57,7 +58,7 @@ export class CapacityWatch {
       return undefined;
     }
     this.readFailed = false;
-    if (bytes === this.lastBytes && trigger === 'poll') return undefined;
+    if (bytes === this.lastBytes && trigger !== 'SIGHUP') return undefined;
     this.lastBytes = bytes;
     const r = this.device.resize(bytes);
     const fields = { disk: this.device.disk.path, trigger, bytes, oldSectors: r.before, newSectors: r.after };

@@ -50,8 +50,8 @@ export async function settlesWithin(wait: Promise<unknown>, ms: number): Promise
   return settled;
 }
 
-function total(o: { ioUring: number; threadPool: number }): number {
-  return o.ioUring + o.threadPool;
+function total(o: { ioUring: number; threadPool: number; rbd: number }): number {
+  return o.ioUring + o.threadPool + o.rbd;
 }
 
 /**
@@ -69,6 +69,7 @@ export async function waitForNativeWork(session: Session, conn: number, abandon:
     conn,
     ioUring: first.ioUring,
     threadPool: first.threadPool,
+    rbd: first.rbd,
   });
   try {
     session.cancelIo();
@@ -80,7 +81,7 @@ export async function waitForNativeWork(session: Session, conn: number, abandon:
     const now = session.outstanding();
     if (total(now) === 0) break;
     if (exiting()) {
-      log.error('exiting with native I/O outstanding', { conn, ioUring: now.ioUring, threadPool: now.threadPool });
+      log.error('exiting with native I/O outstanding', { conn, ioUring: now.ioUring, threadPool: now.threadPool, rbd: now.rbd });
       return;
     }
     await new Promise((r) => setTimeout(r, POLL_MS));

@@ -7,6 +7,14 @@ import type { HostRules } from '../align/rw-plan';
 import type { HandlerCounters, RingCounters } from '../metrics/device-stats';
 import { SharedDiskState } from './shared-disk-state';
 
+/** The host disk as a Session needs it: an fd, or an RbdImage's token (kind 'rbd'). */
+export interface PlaneDisk {
+  readonly fd: number;
+  readonly sizeBytes: number;
+  readonly kind: 'file' | 'block' | 'rbd';
+  readonly rbdToken?: number;
+}
+
 /** The device, as one data plane (in the main thread or in a worker) sees it. */
 export interface PlaneDevice {
   readonly queues: number;
@@ -17,7 +25,7 @@ export interface PlaneDevice {
   /** The guest's view of the disk (capacity read through: a resize shows). */
   readonly blkDisk: DiskView;
   readonly rules: HostRules;
-  readonly disk: { readonly fd: number; readonly sizeBytes: number; readonly kind: 'file' | 'block' };
+  readonly disk: PlaneDisk;
   /** True while the guest has the volatile write cache on. */
   writeback(): boolean;
   /** Calls fn(hostBytes) after every capacity change; returns the way to stop. */
@@ -29,7 +37,10 @@ export interface PlaneDevice {
   };
 }
 
-/** A PlaneDevice as plain data, for a worker. The disk fd stays the main thread's (one process). */
+/**
+ * A PlaneDevice as plain data, for a worker. The disk fd, or the RBD image
+ * its token names, stays the main thread's (one process).
+ */
 export interface DeviceSpec {
   queues: number;
   maxQueueSize: number;
@@ -38,13 +49,13 @@ export interface DeviceSpec {
   maxPinnedBytes: number;
   blkDisk: DiskView;
   rules: HostRules;
-  disk: { fd: number; sizeBytes: number; kind: 'file' | 'block' };
+  disk: { fd: number; sizeBytes: number; kind: 'file' | 'block' | 'rbd'; rbdToken?: number };
   shared: SharedArrayBuffer;
 }
 
 /** The spec of `device` now (its disk view copied, its shared state by reference). */
 export function deviceSpec(device: PlaneDevice & { readonly shared: SharedDiskState }): DeviceSpec {
-  const { fd, sizeBytes, kind } = device.disk;
+  const { fd, sizeBytes, kind, rbdToken } = device.disk;
   const { offsetAlign, memAlign, lenAlign } = device.rules;
   return {
     queues: device.queues,
@@ -54,7 +65,7 @@ export function deviceSpec(device: PlaneDevice & { readonly shared: SharedDiskSt
     maxPinnedBytes: device.maxPinnedBytes,
     blkDisk: { ...device.blkDisk },
     rules: { offsetAlign, memAlign, lenAlign },
-    disk: { fd, sizeBytes, kind },
+    disk: { fd, sizeBytes, kind, ...(rbdToken === undefined ? {} : { rbdToken }) },
     shared: device.shared.buffer,
   };
 }
@@ -72,7 +83,7 @@ export class WorkerDevice implements PlaneDevice {
   readonly maxPinnedBytes: number;
   readonly blkDisk: DiskView;
   readonly rules: HostRules;
-  readonly disk: { fd: number; sizeBytes: number; kind: 'file' | 'block' };
+  readonly disk: { fd: number; sizeBytes: number; kind: 'file' | 'block' | 'rbd'; rbdToken?: number };
   private readonly shared: SharedDiskState;
   private readonly listeners = new Set<(hostBytes: number) => void>();
 

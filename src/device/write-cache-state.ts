@@ -19,9 +19,9 @@ const MAX_STATE_BYTES = 64 * 1024;
 
 /** What identifies the disk a state file belongs to. Device numbers as decimal strings (they can exceed 2^53). */
 export interface DiskIdentity {
-  /** Canonical path (symlinks resolved). */
+  /** Canonical path (symlinks resolved), or rbd:POOL[/NAMESPACE]/IMAGE. */
   path: string;
-  kind: 'file' | 'block';
+  kind: 'file' | 'block' | 'rbd';
   /** Image files: st_dev and st_ino. Block devices: st_rdev (the device node's own inode is not stable). */
   dev?: string;
   ino?: string;
@@ -50,6 +50,7 @@ function sameDisk(a: DiskIdentity, b: unknown): boolean {
 function describeDisk(d: unknown): string {
   if (typeof d !== 'object' || d === null) return 'an unnamed disk';
   const o = d as Record<string, unknown>;
+  if (o.kind === 'rbd') return String(o.path);
   const ids = o.kind === 'block' ? `rdev ${String(o.rdev)}` : `dev ${String(o.dev)} ino ${String(o.ino)}`;
   return `${String(o.path)} (${ids})`;
 }

@@ -5,15 +5,20 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DiskError } from '../errors';
 import { probeDirectIo, type DirectIoRules } from './probe';
-import { native } from '../native/binding';
+import { native, type RbdImage } from '../native/binding';
 import { probeDiscard, type DiscardCaps } from './discard-probe';
 import { lockImage, vublkPerms } from './image-lock';
 
 export interface HostDisk {
+  /** The path, or rbd:POOL[/NAMESPACE]/IMAGE. */
   path: string;
+  /** -1 for an RBD image (and once closed). */
   fd: number;
   sizeBytes: number;
-  kind: 'file' | 'block';
+  kind: 'file' | 'block' | 'rbd';
+  /** The RBD image (kind 'rbd'), and its token, by which Sessions on any thread find it. */
+  rbd?: RbdImage;
+  rbdToken?: number;
   readOnly: boolean;
   /** O_DIRECT rules and block sizes, probed at open. */
   rules: DirectIoRules;
@@ -92,9 +97,11 @@ export function openHostDisk(file: string, readOnly: boolean, lock = false): Hos
 export function closeHostDisk(disk: HostDisk): void {
   if (disk.fd >= 0) fs.closeSync(disk.fd);
   disk.fd = -1;
+  disk.rbd?.destroy();
 }
 
-/** The disk's size now: fstat for a file, BLKGETSIZE64 for a block device. Throws on failure. */
+/** The disk's size now: fstat for a file, BLKGETSIZE64 for a block device, rbd_get_size. Throws on failure. */
 export function currentSizeBytes(disk: HostDisk): number {
+  if (disk.rbd !== undefined) return disk.rbd.size();
   return disk.kind === 'block' ? native.probeDisk(disk.fd).sizeBytes : fs.fstatSync(disk.fd).size;
 }

@@ -14,7 +14,7 @@ export interface DirectIoRules extends HostRules {
   ioMin: number;
   ioOpt: number;
   /** Where offsetAlign / memAlign came from ('fallback': a file without STATX_DIOALIGN). */
-  source: 'statx' | 'ioctl' | 'trial' | 'fallback';
+  source: 'statx' | 'ioctl' | 'trial' | 'fallback' | 'rbd';
   sizeBytes: number;
   blockDevice: boolean;
 }

@@ -140,10 +140,12 @@ export interface Session {
    */
   submit(n: number): number;
   /**
-   * Native work still outstanding: ops the kernel holds (ioUring) and
-   * BLKDISCARDs on libuv's thread pool (threadPool). destroy() must wait for 0.
+   * Native work still outstanding: ops the kernel holds (ioUring),
+   * BLKDISCARDs on libuv's thread pool (threadPool) and ops librbd holds
+   * (rbd). destroy() must wait for 0 (it blocks until rbd is 0 anyway: those
+   * ops write into guest memory).
    */
-  outstanding(): { ioUring: number; threadPool: number };
+  outstanding(): { ioUring: number; threadPool: number; rbd: number };
   /** Raises the disk size ops are checked against (online resize); a smaller value is ignored. */
   growDisk(bytes: number): void;
   /** Asks the kernel to cancel every op in flight (IORING_ASYNC_CANCEL_ANY); they complete as usual. */
@@ -210,7 +212,30 @@ export interface SessionConstructor {
     blockDevice: boolean,
     /** A GuestMemory token: use that memory (addRegion and co. then throw). */
     memoryToken?: number,
+    /** An RbdImage token: ops go to that image through librbd (diskFd unused). */
+    rbdToken?: number,
   ): Session;
+}
+
+/**
+ * An open RBD image (librados + librbd), shared by token with the Sessions
+ * of every thread. The constructor connects (blocking, at most about 10 s)
+ * and throws Error{message, errno} naming the monitors, pool or image.
+ */
+export interface RbdImage {
+  size(): number;
+  /** Bytes per RADOS object (rbd_stat obj_size). */
+  objectSize(): number;
+  /** RBD_FEATURE_* bits. */
+  features(): number;
+  /** Takes the exclusive lock for good; false if the image has no exclusive-lock feature; throws if another client holds it. */
+  acquireExclusiveLock(): boolean;
+  /** fn() on this thread after changes of the image's header (resize, lock, snapshot); several may share a call. */
+  watchUpdates(fn: () => void): void;
+  readonly readOnly: boolean;
+  readonly token: number;
+  /** Unregisters the token; Sessions holding the image keep it open until destroyed. */
+  destroy(): void;
 }
 
 /** What the kernel says about a disk fd (statx STATX_DIOALIGN, block ioctls). */
@@ -252,6 +277,7 @@ export interface NativeBinding {
   sdNotify(address: string, message: string): void;
   /** What /proc/self/fd/N links to ("anon_inode:[eventfd]", "pipe:[123]", ...); "" if not open. */
   fdTarget(fd: number): string;
+  RbdImage: new (pool: string, namespace: string, image: string, confPath: string, id: string, readOnly: boolean) => RbdImage;
   FdWatcher: {
     new (fd: number, onEvents: (events: number) => void): FdWatcher;
     readonly READABLE: number;

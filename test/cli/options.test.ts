@@ -261,3 +261,32 @@ t.test('--state-file: a path, "none", or the socket path + ".state"', (t) => {
   t.type(thrown(['--state-file', 'a', '--state-file', 'b']), UsageError, 'given twice');
   t.end();
 });
+
+t.test('--disk rbd:POOL[/NAMESPACE]/IMAGE with --ceph-conf and --ceph-id', (t) => {
+  const o = parseOptions(['--disk', 'rbd:vms/disk1', '--ceph-conf', '/etc/ceph/x.conf', '--ceph-id', 'hv1']);
+  t.same(o.rbd, { pool: 'vms', namespace: '', image: 'disk1' });
+  t.equal(o.disk, 'rbd:vms/disk1');
+  t.equal(o.cephConf, '/etc/ceph/x.conf');
+  t.equal(o.cephId, 'hv1');
+  t.same(parseOptions(['--disk=rbd:vms/tenant/disk1']).rbd, { pool: 'vms', namespace: 'tenant', image: 'disk1' });
+  t.equal(parseOptions(['--disk', './rbd.img']).rbd, undefined, 'a path is a path');
+  const cases: Array<[string[], string]> = [
+    [['--disk', 'rbd:vms'], '--disk rbd:vms: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE'],
+    [['--disk', 'rbd:a/b/c/d'], '--disk rbd:a/b/c/d: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE'],
+    [['--disk', 'rbd:vms/'], '--disk rbd:vms/: pool, namespace and image names must be non-empty, without "/", "@" or spaces'],
+    [
+      ['--disk', 'rbd:vms/img@snap'],
+      '--disk rbd:vms/img@snap: pool, namespace and image names must be non-empty, without "/", "@" or spaces',
+    ],
+    [['--disk', 'rbd:vms/x', '--ceph-id', 'client.hv1'], '--ceph-id expects the name without "client.", e.g. "hv1"'],
+    [['--disk', 'rbd:vms/x', '--ceph-id', 'a b'], '--ceph-id expects a Ceph client name (letters, digits, "_", ".", "-"), got "a b"'],
+    [['--disk', 'x.img', '--ceph-conf', 'c'], '--ceph-conf applies to an rbd: disk only (--disk rbd:POOL/IMAGE)'],
+    [['--ceph-id', 'hv1'], '--ceph-id applies to an rbd: disk only (--disk rbd:POOL/IMAGE)'],
+  ];
+  for (const [argv, message] of cases) {
+    const err = thrown(argv);
+    t.ok(err instanceof UsageError, `${argv.join(' ')} is a usage error`);
+    t.equal((err as Error).message, message);
+  }
+  t.end();
+});

@@ -20,9 +20,9 @@ t.test('VUBLK_DRAIN_TIMEOUT_MS', (t) => {
   t.end();
 });
 
-function fakeSession(work: { ioUring: number; threadPool: number }, calls: string[]): Session {
+function fakeSession(work: { ioUring: number; threadPool: number; rbd?: number }, calls: string[]): Session {
   return {
-    outstanding: () => ({ ...work }),
+    outstanding: () => ({ rbd: 0, ...work }),
     cancelIo: () => {
       calls.push('cancel');
       work.ioUring = Math.max(0, work.ioUring - 1); // one op was cancellable
@@ -55,6 +55,25 @@ t.test('waits for uring ops and thread-pool work, abandoning requests and cancel
   work.threadPool = 0;
   await p;
   t.match(lines[lines.length - 1] ?? '', /native I\/O of the closing connection finished conn=7/);
+});
+
+t.test('waits for ops librbd holds, which cannot be cancelled', async (t) => {
+  const lines: string[] = [];
+  setLogSink((l) => lines.push(l));
+  t.teardown(() => setLogSink(undefined));
+  const work = { ioUring: 0, threadPool: 0, rbd: 2 };
+  let done = false;
+  const p = waitForNativeWork(
+    fakeSession(work, []),
+    3,
+    () => undefined,
+    () => false,
+  ).then(() => (done = true));
+  await new Promise((r) => setTimeout(r, 30));
+  t.notOk(done, 'still waiting while librbd holds ops');
+  work.rbd = 0;
+  await p;
+  t.match(lines.join('\n'), /waiting for native I\/O of the closing connection.*conn=3.*rbd=2/);
 });
 
 t.test('nothing outstanding: no log, no abandon', async (t) => {

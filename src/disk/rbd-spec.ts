@@ -1,0 +1,42 @@
+// `--disk rbd:POOL/IMAGE` and `rbd:POOL/NAMESPACE/IMAGE`: an RBD image named
+// by pool, optional namespace and image (Ceph's own spelling, as `rbd` takes it).
+
+import { UsageError } from '../errors';
+
+export const RBD_PREFIX = 'rbd:';
+
+export interface RbdSpec {
+  pool: string;
+  /** '' for the pool's default namespace. */
+  namespace: string;
+  image: string;
+}
+
+/** True when --disk names an RBD image rather than a path. */
+export function isRbdDisk(disk: string): boolean {
+  return disk.startsWith(RBD_PREFIX);
+}
+
+// Ceph refuses '/' and '@' in pool, namespace and image names ('@' marks a snapshot).
+const NAME = /^[^/@\0\s]+$/;
+
+/** Parses the text after "rbd:"; throws UsageError naming what is wrong. */
+export function parseRbdSpec(disk: string): RbdSpec {
+  const rest = disk.slice(RBD_PREFIX.length);
+  const parts = rest.split('/');
+  if (parts.length < 2 || parts.length > 3) {
+    throw new UsageError(`--disk ${disk}: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE`);
+  }
+  for (const p of parts) {
+    if (!NAME.test(p)) {
+      throw new UsageError(`--disk ${disk}: pool, namespace and image names must be non-empty, without "/", "@" or spaces`);
+    }
+  }
+  const [pool = '', namespace, image = ''] = parts.length === 3 ? parts : [parts[0], '', parts[1]];
+  return { pool, namespace: namespace ?? '', image };
+}
+
+/** pool[/namespace]/image, as Ceph's tools print it. */
+export function rbdSpecText(s: RbdSpec): string {
+  return s.namespace === '' ? `${s.pool}/${s.image}` : `${s.pool}/${s.namespace}/${s.image}`;
+}
