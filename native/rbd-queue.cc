@@ -17,6 +17,11 @@ struct RbdQueue::Op {
   uint64_t userData;
   uint64_t len;
   bool flushAfter;  // a DSYNC write whose flush has not been issued yet
+  // The op's own copy of its iovecs: rbd_aio_readv with more than one keeps
+  // the array's address and only reads it when the data has come, to copy it
+  // out (ReadResult::Vector), long after the caller's scratch array has been
+  // reused for the next op.
+  std::vector<iovec> iov;
 };
 
 int RbdQueue::init(std::shared_ptr<RbdHandle> image) {
@@ -29,7 +34,8 @@ int RbdQueue::init(std::shared_ptr<RbdHandle> image) {
 
 void RbdQueue::start(Kind kind, uint64_t userData, uint64_t off, uint64_t len, const iovec* iov, unsigned iovcnt,
                      bool dsync) {
-  auto* op = new Op{this, kind, userData, len, dsync && kind == Kind::kWritev};
+  auto* op = new Op{this, kind, userData, len, dsync && kind == Kind::kWritev, {}};
+  if (iovcnt > 0) op->iov.assign(iov, iov + iovcnt);
   {
     std::lock_guard<std::mutex> g(lock_);
     inflight_++;
@@ -39,8 +45,8 @@ void RbdQueue::start(Kind kind, uint64_t userData, uint64_t off, uint64_t len, c
   if (rc == 0) {
     rbd_image_t img = image_->image;
     switch (kind) {
-      case Kind::kReadv: rc = rbd_aio_readv(img, iov, static_cast<int>(iovcnt), off, c); break;
-      case Kind::kWritev: rc = rbd_aio_writev(img, iov, static_cast<int>(iovcnt), off, c); break;
+      case Kind::kReadv: rc = rbd_aio_readv(img, op->iov.data(), static_cast<int>(iovcnt), off, c); break;
+      case Kind::kWritev: rc = rbd_aio_writev(img, op->iov.data(), static_cast<int>(iovcnt), off, c); break;
       case Kind::kFlush: rc = rbd_aio_flush(img, c); break;
       case Kind::kDiscard: rc = rbd_aio_discard(img, off, len, c); break;
       case Kind::kWriteZeroes: rc = rbd_aio_write_zeroes(img, off, len, c, 0, 0); break;

@@ -30,7 +30,7 @@ class RbdQueue {
 
   // Starts one op; its completion always comes through reap(), also when
   // librbd refuses it at once. dsync: a write completes only after a flush
-  // that follows it. iov is only read during the call (librbd copies it).
+  // that follows it. iov is copied into the op: the caller may reuse it at once.
   void start(Kind kind, uint64_t userData, uint64_t off, uint64_t len, const iovec* iov, unsigned iovcnt,
              bool dsync);
   // Moves up to max completions into (userData, res) pairs.

@@ -185,6 +185,48 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
     const back = Buffer.alloc(8192);
     session.readGuest(bufId, 0, back);
     t.ok(back.equals(data), 'into guest memory, in place');
+
+    // Two reads of two iovecs each, submitted one right after the other: the
+    // second fills the same iovec slots with other addresses before the first
+    // has completed. librbd reads a readv's iovec array only when the data has
+    // come, so each op must have its own copy (a shared one put the first
+    // read's data into the second's buffers, or tripped librbd's assert).
+    session.writeGuest(bufId, 0, Buffer.alloc(64 << 10));
+    const reads: Array<[number, Array<[number, number]>]> = [
+      [
+        15,
+        [
+          [16384, 4096],
+          [24576, 4096],
+        ],
+      ],
+      [
+        16,
+        [
+          [32768, 2048],
+          [40960, 6144],
+        ],
+      ],
+    ];
+    for (const [ud, iovs] of reads) {
+      arrays.sqIovs.set(
+        iovs.flatMap(([addr, len]) => [bufId, addr, len]),
+        0,
+      );
+      arrays.sqOps.set([OP_READV, ud, DISK - 8192, 0, iovs.length, 0], 0);
+      t.equal(session.submit(1), 1, `read ${ud} of two iovecs is taken`);
+    }
+    for (const [ud, iovs] of reads) {
+      t.equal(await settle(ud), 8192, `read ${ud} completes with its length`);
+      const got = Buffer.concat(
+        iovs.map(([addr, len]) => {
+          const b = Buffer.alloc(len);
+          session.readGuest(bufId, addr, b);
+          return b;
+        }),
+      );
+      t.ok(got.equals(data), `read ${ud}'s data lands in its own iovecs`);
+    }
     arrays.sqOps.set([OP_FSYNC, 12, 0, 0, 0, 0], 0);
     session.submit(1);
     t.equal(await settle(12), 0, 'FSYNC (rbd_aio_flush) completes with 0');
