@@ -22,6 +22,7 @@
         "native/inflight.cc",
         "native/crash-point.cc",
         "native/sd-notify.cc",
+        "native/exit-deadline.cc",
         "native/file-lock.cc",
         "native/rbd-image.cc",
         "native/rbd-queue.cc"

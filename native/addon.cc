@@ -15,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vublk::InitDiskProbe(env, exports);
   vublk::InitNotifierFd(env, exports);
   vublk::InitSdNotify(env, exports);
+  vublk::InitExitDeadline(env, exports);
   vublk::InitFileLock(env, exports);
   vublk::InitRbdImage(env, exports);
   return exports;

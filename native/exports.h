@@ -12,6 +12,7 @@ void InitSession(Napi::Env env, Napi::Object exports);
 void InitDiskProbe(Napi::Env env, Napi::Object exports);
 void InitNotifierFd(Napi::Env env, Napi::Object exports);
 void InitSdNotify(Napi::Env env, Napi::Object exports);
+void InitExitDeadline(Napi::Env env, Napi::Object exports);
 void InitFileLock(Napi::Env env, Napi::Object exports);
 void InitRbdImage(Napi::Env env, Napi::Object exports);
 }  // namespace vublk

@@ -142,3 +142,20 @@ export const log = {
     current().debug(fields ?? NO_FIELDS, msg);
   },
 };
+
+/**
+ * The error line log.error(msg, fields) would write now (format, journald
+ * prefix and all), without writing it: for text handed to code that writes
+ * it later where the logger cannot (native.exitDeadline).
+ */
+export function renderErrorLine(msg: string, fields?: LogFields): string {
+  const saved = sink;
+  let out = '';
+  sink = (line) => (out += line);
+  try {
+    log.error(msg, fields);
+  } finally {
+    sink = saved;
+  }
+  return out;
+}

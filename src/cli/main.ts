@@ -11,6 +11,7 @@ import { WriteCacheStateFile, diskIdentity } from '../device/write-cache-state';
 import { VhostUserServer } from '../daemon/server';
 import { passedSocket } from '../daemon/passed-socket';
 import { notifyService, type ServiceNotifier } from '../daemon/service-notify';
+import { armExitDeadline } from '../daemon/exit-deadline';
 import { isVublkError } from '../errors';
 import { log, setLogFormat, setLogLevel } from '../log';
 import { featureNames } from '../virtio/constants';
@@ -147,6 +148,7 @@ export function main(argv: string[]): void {
     stopping = true;
     log.info('shutting down', { signal });
     notifier?.stopping();
+    armExitDeadline();
     (running?.stop() ?? Promise.resolve()).then(
       () => process.exit(0),
       (err: unknown) => {

@@ -275,6 +275,12 @@ export interface NativeBinding {
   adoptFd(fd: number): void;
   /** Sends one sd_notify datagram to address (a path, or "@name" for an abstract socket). */
   sdNotify(address: string, message: string): void;
+  /**
+   * Ends the process at the latest ms from now: a native thread then writes
+   * message to stderr and calls _exit(1), whatever the other threads are
+   * blocked in. Cannot be disarmed: for a process that is exiting anyway.
+   */
+  exitDeadline(ms: number, message: string): void;
   /** What /proc/self/fd/N links to ("anon_inode:[eventfd]", "pipe:[123]", ...); "" if not open. */
   fdTarget(fd: number): string;
   RbdImage: new (pool: string, namespace: string, image: string, confPath: string, id: string, readOnly: boolean) => RbdImage;

@@ -20,6 +20,7 @@ import {
 import { Frontend } from '../../src/frontend/frontend';
 import { BlkDriver, SECTOR_SIZE, parseBlkConfig } from '../../src/frontend/blk-driver';
 import { pattern, sleep, until } from './harness';
+import { EXIT_MARGIN_MS } from '../../src/daemon/exit-deadline';
 import { execFileSync } from 'node:child_process';
 import { native, type Session } from '../../src/native/binding';
 import {
@@ -378,5 +379,47 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
     t.ok(r.status === 0 && r.data.equals(img.subarray(0, 4096)), 'the READ completes with what rbd bench wrote');
     t.ok((await drv.read(0, 1024, data.length)).data.equals(data), 'the write reads back');
     t.ok(img.subarray(1024 * SECTOR_SIZE, 1024 * SECTOR_SIZE + data.length).equals(data), 'and is in the image');
+  });
+
+  await t.test('SIGTERM while the OSD is down and a WRITE waits: vublk exits within its bound and says why', async (t) => {
+    createImage(c, 'stuck');
+    const dir = tmpDir('vublk-rbd-');
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const socket = path.join(dir, 'vublk.sock');
+    const drainMs = 1000;
+    const v = await startVublk(['--disk', 'rbd:rbd/stuck', '--ceph-conf', c.conf, '--socket', socket], {
+      timeoutMs: 30_000,
+      env: { VUBLK_DRAIN_TIMEOUT_MS: String(drainMs) },
+    });
+    t.teardown(() => v.stop('SIGKILL'));
+    const fe = await Frontend.connect(socket);
+    t.teardown(() => fe.close());
+    await fe.setup({ queues: 1, memory: { regions: [4 << 20] } });
+    const drv = new BlkDriver(fe);
+    t.equal((await drv.write(0, 0, pattern(4096, 31))).status, 0, 'a WRITE before the outage completes');
+    osdStop(c);
+    let osdDown = true;
+    t.teardown(() => {
+      if (osdDown) osdStart(c);
+    });
+    // Never completed: the connection goes with the daemon.
+    drv.write(0, 8, pattern(4096, 32)).catch(() => {});
+    await sleep(1000);
+    const t0 = Date.now();
+    const r = await v.stop('SIGTERM');
+    const tookMs = Date.now() - t0;
+    const bound = drainMs + EXIT_MARGIN_MS;
+    t.ok(tookMs >= bound - 500 && tookMs < bound + 5000, `vublk exits about ${bound} ms after SIGTERM (took ${tookMs} ms)`);
+    t.same({ code: r.code, signal: r.signal }, { code: 1, signal: null }, 'with exit code 1');
+    t.match(r.stderr, /vublk: error: exiting with native I\/O outstanding conn=1 .*rbd=1/, 'naming the op librbd still holds');
+    t.match(
+      r.stderr,
+      new RegExp(
+        `vublk: error: shutdown did not finish in time; exiting without closing the disk waitedMs=${bound} .*Ceph cluster reachable`,
+      ),
+      'and why it exits without closing the disk',
+    );
+    osdStart(c);
+    osdDown = false;
   });
 });
