@@ -47,18 +47,21 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
                         InstanceMethod<&RbdImage::Destroy>("destroy")});
   }
 
-  // new RbdImage(pool, namespace, image, confPath, id, readOnly): connects
-  // (blocking, bounded by kTimeoutSeconds) and opens the image.
+  // new RbdImage(pool, namespace, image, confPath, id, readOnly[, snapshot]):
+  // connects (blocking, bounded by kTimeoutSeconds) and opens the image, or
+  // its snapshot (always read-only) when snapshot is not "".
   explicit RbdImage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<RbdImage>(info) {
     Napi::Env env = info.Env();
     for (size_t i = 0; i < 5; i++)
-      if (!info[i].IsString()) throw Napi::TypeError::New(env, "RbdImage(pool, namespace, image, confPath, id, readOnly)");
+      if (!info[i].IsString())
+        throw Napi::TypeError::New(env, "RbdImage(pool, namespace, image, confPath, id, readOnly[, snapshot])");
     std::string pool = info[0].As<Napi::String>(), ns = info[1].As<Napi::String>();
     std::string name = info[2].As<Napi::String>(), conf = info[3].As<Napi::String>();
     std::string id = info[4].As<Napi::String>();
+    std::string snap = info[6].IsString() ? std::string(info[6].As<Napi::String>()) : std::string();
     auto h = std::make_shared<RbdHandle>();
-    h->readOnly = info[5].ToBoolean();
-    h->spec = pool + "/" + (ns.empty() ? "" : ns + "/") + name;
+    h->readOnly = info[5].ToBoolean() || !snap.empty();
+    h->spec = pool + "/" + (ns.empty() ? "" : ns + "/") + name + (snap.empty() ? "" : "@" + snap);
     int rc = rados_create(&h->cluster, id.empty() ? nullptr : id.c_str());
     if (rc < 0) throwRbd(env, rc, "rados_create");
     rc = rados_conf_read_file(h->cluster, conf.empty() ? nullptr : conf.c_str());
@@ -72,7 +75,8 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
     rc = rados_ioctx_create(h->cluster, pool.c_str(), &h->ioctx);
     if (rc < 0) throwRbd(env, rc, "cannot open pool " + pool);
     rados_ioctx_set_namespace(h->ioctx, ns.empty() ? nullptr : ns.c_str());
-    rc = h->readOnly ? rbd_open_read_only(h->ioctx, name.c_str(), &h->image, nullptr)
+    const char* snapName = snap.empty() ? nullptr : snap.c_str();
+    rc = h->readOnly ? rbd_open_read_only(h->ioctx, name.c_str(), &h->image, snapName)
                      : rbd_open(h->ioctx, name.c_str(), &h->image, nullptr);
     if (rc < 0) {
       h->image = nullptr;

@@ -34,13 +34,31 @@ const SECTOR = 512;
  */
 export function openRbdDisk(spec: RbdSpec, connect: RbdConnect, readOnly: boolean): HostDisk {
   const name = `rbd:${rbdSpecText(spec)}`;
+  const open = (ro: boolean) =>
+    new native.RbdImage(spec.pool, spec.namespace, spec.image, connect.conf ?? '', connect.id ?? '', ro, spec.snapshot);
+  // A snapshot cannot be written: the disk is read-only, as the guest is told.
+  if (spec.snapshot !== '' && !readOnly) {
+    readOnly = true;
+    log.info('serving an rbd snapshot: the disk is read-only', { disk: name });
+  }
   let image;
   try {
-    image = new native.RbdImage(spec.pool, spec.namespace, spec.image, connect.conf ?? '', connect.id ?? '', readOnly);
+    try {
+      image = open(readOnly);
+    } catch (err) {
+      // A client whose caps are read-only (profile rbd-read-only) may not
+      // open the image for writing: the disk follows its caps, as the guest
+      // is told (VIRTIO_BLK_F_RO), rather than not being served at all.
+      if (readOnly || errnoOf(err) !== EPERM) throw err;
+      image = open(true);
+      readOnly = true;
+      log.warn('serving the rbd image read-only: this client may not write to it (read-only caps)', {
+        disk: name,
+        client: connect.id ?? 'admin',
+      });
+    }
   } catch (err) {
-    // A client whose caps are read-only (profile rbd-read-only) may not open the image for writing.
-    const hint = !readOnly && errnoOf(err) === EPERM ? ' (read-only caps? then serve it with --read-only)' : '';
-    throw new DiskError(`cannot open disk ${name}: ${(err as Error).message}${hint}`, { errno: errnoOf(err) });
+    throw new DiskError(`cannot open disk ${name}: ${(err as Error).message}`, { errno: errnoOf(err) });
   }
   try {
     // A lock left by a client that died is broken once its watch on the

@@ -283,7 +283,16 @@ export interface NativeBinding {
   exitDeadline(ms: number, message: string): void;
   /** What /proc/self/fd/N links to ("anon_inode:[eventfd]", "pipe:[123]", ...); "" if not open. */
   fdTarget(fd: number): string;
-  RbdImage: new (pool: string, namespace: string, image: string, confPath: string, id: string, readOnly: boolean) => RbdImage;
+  /** snapshot: '' for the image itself; a snapshot is always opened read-only. */
+  RbdImage: new (
+    pool: string,
+    namespace: string,
+    image: string,
+    confPath: string,
+    id: string,
+    readOnly: boolean,
+    snapshot?: string,
+  ) => RbdImage;
   FdWatcher: {
     new (fd: number, onEvents: (events: number) => void): FdWatcher;
     readonly READABLE: number;

@@ -262,22 +262,34 @@ t.test('--state-file: a path, "none", or the socket path + ".state"', (t) => {
   t.end();
 });
 
-t.test('--disk rbd:POOL[/NAMESPACE]/IMAGE with --ceph-conf and --ceph-id', (t) => {
+t.test('--disk rbd:POOL[/NAMESPACE]/IMAGE[@SNAPSHOT] with --ceph-conf and --ceph-id', (t) => {
   const o = parseOptions(['--disk', 'rbd:vms/disk1', '--ceph-conf', '/etc/ceph/x.conf', '--ceph-id', 'hv1']);
-  t.same(o.rbd, { pool: 'vms', namespace: '', image: 'disk1' });
+  t.same(o.rbd, { pool: 'vms', namespace: '', image: 'disk1', snapshot: '' });
   t.equal(o.disk, 'rbd:vms/disk1');
   t.equal(o.cephConf, '/etc/ceph/x.conf');
   t.equal(o.cephId, 'hv1');
-  t.same(parseOptions(['--disk=rbd:vms/tenant/disk1']).rbd, { pool: 'vms', namespace: 'tenant', image: 'disk1' });
+  t.same(parseOptions(['--disk=rbd:vms/tenant/disk1']).rbd, { pool: 'vms', namespace: 'tenant', image: 'disk1', snapshot: '' });
+  t.same(parseOptions(['--disk=rbd:vms/disk1@before-upgrade']).rbd, {
+    pool: 'vms',
+    namespace: '',
+    image: 'disk1',
+    snapshot: 'before-upgrade',
+  });
+  t.same(parseOptions(['--disk=rbd:vms/t/disk1@s1']).rbd, { pool: 'vms', namespace: 't', image: 'disk1', snapshot: 's1' });
   t.equal(parseOptions(['--disk', './rbd.img']).rbd, undefined, 'a path is a path');
   const cases: Array<[string[], string]> = [
-    [['--disk', 'rbd:vms'], '--disk rbd:vms: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE'],
-    [['--disk', 'rbd:a/b/c/d'], '--disk rbd:a/b/c/d: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE'],
-    [['--disk', 'rbd:vms/'], '--disk rbd:vms/: pool, namespace and image names must be non-empty, without "/", "@" or spaces'],
+    [['--disk', 'rbd:vms'], '--disk rbd:vms: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE, optionally @SNAPSHOT'],
+    [['--disk', 'rbd:a/b/c/d'], '--disk rbd:a/b/c/d: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE, optionally @SNAPSHOT'],
+    [['--disk', 'rbd:vms/'], '--disk rbd:vms/: pool, namespace, image and snapshot names must be non-empty, without "/", "@" or spaces'],
     [
-      ['--disk', 'rbd:vms/img@snap'],
-      '--disk rbd:vms/img@snap: pool, namespace and image names must be non-empty, without "/", "@" or spaces',
+      ['--disk', 'rbd:vms/img@'],
+      '--disk rbd:vms/img@: pool, namespace, image and snapshot names must be non-empty, without "/", "@" or spaces',
     ],
+    [
+      ['--disk', 'rbd:vms/img@a@b'],
+      '--disk rbd:vms/img@a@b: pool, namespace, image and snapshot names must be non-empty, without "/", "@" or spaces',
+    ],
+    [['--disk', 'rbd:vms@s/img'], '--disk rbd:vms@s/img: expected rbd:POOL/IMAGE or rbd:POOL/NAMESPACE/IMAGE, optionally @SNAPSHOT'],
     [['--disk', 'rbd:vms/x', '--ceph-id', 'client.hv1'], '--ceph-id expects the name without "client.", e.g. "hv1"'],
     [['--disk', 'rbd:vms/x', '--ceph-id', 'a b'], '--ceph-id expects a Ceph client name (letters, digits, "_", ".", "-"), got "a b"'],
     [['--disk', 'x.img', '--ceph-conf', 'c'], '--ceph-conf applies to an rbd: disk only (--disk rbd:POOL/IMAGE)'],

@@ -18,7 +18,8 @@ import {
   type CephCluster,
 } from '../helpers/ceph-cluster';
 import { Frontend } from '../../src/frontend/frontend';
-import { BlkDriver, SECTOR_SIZE, parseBlkConfig } from '../../src/frontend/blk-driver';
+import { BlkDriver, BlkStatus, SECTOR_SIZE, parseBlkConfig } from '../../src/frontend/blk-driver';
+import { VirtioFeature } from '../../src/frontend/features';
 import { pattern, sleep, until } from './harness';
 import { EXIT_MARGIN_MS } from '../../src/daemon/exit-deadline';
 import { execFileSync } from 'node:child_process';
@@ -37,6 +38,9 @@ import {
 } from '../../src/blk/shared-arrays';
 
 const skip = cephUnsupported();
+// The suite's ASan and in-thread passes run each file with plain node (tap's
+// 30 s default): a cluster, two OSD outages and a lock wait take minutes.
+t.setTimeout(15 * 60_000);
 const OBJECT_SECTORS = (4 << 20) / SECTOR_SIZE; // rbd create's default object size
 
 async function serveImage(
@@ -325,22 +329,63 @@ t.test('vublk on an RBD image', { skip }, async (t) => {
     t.equal((await drv2.write(0, 64, pattern(8192, 32))).status, 0, 'and writes');
   });
 
-  await t.test('a client with read-only caps: refused writable with a hint, served with --read-only', async (t) => {
+  await t.test('a client with read-only caps: the disk follows them (read-only, with a warning)', async (t) => {
     createImage(c, 'ro');
     const conf = readOnlyClient(c, 'ro');
     const dir = tmpDir('vublk-rbd-');
     t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const args = ['--disk', 'rbd:rbd/ro', '--ceph-conf', conf, '--ceph-id', 'ro', '--socket', path.join(dir, 's.sock')];
-    const r = await runVublk(args, { timeoutMs: 30_000 });
-    t.equal(r.code, 1, 'writable: vublk exits 1');
-    t.match(
-      r.stderr,
-      /cannot open disk rbd:rbd\/ro: .*Operation not permitted \(read-only caps\? then serve it with --read-only\)/,
-      'with the hint',
-    );
-    const v = await startVublk([...args, '--read-only'], { timeoutMs: 30_000 });
-    await stopCleanly(v);
-    t.match(v.stderr(), /serving disk=rbd:rbd\/ro .*readOnly=true/, 'with --read-only it serves');
+    const socket = path.join(dir, 's.sock');
+    const args = ['--disk', 'rbd:rbd/ro', '--ceph-conf', conf, '--ceph-id', 'ro', '--socket', socket];
+    for (const extra of [[], ['--read-only']]) {
+      const v = await startVublk([...args, ...extra], { timeoutMs: 30_000 });
+      const fe = await Frontend.connect(socket);
+      await fe.setup({ queues: 1, memory: { regions: [1 << 20] } });
+      const drv = new BlkDriver(fe);
+      const what = extra.length === 0 ? 'without --read-only' : 'with --read-only';
+      t.equal((await drv.read(0, 0, 4096)).status, 0, `${what}: a READ succeeds`);
+      t.ok(fe.hasFeature(VirtioFeature.BLK_RO), `${what}: VIRTIO_BLK_F_RO is offered`);
+      t.equal((await drv.write(0, 0, pattern(4096, 9))).status, BlkStatus.IOERR, `${what}: a WRITE gets IOERR`);
+      fe.close();
+      await stopCleanly(v);
+      t.match(v.stderr(), /serving disk=rbd:rbd\/ro .*readOnly=true/, `${what}: served read-only`);
+      const warned =
+        /vublk: warn: serving the rbd image read-only: this client may not write to it \(read-only caps\) disk=rbd:rbd\/ro client=ro/;
+      if (extra.length === 0) t.match(v.stderr(), warned, 'and says why');
+      else t.notMatch(v.stderr(), warned, 'no warning when it was asked for');
+    }
+  });
+
+  await t.test('rbd:POOL/IMAGE@SNAP serves the snapshot, read-only, beside the image that moved on', async (t) => {
+    createImage(c, 'snapped');
+    const before = pattern(8192, 41);
+    const live = await serveImage(t, c, 'snapped', []);
+    const fe = await Frontend.connect(live.socket);
+    t.teardown(() => fe.close());
+    await fe.setup({ queues: 1, memory: { regions: [1 << 20] } });
+    const drv = new BlkDriver(fe);
+    t.equal((await drv.write(0, 8, before)).status, 0, 'the image is written');
+    t.equal((await drv.flush(0)).status, 0, 'and flushed');
+    execFileSync('rbd', ['--conf', c.conf, 'snap', 'create', 'rbd/snapped@s1']);
+    t.equal((await drv.write(0, 8, pattern(8192, 42))).status, 0, 'the image moves on after the snapshot');
+
+    const dir = tmpDir('vublk-rbd-');
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const socket = path.join(dir, 'snap.sock');
+    const v = await startVublk(['--disk', 'rbd:rbd/snapped@s1', '--ceph-conf', c.conf, '--socket', socket], { timeoutMs: 30_000 });
+    t.teardown(() => stopCleanly(v));
+    const sfe = await Frontend.connect(socket);
+    t.teardown(() => sfe.close());
+    await sfe.setup({ queues: 1, memory: { regions: [1 << 20] } });
+    const sdrv = new BlkDriver(sfe);
+    t.ok(sfe.hasFeature(VirtioFeature.BLK_RO), 'VIRTIO_BLK_F_RO is offered');
+    t.ok((await sdrv.read(0, 8, 8192)).data.equals(before), 'a READ returns the data as it was at the snapshot');
+    t.equal((await sdrv.write(0, 8, before)).status, BlkStatus.IOERR, 'a WRITE gets IOERR');
+    t.match(v.stderr(), /serving an rbd snapshot: the disk is read-only disk=rbd:rbd\/snapped@s1/, 'it says so');
+    const missing = await runVublk(['--disk', 'rbd:rbd/snapped@nope', '--ceph-conf', c.conf, '--socket', path.join(dir, 'x.sock')], {
+      timeoutMs: 30_000,
+    });
+    t.equal(missing.code, 1, 'a snapshot that does not exist: exit 1');
+    t.match(missing.stderr, /cannot open disk rbd:rbd\/snapped@nope/, 'naming it');
   });
 
   await t.test('an OSD stopped for 10 s: requests wait, then complete when it is back', async (t) => {
