@@ -250,7 +250,7 @@ function parsePath(name: string, raw: string): string {
   return raw;
 }
 
-function parseCephId(raw: string): string {
+export function parseCephId(raw: string): string {
   if (raw.startsWith('client.')) throw new UsageError(`--ceph-id expects the name without "client.", e.g. ${show(raw.slice(7))}`);
   if (!/^[A-Za-z0-9_.-]+$/.test(raw))
     throw new UsageError(`--ceph-id expects a Ceph client name (letters, digits, "_", ".", "-"), got ${show(raw)}`);

@@ -41,3 +41,14 @@ export function verifyUnits(root: string, units: string[]): { code: number | nul
   const output = `${r.stdout}${r.stderr}`;
   return { code: r.status, output, vublkLines: output.split('\n').filter((l) => /vublk/.test(l)) };
 }
+
+/** `systemd-analyze security --offline` on unit inside root: the exposure (NaN if none printed) and the settings it marks ✗. */
+export function securityReport(root: string, unit: string): { exposure: number; failed: string[]; output: string } {
+  const r = spawnSync('systemd-analyze', ['security', '--offline=yes', `--root=${root}`, unit], { encoding: 'utf8', timeout: 60_000 });
+  const m = new RegExp(`Overall exposure level for ${unit.replace(/[.@]/g, '\\$&')}: ([0-9.]+)`).exec(r.stdout);
+  const failed = r.stdout
+    .split('\n')
+    .filter((l) => l.startsWith('✗'))
+    .map((l) => l.slice(1).trim().split(/\s+/)[0]!);
+  return { exposure: m ? Number(m[1]) : NaN, failed, output: `${r.stdout}${r.stderr}` };
+}
