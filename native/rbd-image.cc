@@ -68,6 +68,10 @@ class RbdImage : public Napi::ObjectWrap<RbdImage> {
     if (rc < 0) throwRbd(env, rc, "cannot read Ceph configuration " + (conf.empty() ? std::string("(default paths)") : conf));
     rados_conf_set(h->cluster, "client_mount_timeout", kTimeoutSeconds);
     rados_conf_set(h->cluster, "rados_mon_op_timeout", kTimeoutSeconds);
+    // No librbd writeback cache (QEMU sets the same for cache.direct=on): a
+    // write completes when the OSDs have it, as for O_DIRECT on a file, so a
+    // crash of this process loses no acknowledged write.
+    rados_conf_set(h->cluster, "rbd_cache", "false");
     rc = rados_connect(h->cluster);
     if (rc < 0)
       throwRbd(env, rc, "cannot connect to the Ceph cluster (monitors " + monHost(h->cluster) + ") as client." +
