@@ -14,7 +14,8 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { runBench, type WaitMode } from '../src/bench/run-bench';
+import type { WaitMode } from '../src/bench/run-bench';
+import { benchSample } from './bench-sample';
 import type { RwMode } from '../src/bench/queue-load';
 import { startVublk } from '../test/helpers/vublk-process';
 import { QSD, qsdArgs, startQsd } from '../test/helpers/qsd';
@@ -194,7 +195,7 @@ async function runOne(b: Backend, row: Row, o: CompareOptions, dir: string, comm
   commands.set(`${row.id} ${b}`, s.command);
   commands.set(`${row.id} ${b} bench`, benchCommand(row, s.socket, o.runtime, o.imageBytes));
   try {
-    const { result } = await runBench({
+    return await benchSample({
       socket: s.socket,
       rw: row.rw,
       bs: row.bs,
@@ -207,9 +208,6 @@ async function runOne(b: Backend, row: Row, o: CompareOptions, dir: string, comm
       size: o.imageBytes,
       backendPid: s.pid,
     });
-    if (result.errors > 0) throw new Error(`${result.errors} of ${result.ios} requests failed`);
-    const l = result.latencyUs;
-    return { iops: result.iops, p50: l.p50, p99: l.p99, p999: l.p999, cpuUsPerIo: result.backendCpu?.usPerIo ?? NaN };
   } finally {
     await s.stop();
   }
